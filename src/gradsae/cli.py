@@ -1,0 +1,82 @@
+"""The ``gradsae`` command line. Each command is a config dataclass plus a ``run(cfg)`` function in
+its own module; flags, saved configs and docs all come from that dataclass (see ``config.py``)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from .errors import GradsaeError
+
+# name -> (module, config class, run function, one-line help). Order is the order in --help.
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "demo": ("gradsae.demo", "DemoConfig", "run", "the main job on embedded defaults: influence, perturbation, steering, HTML report"),
+    "info": ("gradsae.demo", "InfoConfig", "info", "show the bundled model and SAEs, the cache folder and versions"),
+    "convert": ("gradsae.demo", "ConvertConfig", "convert", "read an SAE in any supported format and save it in SAELens format"),
+}
+
+
+def _optional_commands() -> None:
+    """Commands whose modules may be added later register here (kept in one place)."""
+    more = {
+        "explain": ("gradsae.explain", "ExplainConfig", "run", "top influential latents for one prompt (table or HTML)"),
+        "influence": ("gradsae.influence_cli", "InfluenceConfig", "run", "GradSAE influence scores for prompts (JSON + table)"),
+        "perturb": ("gradsae.experiments", "PerturbConfig", "run_perturb", "SQuAD perturbation: mask TopK/BottomK latents (Table 1 upper)"),
+        "steer": ("gradsae.experiments", "SteerConfig", "run_steer", "SQuAD local steering with a partner question's latents (Table 1 lower)"),
+        "stats": ("gradsae.experiments", "StatsConfig", "run_stats", "latent statistics: active latents, overlaps (Table 3)"),
+        "experiment": ("gradsae.experiments", "ExperimentConfig", "run_all", "perturb + steer + stats in one run, over layers/SAEs"),
+        "cache": ("gradsae.cache", "CacheConfig", "run", "cache residual activations (and dL/dx) as float16 shards"),
+        "train": ("gradsae.train", "TrainConfig", "run", "train TopK / g-SAE SAEs from a cache"),
+        "eval": ("gradsae.evals", "EvalConfig", "run", "evaluate an SAE: NMSE, L_added, KL, dead latents, steering effect"),
+    }
+    for name, entry in more.items():
+        if importlib.util.find_spec(entry[0]) is not None:
+            COMMANDS[name] = entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import add_dataclass_args
+
+    _optional_commands()
+    parser = argparse.ArgumentParser(
+        prog="gradsae",
+        description="Gradient-aware interpretability with sparse autoencoders (GradSAE, g-SAE).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (mod, cls_name, _, help_) in COMMANDS.items():
+        cls = getattr(importlib.import_module(mod), cls_name)
+        p = sub.add_parser(name, help=help_, description=(cls.__doc__ or help_).strip(),
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_dataclass_args(p, cls)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import from_args
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    mod, cls_name, fn_name, _ = COMMANDS[args.command]
+    module = importlib.import_module(mod)
+    try:
+        cfg = from_args(getattr(module, cls_name), args)
+        getattr(module, fn_name)(cfg)
+    except GradsaeError as e:
+        print(f"gradsae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ngradsae {args.command}: interrupted; finished work is saved, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

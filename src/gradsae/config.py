@@ -1,0 +1,118 @@
+"""One config dataclass per command drives the CLI, the saved config.json and the docs.
+
+Declare fields with ``opt(default, "help text")``; ``add_dataclass_args`` turns them into argparse flags
+(``--field-name``), ``from_args`` builds the dataclass back, and ``asdict`` is what results folders save.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import MISSING, field
+from typing import Any
+
+from .errors import GradsaeError
+
+
+def opt(default: Any = MISSING, help: str = "", *, choices: tuple | None = None, short: str | None = None,
+        positional: bool = False):
+    """A config field with its help text (and optionally choices / a short flag / positional)."""
+    meta = {"help": help, "choices": choices, "short": short, "positional": positional}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _base_type(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else str
+    return tp
+
+
+def _parse_bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        tp = _base_type(hints[f.name])
+        origin = typing.get_origin(tp)
+        kw: dict[str, Any] = {"help": meta.get("help", "")}
+        if meta.get("choices"):
+            kw["choices"] = meta["choices"]
+        if f.default is not MISSING:
+            kw["default"] = f.default
+            if kw["help"] is not None:
+                kw["help"] += f" (default: {f.default})" if f.default not in (None, "") else ""
+        elif f.default_factory is not MISSING:
+            kw["default"] = f.default_factory()
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif origin in (list, tuple):
+            (inner,) = typing.get_args(tp)[:1] or (str,)
+            kw["type"] = _list_parser(inner)
+        elif tp in (int, float, str):
+            kw["type"] = tp
+        else:
+            kw["type"] = str
+        if meta.get("positional"):
+            kw.pop("default", None) if f.default is MISSING else None
+            if f.default is not MISSING:
+                kw["nargs"] = "?"
+            parser.add_argument(f.name, **kw)
+        else:
+            flags = [f"--{f.name.replace('_', '-')}"] + ([meta["short"]] if meta.get("short") else [])
+            if f.default is MISSING and f.default_factory is MISSING:
+                kw["required"] = True
+            parser.add_argument(*flags, dest=f.name, **kw)
+
+
+def _list_parser(inner):
+    def parse(s: str):
+        if isinstance(s, list):
+            return s
+        parts = [p.strip() for p in str(s).split(",") if p.strip()]
+        out = []
+        for p in parts:
+            if inner is int:
+                out.append(int(p))
+            elif inner is float:
+                out.append(float(p))
+            else:
+                out.append(p)
+        return out
+    parse.__name__ = f"comma-separated {getattr(inner, '__name__', 'str')} list"
+    return parse
+
+
+def from_args(cls, args: argparse.Namespace):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def from_dict(cls, d: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise GradsaeError(f"unknown config keys for {cls.__name__}: {', '.join(sorted(unknown))}")
+    return cls(**d)
+
+
+def describe(cls) -> str:
+    """A Markdown table of a config's fields (used for the docs)."""
+    hints = typing.get_type_hints(cls)
+    rows = ["| option | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else "required")
+        tp = getattr(_base_type(hints[f.name]), "__name__", str(hints[f.name]))
+        rows.append(f"| `--{f.name.replace('_', '-')}` | {tp} | `{default}` | {f.metadata.get('help', '')} |")
+    return "\n".join(rows)

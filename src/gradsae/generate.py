@@ -1,0 +1,143 @@
+"""The one generation loop: greedy decoding of a left-padded batch, with or without KV cache.
+
+Rows stop independently at EOS or at a stop string (default: newline); a spliced SAE and its edits stay
+in force at every step because ``Splice.offset`` is advanced to each step's absolute position.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .errors import GradsaeError
+
+
+@dataclass
+class Batch:
+    """A left-padded prompt batch: ``input_ids`` and ``attention_mask`` [B, T0]."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    @property
+    def prompt_len(self) -> int:
+        return self.input_ids.shape[1]
+
+    def to(self, device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device))
+
+    def repeat(self, n: int) -> "Batch":
+        """Each row repeated n times in place (row 0 n times, then row 1, ...)."""
+        return Batch(self.input_ids.repeat_interleave(n, 0), self.attention_mask.repeat_interleave(n, 0))
+
+
+@dataclass
+class Generation:
+    """Result of ``greedy_generate``.
+
+    Attributes:
+        tokens: per row, the generated token ids up to (not including) EOS; may include the stop string's token.
+        texts: per row, the decoded answer cut at the first stop string.
+        prompt_len: padded prompt length T0.
+        steps: forward calls made.
+    """
+
+    tokens: list[list[int]]
+    texts: list[str]
+    prompt_len: int
+    steps: int = 0
+    meta: dict = field(default_factory=dict)
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], device="cpu", add_special_tokens: bool = True) -> Batch:
+    """Tokenise and left-pad prompts."""
+    if not prompts:
+        raise GradsaeError("no prompts to encode")
+    tokenizer.padding_side = "left"
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+    return Batch(enc["input_ids"], enc["attention_mask"]).to(device)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that ignore left padding: [B, T]."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    cut = len(text)
+    for s in stop:
+        i = text.find(s)
+        if i >= 0:
+            cut = min(cut, i)
+    return text[:cut], cut < len(text)
+
+
+@torch.no_grad()
+def greedy_generate(model, tokenizer, batch: Batch, max_new_tokens: int = 32, stop: Sequence[str] = ("\n",),
+                    splice=None, use_cache: bool = True) -> Generation:
+    """Greedy-decode every row of ``batch``.
+
+    Args:
+        splice: an entered ``Splice`` (or None); its ``offset`` is kept equal to each call's first position.
+        use_cache: False re-runs the whole sequence every step (the GradSAE authors' loop; slow, for checks).
+    """
+    device = batch.input_ids.device
+    B = batch.input_ids.shape[0]
+    eos = set(_eos_ids(tokenizer, model))
+    ids, mask = batch.input_ids, batch.attention_mask
+    out_tokens: list[list[int]] = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    past = None
+    steps = 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    cur_ids, cur_pos = ids, position_ids(mask)
+    for step in range(max_new_tokens):
+        if splice is not None:
+            splice.offset = ids.shape[1] - cur_ids.shape[1]
+        out = model(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos,
+                    past_key_values=past, use_cache=use_cache)
+        steps += 1
+        nxt = out.logits[:, -1, :].argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        for b in range(B):
+            if done[b]:
+                continue
+            t = int(nxt[b])
+            if t in eos:
+                done[b] = True
+                continue
+            out_tokens[b].append(t)
+            if stop:  # leading whitespace/newlines do not stop a row: only a stop string after content
+                _, hit = cut_at_stop(tokenizer.decode(out_tokens[b]).lstrip(), stop)
+                if hit:
+                    done[b] = True
+        if bool(done.all()):
+            break
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        if use_cache:
+            past = out.past_key_values
+            cur_ids = nxt[:, None]
+            cur_pos = position_ids(mask)[:, -1:]
+        else:
+            cur_ids, cur_pos = ids, position_ids(mask)
+    texts = [cut_at_stop(tokenizer.decode(t, skip_special_tokens=True).lstrip(), stop)[0].strip() for t in out_tokens]
+    return Generation(out_tokens, texts, batch.prompt_len, steps)
+
+
+def _eos_ids(tokenizer, model) -> list[int]:
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_cfg = getattr(model, "generation_config", None)
+    e = getattr(gen_cfg, "eos_token_id", None) if gen_cfg is not None else None
+    if isinstance(e, int):
+        ids.add(e)
+    elif isinstance(e, (list, tuple)):
+        ids.update(int(x) for x in e)
+    for extra in ("<end_of_turn>", "<|eot_id|>", "<|im_end|>"):
+        tid = tokenizer.convert_tokens_to_ids(extra) if extra in tokenizer.get_vocab() else None
+        if tid is not None:
+            ids.add(int(tid))
+    return sorted(ids)

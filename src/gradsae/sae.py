@@ -1,0 +1,271 @@
+"""The sparse autoencoder: one ``SAE`` class for every architecture gradsae reads or trains.
+
+Shapes: ``x [..., D]`` model activations, ``h [..., C]`` latent activations,
+``W_enc [D, C]``, ``b_enc [C]``, ``W_dec [C, D]``, ``b_dec [D]`` (SAELens names and orientation).
+
+Architectures (``cfg.architecture``):
+
+- ``relu``      h = relu(pre)                                  (SAELens "standard")
+- ``jumprelu``  h = relu(pre) * (pre > threshold)              (Gemma Scope)
+- ``topk``      keep the k largest of relu(pre)                (Gao et al.)
+- ``batchtopk`` trained with a batch-level TopK; inference is JumpReLU with the learned threshold
+- ``gsae``      TopK whose *selection* may use the gradient of the model loss (Olmo et al.):
+                K = TopK(z + beta/s * z * |W_dec @ grad_x L|), values kept are relu(z).
+                Without a gradient it is plain TopK (what generation uses).
+
+where ``pre = (x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .errors import GradsaeError
+from .hooks import parse_hook_name
+
+ARCHITECTURES = ("relu", "jumprelu", "topk", "batchtopk", "gsae")
+
+
+@dataclass
+class SAEConfig:
+    d_in: int
+    """Model hidden size D."""
+    d_sae: int
+    """Number of latents C."""
+    architecture: str = "relu"
+    """One of relu, jumprelu, topk, batchtopk, gsae."""
+    k: int | None = None
+    """Active latents per token for topk / batchtopk / gsae."""
+    apply_b_dec_to_input: bool = True
+    """Subtract b_dec from x before encoding (SAELens convention)."""
+    hook_name: str = ""
+    """Where the SAE reads, e.g. blocks.9.hook_resid_post (any name hooks.parse_hook_name knows)."""
+    model_name: str = ""
+    dtype: str = "float32"
+    device: str = "cpu"
+    norm_scaling_factor: float | None = None
+    """If set, x is multiplied by it before encoding and x_hat divided by it after decoding."""
+    beta: float = 0.0
+    """g-SAE: weight of the gradient term in the selection score."""
+    beta_mode: str = "rms"
+    """g-SAE: 'raw' uses beta as in the paper; 'rms' divides the gradient term by a running RMS
+    of |W_dec @ grad| (buffer grad_scale), so beta is scale-free."""
+    context_size: int | None = None
+    prepend_bos: bool = True
+    dataset_path: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Anything else (training config, provenance, eval numbers)."""
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise GradsaeError(
+                f"unknown SAE architecture {self.architecture!r}: use one of {', '.join(ARCHITECTURES)}"
+            )
+        if self.architecture in ("topk", "batchtopk", "gsae") and not self.k:
+            raise GradsaeError(f"a {self.architecture} SAE needs k (active latents per token) in its config")
+        if self.k is not None and not 0 < self.k <= self.d_sae:
+            raise GradsaeError(f"k={self.k} must be between 1 and d_sae={self.d_sae}")
+
+    @property
+    def layer(self) -> int | None:
+        return parse_hook_name(self.hook_name) if self.hook_name else None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SAEConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in d.items() if k in names}
+        extra = {k: v for k, v in d.items() if k not in names}
+        known.setdefault("metadata", {}).update(extra)
+        return cls(**known)
+
+
+class SparseCode(NamedTuple):
+    """A TopK code: ``values [N, K]`` and ``indices [N, K]`` (long)."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions (tested on toy tensors)
+# ---------------------------------------------------------------------------------------------
+
+def gsae_selection_score(z: torch.Tensor, grad_latent: torch.Tensor | None, beta: float,
+                         scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """The g-SAE selection score ``z + (beta / scale) * z * |grad_latent|``.
+
+    Args:
+        z: pre-activations [N, C].
+        grad_latent: the model-loss gradient projected into latent space, ``grad_x @ W_dec.T`` [N, C];
+            None gives plain TopK (score = z).
+        beta: weight of the gradient term (0 gives plain TopK).
+        scale: divides the gradient term (1 in the paper's raw form; a running RMS in the scale-free form).
+    """
+    if grad_latent is None or beta == 0:
+        return z
+    return z + (beta / scale) * z * grad_latent.abs()
+
+
+def topk_code(score: torch.Tensor, values: torch.Tensor, k: int) -> SparseCode:
+    """Pick the k largest ``score`` entries per row, keep ``relu(values)`` there. [N, C] -> SparseCode [N, K]."""
+    idx = score.topk(k, dim=-1, sorted=False).indices
+    return SparseCode(values.gather(-1, idx).relu(), idx)
+
+
+def densify(code: SparseCode, d_sae: int) -> torch.Tensor:
+    """SparseCode [N, K] -> dense [N, C]."""
+    out = code.values.new_zeros(*code.values.shape[:-1], d_sae)
+    return out.scatter(-1, code.indices, code.values)
+
+
+def sparse_decode(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
+    """Decode only the K active rows of W_dec: [N, K] -> [N, D]; O(N·K·D) instead of O(N·C·D)."""
+    rows = W_dec[code.indices]  # [N, K, D]
+    return torch.einsum("nk,nkd->nd", code.values, rows) + b_dec
+
+
+# ---------------------------------------------------------------------------------------------
+# The module
+# ---------------------------------------------------------------------------------------------
+
+class SAE(nn.Module):
+    """A sparse autoencoder with SAELens names: ``encode``, ``decode``, ``W_enc``, ``W_dec``, ``cfg``."""
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, C = cfg.d_in, cfg.d_sae
+        dtype = getattr(torch, cfg.dtype)
+        self.W_enc = nn.Parameter(torch.zeros(D, C, dtype=dtype))
+        self.b_enc = nn.Parameter(torch.zeros(C, dtype=dtype))
+        self.W_dec = nn.Parameter(torch.zeros(C, D, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(D, dtype=dtype))
+        if cfg.architecture in ("jumprelu", "batchtopk"):
+            self.threshold = nn.Parameter(torch.zeros(C, dtype=dtype))
+        if cfg.architecture == "gsae":
+            self.register_buffer("grad_scale", torch.ones((), dtype=torch.float32))
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def init_random(cls, cfg: SAEConfig, seed: int = 0, x_sample: torch.Tensor | None = None) -> "SAE":
+        """Random unit-norm decoder rows, encoder = decoder transpose (Gao et al.), b_dec from data if given."""
+        sae = cls(cfg)
+        g = torch.Generator().manual_seed(seed)
+        W = torch.randn(cfg.d_sae, cfg.d_in, generator=g)
+        W = W / W.norm(dim=-1, keepdim=True)
+        with torch.no_grad():
+            sae.W_dec.copy_(W)
+            sae.W_enc.copy_(W.T)
+            if x_sample is not None:
+                sae.b_dec.copy_(x_sample.float().median(dim=0).values)
+        return sae
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str = "cpu", dtype: str | None = None) -> "SAE":
+        """Load any supported format or bundled name (see ``gradsae.formats.load_sae``)."""
+        from .formats import load_sae
+
+        return load_sae(name_or_path, device=device, dtype=dtype)
+
+    load_from_disk = from_pretrained
+
+    def save(self, path: str | Path) -> Path:
+        """Write the SAELens folder format (cfg.json + sae_weights.safetensors)."""
+        from .formats import save_saelens
+
+        return save_saelens(self, path)
+
+    save_model = save
+
+    # ---- properties ---------------------------------------------------------------------
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def layer(self) -> int | None:
+        return self.cfg.layer
+
+    @property
+    def hook_name(self) -> str:
+        return self.cfg.hook_name
+
+    # ---- math ---------------------------------------------------------------------------
+    def _scale_in(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.cfg.norm_scaling_factor
+        return x if s is None else x * s
+
+    def encode_pre(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activations [..., C] for x [..., D]."""
+        x = self._scale_in(x.to(self.W_enc.dtype))
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def project_grad(self, grad_x: torch.Tensor) -> torch.Tensor:
+        """The model-loss gradient in latent space: ``grad_x @ W_dec.T`` [..., D] -> [..., C]."""
+        return grad_x.to(self.W_dec.dtype) @ self.W_dec.T
+
+    def encode_sparse(self, x: torch.Tensor, grad_x: torch.Tensor | None = None) -> SparseCode:
+        """TopK-family encoding as (values, indices) [..., K]; ``grad_x`` [..., D] is used by g-SAE only."""
+        cfg = self.cfg
+        if cfg.architecture not in ("topk", "gsae", "batchtopk"):
+            raise GradsaeError(f"encode_sparse needs a TopK-family SAE, not {cfg.architecture!r}")
+        z = self.encode_pre(x)
+        score = z
+        if cfg.architecture == "gsae" and grad_x is not None:
+            scale = self.grad_scale if cfg.beta_mode == "rms" else 1.0
+            score = gsae_selection_score(z, self.project_grad(grad_x), cfg.beta, scale)
+        return topk_code(score, z, cfg.k)
+
+    def encode(self, x: torch.Tensor, grad_x: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent activations h [..., C] for x [..., D].
+
+        ``grad_x`` (the gradient of the model loss w.r.t. x, [..., D]) only matters for g-SAEs.
+        """
+        arch = self.cfg.architecture
+        if arch in ("topk", "gsae"):
+            return densify(self.encode_sparse(x, grad_x), self.d_sae)
+        pre = self.encode_pre(x)
+        if arch == "relu":
+            return pre.relu()
+        # jumprelu, and batchtopk at inference
+        return pre.relu() * (pre > self.threshold)
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        """Reconstruction x_hat [..., D] from latents h [..., C]."""
+        x_hat = h.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+        s = self.cfg.norm_scaling_factor
+        return x_hat if s is None else x_hat / s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    # ---- helpers ------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_norm(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+
+    def describe(self) -> str:
+        c = self.cfg
+        k = f", k={c.k}" if c.k else ""
+        return f"SAE({c.architecture}, d_in={c.d_in}, d_sae={c.d_sae}{k}, hook={c.hook_name or '?'})"
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    def config_json(self) -> str:
+        return json.dumps(self.cfg.to_dict(), indent=2)

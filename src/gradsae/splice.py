@@ -1,0 +1,302 @@
+"""The splice: put an SAE into the residual stream after block L, optionally edit its latents.
+
+This module is the only one that registers forward hooks. Two context managers:
+
+- ``Splice(model, sae, ...)`` replaces Z [B, T, D] by decode(edit(encode(Z))) at every forward call
+  (prompt, teacher-forced pass, every step of a KV-cached generation), exposes the latents H [B, T, C]
+  (as a leaf with ``requires_grad`` when ``grad=True``), and removes its hook on exit, also on errors.
+- ``ResidualCapture(model, layers, ...)`` records Z at one or several layers (optionally as gradient
+  leaves, for dL/dx), and can stop the forward pass after the last layer it needs.
+
+Error term (``error=``):
+
+- ``"none"`` (paper-faithful): the model sees only the reconstruction x_hat.
+- ``"keep"``: x_hat + (Z - x_hat).detach(): the output equals the clean model's until latents are edited,
+  and gradients w.r.t. H are those of the reconstruction path.
+
+Positions: the splice counts absolute positions. Our generation loop sets ``splice.offset`` before each
+forward call, so an edit "from position p on" reaches the prompt and every generated token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import GradsaeError
+from .hooks import block, hidden_size, join_output, resolve_layer, split_output
+from .sae import SAE
+
+
+# ---------------------------------------------------------------------------------------------
+# Edits
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class RowEdit:
+    """What to do to one row's latents.
+
+    Attributes:
+        zero: latent indices set to 0.
+        set: {latent index: value} set (after zeroing).
+        at: where the edit applies: ``"all"`` positions, ``"last"`` (the last prompt position and every
+            generated token), ``"generated"`` (generated tokens only), an int position p (p and later),
+            or ``"newest"`` (only the last position of each forward call: with generation *without* KV cache
+            this is the authors' steering rule; with a cache it equals ``"last"``).
+    """
+
+    zero: Sequence[int] = ()
+    set: dict[int, float] | None = None
+    at: str | int = "all"
+
+
+@dataclass
+class LatentEdits:
+    """Dense per-row edits for a batch of B rows and C latents.
+
+    Attributes:
+        zero: [B, C] bool, latents to zero (or None).
+        set_mask: [B, C] bool, latents to overwrite (or None).
+        set_values: [B, C] float, their values.
+        start: [B] long, edits apply at absolute positions >= start[b].
+        only_newest: edits apply only at the last position of each forward call.
+    """
+
+    zero: torch.Tensor | None
+    set_mask: torch.Tensor | None
+    set_values: torch.Tensor | None
+    start: torch.Tensor
+    only_newest: bool = False
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[RowEdit | None], d_sae: int, prompt_len: int,
+                  device: str | torch.device = "cpu") -> "LatentEdits":
+        """Build dense edits; ``prompt_len`` is the (left-padded) prompt length T0 of the batch."""
+        B = len(rows)
+        zero = torch.zeros(B, d_sae, dtype=torch.bool)
+        set_mask = torch.zeros(B, d_sae, dtype=torch.bool)
+        set_values = torch.zeros(B, d_sae)
+        start = torch.zeros(B, dtype=torch.long)
+        newest = {r.at == "newest" for r in rows if r is not None}
+        if len(newest) > 1:
+            raise GradsaeError("'newest' edits cannot be mixed with other positions in one batch")
+        for b, r in enumerate(rows):
+            if r is None:
+                start[b] = 1 << 40  # never
+                continue
+            if r.zero is not None and len(r.zero):
+                idx = torch.as_tensor(list(r.zero), dtype=torch.long)
+                _check_idx(idx, d_sae)
+                zero[b, idx] = True
+            if r.set:
+                idx = torch.as_tensor(list(r.set.keys()), dtype=torch.long)
+                _check_idx(idx, d_sae)
+                set_mask[b, idx] = True
+                set_values[b, idx] = torch.as_tensor(list(r.set.values()), dtype=torch.float32)
+            start[b] = _start_position(r.at, prompt_len)
+        return cls(zero.to(device) if zero.any() else None,
+                   set_mask.to(device) if set_mask.any() else None,
+                   set_values.to(device) if set_mask.any() else None,
+                   start.to(device), only_newest=newest == {True})
+
+    def apply(self, H: torch.Tensor, offset: int) -> torch.Tensor:
+        """Edited latents for H [B, T, C] whose first position has absolute index ``offset``."""
+        B, T, _ = H.shape
+        if self.start.shape[0] != B:
+            raise GradsaeError(f"edits were built for {self.start.shape[0]} rows but the batch has {B}")
+        pos = offset + torch.arange(T, device=H.device)
+        active = pos[None, :] >= self.start[:, None]  # [B, T]
+        if self.only_newest:
+            active = active & (torch.arange(T, device=H.device) == T - 1)[None, :]
+        if not active.any():
+            return H
+        a = active[:, :, None]
+        if self.zero is not None:
+            H = torch.where(a & self.zero[:, None, :], torch.zeros((), dtype=H.dtype, device=H.device), H)
+        if self.set_mask is not None:
+            H = torch.where(a & self.set_mask[:, None, :], self.set_values[:, None, :].to(H.dtype), H)
+        return H
+
+
+def _check_idx(idx: torch.Tensor, d_sae: int) -> None:
+    if idx.numel() and (idx.min() < 0 or idx.max() >= d_sae):
+        raise GradsaeError(f"latent index {int(idx.max() if idx.max() >= d_sae else idx.min())} is out of range "
+                           f"for an SAE with {d_sae} latents")
+
+
+def _start_position(at: str | int, prompt_len: int) -> int:
+    if isinstance(at, int):
+        return at
+    if at == "all":
+        return 0
+    if at in ("last", "newest"):
+        return prompt_len - 1
+    if at == "generated":
+        return prompt_len
+    raise GradsaeError(f"unknown edit position {at!r}: use all, last, generated, newest or an integer")
+
+
+# ---------------------------------------------------------------------------------------------
+# The splice
+# ---------------------------------------------------------------------------------------------
+
+def check_compatible(model: nn.Module, sae: SAE, layer: int | str | None) -> int:
+    """Resolve the layer (argument, else the SAE's hook) and check d_in against the model."""
+    layer = sae.cfg.hook_name if layer is None else layer
+    idx = resolve_layer(model, layer if layer not in ("", None) else None)
+    D = hidden_size(model)
+    if sae.d_in != D:
+        raise GradsaeError(f"SAE d_in={sae.d_in} does not match the model's hidden size {D}: "
+                           "use an SAE trained on this model")
+    return idx
+
+
+class Splice:
+    """Context manager that splices ``sae`` after block ``layer`` (default: the SAE's own hook).
+
+    Args:
+        model: a Hugging Face causal LM.
+        sae: the SAE.
+        layer: block index or hook name; None uses ``sae.cfg.hook_name``.
+        error: ``"none"`` or ``"keep"`` (see module docstring).
+        edits: ``LatentEdits`` or a list of ``RowEdit`` (one per row; built at the first forward call).
+        grad: make H a leaf that requires grad (for ∂target/∂H); the graph below layer L is cut.
+        capture: keep H of every forward call in ``self.captured`` (the last one is ``self.latents``).
+
+    Attributes:
+        latents: H [B, T, C] of the last forward call (when ``grad`` or ``capture``).
+        offset: absolute position of the next forward call's first token (set by the generation loop).
+    """
+
+    def __init__(self, model: nn.Module, sae: SAE, layer: int | str | None = None, error: str = "none",
+                 edits: LatentEdits | Sequence[RowEdit | None] | None = None, grad: bool = False,
+                 capture: bool = False):
+        if error not in ("none", "keep"):
+            raise GradsaeError(f"unknown error mode {error!r}: use 'none' (paper) or 'keep'")
+        self.model, self.sae, self.error = model, sae, error
+        self.layer = check_compatible(model, sae, layer)
+        self.edits = edits
+        self.grad, self.capture = grad, capture
+        self.latents: torch.Tensor | None = None
+        self.captured: list[torch.Tensor] = []
+        self.offset = 0
+        self._handle = None
+
+    def set_edits(self, edits: LatentEdits | Sequence[RowEdit | None] | None) -> None:
+        self.edits = edits
+
+    def _dense_edits(self, B: int, T: int, device) -> LatentEdits | None:
+        e = self.edits
+        if e is None or isinstance(e, LatentEdits):
+            return e
+        self.edits = LatentEdits.from_rows(list(e), self.sae.d_sae, prompt_len=T, device=device)
+        return self.edits
+
+    def _hook(self, module, args, out):
+        Z, rest = split_output(out)
+        sae = self.sae
+        Zs = Z.to(sae.W_dec.dtype)
+        if self.grad:
+            with torch.enable_grad():
+                H = sae.encode(Zs.detach()).detach().requires_grad_(True)
+                new = self._rebuild(Zs.detach(), H)
+        else:
+            with torch.no_grad():
+                H = sae.encode(Zs)
+                new = self._rebuild(Zs, H)
+        if self.grad or self.capture:
+            self.latents = H
+        if self.capture:
+            self.captured.append(H.detach())
+        self.offset += Z.shape[1]
+        return join_output(new.to(Z.dtype), rest)
+
+    def _rebuild(self, Z: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+        edits = self._dense_edits(H.shape[0], H.shape[1], H.device)
+        He = H if edits is None else edits.apply(H, self.offset)
+        if self.error == "none":
+            return self.sae.decode(He)
+        if self.grad:  # keep the reconstruction path so d(out)/dH = W_dec
+            return self.sae.decode(He) + (Z - self.sae.decode(H)).detach()
+        if He is H:
+            return Z
+        return Z + (self.sae.decode(He) - self.sae.decode(H))
+
+    def __enter__(self) -> "Splice":
+        self._handle = block(self.model, self.layer).register_forward_hook(self._hook)
+        self.offset = 0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Residual capture (activation caching, dL/dx for g-SAE)
+# ---------------------------------------------------------------------------------------------
+
+class _StopForward(Exception):
+    pass
+
+
+class ResidualCapture:
+    """Record the residual stream after the given blocks.
+
+    Args:
+        layers: block indices (or hook names).
+        grad: make the lowest captured activation a gradient leaf (graph below it is cut) and retain
+            gradients of the others; after ``loss.backward()`` read ``self.grads[layer]``.
+        stop: raise after the highest layer so the rest of the model is skipped (no logits; use
+            ``run(...)``), only when ``grad`` is False.
+
+    Attributes:
+        acts: {layer: Z [B, T, D]}; grads: {layer: dL/dZ [B, T, D]} after backward.
+    """
+
+    def __init__(self, model: nn.Module, layers: Iterable[int | str], grad: bool = False, stop: bool = False):
+        self.model = model
+        self.layers = sorted({resolve_layer(model, l) for l in layers})
+        self.grad, self.stop = grad, stop and not grad
+        self.acts: dict[int, torch.Tensor] = {}
+        self._handles = []
+
+    def _make_hook(self, layer: int):
+        def hook(module, args, out):
+            Z, rest = split_output(out)
+            if self.grad:
+                if layer == self.layers[0]:
+                    Z = Z.detach().requires_grad_(True)
+                else:
+                    Z.retain_grad()
+                self.acts[layer] = Z
+                return join_output(Z, rest)
+            self.acts[layer] = Z.detach()
+            if self.stop and layer == self.layers[-1]:
+                raise _StopForward
+            return None
+        return hook
+
+    @property
+    def grads(self) -> dict[int, torch.Tensor]:
+        return {l: z.grad for l, z in self.acts.items() if z.grad is not None}
+
+    def run(self, **inputs):
+        """Call the model; returns its output, or None when the forward was stopped early."""
+        try:
+            return self.model(**inputs)
+        except _StopForward:
+            return None
+
+    def __enter__(self) -> "ResidualCapture":
+        self.acts = {}
+        self._handles = [block(self.model, l).register_forward_hook(self._make_hook(l)) for l in self.layers]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []

@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny randomly initialised models of each architecture with a byte-level tokenizer
+(no downloads), random SAEs, and the real bundled SmolLM2 for the slow tests."""
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+ARCHS = ("llama", "gemma2", "qwen2", "gpt2")
+D_MODEL = 64
+
+
+@functools.lru_cache(maxsize=1)
+def byte_tokenizer():
+    """A real fast tokenizer over 256 byte symbols plus <bos>/<eos>/<pad> (ids 256, 257, 258)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    for s in ("<bos>", "<eos>", "<pad>"):
+        vocab[s] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    tok.padding_side = "left"
+    return tok
+
+
+def tiny_config(arch: str, vocab: int):
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=vocab, bos_token_id=256, eos_token_id=257, pad_token_id=258)
+    if arch == "gpt2":
+        return AutoConfig.for_model("gpt2", n_embd=D_MODEL, n_layer=3, n_head=4, n_positions=512, **common)
+    kw = dict(hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=512, **common)
+    if arch == "gemma2":
+        kw.update(head_dim=16, sliding_window=64, query_pre_attn_scalar=16)
+    return AutoConfig.for_model(arch, **kw)
+
+
+def make_tiny(arch: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    from gradsae.model import prepare
+
+    tok = byte_tokenizer()
+    torch.manual_seed(seed)
+    cfg = tiny_config(arch, len(tok))
+    cfg._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():  # larger weights so outputs are not all near-uniform
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(4.0)
+    return prepare(model, tok, "cpu", torch.float32)
+
+
+@pytest.fixture(params=ARCHS)
+def tiny(request):
+    return make_tiny(request.param)
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny("llama")
+
+
+def random_sae(d_in=D_MODEL, d_sae=256, arch="relu", k=None, layer=1, seed=0, bias=0.0):
+    from gradsae import SAE, SAEConfig
+
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch, k=k, hook_name=f"blocks.{layer}.hook_resid_post")
+    sae = SAE.init_random(cfg, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        sae.W_enc.mul_(0.5)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1 + bias)
+        sae.b_dec.copy_(torch.randn(d_in, generator=g) * 0.1)
+        if hasattr(sae, "threshold"):
+            sae.threshold.fill_(0.05)
+    return sae.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from gradsae import load_model
+
+    return load_model("smollm2")

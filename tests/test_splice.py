@@ -1,0 +1,191 @@
+"""The splice on tiny random Llama / Gemma 2 / Qwen2 / GPT-2 models."""
+import pytest
+import torch
+
+from gradsae import GradsaeError, RowEdit, Splice, encode_prompts, greedy_generate
+from gradsae.hooks import decoder_layers, parse_hook_name, resolve_layer
+from gradsae.splice import LatentEdits, ResidualCapture
+
+from conftest import make_tiny, random_sae
+
+PROMPTS = ["the cat sat on", "a b c d e f g"]
+
+
+def logits(model, batch):
+    with torch.no_grad():
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+
+
+def n_hooks(model):
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_keep_error_leaves_logits_unchanged(tiny):
+    model, tok = tiny
+    batch = encode_prompts(tok, PROMPTS)
+    clean = logits(model, batch)
+    with Splice(model, random_sae(), error="keep"):
+        spliced = logits(model, batch)
+    torch.testing.assert_close(spliced, clean, rtol=0, atol=1e-6)
+    with Splice(model, random_sae(), error="none"):
+        recon = logits(model, batch)
+    assert (recon - clean).abs().max() > 1e-3  # the reconstruction is not the model
+
+
+def test_editing_an_active_latent_changes_logits_and_only_its_row(tiny):
+    model, tok = tiny
+    sae = random_sae()
+    batch = encode_prompts(tok, PROMPTS)
+    with Splice(model, sae, error="keep", capture=True) as s:
+        base = logits(model, batch)
+        H = s.latents
+    active = int(H[0, -1].argmax())
+    assert H[0, -1, active] > 0
+    with Splice(model, sae, error="keep", edits=[RowEdit(zero=[active]), None]):
+        edited = logits(model, batch)
+    assert (edited[0] - base[0]).abs().max() > 1e-4
+    torch.testing.assert_close(edited[1], base[1], rtol=0, atol=1e-6)
+
+
+def test_set_edit_and_positions():
+    H = torch.ones(2, 5, 4)
+    e = LatentEdits.from_rows([RowEdit(zero=[1], set={2: 7.0}, at="last"), RowEdit(zero=[0], at=1)], 4, prompt_len=3)
+    out = e.apply(H, offset=0)
+    assert out[0, :2].eq(1).all() and out[0, 2:, 1].eq(0).all() and out[0, 2:, 2].eq(7).all()
+    assert out[1, 0].eq(1).all() and out[1, 1:, 0].eq(0).all()
+    # a later call (generation step at absolute position 5): the edits stay in force
+    step = e.apply(torch.ones(2, 1, 4), offset=5)
+    assert step[0, 0].tolist() == [1, 0, 7, 1] and step[1, 0].tolist() == [0, 1, 1, 1]
+    newest = LatentEdits.from_rows([RowEdit(zero=[3], at="newest")], 4, prompt_len=2).apply(torch.ones(1, 4, 4), 0)
+    assert newest[0, :3].eq(1).all() and newest[0, 3, 3] == 0
+    with pytest.raises(GradsaeError, match="out of range"):
+        LatentEdits.from_rows([RowEdit(zero=[9])], 4, prompt_len=2)
+
+
+def test_hooks_removed_on_exit_and_on_exception(tiny_llama):
+    model, tok = tiny_llama
+    before = n_hooks(model)
+    with Splice(model, random_sae()):
+        assert n_hooks(model) == before + 1
+    assert n_hooks(model) == before
+    with pytest.raises(RuntimeError):
+        with Splice(model, random_sae()):
+            raise RuntimeError("boom")
+    assert n_hooks(model) == before
+
+
+def test_edits_reach_generated_tokens(tiny_llama):
+    """Zeroing latents from the last prompt token on changes generation; the per-step latents show it."""
+    model, tok = tiny_llama
+    sae = random_sae(bias=0.2)
+    batch = encode_prompts(tok, ["hello wor"])
+    with Splice(model, sae, capture=True) as s:
+        greedy_generate(model, tok, batch, max_new_tokens=4, stop=())
+        base_steps = s.captured
+    steps_active = [int((h[0, -1] > 0).sum()) for h in base_steps]
+    assert min(steps_active) > 0
+    latents = list(range(sae.d_sae))
+    captured = []
+
+    class Recorder(Splice):
+        def _rebuild(self, Z, H):
+            out = super()._rebuild(Z, H)
+            captured.append(self.edits.apply(H, self.offset - 0) if self.edits is not None else H)
+            return out
+
+    with Recorder(model, sae, edits=[RowEdit(zero=latents, at="last")]) as s:
+        gen = greedy_generate(model, tok, batch, max_new_tokens=4, stop=())
+    assert len(captured) == gen.steps >= 2
+    assert captured[0][0, -1].abs().sum() == 0 and captured[0][0, 0].abs().sum() > 0  # prompt: only last position
+    for h in captured[1:]:  # every generated token
+        assert h.abs().sum() == 0
+
+
+def test_generation_with_and_without_cache_agree(tiny):
+    model, tok = tiny
+    sae = random_sae()
+    batch = encode_prompts(tok, PROMPTS)
+    with Splice(model, sae, edits=[RowEdit(zero=[1, 2, 3]), RowEdit(set={5: 3.0}, at="last")]) as s:
+        a = greedy_generate(model, tok, batch, max_new_tokens=6, stop=(), splice=s)
+    with Splice(model, sae, edits=[RowEdit(zero=[1, 2, 3]), RowEdit(set={5: 3.0}, at="last")]) as s:
+        b = greedy_generate(model, tok, batch, max_new_tokens=6, stop=(), splice=s, use_cache=False)
+    assert a.tokens == b.tokens
+
+
+def test_batched_generation_matches_single_rows(tiny_llama):
+    model, tok = tiny_llama
+    batch = encode_prompts(tok, PROMPTS)
+    both = greedy_generate(model, tok, batch, max_new_tokens=5, stop=())
+    for i, p in enumerate(PROMPTS):
+        one = greedy_generate(model, tok, encode_prompts(tok, [p]), max_new_tokens=5, stop=())
+        assert one.tokens[0] == both.tokens[i]
+
+
+def test_grad_wrt_latents_matches_finite_differences(tiny):
+    """dtarget/dH[n, c] from the splice equals a central finite difference of editing H[n, c] alone."""
+    model, tok = tiny
+    model, sae = model.double(), random_sae(bias=0.1).double()
+    ids = encode_prompts(tok, ["abcdefg"]).input_ids
+    target_tok = 5
+
+    with Splice(model, sae, error="none", grad=True) as s:
+        model(input_ids=ids).logits[0, -1].log_softmax(-1)[target_tok].backward()
+        H, G = s.latents.detach(), s.latents.grad
+    # the entry with the largest gradient among active latents: HF computes norms, rotary and softmax in
+    # float32 even in a float64 model, so a small gradient would drown in rounding noise
+    score = G.abs() * (H > 0)
+    pos, lat = divmod(int(score[0].argmax()), H.shape[-1])
+    h = H[0, pos, lat].item()
+
+    class OneEntry(Splice):  # set exactly H[0, pos, lat] to `value`
+        value = h
+
+        def _rebuild(self, Z, Hh):
+            Hh = Hh.clone()
+            Hh[0, pos, lat] = self.value
+            return self.sae.decode(Hh)
+
+    def target_at(value):
+        with OneEntry(model, sae, error="none") as sp, torch.no_grad():
+            sp.value = value
+            return model(input_ids=ids).logits[0, -1].log_softmax(-1)[target_tok].item()
+
+    eps = 1e-3
+    fd = (target_at(h + eps) - target_at(h - eps)) / (2 * eps)
+    assert abs(G[0, pos, lat].item()) > 1e-3
+    assert G[0, pos, lat].item() == pytest.approx(fd, rel=2e-3)
+    # and a wrong gradient would be caught: the neighbouring latent's gradient differs
+    assert G[0, pos, lat].item() != pytest.approx(G[0, pos, (lat + 1) % G.shape[-1]].item(), rel=0.05)
+
+
+def test_residual_capture_grad_and_stop(tiny_llama):
+    model, tok = tiny_llama
+    batch = encode_prompts(tok, ["hello there"])
+    with ResidualCapture(model, [0, 2], grad=True) as cap:
+        out = model(input_ids=batch.input_ids)
+        out.logits.sum().backward()
+    assert set(cap.grads) == {0, 2} and cap.grads[0].shape == (1, batch.prompt_len, 64)
+    with torch.no_grad(), ResidualCapture(model, [1], stop=True) as cap:
+        assert cap.run(input_ids=batch.input_ids) is None
+    with torch.no_grad():
+        hs = model(input_ids=batch.input_ids, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(cap.acts[1], hs[2])  # output of block 1 == hidden_states[2]
+
+
+def test_layer_and_width_errors(tiny_llama):
+    model, _ = tiny_llama
+    with pytest.raises(GradsaeError, match="out of range"):
+        Splice(model, random_sae(layer=7))
+    with pytest.raises(GradsaeError, match="hidden size 64"):
+        Splice(model, random_sae(d_in=32))
+    with pytest.raises(GradsaeError, match="cannot map hook name"):
+        Splice(model, random_sae(), layer="mlp.out")
+    assert resolve_layer(model, -1) == 2 and len(decoder_layers(model)) == 3
+
+
+def test_hook_names():
+    assert parse_hook_name("blocks.9.hook_resid_post") == 9
+    assert parse_hook_name("blocks.9.hook_resid_pre") == 8
+    assert parse_hook_name("model.layers.9") == 9 == parse_hook_name("layers.9") == parse_hook_name("transformer.h.9")
+    with pytest.raises(GradsaeError, match="embeddings"):
+        parse_hook_name("blocks.0.hook_resid_pre")
