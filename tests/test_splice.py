@@ -88,8 +88,8 @@ def test_edits_reach_generated_tokens(tiny_llama):
     captured = []
 
     class Recorder(Splice):
-        def _rebuild(self, Z, H):
-            out = super()._rebuild(Z, H)
+        def _rebuild(self, Z, H, H0):
+            out = super()._rebuild(Z, H, H0)
             captured.append(self.edits.apply(H, self.offset - 0) if self.edits is not None else H)
             return out
 
@@ -140,7 +140,7 @@ def test_grad_wrt_latents_matches_finite_differences(tiny):
     class OneEntry(Splice):  # set exactly H[0, pos, lat] to `value`
         value = h
 
-        def _rebuild(self, Z, Hh):
+        def _rebuild(self, Z, Hh, H0):
             Hh = Hh.clone()
             Hh[0, pos, lat] = self.value
             return self.sae.decode(Hh)

@@ -45,11 +45,13 @@ class RowEdit:
             generated token), ``"generated"`` (generated tokens only), an int position p (p and later),
             or ``"newest"`` (only the last position of each forward call: with generation *without* KV cache
             this is the authors' steering rule; with a cache it equals ``"last"``).
+        until: if given, edits stop before this absolute position (e.g. the prompt end).
     """
 
     zero: Sequence[int] = ()
     set: dict[int, float] | None = None
     at: str | int = "all"
+    until: int | None = None
 
 
 @dataclass
@@ -60,7 +62,8 @@ class LatentEdits:
         zero: [B, C] bool, latents to zero (or None).
         set_mask: [B, C] bool, latents to overwrite (or None).
         set_values: [B, C] float, their values.
-        start: [B] long, edits apply at absolute positions >= start[b].
+        start: [B] long, edits apply at absolute positions >= start[b] ...
+        end: [B] long, ... and < end[b].
         only_newest: edits apply only at the last position of each forward call.
     """
 
@@ -68,6 +71,7 @@ class LatentEdits:
     set_mask: torch.Tensor | None
     set_values: torch.Tensor | None
     start: torch.Tensor
+    end: torch.Tensor | None = None
     only_newest: bool = False
 
     @classmethod
@@ -79,6 +83,7 @@ class LatentEdits:
         set_mask = torch.zeros(B, d_sae, dtype=torch.bool)
         set_values = torch.zeros(B, d_sae)
         start = torch.zeros(B, dtype=torch.long)
+        end = torch.full((B,), 1 << 40, dtype=torch.long)
         newest = {r.at == "newest" for r in rows if r is not None}
         if len(newest) > 1:
             raise GradsaeError("'newest' edits cannot be mixed with other positions in one batch")
@@ -96,10 +101,12 @@ class LatentEdits:
                 set_mask[b, idx] = True
                 set_values[b, idx] = torch.as_tensor(list(r.set.values()), dtype=torch.float32)
             start[b] = _start_position(r.at, prompt_len)
+            if r.until is not None:
+                end[b] = r.until
         return cls(zero.to(device) if zero.any() else None,
                    set_mask.to(device) if set_mask.any() else None,
                    set_values.to(device) if set_mask.any() else None,
-                   start.to(device), only_newest=newest == {True})
+                   start.to(device), end.to(device), only_newest=newest == {True})
 
     def apply(self, H: torch.Tensor, offset: int) -> torch.Tensor:
         """Edited latents for H [B, T, C] whose first position has absolute index ``offset``."""
@@ -108,6 +115,8 @@ class LatentEdits:
             raise GradsaeError(f"edits were built for {self.start.shape[0]} rows but the batch has {B}")
         pos = offset + torch.arange(T, device=H.device)
         active = pos[None, :] >= self.start[:, None]  # [B, T]
+        if self.end is not None:
+            active = active & (pos[None, :] < self.end[:, None])
         if self.only_newest:
             active = active & (torch.arange(T, device=H.device) == T - 1)[None, :]
         if not active.any():
@@ -164,6 +173,8 @@ class Splice:
         edits: ``LatentEdits`` or a list of ``RowEdit`` (one per row; built at the first forward call).
         grad: make H a leaf that requires grad (for ∂target/∂H); the graph below layer L is cut.
         capture: keep H of every forward call in ``self.captured`` (the last one is ``self.latents``).
+        latent_fn: optional map applied to H [B, T, C] right after encoding (before it becomes the grad leaf),
+            e.g. ``lambda H: H * alpha`` for integrated gradients.
 
     Attributes:
         latents: H [B, T, C] of the last forward call (when ``grad`` or ``capture``).
@@ -172,13 +183,14 @@ class Splice:
 
     def __init__(self, model: nn.Module, sae: SAE, layer: int | str | None = None, error: str = "none",
                  edits: LatentEdits | Sequence[RowEdit | None] | None = None, grad: bool = False,
-                 capture: bool = False):
+                 capture: bool = False, latent_fn=None):
         if error not in ("none", "keep"):
             raise GradsaeError(f"unknown error mode {error!r}: use 'none' (paper) or 'keep'")
         self.model, self.sae, self.error = model, sae, error
         self.layer = check_compatible(model, sae, layer)
         self.edits = edits
         self.grad, self.capture = grad, capture
+        self.latent_fn = latent_fn
         self.latents: torch.Tensor | None = None
         self.captured: list[torch.Tensor] = []
         self.offset = 0
@@ -198,14 +210,13 @@ class Splice:
         Z, rest = split_output(out)
         sae = self.sae
         Zs = Z.to(sae.W_dec.dtype)
-        if self.grad:
-            with torch.enable_grad():
-                H = sae.encode(Zs.detach()).detach().requires_grad_(True)
-                new = self._rebuild(Zs.detach(), H)
-        else:
-            with torch.no_grad():
-                H = sae.encode(Zs)
-                new = self._rebuild(Zs, H)
+        with torch.enable_grad() if self.grad else torch.no_grad():
+            Zs = Zs.detach()
+            H0 = sae.encode(Zs).detach()
+            H = H0 if self.latent_fn is None else self.latent_fn(H0)
+            if self.grad:
+                H = H.requires_grad_(True)
+            new = self._rebuild(Zs, H, H0)
         if self.grad or self.capture:
             self.latents = H
         if self.capture:
@@ -213,16 +224,18 @@ class Splice:
         self.offset += Z.shape[1]
         return join_output(new.to(Z.dtype), rest)
 
-    def _rebuild(self, Z: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    def _rebuild(self, Z: torch.Tensor, H: torch.Tensor, H0: torch.Tensor) -> torch.Tensor:
+        """New residual stream from (possibly transformed) latents H; H0 are the plain encoder latents,
+        which define the error term Z - decode(H0) in ``keep`` mode."""
         edits = self._dense_edits(H.shape[0], H.shape[1], H.device)
         He = H if edits is None else edits.apply(H, self.offset)
         if self.error == "none":
             return self.sae.decode(He)
         if self.grad:  # keep the reconstruction path so d(out)/dH = W_dec
-            return self.sae.decode(He) + (Z - self.sae.decode(H)).detach()
-        if He is H:
+            return self.sae.decode(He) + (Z - self.sae.decode(H0)).detach()
+        if He is H0:
             return Z
-        return Z + (self.sae.decode(He) - self.sae.decode(H))
+        return Z + (self.sae.decode(He) - self.sae.decode(H0))
 
     def __enter__(self) -> "Splice":
         self._handle = block(self.model, self.layer).register_forward_hook(self._hook)
