@@ -35,6 +35,7 @@ def test_aggregations():
     mask = torch.tensor([[True, True, False]])
     torch.testing.assert_close(aggregate(g, mask, "relu-mean"), torch.tensor([[2.0, 0.5, 0.0]]))
     torch.testing.assert_close(aggregate(g, mask, "mean"), torch.tensor([[2.0, 0.0, 0.0]]))  # -0.5 -> 0
+    torch.testing.assert_close(aggregate(g, mask, "signed"), torch.tensor([[2.0, -0.5, -0.5]]))
 
 
 def test_resolve_k_and_the_50_percent_rule():

@@ -45,7 +45,7 @@ from .sae import SAE
 from .splice import RowEdit, Splice
 
 TARGETS = ("logprob", "prob", "logit", "first")
-AGGREGATIONS = ("relu-mean", "mean")
+AGGREGATIONS = ("relu-mean", "mean", "signed")
 POSITIONS = ("all", "prompt")
 METHODS = ("grad", "exact", "ig")
 
@@ -87,7 +87,8 @@ def aggregate(g: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
         g: [B, T, C] per-token scores g[n, c] (or activations, for the Baseline).
         mask: [B, T] positions to average over.
         how: ``relu-mean`` mean_n max(g[n, c], 0) (official code); ``mean`` mean_n g[n, c] then scores ≤ 0
-            become 0 (paper text: only positive influence counts).
+            become 0 (paper text: only positive influence counts); ``signed`` the plain mean (for analysis,
+            e.g. comparing with signed ablation effects; selection still keeps positive scores only).
     Returns:
         [B, C].
     """
@@ -97,7 +98,8 @@ def aggregate(g: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     n = m.sum(1).clamp_min(1)
     if how == "relu-mean":
         return (g.clamp_min(0) * m).sum(1) / n
-    return ((g * m).sum(1) / n).clamp_min(0)
+    mean = (g * m).sum(1) / n
+    return mean if how == "signed" else mean.clamp_min(0)
 
 
 def resolve_k(k: int | str, n_active_last: int) -> int:
@@ -503,5 +505,5 @@ def _exact_scores(model, sae, packed, layer, target, aggregation, positions, err
         scores[torch.as_tensor(lat)] = ((full - tv) / n).float().cpu()
     r = _finish(None, H, mask, packed, aggregation, keep, 0, score=scores.to(H.device))
     r["target_value"] = float(full)
-    r["meta_extra"] = {"exact_latents_ablated": int(active.numel())}
+    r["meta_extra"] = {"exact_latents_ablated": int(active.numel()), "ablated": active.tolist()}
     return r
