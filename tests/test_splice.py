@@ -189,3 +189,19 @@ def test_hook_names():
     assert parse_hook_name("model.layers.9") == 9 == parse_hook_name("layers.9") == parse_hook_name("transformer.h.9")
     with pytest.raises(GradsaeError, match="embeddings"):
         parse_hook_name("blocks.0.hook_resid_pre")
+
+
+def test_shared_prefix_gives_identical_generations(tiny):
+    model, tok = tiny
+    sae = random_sae(bias=0.1)
+    batch = encode_prompts(tok, ["one prompt for all rows"]).repeat(3)
+    T0 = batch.prompt_len
+    rows = [None, RowEdit(zero=list(range(0, 256, 2)), at="last"), RowEdit(set={3: 5.0}, at="last")]
+    with Splice(model, sae, edits=rows) as s:
+        full = greedy_generate(model, tok, batch, max_new_tokens=5, stop=(), splice=s)
+    with Splice(model, sae, edits=rows) as s:
+        shared = greedy_generate(model, tok, batch, max_new_tokens=5, stop=(), splice=s, shared_prefix=T0 - 1)
+    assert shared.tokens == full.tokens and full.tokens[0] != full.tokens[1]
+    with Splice(model, sae, edits=[RowEdit(zero=[1], at="all")] * 3) as s:
+        with pytest.raises(GradsaeError, match="shared prefix"):
+            greedy_generate(model, tok, batch, max_new_tokens=2, splice=s, shared_prefix=T0 - 1)

@@ -75,12 +75,15 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 @torch.no_grad()
 def greedy_generate(model, tokenizer, batch: Batch, max_new_tokens: int = 32, stop: Sequence[str] = ("\n",),
-                    splice=None, use_cache: bool = True) -> Generation:
+                    splice=None, use_cache: bool = True, shared_prefix: int = 0) -> Generation:
     """Greedy-decode every row of ``batch``.
 
     Args:
         splice: an entered ``Splice`` (or None); its ``offset`` is kept equal to each call's first position.
         use_cache: False re-runs the whole sequence every step (the GradSAE authors' loop; slow, for checks).
+        shared_prefix: P > 0 computes the first P prompt positions once (batch of 1) and copies the KV cache
+            to every row. Rows must be identical and unpadded there, and no latent edit may be active before
+            position P (e.g. steering at the last prompt token: P = T0 - 1). Results are unchanged.
     """
     device = batch.input_ids.device
     B = batch.input_ids.shape[0]
@@ -92,11 +95,34 @@ def greedy_generate(model, tokenizer, batch: Batch, max_new_tokens: int = 32, st
     steps = 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     cur_ids, cur_pos = ids, position_ids(mask)
+    if splice is not None:
+        splice.prompt_len = ids.shape[1]
+    if shared_prefix:
+        P = int(shared_prefix)
+        if not use_cache:
+            raise GradsaeError("shared_prefix needs the KV cache (use_cache=True)")
+        if not 0 < P < ids.shape[1]:
+            raise GradsaeError(f"shared_prefix={P} must be between 1 and the prompt length - 1 ({ids.shape[1] - 1})")
+        if not (mask[:, :P].all() and (ids[:, :P] == ids[:1, :P]).all()):
+            raise GradsaeError("shared_prefix: rows differ or are padded inside the prefix; use it only for rows "
+                               "that repeat one prompt")
+        if splice is not None:
+            splice.offset = 0
+        out = model(input_ids=ids[:1, :P], attention_mask=mask[:1, :P], position_ids=cur_pos[:1, :P], use_cache=True)
+        steps += 1
+        past = out.past_key_values
+        if B > 1:
+            past.batch_repeat_interleave(B)
+        cur_ids, cur_pos = ids[:, P:], cur_pos[:, P:]
     for step in range(max_new_tokens):
         if splice is not None:
             splice.offset = ids.shape[1] - cur_ids.shape[1]
-        out = model(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos,
-                    past_key_values=past, use_cache=use_cache)
+        kw = dict(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos, past_key_values=past,
+                  use_cache=use_cache)
+        try:  # only the last position's logits are needed (saves the [B, T, V] prompt logits)
+            out = model(**kw, logits_to_keep=1)
+        except TypeError:
+            out = model(**kw)
         steps += 1
         nxt = out.logits[:, -1, :].argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)

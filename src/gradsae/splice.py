@@ -111,9 +111,14 @@ class LatentEdits:
     def apply(self, H: torch.Tensor, offset: int) -> torch.Tensor:
         """Edited latents for H [B, T, C] whose first position has absolute index ``offset``."""
         B, T, _ = H.shape
-        if self.start.shape[0] != B:
-            raise GradsaeError(f"edits were built for {self.start.shape[0]} rows but the batch has {B}")
         pos = offset + torch.arange(T, device=H.device)
+        if self.start.shape[0] != B:
+            lo, hi = offset, offset + T  # a shared-prefix pass (B = 1) is fine if no edit is active in it
+            end = self.end if self.end is not None else torch.full_like(self.start, 1 << 40)
+            if B == 1 and not ((self.start < hi) & (end > lo)).any():
+                return H
+            raise GradsaeError(f"edits were built for {self.start.shape[0]} rows but the batch has {B} "
+                               "(or an edit is active inside a shared prefix)")
         active = pos[None, :] >= self.start[:, None]  # [B, T]
         if self.end is not None:
             active = active & (pos[None, :] < self.end[:, None])
@@ -179,6 +184,8 @@ class Splice:
     Attributes:
         latents: H [B, T, C] of the last forward call (when ``grad`` or ``capture``).
         offset: absolute position of the next forward call's first token (set by the generation loop).
+        prompt_len: padded prompt length T0 that ``RowEdit`` positions such as "last" refer to (set by the
+            generation loop; otherwise the length of the first forward call).
     """
 
     def __init__(self, model: nn.Module, sae: SAE, layer: int | str | None = None, error: str = "none",
@@ -194,6 +201,7 @@ class Splice:
         self.latents: torch.Tensor | None = None
         self.captured: list[torch.Tensor] = []
         self.offset = 0
+        self.prompt_len: int | None = None  # set by the generation loop; else the first call's length
         self._handle = None
 
     def set_edits(self, edits: LatentEdits | Sequence[RowEdit | None] | None) -> None:
@@ -203,7 +211,8 @@ class Splice:
         e = self.edits
         if e is None or isinstance(e, LatentEdits):
             return e
-        self.edits = LatentEdits.from_rows(list(e), self.sae.d_sae, prompt_len=T, device=device)
+        T0 = self.prompt_len if self.prompt_len is not None else T
+        self.edits = LatentEdits.from_rows(list(e), self.sae.d_sae, prompt_len=T0, device=device)
         return self.edits
 
     def _hook(self, module, args, out):
