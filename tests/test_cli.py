@@ -26,3 +26,24 @@ def test_convert_round_trip_and_error(tmp_path, capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "gradsae", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "convert" in out.stdout
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from gradsae.io import atomic_write_text
+
+    p = atomic_write_text(tmp_path / "x.json", "{}")
+    mode = stat.S_IMODE(os.stat(p).st_mode)
+    assert mode & stat.S_IRGRP and mode & stat.S_IROTH  # readable by others, like an ordinary file
+
+
+def test_help_shows_each_default_once(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: " not in out or out.count("(default: )") == 0
+    assert all(line.count("(default:") <= 1 for line in out.splitlines())

@@ -205,3 +205,24 @@ def test_shared_prefix_gives_identical_generations(tiny):
     with Splice(model, sae, edits=[RowEdit(zero=[1], at="all")] * 3) as s:
         with pytest.raises(GradsaeError, match="shared prefix"):
             greedy_generate(model, tok, batch, max_new_tokens=2, splice=s, shared_prefix=T0 - 1)
+
+
+def test_keep_first_counts_from_each_rows_first_real_token(tiny_llama):
+    """With left padding, keep_first must protect each row's own first token, so a padded batch gives
+    every row what it gets alone."""
+    model, tok = tiny_llama
+    sae = random_sae(bias=0.1)
+    prompts = ["a long prompt with many tokens", "short"]
+    batch = encode_prompts(tok, prompts)
+    assert batch.attention_mask[1, 0] == 0  # row 1 is left-padded
+    with Splice(model, sae, keep_first=1) as s:
+        both = greedy_generate(model, tok, batch, max_new_tokens=4, stop=(), splice=s)
+    for i, p in enumerate(prompts):
+        with Splice(model, sae, keep_first=1) as s:
+            one = greedy_generate(model, tok, encode_prompts(tok, [p]), max_new_tokens=4, stop=(), splice=s)
+        assert one.tokens[0] == both.tokens[i]
+    with Splice(model, sae, keep_first=0) as s:
+        plain = greedy_generate(model, tok, encode_prompts(tok, ["short"]), max_new_tokens=4, stop=(), splice=s)
+    with Splice(model, sae, keep_first=5) as s:
+        kept = greedy_generate(model, tok, encode_prompts(tok, ["short"]), max_new_tokens=4, stop=(), splice=s)
+    assert plain.tokens != kept.tokens  # keeping the whole 5-token prompt unspliced changes the output

@@ -48,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (mod, cls_name, _, help_) in COMMANDS.items():
         cls = getattr(importlib.import_module(mod), cls_name)
-        p = sub.add_parser(name, help=help_, description=(cls.__doc__ or help_).strip(),
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=help_, description=(cls.__doc__ or help_).strip())
         add_dataclass_args(p, cls)
     return parser
 

@@ -97,6 +97,7 @@ def greedy_generate(model, tokenizer, batch: Batch, max_new_tokens: int = 32, st
     cur_ids, cur_pos = ids, position_ids(mask)
     if splice is not None:
         splice.prompt_len = ids.shape[1]
+        splice.row_start = (mask == 0).sum(1)  # left padding per row
     if shared_prefix:
         P = int(shared_prefix)
         if not use_cache:

@@ -299,8 +299,11 @@ def _pack(tok, pairs: Sequence[tuple[list[int], list[int]]], device) -> _Packed:
                    [len(s) for s in seqs])
 
 
-def _forward_target(model, packed: _Packed, target: str) -> torch.Tensor:
+def _forward_target(model, packed: _Packed, target: str, splice: Splice | None = None) -> torch.Tensor:
     """Run the teacher-forced batch and return the target per row [B] (keeps only the logits needed)."""
+    if splice is not None:
+        splice.offset, splice.prompt_len = 0, packed.T
+        splice.row_start = (packed.mask == 0).sum(1)
     M = max(max(packed.n_out), 1)
     kw = dict(input_ids=packed.ids, attention_mask=packed.mask, position_ids=position_ids(packed.mask))
     try:
@@ -324,13 +327,14 @@ def promoted_tokens(model, tok, sae: SAE, latents: Sequence[int], n: int = 8) ->
 
 
 def generate_outputs(model, tok, sae: SAE, prompts: Sequence[str], *, layer=None, error: str = "none",
-                     max_new_tokens: int = 32, stop: Sequence[str] = ("\n",), batch_size: int = 8) -> list[list[int]]:
+                     max_new_tokens: int = 32, stop: Sequence[str] = ("\n",), batch_size: int = 8,
+                     keep_first: int = 0) -> list[list[int]]:
     """Greedy answers through the splice, as token ids cut at the stop string."""
     device = sae.W_dec.device
     out: list[list[int]] = []
     for i in range(0, len(prompts), batch_size):
         batch = encode_prompts(tok, prompts[i:i + batch_size], device=device)
-        with Splice(model, sae, layer=layer, error=error) as s:
+        with Splice(model, sae, layer=layer, error=error, keep_first=keep_first) as s:
             gen = greedy_generate(model, tok, batch, max_new_tokens=max_new_tokens, stop=stop, splice=s)
         out.extend(answer_ids(tok, t, stop) for t in gen.tokens)
     return out
@@ -341,7 +345,7 @@ def influence(model, tok, sae: SAE, examples: Sequence[Example | tuple | str], *
               method: str = "grad", error: str = "none", batch_size: int = 4, ig_steps: int = 16,
               exact_latents: int | None = None, exact_batch: int = 32, keep_per_token: int = 10,
               max_new_tokens: int = 32, stop: Sequence[str] = ("\n",), seed: int = 0,
-              output_ids: Sequence[list[int]] | None = None) -> list[Influence]:
+              output_ids: Sequence[list[int]] | None = None, keep_first: int = 0) -> list[Influence]:
     """Score every latent for each example.
 
     Args:
@@ -356,6 +360,7 @@ def influence(model, tok, sae: SAE, examples: Sequence[Example | tuple | str], *
         exact_batch: ablated latents per batched forward (``exact``).
         keep_per_token: P, how many top latents keep their per-token influence (heatmaps).
         output_ids: already tokenised outputs (e.g. from generation), overriding ``Example.output``.
+        keep_first: leave each row's first N real tokens unspliced (attention sink), see ``Splice``.
     """
     for name, val, allowed in (("target", target, TARGETS), ("aggregation", aggregation, AGGREGATIONS),
                                ("positions", positions, POSITIONS), ("method", method, METHODS)):
@@ -371,7 +376,7 @@ def influence(model, tok, sae: SAE, examples: Sequence[Example | tuple | str], *
     todo = [i for i, e in enumerate(exs) if e.output is None] if output_ids is None else []
     generated = dict(zip(todo, generate_outputs(model, tok, sae, [exs[i].prompt for i in todo], layer=layer,
                                                 error=error, max_new_tokens=max_new_tokens, stop=stop,
-                                                batch_size=max(batch_size, 1)))) if todo else {}
+                                                batch_size=max(batch_size, 1), keep_first=keep_first))) if todo else {}
     for i, e in enumerate(exs):
         if output_ids is not None:
             pairs.append((tok(e.prompt, add_special_tokens=True)["input_ids"], list(output_ids[i])))
@@ -388,13 +393,14 @@ def influence(model, tok, sae: SAE, examples: Sequence[Example | tuple | str], *
         chunk = list(range(start, min(start + max(step, 1), len(exs))))
         packed = _pack(tok, [pairs[i] for i in chunk], device)
         if method == "grad":
-            res = _grad_scores(model, sae, packed, layer, target, aggregation, positions, error, keep_per_token)
+            res = _grad_scores(model, sae, packed, layer, target, aggregation, positions, error, keep_per_token,
+                               keep_first)
         elif method == "ig":
             res = [_ig_scores(model, sae, packed, layer, target, aggregation, positions, error, ig_steps,
-                              keep_per_token)]
+                              keep_per_token, keep_first)]
         else:
             res = [_exact_scores(model, sae, packed, layer, target, aggregation, positions, error, exact_latents,
-                                 exact_batch, seed, keep_per_token)]
+                                 exact_batch, seed, keep_per_token, keep_first)]
         for i, r in zip(chunk, res):
             extra = r.pop("meta_extra", {})
             p, o = pairs[i]
@@ -404,7 +410,8 @@ def influence(model, tok, sae: SAE, examples: Sequence[Example | tuple | str], *
                 token_ids=ids, tokens=[tok.decode([t]) for t in ids], n_prompt=len(p), **r,
                 meta={"target": target, "aggregation": aggregation, "positions": positions, "method": method,
                       "error": error, "layer": sae.cfg.hook_name if layer is None else layer,
-                      "ig_steps": ig_steps if method == "ig" else None, "seed": seed, **extra}))
+                      "ig_steps": ig_steps if method == "ig" else None, "seed": seed, "keep_first": keep_first,
+                      **extra}))
     elapsed = time.perf_counter() - t0
     for r in results:
         r.meta["seconds_total"] = round(elapsed, 3)
@@ -428,11 +435,12 @@ def _finish(g: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, packed: _Packe
                 per_token=per_token)
 
 
-def _grad_scores(model, sae, packed, layer, target, aggregation, positions, error, keep) -> list[dict]:
+def _grad_scores(model, sae, packed, layer, target, aggregation, positions, error, keep,
+                 keep_first: int = 0) -> list[dict]:
     mask = packed.score_mask(positions, target)
-    with Splice(model, sae, layer=layer, error=error, grad=True) as s:
+    with Splice(model, sae, layer=layer, error=error, grad=True, keep_first=keep_first) as s:
         with torch.enable_grad():
-            tv = _forward_target(model, packed, target)
+            tv = _forward_target(model, packed, target, s)
             tv.sum().backward()  # rows are independent, so each row gets its own gradient
         H, G = s.latents.detach(), s.latents.grad
     out = []
@@ -444,7 +452,8 @@ def _grad_scores(model, sae, packed, layer, target, aggregation, positions, erro
     return out
 
 
-def _ig_scores(model, sae, packed, layer, target, aggregation, positions, error, steps, keep) -> dict:
+def _ig_scores(model, sae, packed, layer, target, aggregation, positions, error, steps, keep,
+               keep_first: int = 0) -> dict:
     """IG[n, c] = H[n, c] · mean_α ∂target/∂H[n, c] at α·H (scored positions scaled; others untouched)."""
     if packed.ids.shape[0] != 1:
         raise GradsaeError("integrated gradients run one example at a time")
@@ -457,13 +466,13 @@ def _ig_scores(model, sae, packed, layer, target, aggregation, positions, error,
     def path(H):
         return H * scale[:, :, None].to(H.dtype)
 
-    with Splice(model, sae, layer=layer, error=error, grad=True, latent_fn=path) as s:
+    with Splice(model, sae, layer=layer, error=error, grad=True, latent_fn=path, keep_first=keep_first) as s:
         with torch.enable_grad():
-            tv = _forward_target(model, rep, target)
+            tv = _forward_target(model, rep, target, s)
             tv.sum().backward()
         G = s.latents.grad  # [m, T, C]
-    with torch.no_grad(), Splice(model, sae, layer=layer, error=error, capture=True) as s:
-        full = float(_forward_target(model, packed, target)[0])
+    with torch.no_grad(), Splice(model, sae, layer=layer, error=error, capture=True, keep_first=keep_first) as s:
+        full = float(_forward_target(model, packed, target, s)[0])
         H = s.latents[0]
     g = (G.mean(0) * H).float()
     r = _finish(g, H.float(), mask[0], packed, aggregation, keep, 0)
@@ -473,18 +482,18 @@ def _ig_scores(model, sae, packed, layer, target, aggregation, positions, error,
 
 @torch.no_grad()
 def _exact_scores(model, sae, packed, layer, target, aggregation, positions, error, n_cand, chunk, seed,
-                  keep) -> dict:
+                  keep, keep_first: int = 0) -> dict:
     """Δtarget when one latent is zeroed at all scored positions, divided by their number N (so it is on the
     scale of the ``mean`` aggregation of grad × act, whose first-order sum it approximates)."""
     if packed.ids.shape[0] != 1:
         raise GradsaeError("exact ablation runs one example at a time")
     mask = packed.score_mask(positions, target)[0]
-    with Splice(model, sae, layer=layer, error=error, capture=True) as s:
-        full = _forward_target(model, packed, target)[0]
+    with Splice(model, sae, layer=layer, error=error, capture=True, keep_first=keep_first) as s:
+        full = _forward_target(model, packed, target, s)[0]
         H = s.latents[0].float()
     active = torch.nonzero(((H > 0) & mask[:, None]).any(0)).flatten()
     if n_cand is not None and active.numel() > 3 * n_cand:
-        grad_res = _grad_scores(model, sae, packed, layer, target, "mean", positions, error, 1)[0]
+        grad_res = _grad_scores(model, sae, packed, layer, target, "mean", positions, error, 1, keep_first)[0]
         base = aggregate(H[None], mask[None], "relu-mean")[0]
         by_grad = active[grad_res["scores"].to(active.device)[active].abs().argsort(descending=True)[:n_cand]]
         by_act = active[base[active].argsort(descending=True)[:n_cand]]
@@ -500,8 +509,8 @@ def _exact_scores(model, sae, packed, layer, target, aggregation, positions, err
         rows = [RowEdit(zero=[c], at=lo, until=hi) for c in lat]
         rep = _Packed(packed.ids.expand(len(lat), -1), packed.mask.expand(len(lat), -1), packed.n_prompt * len(lat),
                       packed.n_out * len(lat), packed.lengths * len(lat))
-        with Splice(model, sae, layer=layer, error=error, edits=rows):
-            tv = _forward_target(model, rep, target)
+        with Splice(model, sae, layer=layer, error=error, edits=rows, keep_first=keep_first) as s:
+            tv = _forward_target(model, rep, target, s)
         scores[torch.as_tensor(lat)] = ((full - tv) / n).float().cpu()
     r = _finish(None, H, mask, packed, aggregation, keep, 0, score=scores.to(H.device))
     r["target_value"] = float(full)

@@ -178,6 +178,9 @@ class Splice:
         edits: ``LatentEdits`` or a list of ``RowEdit`` (one per row; built at the first forward call).
         grad: make H a leaf that requires grad (for ∂target/∂H); the graph below layer L is cut.
         capture: keep H of every forward call in ``self.captured`` (the last one is ``self.latents``).
+        keep_first: each row's first ``keep_first`` real tokens keep the model's own activation (e.g. the
+            BOS / attention-sink position an SAE was not trained on); 0 splices every position. Rows start at
+            ``row_start`` (set by the generation loop and by influence from the attention mask).
         latent_fn: optional map applied to H [B, T, C] right after encoding (before it becomes the grad leaf),
             e.g. ``lambda H: H * alpha`` for integrated gradients.
 
@@ -190,18 +193,20 @@ class Splice:
 
     def __init__(self, model: nn.Module, sae: SAE, layer: int | str | None = None, error: str = "none",
                  edits: LatentEdits | Sequence[RowEdit | None] | None = None, grad: bool = False,
-                 capture: bool = False, latent_fn=None):
+                 capture: bool = False, latent_fn=None, keep_first: int = 0):
         if error not in ("none", "keep"):
             raise GradsaeError(f"unknown error mode {error!r}: use 'none' (paper) or 'keep'")
         self.model, self.sae, self.error = model, sae, error
         self.layer = check_compatible(model, sae, layer)
         self.edits = edits
         self.grad, self.capture = grad, capture
+        self.keep_first = keep_first
         self.latent_fn = latent_fn
         self.latents: torch.Tensor | None = None
         self.captured: list[torch.Tensor] = []
         self.offset = 0
         self.prompt_len: int | None = None  # set by the generation loop; else the first call's length
+        self.row_start: torch.Tensor | None = None  # [B] first real (non-pad) position per row, for keep_first
         self._handle = None
 
     def set_edits(self, edits: LatentEdits | Sequence[RowEdit | None] | None) -> None:
@@ -230,8 +235,23 @@ class Splice:
             self.latents = H
         if self.capture:
             self.captured.append(H.detach())
+        if self.keep_first:
+            new = self._keep_first_positions(Zs, new)
         self.offset += Z.shape[1]
         return join_output(new.to(Z.dtype), rest)
+
+    def _keep_first_positions(self, Z: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """Each row's first ``keep_first`` real tokens keep the model's own activation (row-relative, so
+        left padding is accounted for through ``row_start``)."""
+        B, T, _ = Z.shape
+        start = self.row_start
+        if start is None or start.shape[0] != B:
+            start = torch.zeros(B, dtype=torch.long, device=Z.device)
+        pos = self.offset + torch.arange(T, device=Z.device)
+        keep = pos[None, :] < (start.to(Z.device)[:, None] + self.keep_first)  # [B, T]
+        if not keep.any():
+            return new
+        return torch.where(keep[..., None], Z.detach().to(new.dtype), new)
 
     def _rebuild(self, Z: torch.Tensor, H: torch.Tensor, H0: torch.Tensor) -> torch.Tensor:
         """New residual stream from (possibly transformed) latents H; H0 are the plain encoder latents,

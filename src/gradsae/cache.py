@@ -1,0 +1,507 @@
+"""``gradsae cache``: stream a corpus through the model and store residual activations x (and dL/dx).
+
+Layout of a cache folder::
+
+    manifest.json                    model, layers, context length, dtype, positions policy, shards so far
+    config.json                      the CacheConfig of the run
+    shard_00000.tokens.npy           int32 [S, T]      the token ids of the S sequences of the shard
+    shard_00000.L9.acts.npy          float16 [N, D]    x after block 9, N = S * (T - drop_first) tokens
+    shard_00000.L9.grads.npy         float16 [N, D]    dL/dx * grad_scale (see below), same rows as acts
+
+Row ``s * (T - drop_first) + (t - drop_first)`` of a shard is sequence s, position t.
+
+* **Loss.** L is the *summed* next-token cross-entropy over every predicted position of a sequence, so a
+  token's gradient does not depend on batch size or on how many sequences there are. ResidualCapture
+  cuts the graph below the lowest cached layer: backward only runs through the upper blocks.
+* **Positions.** The first ``drop_first`` (default 1) positions of every sequence are left out: position 0
+  is the attention sink, whose residual norm is an outlier that would dominate an SAE's loss.
+* **float16 gradients.** Per-token gradients of SmolLM2 at layer 9 are of order 1e-4..1e-2 per
+  coordinate, and many coordinates fall below float16's smallest normal number (6e-5). Each shard
+  therefore stores ``grad * s`` with ``s`` a power of two chosen so the shard's largest |grad| becomes
+  about 2^14; ``s`` is recorded per shard and layer in the manifest and ``load_grads`` divides it out
+  (exactly: powers of two). The manifest also records the fraction of stored gradient entries that are
+  zero after rounding although the float32 value was not (``grad_underflow``).
+* **Order.** Packed sequences are shuffled with ``--seed`` before sharding, so the shards finished
+  so far (an interrupted run is usable) and the held-out last shard are uniform samples of the corpus.
+* **Resume.** Shards are written to temporary names and renamed when complete; the manifest is rewritten
+  atomically after each shard. A rerun with the same config skips finished shards and redoes a partial one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .config import opt
+from .errors import GradsaeError
+from .io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA = ["../shared/data/wikitext-2/valid.txt", "../shared/data/wikitext-2/test.txt", "../shared/data/squad"]
+FORMAT_VERSION = 1
+GRAD_TARGET = 2.0 ** 14  # the largest |grad| of a shard is scaled to about this (float16 max is 65504)
+
+
+@dataclass
+class CacheConfig:
+    """Cache residual-stream activations (and the gradient of the summed next-token CE) as float16 shards."""
+
+    model: str = opt("smollm2", "model: 'smollm2', a Hugging Face id/folder, or a .gguf file")
+    layers: list[int] = opt([9], "blocks whose output (blocks.L.hook_resid_post) is cached, comma-separated")
+    data: list[str] = opt(list(DEFAULT_DATA), "corpus: .txt/.json (SQuAD or list)/.jsonl files or folders, "
+                          "or a Hugging Face dataset name; comma-separated")
+    text_field: str = opt("text", "field holding the text in .jsonl files and HF datasets")
+    out: str = opt("", "cache folder (default: <gradsae cache>/acts/<model>-L<layers>-ctx<T>-<data hash>)")
+    context_length: int = opt(128, "tokens per sequence T (sequences are packed from the corpus)")
+    prepend_bos: bool = opt(True, "start every sequence with the BOS token")
+    drop_first: int = opt(1, "leave out the first positions of each sequence (attention sink)")
+    grad: bool = opt(True, "also cache dL/dx (needed by g-SAE training and gradient-aware evals)")
+    batch_size: int = opt(8, "sequences per forward/backward pass")
+    seqs_per_shard: int = opt(64, "sequences per shard file")
+    max_tokens: int = opt(0, "stop after about this many corpus tokens (0 = the whole corpus)")
+    max_shards: int = opt(0, "compute at most the first N shards (0 = all); rerun with a larger N to extend")
+    shuffle: bool = opt(True, "shuffle the packed sequences (seeded) so that any prefix of shards, e.g. of a "
+                        "run stopped early, is a uniform sample of the corpus")
+    seed: int = opt(0, "seed of the sequence shuffle")
+    device: str = opt("cpu", "cpu, cuda or auto")
+    dtype: str = opt("float32", "model dtype")
+    threads: int = opt(2, "torch CPU threads")
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus -> token sequences
+# ---------------------------------------------------------------------------------------------
+
+def _iter_file_docs(path: Path, text_field: str) -> Iterator[str]:
+    if path.suffix == ".json":
+        obj = read_json(path)
+        if isinstance(obj, dict) and "data" in obj:  # SQuAD: one document per context paragraph
+            for article in obj["data"]:
+                for para in article.get("paragraphs", []):
+                    yield para["context"]
+        elif isinstance(obj, list):
+            for item in obj:
+                yield item if isinstance(item, str) else item[text_field]
+        else:
+            raise GradsaeError(f"{path}: expected SQuAD JSON or a list of texts: convert it to .txt or .jsonl")
+    elif path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    if text_field not in rec:
+                        raise GradsaeError(f"{path}: a record has no field {text_field!r}: pass --text-field")
+                    yield rec[text_field]
+    else:  # plain text: one document per non-empty line (wikitext paragraphs)
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield line.strip()
+
+
+def iter_documents(sources: list[str], text_field: str = "text") -> Iterator[str]:
+    """Yield the documents of every source in order (files, folders sorted by name, or an HF dataset)."""
+    for src in sources:
+        path = Path(src).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".json", ".jsonl"))
+            if not files:
+                raise GradsaeError(f"folder {path} has no .txt/.json/.jsonl files: point --data at the corpus")
+            for p in files:
+                yield from _iter_file_docs(p, text_field)
+        elif path.exists():
+            yield from _iter_file_docs(path, text_field)
+        else:
+            yield from _iter_hf_dataset(src, text_field)
+
+
+def _iter_hf_dataset(name: str, text_field: str) -> Iterator[str]:
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        raise GradsaeError(f"no file or folder {name!r}, and the package 'datasets' is not installed to read it "
+                           "as a Hugging Face dataset: check the path or pip install datasets") from None
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(name, split="train", streaming=True)
+    except Exception as e:  # offline, unknown name, ...
+        raise GradsaeError(f"cannot open {name!r} as a file or Hugging Face dataset ({type(e).__name__}): "
+                           "check the path, or use a local copy") from None
+    for rec in ds:
+        yield rec[text_field]
+
+
+def pack_sequences(docs: Iterator[str], tok, context_length: int, prepend_bos: bool,
+                   max_tokens: int = 0) -> np.ndarray:
+    """Tokenise documents, join them with EOS, cut into rows of ``context_length`` tokens. -> int32 [S, T].
+
+    With ``prepend_bos`` each row is BOS + (T - 1) corpus tokens. The incomplete last row is dropped.
+    """
+    bos = tok.bos_token_id if prepend_bos else None
+    if prepend_bos and bos is None:
+        raise GradsaeError("the tokenizer has no BOS token: pass --no-prepend-bos")
+    sep = tok.eos_token_id
+    body = context_length - (1 if prepend_bos else 0)
+    if body < 2:
+        raise GradsaeError(f"context length {context_length} is too short: use at least 3")
+    stream: list[int] = []
+    batch: list[str] = []
+
+    def flush():
+        for ids in tok(batch, add_special_tokens=False)["input_ids"]:
+            stream.extend(ids)
+            if sep is not None:
+                stream.append(sep)
+        batch.clear()
+
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) >= 256:
+            flush()
+            if max_tokens and len(stream) >= max_tokens:
+                break
+    if batch:
+        flush()
+    if max_tokens:
+        stream = stream[:max_tokens]
+    n = len(stream) // body
+    if n == 0:
+        raise GradsaeError(f"the corpus has {len(stream)} tokens, fewer than one sequence of {body}: "
+                           "add data or lower --context-length")
+    rows = np.asarray(stream[: n * body], dtype=np.int32).reshape(n, body)
+    if prepend_bos:
+        rows = np.concatenate([np.full((n, 1), bos, dtype=np.int32), rows], axis=1)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------------
+
+def pow2_scale(max_abs: float, target: float = GRAD_TARGET) -> float:
+    """A power of two s with ``max_abs * s`` in (target/2, target]; 1 for an all-zero tensor."""
+    if not max_abs > 0 or not math.isfinite(max_abs):
+        return 1.0
+    return float(2.0 ** math.floor(math.log2(target / max_abs)))
+
+
+def to_float16(x: torch.Tensor, scale: float = 1.0) -> tuple[np.ndarray, float]:
+    """x * scale as float16 numpy, and the fraction of nonzero entries that rounded to zero. [N, D]."""
+    y = (x.float() * scale)
+    h = y.to(torch.float16)
+    if not torch.isfinite(h).all():
+        raise GradsaeError("activations overflow float16 (|x| > 65504): cache with a smaller model dtype range "
+                           "or drop the outlier positions (--drop-first)")
+    nz = y != 0
+    under = float(((h == 0) & nz).sum()) / max(1, int(nz.sum()))
+    return h.numpy(), under
+
+
+def summed_next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Sum over all sequences and positions of -log p(token[t+1] | ...). logits [B, T, V], ids [B, T] -> []."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="sum")
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in s.split("/")[-1]).lower()
+
+
+def data_fingerprint(sources: list[str]) -> str:
+    h = hashlib.sha256()
+    for src in sources:
+        p = Path(src).expanduser()
+        files = sorted(p.rglob("*")) if p.is_dir() else [p]
+        for f in files:
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.name}:{st.st_size}".encode())
+        h.update(src.encode() if not p.exists() else b"")
+    return h.hexdigest()[:10]
+
+
+def default_out(cfg: CacheConfig) -> Path:
+    from .model import cache_dir
+
+    layers = "-".join(str(l) for l in cfg.layers)
+    return cache_dir() / "acts" / f"{_slug(cfg.model)}-L{layers}-ctx{cfg.context_length}-{data_fingerprint(cfg.data)}"
+
+
+def shard_stem(i: int) -> str:
+    return f"shard_{i:05d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a cache
+# ---------------------------------------------------------------------------------------------
+
+class ActivationCache:
+    """Read-only view of a cache folder. Arrays are memory-mapped float16 (``np.load(mmap_mode='r')``)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        mpath = self.path / "manifest.json"
+        if not mpath.exists():
+            raise GradsaeError(f"no activation cache at {self.path} (manifest.json missing): "
+                               "create one with `gradsae cache --out DIR`")
+        self.manifest = read_json(mpath)
+        self.shards: list[dict] = self.manifest["shards"]
+        if not self.shards:
+            raise GradsaeError(f"the cache at {self.path} has no finished shard yet: let `gradsae cache` run longer")
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.manifest["layers"])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.manifest["d_model"])
+
+    @property
+    def has_grads(self) -> bool:
+        return bool(self.manifest["grad"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete"))
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(s["n_tokens"] for s in self.shards)
+
+    def _check_layer(self, layer: int) -> None:
+        if layer not in self.layers:
+            raise GradsaeError(f"the cache at {self.path} has layers {self.layers}, not {layer}: "
+                               "pick one of those or re-cache with --layers")
+
+    def acts(self, i: int, layer: int) -> np.ndarray:
+        """float16 memmap [N, D] of shard i."""
+        self._check_layer(layer)
+        return np.load(self.path / f"{shard_stem(self.shards[i]['index'])}.L{layer}.acts.npy", mmap_mode="r")
+
+    def grads(self, i: int, layer: int) -> tuple[np.ndarray, float]:
+        """(float16 memmap [N, D] of dL/dx * scale, scale) of shard i; divide by scale for dL/dx."""
+        self._check_layer(layer)
+        if not self.has_grads:
+            raise GradsaeError(f"the cache at {self.path} has no gradients: re-cache with --grad to train a g-SAE")
+        s = self.shards[i]
+        arr = np.load(self.path / f"{shard_stem(s['index'])}.L{layer}.grads.npy", mmap_mode="r")
+        return arr, float(s["grad_scale"][str(layer)])
+
+    def tokens(self, i: int) -> np.ndarray:
+        """int32 [S, T] token ids of shard i."""
+        return np.load(self.path / f"{shard_stem(self.shards[i]['index'])}.tokens.npy", mmap_mode="r")
+
+    def load(self, layer: int, shards: list[int] | None = None, grads: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Concatenate shards into RAM: x float16 [N, D] and (optionally) dL/dx float32 [N, D]."""
+        idx = range(len(self.shards)) if shards is None else shards
+        xs = [torch.from_numpy(np.array(self.acts(i, layer))) for i in idx]
+        x = torch.cat(xs) if xs else torch.zeros(0, self.d_model, dtype=torch.float16)
+        if not grads:
+            return x, None
+        gs = []
+        for i in idx:
+            arr, s = self.grads(i, layer)
+            gs.append(torch.from_numpy(np.array(arr)).float() / s)
+        return x, torch.cat(gs) if gs else torch.zeros(0, self.d_model)
+
+
+def load_grads(cache: ActivationCache, i: int, layer: int) -> torch.Tensor:
+    """dL/dx of shard i as float32 [N, D] (the stored scale divided out)."""
+    arr, s = cache.grads(i, layer)
+    return torch.from_numpy(np.array(arr)).float() / s
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    """Write via open_memmap to a temp name, flush, then rename (a killed write leaves no final file)."""
+    tmp = path.with_name(path.name[:-4] + ".tmp.npy")
+    mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=arr.shape)
+    mm[...] = arr
+    mm.flush()
+    del mm
+    os.replace(tmp, path)
+
+
+def compute_batch(model, ids: torch.Tensor, layers: list[int], grad: bool, drop_first: int
+                  ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], float]:
+    """One forward (+ backward) pass. ids [B, T] -> ({L: x [B*(T-drop), D]}, {L: dL/dx [...]}, summed CE)."""
+    from .splice import ResidualCapture
+
+    B, T = ids.shape
+    attn = torch.ones_like(ids)
+    with ResidualCapture(model, layers, grad=grad, stop=not grad) as cap:
+        if grad:
+            with torch.enable_grad():
+                out = cap.run(input_ids=ids, attention_mask=attn)
+                loss = summed_next_token_ce(out.logits, ids)
+                loss.backward()
+            grads = {l: g[:, drop_first:].reshape(-1, g.shape[-1]).detach() for l, g in cap.grads.items()}
+            loss_v = float(loss.detach())
+        else:
+            with torch.no_grad():
+                cap.run(input_ids=ids, attention_mask=attn)
+            grads, loss_v = {}, float("nan")
+        acts = {l: a[:, drop_first:].reshape(-1, a.shape[-1]).detach() for l, a in cap.acts.items()}
+    return acts, grads, loss_v
+
+
+def _identity(cfg: CacheConfig, model_id: str, d_model: int, n_seq: int) -> dict:
+    return {"format_version": FORMAT_VERSION, "model": model_id, "layers": list(cfg.layers),
+            "hook_names": [f"blocks.{l}.hook_resid_post" for l in cfg.layers], "d_model": d_model,
+            "context_length": cfg.context_length, "prepend_bos": cfg.prepend_bos, "drop_first": cfg.drop_first,
+            "positions_policy": f"first {cfg.drop_first} position(s) of every sequence left out (attention sink)",
+            "grad": cfg.grad, "loss": "sum over tokens of next-token cross-entropy (per sequence)",
+            "dtype": "float16", "grad_storage": "float16 of dL/dx * grad_scale[layer] (a power of two per shard)",
+            "data": list(cfg.data), "data_fingerprint": data_fingerprint(cfg.data), "max_tokens": cfg.max_tokens,
+            "shuffle": cfg.shuffle, "seed": cfg.seed,
+            "seqs_per_shard": cfg.seqs_per_shard, "total_sequences": n_seq,
+            "tokens_per_sequence": cfg.context_length - cfg.drop_first}
+
+
+def run(cfg: CacheConfig) -> Path:
+    """Load the model and write (or resume) the cache; returns the cache folder."""
+    from .model import load_model
+
+    torch.set_num_threads(max(1, cfg.threads))
+    _check(cfg)
+    model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    return write_cache(model, tok, cfg)
+
+
+def _check(cfg: CacheConfig) -> None:
+    if not cfg.layers:
+        raise GradsaeError("no layers given: pass --layers 9 (comma-separated for several)")
+    if not 0 <= cfg.drop_first < cfg.context_length - 1:
+        raise GradsaeError(f"--drop-first {cfg.drop_first} must be between 0 and context length - 2")
+    if cfg.seqs_per_shard < 1 or cfg.batch_size < 1:
+        raise GradsaeError("--seqs-per-shard and --batch-size must be at least 1")
+
+
+def write_cache(model, tok, cfg: CacheConfig) -> Path:
+    """Write (or resume) the cache of ``model`` described by ``cfg``."""
+    from tqdm import tqdm
+
+    from .hooks import hidden_size, resolve_layer
+    from .model import model_name
+
+    _check(cfg)
+    cfg.layers = sorted({resolve_layer(model, l) for l in cfg.layers})
+    out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+
+    seqs = pack_sequences(iter_documents(cfg.data, cfg.text_field), tok, cfg.context_length, cfg.prepend_bos,
+                          cfg.max_tokens)
+    if cfg.shuffle:
+        seqs = seqs[np.random.default_rng(cfg.seed).permutation(len(seqs))]
+    ident = _identity(cfg, model_name(model), hidden_size(model), len(seqs))
+    mpath = out / "manifest.json"
+    done: dict[int, dict] = {}
+    if mpath.exists():
+        old = read_json(mpath)
+        mismatch = [k for k, v in ident.items() if old.get(k) != v]
+        if mismatch:
+            raise GradsaeError(f"{out} holds a cache made with a different config ({', '.join(mismatch)}): "
+                               "use another --out or delete that folder")
+        done = {s["index"]: s for s in old["shards"]}
+    write_json(out / "config.json", asdict(cfg))
+
+    n_shards = math.ceil(len(seqs) / cfg.seqs_per_shard)
+    limit = min(n_shards, cfg.max_shards) if cfg.max_shards > 0 else n_shards
+    todo = [i for i in range(limit) if i not in done]
+    per_seq = cfg.context_length - cfg.drop_first
+    t0 = time.time()
+    bar = tqdm(total=len(todo) * cfg.seqs_per_shard * cfg.context_length, unit="tok", unit_scale=True,
+               desc=f"cache L{','.join(map(str, cfg.layers))}", dynamic_ncols=True, mininterval=5)
+    dev = next(model.parameters()).device
+
+    def manifest(complete: bool) -> dict:
+        shards = [done[i] for i in sorted(done)]
+        return {**ident, "complete": complete, "n_shards": n_shards, "n_tokens": sum(s["n_tokens"] for s in shards),
+                "shards": shards}
+
+    for i in todo:
+        rows = seqs[i * cfg.seqs_per_shard:(i + 1) * cfg.seqs_per_shard]
+        acts = {l: [] for l in cfg.layers}
+        grads = {l: [] for l in cfg.layers}
+        loss_sum = 0.0
+        for b in range(0, len(rows), cfg.batch_size):
+            ids = torch.from_numpy(rows[b:b + cfg.batch_size].astype(np.int64)).to(dev)
+            a, g, loss = compute_batch(model, ids, cfg.layers, cfg.grad, cfg.drop_first)
+            loss_sum += loss
+            for l in cfg.layers:
+                acts[l].append(a[l].cpu())
+                if cfg.grad:
+                    grads[l].append(g[l].cpu())
+            bar.update(ids.numel())
+        stem = shard_stem(i)
+        rec = {"index": i, "n_seq": len(rows), "n_tokens": len(rows) * per_seq, "grad_scale": {},
+               "grad_underflow": {}, "act_absmax": {}, "grad_absmax": {}}
+        if cfg.grad:
+            rec["mean_ce"] = loss_sum / (len(rows) * (cfg.context_length - 1))
+        for l in cfg.layers:
+            x = torch.cat(acts[l])
+            xa, _ = to_float16(x)
+            rec["act_absmax"][str(l)] = float(x.abs().max())
+            _save_npy(out / f"{stem}.L{l}.acts.npy", xa)
+            if cfg.grad:
+                g = torch.cat(grads[l])
+                gmax = float(g.abs().max())
+                s = pow2_scale(gmax)
+                ga, under = to_float16(g, s)
+                rec["grad_scale"][str(l)] = s
+                rec["grad_underflow"][str(l)] = under
+                rec["grad_absmax"][str(l)] = gmax
+                _save_npy(out / f"{stem}.L{l}.grads.npy", ga)
+        _save_npy(out / f"{stem}.tokens.npy", rows.astype(np.int32))
+        done[i] = rec
+        write_json(mpath, manifest(False))
+    bar.close()
+    m = manifest(len(done) == n_shards)
+    write_json(mpath, m)
+    dt = time.time() - t0
+    print(f"cache: {m['n_tokens']} tokens x {len(cfg.layers)} layer(s) in {out} "
+          f"({len(todo)} new shard(s), {dt:.0f} s)")
+    return out
+
+
+def cache_from_arrays(out: str | Path, x: torch.Tensor, g: torch.Tensor | None = None, layer: int = 0,
+                      shard_tokens: int = 4096, model: str = "toy") -> Path:
+    """Write a cache folder from in-memory activations x [N, D] (and gradients g [N, D]); for toy data/tests."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    N, D = x.shape
+    shards = []
+    for i, a in enumerate(range(0, N, shard_tokens)):
+        xs = x[a:a + shard_tokens]
+        rec = {"index": i, "n_seq": 0, "n_tokens": len(xs), "grad_scale": {}, "grad_underflow": {},
+               "act_absmax": {str(layer): float(xs.abs().max())}, "grad_absmax": {}}
+        _save_npy(out / f"{shard_stem(i)}.L{layer}.acts.npy", to_float16(xs)[0])
+        if g is not None:
+            gs = g[a:a + shard_tokens]
+            s = pow2_scale(float(gs.abs().max()))
+            ga, under = to_float16(gs, s)
+            rec["grad_scale"][str(layer)], rec["grad_underflow"][str(layer)] = s, under
+            _save_npy(out / f"{shard_stem(i)}.L{layer}.grads.npy", ga)
+        shards.append(rec)
+    write_json(out / "manifest.json", {
+        "format_version": FORMAT_VERSION, "model": model, "layers": [layer],
+        "hook_names": [f"blocks.{layer}.hook_resid_post"], "d_model": D, "context_length": 0,
+        "prepend_bos": False, "drop_first": 0, "grad": g is not None, "data": ["arrays"], "dtype": "float16",
+        "complete": True, "n_shards": len(shards), "n_tokens": N, "shards": shards})
+    return out

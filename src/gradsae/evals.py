@@ -1,0 +1,424 @@
+"""``gradsae eval``: core SAE metrics in the SAEBench ``eval_result_metrics`` layout, plus plots.
+
+Data: the held-out shards of an activation cache (the last ``--holdout-shards``, which ``gradsae train``
+leaves out by default): their cached activations x and gradients dL/dx for reconstruction metrics, and
+their token sequences for the model-level metrics.
+
+Metrics (selection = how the K active latents are chosen; a g-SAE is evaluated both with its
+gradient-aware selection, using the cached clean-model dL/dx, and with plain TopK, which is what
+generation uses):
+
+- ``l0``: mean active latents per token; ``nmse`` = Σ‖x − x̂‖² / Σ‖x‖²; ``explained_variance`` =
+  1 − Σ‖x − x̂‖² / Σ‖x − mean(x)‖²; ``cossim`` mean cos(x, x̂).
+- ``ce_loss_without_sae`` / ``ce_loss_with_sae``: mean next-token CE of the sequences, clean and with the SAE
+  spliced (error term dropped) at every position except the first ``drop_first`` (the attention sink,
+  which the SAE was not trained on); ``l_added`` = (CE_sae − CE_clean) / CE_clean; ``kl_div_with_sae`` =
+  mean KL(p_clean ‖ p_sae) over predicted positions.
+- ``dead_frac``: latents that never fire on the held-out tokens (``n_tokens`` of them).
+- steering (g-SAE paper §4.2): for a seeded sample of latents alive on the held-out tokens and of
+  (sequence, position) contexts, add α·W_dec[i]/‖W_dec[i]‖ to x at that position, and measure the change of
+  the next-token distribution: ``assoc`` = Σ_{j∈L_i} Δp_j over the n tokens L_i with the largest W_U·W_dec[i]
+  (higher is better), ``other`` = Σ_{j∉L_i} max(Δp_j, 0), the probability added to all other tokens
+  (lower is better; the plain sum over other tokens would be −assoc since probabilities sum to one).
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import opt
+from .errors import GradsaeError
+from .io import write_json
+from .sae import SAE, densify
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate an SAE on held-out cached tokens: NMSE, L0, CE/L_added, KL, dead latents, steering effect."""
+
+    sae: str = opt("smollm2/gsae/L9", "SAE folder/file or bundled name")
+    model: str = opt("smollm2", "the model the SAE reads")
+    cache: str = opt("", "activation cache (default: the folder `gradsae cache` writes with its defaults)")
+    holdout_shards: int = opt(1, "evaluate on the last N shards of the cache (kept out of training)")
+    n_seqs: int = opt(64, "held-out sequences for CE / KL (0: all)")
+    batch_size: int = opt(8, "sequences per forward pass")
+    selection: str = opt("auto", "auto (g-SAE: both), topk, or gradient", choices=("auto", "topk", "gradient"))
+    steer_latents: int = opt(64, "latents sampled for the steering effect (0 skips steering)")
+    steer_contexts: int = opt(8, "contexts (sequence, position) per latent")
+    steer_alphas: list[float] = opt([10.0, 25.0, 50.0, 100.0],
+                                   "steering strengths α, the norm of the added vector (for scale: SmolLM2's "
+                                   "layer-9 residuals have norm ~140)")
+    steer_top_n: int = opt(10, "associated tokens n per latent (largest W_U·W_dec[i])")
+    out: str = opt("", "results folder (default: <gradsae cache>/evals/<sae name>)")
+    plots: bool = opt(True, "write PNG plots")
+    seed: int = opt(0, "seed for the samples of latents and contexts")
+    threads: int = opt(2, "torch CPU threads")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure metrics
+# ---------------------------------------------------------------------------------------------
+
+def reconstruction_metrics(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
+    """x, x_hat [N, D] -> nmse, explained_variance, mse, cossim."""
+    err = (x - x_hat).pow(2).sum()
+    return {"nmse": float(err / x.pow(2).sum()),
+            "explained_variance": float(1 - err / (x - x.mean(0)).pow(2).sum()),
+            "mse": float(err / x.numel()),
+            "cossim": float(torch.nn.functional.cosine_similarity(x, x_hat, dim=-1).mean())}
+
+
+def max_decoder_cosine(W_dec: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """For each decoder row the largest cosine to another row. W_dec [C, D] -> [C]."""
+    W = W_dec.float() / W_dec.float().norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    out = torch.empty(W.shape[0])
+    for a in range(0, W.shape[0], chunk):
+        sim = W[a:a + chunk] @ W.T
+        sim[torch.arange(sim.shape[0]), torch.arange(a, a + sim.shape[0])] = -2.0
+        out[a:a + chunk] = sim.max(-1).values
+    return out
+
+
+def steering_deltas(p_clean: torch.Tensor, p_steer: torch.Tensor, assoc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """p_clean [V], p_steer [R, V], assoc [R, n] token ids -> (Σ_assoc Δp [R], Σ_other relu(Δp) [R])."""
+    d = p_steer - p_clean[None]
+    mask = torch.zeros_like(d, dtype=torch.bool).scatter(-1, assoc, True)
+    return (d * mask).sum(-1), (d.clamp_min(0) * ~mask).sum(-1)
+
+
+def next_token_ce_kl(logits_clean: torch.Tensor, logits_sae: torch.Tensor, ids: torch.Tensor,
+                     start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-position CE clean, CE spliced and KL(clean ‖ spliced) for predictions made at positions ≥ start.
+
+    logits [B, T, V], ids [B, T] -> three tensors [B * (T - 1 - start)].
+    """
+    lc = logits_clean[:, start:-1].float().log_softmax(-1)
+    ls = logits_sae[:, start:-1].float().log_softmax(-1)
+    tgt = ids[:, start + 1:]
+    ce_c = -lc.gather(-1, tgt[..., None]).squeeze(-1)
+    ce_s = -ls.gather(-1, tgt[..., None]).squeeze(-1)
+    kl = (lc.exp() * (lc - ls)).sum(-1)
+    return ce_c.flatten(), ce_s.flatten(), kl.flatten()
+
+
+# ---------------------------------------------------------------------------------------------
+# Plumbing
+# ---------------------------------------------------------------------------------------------
+
+class GradAwareSAE(torch.nn.Module):
+    """An SAE whose ``encode`` uses a fixed dL/dx [B, T, D] for g-SAE selection (for use inside a Splice)."""
+
+    def __init__(self, sae: SAE):
+        super().__init__()
+        self.inner = sae
+        self.grad_x: torch.Tensor | None = None
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+    def encode(self, x: torch.Tensor, grad_x: torch.Tensor | None = None) -> torch.Tensor:
+        g = self.grad_x if grad_x is None else grad_x
+        return densify(self.inner.encode_sparse(x, g), self.inner.d_sae)
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        return self.inner.decode(h)
+
+
+def _encode_batches(sae: SAE, x: torch.Tensor, g: torch.Tensor | None, bs: int = 4096):
+    """Yield (x_batch [n, D] float, x_hat [n, D], code) over x [N, D]."""
+    from .train import decode_sparse
+
+    for a in range(0, x.shape[0], bs):
+        xb = x[a:a + bs].float()
+        gb = None if g is None else g[a:a + bs]
+        code = sae.encode_sparse(xb, gb)
+        s = sae.cfg.norm_scaling_factor
+        x_hat = decode_sparse(code, sae.W_dec, sae.b_dec)
+        if s is not None:
+            x_hat = x_hat / s
+        yield xb, x_hat, code
+
+
+def activation_metrics(sae: SAE, x: torch.Tensor, g: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
+    """Reconstruction + sparsity on cached tokens. -> (metrics, firing counts [C])."""
+    counts = torch.zeros(sae.d_sae, dtype=torch.long)
+    err = x2 = 0.0
+    xs_sum = torch.zeros(sae.d_in, dtype=torch.float64)
+    xx = 0.0
+    cos, l0, l1, n = 0.0, 0.0, 0.0, 0
+    for xb, xh, code in _encode_batches(sae, x, g):
+        active = code.values > 0
+        counts.scatter_add_(0, code.indices.flatten(), active.flatten().long())
+        err += float((xb - xh).pow(2).sum())
+        x2 += float(xb.pow(2).sum())
+        xs_sum += xb.double().sum(0)
+        xx += float(xb.double().pow(2).sum())
+        cos += float(torch.nn.functional.cosine_similarity(xb, xh, dim=-1).sum())
+        l0 += float(active.sum())
+        l1 += float(code.values.sum())
+        n += xb.shape[0]
+    var_total = xx - float(xs_sum.pow(2).sum()) / n
+    m = {"reconstruction_quality": {"nmse": err / x2, "explained_variance": 1 - err / var_total,
+                                    "mse": err / (n * sae.d_in), "cossim": cos / n},
+         "sparsity": {"l0": l0 / n, "l1": l1 / n},
+         "misc": {"dead_frac": float((counts == 0).float().mean()), "n_tokens": n}}
+    return m, counts
+
+
+def model_metrics(model, sae: SAE, ids: torch.Tensor, grads: torch.Tensor | None, drop_first: int,
+                  batch_size: int) -> dict:
+    """CE clean vs spliced, L_added, KL. ids [S, T]; grads [S, T, D] dL/dx for gradient selection or None."""
+    from .splice import Splice
+
+    enc = GradAwareSAE(sae)
+    ce_c, ce_s, kls = [], [], []
+    for a in range(0, ids.shape[0], batch_size):
+        b = ids[a:a + batch_size]
+        attn = torch.ones_like(b)
+        with torch.no_grad():
+            clean = model(input_ids=b, attention_mask=attn).logits
+            enc.grad_x = None if grads is None else grads[a:a + batch_size]
+            with Splice(model, enc, error="none", keep_first=drop_first):
+                spliced = model(input_ids=b, attention_mask=attn).logits
+        c, s, k = next_token_ce_kl(clean, spliced, b, drop_first)
+        ce_c.append(c), ce_s.append(s), kls.append(k)
+    ce_c, ce_s, kl = torch.cat(ce_c).mean(), torch.cat(ce_s).mean(), torch.cat(kls).mean()
+    return {"model_performance_preservation": {"ce_loss_without_sae": float(ce_c), "ce_loss_with_sae": float(ce_s),
+                                               "l_added": float((ce_s - ce_c) / ce_c)},
+            "model_behavior_preservation": {"kl_div_with_sae": float(kl)}}
+
+
+def steering_effect(model, sae: SAE, ids: torch.Tensor, alive: torch.Tensor, cfg: EvalConfig,
+                    drop_first: int) -> dict:
+    """Paper §4.2 on a seeded sample of alive latents × contexts × α (KV-cached: one extra token per row)."""
+    from .hooks import block, join_output, split_output, unembedding
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    alive_idx = alive.nonzero().flatten()
+    if len(alive_idx) == 0:
+        raise GradsaeError("no latent fires on the held-out tokens: the SAE looks broken (check it with NMSE)")
+    lat = alive_idx[torch.randperm(len(alive_idx), generator=g)[:cfg.steer_latents]].sort().values
+    W = sae.W_dec[lat].float()
+    dirs = W / W.norm(dim=-1, keepdim=True)  # [L, D]
+    W_U = unembedding(model).float()
+    assoc = (dirs @ W_U.T).topk(cfg.steer_top_n, dim=-1).indices  # [L, n]
+    alphas = torch.tensor(cfg.steer_alphas, dtype=torch.float32)
+    A, Lc = len(alphas), len(lat)
+    # rows: alpha-major, latent-minor
+    delta = (alphas[:, None, None] * dirs[None]).reshape(A * Lc, -1)  # [R, D]
+    assoc_r = assoc.repeat(A, 1)
+    layer = sae.cfg.layer
+    sums_a = torch.zeros(A * Lc)
+    sums_o = torch.zeros(A * Lc)
+    T = ids.shape[1]
+    ctx_seq = torch.randint(0, ids.shape[0], (cfg.steer_contexts,), generator=g)
+    ctx_pos = torch.randint(drop_first + 1, T, (cfg.steer_contexts,), generator=g)
+    state = {"delta": None}
+
+    def hook(module, args, out):
+        if state["delta"] is None:
+            return None
+        Z, rest = split_output(out)
+        Z = Z.clone()
+        Z[:, -1] += state["delta"].to(Z.dtype)
+        return join_output(Z, rest)
+
+    handle = block(model, layer).register_forward_hook(hook)
+    try:
+        for s, p in zip(ctx_seq.tolist(), ctx_pos.tolist()):
+            prefix = ids[s:s + 1, :p]
+            with torch.no_grad():
+                state["delta"] = None
+                out = model(input_ids=prefix[:, :-1], attention_mask=torch.ones_like(prefix[:, :-1]), use_cache=True)
+                pkv = out.past_key_values
+                last = prefix[:, -1:]
+                clean = model(input_ids=last, attention_mask=torch.ones_like(prefix), past_key_values=_copy_cache(pkv, 1),
+                              use_cache=True).logits[0, -1].float().softmax(-1)
+                for a in range(0, A * Lc, 64):
+                    d = delta[a:a + 64]
+                    state["delta"] = d
+                    R = d.shape[0]
+                    logits = model(input_ids=last.expand(R, 1), attention_mask=torch.ones(R, p, dtype=torch.long),
+                                   past_key_values=_copy_cache(pkv, R), use_cache=True).logits[:, -1]
+                    pa, po = steering_deltas(clean, logits.float().softmax(-1), assoc_r[a:a + 64])
+                    sums_a[a:a + 64] += pa
+                    sums_o[a:a + 64] += po
+                    state["delta"] = None
+    finally:
+        handle.remove()
+    mean_a = (sums_a / len(ctx_seq)).reshape(A, Lc)  # per latent, averaged over contexts
+    mean_o = (sums_o / len(ctx_seq)).reshape(A, Lc)
+    return {"alphas": alphas.tolist(), "n_latents": Lc, "n_contexts": len(ctx_seq), "top_n": cfg.steer_top_n,
+            "assoc_mean": mean_a.mean(1).tolist(), "other_mean": mean_o.mean(1).tolist(),
+            "assoc_median": mean_a.median(1).values.tolist(),
+            "latents": lat.tolist(), "assoc_per_latent": mean_a.tolist()}
+
+
+def _copy_cache(pkv, repeats: int):
+    """A copy of a KV cache with its batch repeated (the original stays untouched)."""
+    import copy
+
+    c = copy.deepcopy(pkv)
+    if repeats > 1:
+        c.batch_repeat_interleave(repeats)
+    return c
+
+
+def _plots(out: Path, counts_by_sel: dict, n_tokens: int, maxcos: torch.Tensor, steer: dict | None, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for sel, counts in counts_by_sel.items():
+        dens = counts.float() / max(1, n_tokens)
+        ax.hist(torch.log10(dens[dens > 0]).numpy(), bins=50, alpha=0.6, label=f"{sel} selection")
+    ax.set_xlabel("log10 activation density (alive latents)")
+    ax.set_ylabel("latents")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "density_hist.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(maxcos.numpy(), bins=60)
+    ax.set_xlabel("max cosine similarity to another decoder row")
+    ax.set_ylabel("latents")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out / "decoder_maxcos_hist.png", dpi=110)
+    plt.close(fig)
+
+    if steer:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        axes[0].plot(steer["alphas"], steer["assoc_mean"], marker="o")
+        axes[0].set_title("Δp on associated tokens (higher better)")
+        axes[1].plot(steer["alphas"], steer["other_mean"], marker="o", color="C1")
+        axes[1].set_title("p added to other tokens (lower better)")
+        for a in axes:
+            a.set_xlabel("α")
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(out / "steering.png", dpi=110)
+        plt.close(fig)
+
+
+def _sae_slug(spec: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.strip("/")).strip("_")
+
+
+def run(cfg: EvalConfig) -> dict:
+    """Load the SAE, the model and the cache, evaluate, write eval.json (+ plots), print a summary."""
+    from .cache import ActivationCache
+    from .formats import load_sae
+    from .model import load_model
+    from .train import _default_cache
+
+    torch.set_num_threads(max(1, cfg.threads))
+    sae = load_sae(cfg.sae, dtype="float32")  # float16 files are evaluated in float32 (CPU, tiny gradients)
+    model, _ = load_model(cfg.model)
+    cache = ActivationCache(cfg.cache or _default_cache())
+    return evaluate(model, sae, cache, cfg)
+
+
+def evaluate(model, sae: SAE, cache, cfg: EvalConfig) -> dict:
+    """All metrics of the module docstring for ``sae`` on ``model`` and the held-out shards of ``cache``."""
+    from .model import cache_dir, model_name
+    from .splice import check_compatible
+
+    t0 = time.time()
+    layer = check_compatible(model, sae, None)
+    if layer not in cache.layers:
+        raise GradsaeError(f"the SAE reads layer {layer} but the cache {cache.path} has layers {cache.layers}: "
+                           "cache that layer with `gradsae cache --layers`")
+    nsh = len(cache.shards)
+    if not 0 < cfg.holdout_shards <= nsh:
+        raise GradsaeError(f"--holdout-shards {cfg.holdout_shards} must be between 1 and the cache's {nsh} shards")
+    shards = list(range(nsh - cfg.holdout_shards, nsh))
+    is_gsae = sae.cfg.architecture == "gsae"
+    sels = {"auto": (["gradient", "topk"] if is_gsae else ["topk"]), "topk": ["topk"],
+            "gradient": ["gradient"]}[cfg.selection]
+    if "gradient" in sels and not is_gsae:
+        raise GradsaeError(f"gradient selection needs a g-SAE, not a {sae.cfg.architecture} SAE: use --selection topk")
+    if "gradient" in sels and not cache.has_grads:
+        raise GradsaeError("gradient selection needs cached gradients: use a cache made with --grad")
+    x, g = cache.load(layer, shards, grads="gradient" in sels)
+    ids = torch.cat([torch.from_numpy(np.array(cache.tokens(i))).long() for i in shards])
+    drop = int(cache.manifest["drop_first"])
+    T = ids.shape[1]
+    n_seq = ids.shape[0] if cfg.n_seqs <= 0 else min(cfg.n_seqs, ids.shape[0])
+    results, counts_by_sel = {}, {}
+    for sel in sels:
+        gg = g if sel == "gradient" else None
+        m, counts = activation_metrics(sae, x, gg)
+        gfull = None
+        if gg is not None:  # [S, T, D] with zeros on the dropped positions
+            gfull = torch.zeros(ids.shape[0], T, x.shape[1])
+            gfull[:, drop:] = gg.reshape(ids.shape[0], T - drop, -1)
+            gfull = gfull[:n_seq]
+        m.update(model_metrics(model, sae, ids[:n_seq], gfull, drop, cfg.batch_size))
+        m["misc"]["n_seqs_model_metrics"] = n_seq
+        results[sel] = m
+        counts_by_sel[sel] = counts
+    main_sel = "topk" if "topk" in results else sels[0]
+    alive = counts_by_sel[main_sel] > 0
+    steer = None
+    if cfg.steer_latents > 0:
+        steer = steering_effect(model, sae, ids, alive, cfg, drop)
+    maxcos = max_decoder_cosine(sae.W_dec)
+    metrics = dict(results[main_sel])
+    metrics["decoder"] = {"max_cos_mean": float(maxcos.mean()), "max_cos_median": float(maxcos.median())}
+    if steer:
+        metrics["steering"] = {k: v for k, v in steer.items() if k not in ("latents", "assoc_per_latent")}
+    out = Path(cfg.out).expanduser() if cfg.out else cache_dir() / "evals" / _sae_slug(cfg.sae)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "eval_type_id": "gradsae_core",
+        "eval_config": asdict(cfg),
+        "eval_id": str(uuid.uuid4()),
+        "datetime_epoch_millis": int(time.time() * 1000),
+        "sae_name": cfg.sae,
+        "sae_cfg": {"architecture": sae.cfg.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae, "k": sae.cfg.k,
+                    "hook_name": sae.cfg.hook_name, "beta": sae.cfg.beta, "beta_mode": sae.cfg.beta_mode},
+        "model": model_name(model),
+        "data": {"cache": str(cache.path), "shards": shards, "n_tokens": int(x.shape[0]), "context_length": T,
+                 "drop_first": drop},
+        "selection": main_sel,
+        "eval_result_metrics": metrics,
+        "eval_result_metrics_by_selection": results,
+        "eval_result_details": [{"steering_per_latent": {"latents": steer["latents"],
+                                                         "assoc": steer["assoc_per_latent"]}}] if steer else [],
+        "seconds": time.time() - t0,
+    }
+    write_json(out / "eval.json", result)
+    if cfg.plots:
+        _plots(out, counts_by_sel, int(x.shape[0]), maxcos, steer, f"{cfg.sae}")
+    _print_summary(cfg.sae, results, steer, out)
+    return result
+
+
+def _print_summary(name: str, results: dict, steer: dict | None, out: Path) -> None:
+    print(f"eval {name}  ->  {out / 'eval.json'}")
+    print(f"{'selection':<10} {'L0':>6} {'NMSE':>7} {'expl.var':>8} {'CE clean':>8} {'CE SAE':>8} "
+          f"{'L_added':>8} {'KL':>7} {'dead':>6}")
+    for sel, m in results.items():
+        r, p = m["reconstruction_quality"], m["model_performance_preservation"]
+        print(f"{sel:<10} {m['sparsity']['l0']:6.1f} {r['nmse']:7.4f} {r['explained_variance']:8.4f} "
+              f"{p['ce_loss_without_sae']:8.4f} {p['ce_loss_with_sae']:8.4f} {p['l_added']:8.4f} "
+              f"{m['model_behavior_preservation']['kl_div_with_sae']:7.4f} {m['misc']['dead_frac']:6.3f}")
+    if steer:
+        print("steering α: " + "  ".join(f"{a:g}: assoc {sa:.4f} other {so:.4f}"
+                                          for a, sa, so in zip(steer["alphas"], steer["assoc_mean"], steer["other_mean"])))

@@ -1,0 +1,36 @@
+"""Scale-out: `gradsae train` under torch.distributed.run with 2 CPU processes (gloo, DDP) reaches the
+same SAEs as one process."""
+import os
+import subprocess
+import sys
+
+import torch
+
+from gradsae import load_sae
+from gradsae.cache import cache_from_arrays
+
+
+def _train(cache, out, nproc):
+    args = ["-m", "gradsae", "train", "--cache", str(cache), "--out", str(out), "--architectures", "topk,gsae",
+            "--k", "3", "--beta", "1", "--d-sae", "64", "--batch-size", "256", "--epochs", "0.5", "--lr", "3e-3",
+            "--threads", "1", "--log-every", "5"]
+    if nproc > 1:
+        args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] + args
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable] + args, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_two_processes_equal_one(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(32, 16, generator=g)
+    idx = torch.stack([torch.randperm(32, generator=g)[:3] for _ in range(6000)])
+    x = torch.einsum("nk,nkd->nd", torch.rand(6000, 3, generator=g) + 0.5, W[idx])
+    cache = cache_from_arrays(tmp_path / "cache", x, torch.randn(6000, 16, generator=g) * 1e-3, shard_tokens=3000)
+    _train(cache, tmp_path / "one", 1)
+    _train(cache, tmp_path / "two", 2)
+    for name in ("topk_k3", "gsae_k3_b1"):
+        a, b = load_sae(tmp_path / "one" / name), load_sae(tmp_path / "two" / name)
+        for key, t in a.state_dict().items():
+            torch.testing.assert_close(b.state_dict()[key], t, rtol=1e-4, atol=1e-5, msg=f"{name}.{key}")
+        assert b.cfg.norm_scaling_factor == a.cfg.norm_scaling_factor
