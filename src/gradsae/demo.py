@@ -2,50 +2,102 @@
 from __future__ import annotations
 
 import platform
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import opt
 
-SMOKE_CONTEXT = ("The lighthouse on Karvik Point was built in 1887 by the engineer Ada Lindqvist. "
-                 "Its lamp was first lit with whale oil and later converted to electricity in 1931.")
-SMOKE_QUESTIONS = [("Who built the lighthouse on Karvik Point?", "Ada Lindqvist"),
-                   ("When was the lamp converted to electricity?", "1931")]
+BUNDLED_DATA = Path(__file__).parent / "bundled" / "data"
+SAMPLE_QA = str(BUNDLED_DATA / "sample_qa.json")
+SAMPLE_FEWSHOT = str(BUNDLED_DATA / "fewshot.json")
 
 
 @dataclass
 class DemoConfig:
-    """Run the main job on the embedded defaults (bundled SmolLM2, bundled SAE, sample data)."""
+    """The main job on embedded defaults: bundled SmolLM2 + bundled SAE + the sample questions shipped with
+    gradsae -> correct-sample filter, GradSAE influence, perturbation and local steering (K = 1, 10, 50%),
+    statistics, and a self-contained HTML report."""
 
     model: str = opt("smollm2", "model: 'smollm2', a local folder, a .gguf file or a hub id")
-    sae: str = opt("", "SAE folder/file or bundled name (default: the bundled TopK SAE)")
+    sae: str = opt("smollm2/topk/L9", "SAE folder/file, bundled name or saelens:<release>/<id>")
+    data: str = opt(SAMPLE_QA, "questions: SQuAD JSON / JSONL (default: the bundled sample questions)")
+    fewshot_data: str = opt(SAMPLE_FEWSHOT, "SQuAD JSON with the few-shot exemplar paragraph")
+    ks: list[str] = opt(["1", "10", "50%"], "K values for masking and steering (50%% = half the latents active "
+                                            "at the last prompt token)")
+    examples: int = opt(6, "examples shown in detail (token heatmaps, latent tables)")
+    limit: int = opt(30, "questions used (the first N, whole contexts first; 0 = all 84)")
+    error: str = opt("keep", "SAE error term: keep (default here: the bundled SAE's reconstruction alone "
+                             "breaks SmolLM2's few-shot QA) or none (paper)", choices=("none", "keep"))
     device: str = opt("cpu", "cpu, cuda, cuda:N or auto")
-    out: str = opt("results/demo", "results folder")
-    quick: bool = opt(False, "a one-minute look: fewer examples and K values")
-    seed: int = opt(42, "random seed")
+    out: str = opt("results/demo", "results folder (rerun to resume)")
+    quick: bool = opt(False, "a quick look: 12 questions, K = 1 and 50%%, no steering, 3 detailed examples")
+    seed: int = opt(42, "random seed (steering partners)")
 
 
-def run(cfg: DemoConfig) -> None:
-    """Smoke run until the full demo lands: load the model, splice the SAE, answer sample questions."""
-    from .formats import bundled_saes, load_sae
-    from .generate import encode_prompts, greedy_generate
+def run(cfg: DemoConfig) -> Path:
+    """Run the experiment, explain a few kept examples in detail, write report.html, print Table 1."""
+    from .experiments import ExperimentConfig, run_all
     from .model import load_model
-    from .splice import Splice
 
+    t0 = time.perf_counter()
+    print("loading the model (the first run converts the bundled GGUF file once, ~20 s)...", flush=True)
     model, tok = load_model(cfg.model, device=cfg.device)
-    name = cfg.sae or next(iter(bundled_saes()), "")
-    if not name:
-        print("no bundled SAE yet: answering through the plain model")
-    prompts = [f"Context: {SMOKE_CONTEXT}\nQuestion: {q}\nAnswer:" for q, _ in SMOKE_QUESTIONS]
-    batch = encode_prompts(tok, prompts, device=cfg.device)
-    if name:
-        sae = load_sae(name, device=cfg.device)
-        with Splice(model, sae) as s:
-            gen = greedy_generate(model, tok, batch, max_new_tokens=16, splice=s)
-        print(f"SAE {name}: {sae.describe()}")
-    else:
-        gen = greedy_generate(model, tok, batch, max_new_tokens=16)
-    for (q, gold), ans in zip(SMOKE_QUESTIONS, gen.texts):
-        print(f"Q: {q}\n   model: {ans!r}   gold: {gold!r}")
+    ecfg = ExperimentConfig(
+        model=cfg.model, sae=cfg.sae, data=cfg.data, fewshot_data=cfg.fewshot_data,
+        ks=["1", "50%"] if cfg.quick else list(cfg.ks), limit=12 if cfg.quick else cfg.limit, seed=cfg.seed,
+        device=cfg.device, error=cfg.error, out=cfg.out,
+        tasks=["perturb", "stats"] if cfg.quick else ["perturb", "steer", "stats"])
+    summary = run_all(ecfg, model, tok)
+    if summary is None:  # a non-zero torchrun rank
+        return Path(cfg.out)
+    views = explain_kept(ecfg, model, tok, n=3 if cfg.quick else cfg.examples)
+    report = write_demo_report(cfg, ecfg, views)
+    print(f"\nreport: {report}   ({time.perf_counter() - t0:.0f} s in all)")
+    return report
+
+
+def explain_kept(ecfg, model, tok, n: int) -> list[dict]:
+    """Influence views (Influence.to_json + promoted tokens) for the first n examples the filter kept."""
+    from . import squad as sq
+    from .experiments import make_prompt_builder, parse_stop
+    from .formats import load_sae
+    from .influence import Example, influence, promoted_tokens
+    from .report import read_example_records
+
+    records = read_example_records(ecfg.out)
+    kept = [r["id"] for (task, _), r in records.items() if task == "answer" and r.get("kept")][:n]
+    if not kept:
+        return []
+    qas = sq.load_questions(ecfg.data, limit=ecfg.limit or None, seed=ecfg.seed, shuffle=ecfg.shuffle)
+    by_id = {q.id: q for q in qas}
+    builder = make_prompt_builder(ecfg, tok, qas)
+    sae = load_sae(ecfg.sae, device=ecfg.device)
+    exs = [Example(builder(by_id[i].context, by_id[i].question), id=i) for i in kept if i in by_id]
+    res = influence(model, tok, sae, exs, layer=ecfg.layer or None, target=ecfg.target,
+                    aggregation=ecfg.aggregation, positions=ecfg.positions, error=ecfg.error,
+                    max_new_tokens=ecfg.max_new_tokens, stop=parse_stop(ecfg.stop, builder), batch_size=2)
+    views = []
+    for r in res:
+        latents = sorted({int(c) for c in r.top(10)} | {int(c) for c in r.bottom(10)}
+                         | {int(c) for c in r.top(10, baseline=True)})
+        views.append(r.to_json(top=10, promoted=promoted_tokens(model, tok, sae, latents)))
+    return views
+
+
+def write_demo_report(cfg: DemoConfig, ecfg, views: list[dict]) -> Path:
+    from .formats import _resolve_path
+    from .io import read_json
+    from .report import report_from_folder
+
+    sae_eval = None
+    try:
+        eval_path = _resolve_path(ecfg.sae) / "eval.json"
+        if eval_path.exists():
+            sae_eval = read_json(eval_path)
+    except Exception:  # an SAE given as a file or a registry name has no eval.json beside it
+        sae_eval = None
+    return report_from_folder(ecfg.out, views, sae_eval=sae_eval)
 
 
 @dataclass

@@ -1,0 +1,158 @@
+"""``gradsae explain "<prompt>" [--output "<answer>"]``: the everyday entry point.
+
+Scores every SAE latent by its GradSAE influence on one answer, prints the top latents as a terminal table
+(latent, score, mean activation, baseline rank, the tokens its decoder direction promotes), regenerates
+the answer with the top-K latents zeroed (GradSAE's and the Baseline's, K from ``--mask-k``), and with
+``--html`` writes the report's per-example view (tokens coloured by a chosen latent's per-token influence).
+
+Library: ``explain(model, tok, sae, prompt, output=None, ...) -> (Influence, view)`` where ``view`` is the
+dict ``report.render_example`` draws.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+from .config import opt
+from .errors import GradsaeError
+from .influence import AGGREGATIONS, METHODS, POSITIONS, TARGETS, Example, Influence, influence, promoted_tokens
+
+DEFAULT_SAE = "smollm2/topk/L9"
+
+
+@dataclass
+class ExplainConfig:
+    """Which SAE latents drive the model's answer to one prompt (GradSAE influence): a table, or an HTML page."""
+
+    prompt: str = opt(help="the prompt (plain text, as the model sees it)", positional=True)
+    output: str = opt("", "the answer to explain; empty = the model's own greedy answer through the SAE splice")
+    model: str = opt("smollm2", "model: 'smollm2', a local folder, a .gguf file or a hub id")
+    sae: str = opt(DEFAULT_SAE, "SAE folder/file, bundled name or saelens:<release>/<id>")
+    layer: str = opt("", "block index or hook name; default: the SAE's own hook")
+    device: str = opt("cpu", "cpu, cuda, cuda:N or auto")
+    dtype: str = opt("float32", "model dtype: float32, bfloat16, float16")
+    top: int = opt(10, "latents shown (top and bottom)")
+    target: str = opt("logprob", "what p(Y|H) means", choices=TARGETS)
+    aggregation: str = opt("relu-mean", "how per-token scores become one per latent", choices=AGGREGATIONS)
+    positions: str = opt("all", "positions averaged over", choices=POSITIONS)
+    method: str = opt("grad", "grad (grad x act), exact (ablation) or ig (integrated gradients)", choices=METHODS)
+    error: str = opt("none", "splice error term: none (paper: the model sees the reconstruction) or keep",
+                     choices=("none", "keep"))
+    mask_k: list[str] = opt(["1", "10"], "regenerate with the top K latents zeroed for these K (e.g. 1,10,50%%); "
+                                         "empty to skip")
+    promoted: int = opt(6, "tokens listed per latent (top of W_U · W_dec[c])")
+    keep_per_token: int = opt(10, "latents whose per-token influence the HTML page can colour")
+    max_new_tokens: int = opt(32, "tokens generated for the answer (and the masked answers)")
+    stop: str = opt("\\n", "stop strings, comma-separated ('\\n' = newline); empty = stop at EOS only")
+    html: str = opt("", "write the per-example HTML view to this file")
+    json: str = opt("", "write the view as JSON to this file")
+    seed: int = opt(0, "seed (random candidates for --method exact)")
+
+
+def parse_stop(s: str) -> tuple[str, ...]:
+    return tuple(p.replace("\\n", "\n") for p in s.split(",") if p)
+
+
+def mask_answers(model, tok, sae, prompt: str, sets: dict[str, Sequence[int]], *, layer=None, error="none",
+                 max_new_tokens: int = 32, stop: Sequence[str] = ("\n",)) -> tuple[str, dict[str, str]]:
+    """The unedited answer and the answer with each latent set zeroed at every position (one batch:
+    row 0 unedited, one row per distinct non-empty set). Returns (unedited, {name: answer})."""
+    from .generate import encode_prompts, greedy_generate
+    from .splice import RowEdit, Splice
+
+    uniq = list(dict.fromkeys(tuple(sorted(int(c) for c in v)) for v in sets.values() if len(v)))
+    rows = [None] + [RowEdit(zero=list(v), at="all") for v in uniq]
+    batch = encode_prompts(tok, [prompt] * len(rows), device=sae.W_dec.device)
+    with Splice(model, sae, layer=layer, error=error, edits=rows) as s:
+        gen = greedy_generate(model, tok, batch, max_new_tokens=max_new_tokens, stop=stop, splice=s)
+    texts = [t.strip() for t in gen.texts]
+    row_of = {v: i + 1 for i, v in enumerate(uniq)}
+    out = {}
+    for name, v in sets.items():
+        key = tuple(sorted(int(c) for c in v))
+        out[name] = texts[row_of[key]] if key else texts[0]
+    return texts[0], out
+
+
+def explain(model, tok, sae, prompt: str, output: str | None = None, *, top: int = 10,
+            mask_k: Sequence[str | int] = ("1", "10"), promoted: int = 6, keep_per_token: int = 10,
+            layer=None, error: str = "none", max_new_tokens: int = 32, stop: Sequence[str] = ("\n",),
+            **influence_kw) -> tuple[Influence, dict]:
+    """Influence of every latent on one answer, plus the answers with the top-K sets zeroed.
+
+    Returns the ``Influence`` and its view: ``Influence.to_json(top, promoted)`` with ``perturb`` =
+    ``{"control": {"prediction"}, "cells": {"<method>/top/<K>": {"prediction", "em", "f1", "k"}}}`` (EM/F1
+    of each masked answer against the explained output, 0–1) — the format ``report.render_example`` reads.
+    """
+    from .influence import resolve_k
+    from .squad import em_f1
+
+    if not prompt:
+        raise GradsaeError("empty prompt: give the text to explain, e.g. gradsae explain \"The capital of France is\"")
+    t0 = time.perf_counter()
+    inf = influence(model, tok, sae, [Example(prompt, output or None, id="explain")], layer=layer, error=error,
+                    keep_per_token=keep_per_token, max_new_tokens=max_new_tokens, stop=stop, **influence_kw)[0]
+    shown = sorted({int(c) for c in inf.top(top)} | {int(c) for c in inf.bottom(top)}
+                   | {int(c) for c in inf.top(top, baseline=True)})
+    view = inf.to_json(top=top, promoted=promoted_tokens(model, tok, sae, shown, n=promoted))
+    if mask_k:
+        sets = {}
+        for k in mask_k:
+            resolve_k(k, inf.n_active_last)  # validates K before any generation
+            for m, base in (("gradsae", False), ("baseline", True)):
+                sets[f"{m}/top/{k}"] = [int(c) for c in inf.top(k, baseline=base)]
+        unedited, answers = mask_answers(model, tok, sae, prompt, sets, layer=layer, error=error,
+                                         max_new_tokens=max_new_tokens, stop=stop)
+        cells = {}
+        for name, pred in answers.items():
+            em, f1 = em_f1(pred, [inf.output]) if inf.output.strip() else (0.0, 0.0)
+            cells[name] = {"prediction": pred, "em": em, "f1": round(f1, 6), "k": len(sets[name])}
+        view["perturb"] = {"control": {"prediction": unedited}, "cells": cells}
+    view["title"] = "Prompt and answer"
+    view["meta"]["seconds_explain"] = round(time.perf_counter() - t0, 3)
+    return inf, view
+
+
+def format_masking(view: dict) -> str:
+    """Terminal lines: the answer with each top set zeroed."""
+    pert = view.get("perturb")
+    if not pert:
+        return ""
+    lines = [f"answer with the top-K latents zeroed at every position (unedited: {pert['control']['prediction']!r}):"]
+    for name, c in pert["cells"].items():
+        m, _, k = name.split("/")
+        label = f"{'GradSAE' if m == 'gradsae' else 'Baseline'} top {k} ({c['k']} latents)"
+        lines.append(f"  {label:<32} -> {c['prediction']!r}   F1 vs explained output {c['f1']:.2f}")
+    return "\n".join(lines)
+
+
+def run(cfg: ExplainConfig) -> dict:
+    from .formats import load_sae
+    from .influence_cli import format_table
+    from .io import atomic_write_text, write_json
+    from .model import load_model, model_name
+    from .report import make_readable, render_example_page
+
+    if cfg.top < 1:
+        raise GradsaeError(f"--top {cfg.top}: give at least 1")
+    model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    sae = load_sae(cfg.sae, device=cfg.device)
+    inf, view = explain(model, tok, sae, cfg.prompt, cfg.output or None, top=cfg.top, mask_k=cfg.mask_k,
+                        promoted=cfg.promoted, keep_per_token=cfg.keep_per_token, layer=cfg.layer or None,
+                        error=cfg.error, max_new_tokens=cfg.max_new_tokens, stop=parse_stop(cfg.stop),
+                        target=cfg.target, aggregation=cfg.aggregation, positions=cfg.positions,
+                        method=cfg.method, seed=cfg.seed)
+    view["meta"].update(model=model_name(model), sae=cfg.sae, config=asdict(cfg))
+    promoted = {r["latent"]: r.get("promotes", []) for r in view["top"]}
+    print(format_table(inf, promoted, cfg.top))
+    masking = format_masking(view)
+    if masking:
+        print(masking)
+    if cfg.html:
+        make_readable(atomic_write_text(cfg.html, render_example_page(view, title=f"GradSAE explain — {model_name(model)}")))
+        print(f"wrote {cfg.html}")
+    if cfg.json:
+        write_json(cfg.json, view)
+        print(f"wrote {cfg.json}")
+    return view

@@ -1,0 +1,311 @@
+"""The SQuAD experiments on a tiny model: filter, perturbation and steering edits, resume, failures, summary."""
+import json
+
+import pytest
+import torch
+
+from gradsae import GradsaeError
+from gradsae import experiments as ex
+from gradsae.experiments import (ExperimentConfig, PerturbConfig, SteerConfig, StatsConfig, cell, latent_stats,
+                                 mean_ci, overlap, pick_partner, run_all, run_perturb, run_stats, wilson_ci)
+
+from conftest import make_tiny, random_sae
+
+KS = ["1", "50%"]
+
+
+# ---- pure functions ---------------------------------------------------------------------------
+
+def test_partner_same_context_never_same_question_and_seeded():
+    kept = [("a", "c1", "Who?"), ("b", "c1", "When?"), ("c", "c1", "Who?"), ("d", "c2", "Where?"),
+            ("e", "c1", "Why?")]
+    for seed in range(20):
+        p = pick_partner("a", "c1", kept, "Who?", seed)
+        assert p in ("b", "e")  # same context, not itself, not the same question text ("c")
+        assert pick_partner("a", "c1", kept, "Who?", seed) == p
+        assert pick_partner("a", "c1", list(reversed(kept)), "Who?", seed) == p  # order does not matter
+    assert {pick_partner("a", "c1", kept, "Who?", s) for s in range(20)} == {"b", "e"}
+    assert pick_partner("d", "c2", kept, "Where?", 0) is None
+
+
+def test_intervals_and_cells():
+    lo, hi = wilson_ci(10, 10)
+    assert hi == pytest.approx(100.0) and 65 < lo < 75  # Wilson for 10/10: [72.2, 100]
+    assert wilson_ci(0, 0) == (None, None)
+    lo, hi = mean_ci([1.0, 2.0, 3.0])
+    assert (lo + hi) / 2 == pytest.approx(2.0) and hi - 2.0 == pytest.approx(4.303 / 3 ** 0.5, rel=1e-3)
+    c = cell([{"em": 1.0, "f1": 1.0, "k": 1}, {"em": 0.0, "f1": 0.5, "k": 3}])
+    assert c["em"] == 50.0 and c["f1"] == 75.0 and c["n"] == 2 and c["k_mean"] == 2.0
+    assert overlap([1, 2, 3, 4], [2, 4, 9]) == 0.5 and overlap([], [1]) is None
+
+
+def test_latent_stats_on_hand_made_sets():
+    def rec(i, ctx, btop, gtop, n_last=4):
+        mk = lambda ids: [[c, 1.0, 1.0] for c in ids]  # noqa: E731
+        return {"id": i, "context_id": ctx, "n_active_last": n_last, "n_active_any": 10,
+                "sets": {"baseline": {"top": mk(btop), "bottom": mk(btop[::-1])},
+                         "gradsae": {"top": mk(gtop), "bottom": mk(gtop[::-1])}}}
+    rs = [rec("a", "c", [1, 2, 3], [1, 5, 6]), rec("b", "c", [1, 2, 7], [8, 9, 6])]
+    st = latent_stats(rs)  # K = 50% of 4 = 2
+    assert st["k50_mean"] == 2 and st["active_last_mean"] == 4
+    # cross top: a {1,2} vs {1,5} = 1/2; b {1,2} vs {8,9} = 0 -> 25%
+    assert st["cross_top_overlap"] == pytest.approx(25.0)
+    # inner baseline top: {1,2} vs {1,2} = 100%; gradsae top {1,5} vs {8,9} = 0%
+    assert st["inner"]["baseline"]["top"] == pytest.approx(100.0) and st["inner"]["gradsae"]["top"] == 0.0
+    assert st["n_context_pairs"] == 2
+
+
+# ---- tiny-model fixtures ------------------------------------------------------------------------
+
+CONTEXTS = ["The river Olm runs past the mill.", "Nora keeps bees near the old barn.",
+            "A red kite nests on the tower."]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model, a random SAE on disk, and a JSONL whose gold answers are the model's own answers for
+    most questions (so the correct-sample filter keeps them) and nonsense for two."""
+    torch.manual_seed(0)
+    model, tok = make_tiny("llama")
+    root = tmp_path_factory.mktemp("exp")
+    sae = random_sae(d_sae=128, layer=1)
+    sae.save(root / "sae")
+    rows = [{"id": f"c{c}q{q}", "context": ctx, "question": f"Question {q} about it?", "answers": ["placeholder"]}
+            for c, ctx in enumerate(CONTEXTS) for q in range(3)]
+    probe = root / "probe.jsonl"
+    probe.write_text("\n".join(json.dumps(r) for r in rows))
+    base = dict(sae=str(root / "sae"), template="plain", max_new_tokens=5, limit=0, progress=False, batch_size=3,
+                ks=KS, threads=0)
+    run_stats(StatsConfig(data=str(probe), min_f1=0.0, out=str(root / "probe"), **base), model=model, tokenizer=tok)
+    preds = {r["id"]: r["prediction"] for r in ex.read_records(root / "probe").values() if r["task"] == "answer"}
+    wrong = {"c0q1", "c2q2"}
+    for r in rows:
+        r["answers"] = ["qqqq zzzz"] if r["id"] in wrong else [preds[r["id"]]]
+    data = root / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    usable = {i for i, p in preds.items() if i not in wrong and p.strip() and ex.sq.normalize_answer(p)}
+    return dict(model=model, tok=tok, sae=sae, root=root, data=str(data), base={**base, "data": str(data)},
+                kept=usable)
+
+
+def _cfg(cls, setup, out, **kw):
+    return cls(out=str(setup["root"] / out), **{**setup["base"], **kw})
+
+
+def _strip(s):
+    s = dict(s)
+    s.pop("timing", None)
+    return s
+
+
+def test_correct_sample_filter_counts_kept(setup):
+    s = run_stats(_cfg(StatsConfig, setup, "filter"), model=setup["model"], tokenizer=setup["tok"])
+    assert s["data"]["n_examples"] == 9 and s["data"]["n_answered"] == 9
+    assert s["data"]["n_kept"] == len(setup["kept"]) >= 4
+    recs = ex.read_records(setup["root"] / "filter")
+    kept = {i for (t, i), r in recs.items() if t == "answer" and r["kept"]}
+    assert kept == setup["kept"]
+    assert all(r["f1"] < 0.9 for (t, i), r in recs.items() if t == "answer" and i not in kept)
+    # a looser threshold keeps everything that is non-empty
+    s2 = run_stats(_cfg(StatsConfig, setup, "filter0", min_f1=0.0), model=setup["model"], tokenizer=setup["tok"])
+    assert s2["data"]["n_kept"] > s["data"]["n_kept"]
+    assert (setup["root"] / "filter" / "table.md").read_text().count("Table 3") == 1
+
+
+def _ctx(setup, **kw):
+    cfg = PerturbConfig(**{**setup["base"], **kw})
+    builder = ex.sq.PromptBuilder("plain", setup["tok"])
+    return ex._Ctx(cfg, setup["model"], setup["tok"], setup["sae"], None, builder)
+
+
+def test_masking_an_empty_set_reproduces_the_unedited_prediction(setup):
+    from gradsae.splice import RowEdit
+    ctx = _ctx(setup)
+    prompt = ctx.builder(CONTEXTS[0], "Question 0 about it?")
+    plain, _ = ctx.generate([prompt])
+    texts, _ = ctx.generate([prompt] * 3, edits=[None, RowEdit(zero=[]), RowEdit(zero=[], at="last")])
+    assert texts == plain * 3
+
+
+class _Spy:
+    """Records the latents each forward call decodes (after edits): [(offset, He [B, T, C])]."""
+
+    def __init__(self, sae):
+        self.sae, self.calls, self._orig = sae, [], sae.decode
+
+    def __enter__(self):
+        def decode(h):
+            self.calls.append(h.detach().clone())
+            return self._orig(h)
+        self.sae.decode = decode
+        return self
+
+    def __exit__(self, *a):
+        del self.sae.decode
+
+
+@pytest.mark.parametrize("side", ["top", "bottom"])
+def test_topk_and_bottomk_edits_reach_every_position_including_generated(setup, side):
+    s = run_stats(_cfg(StatsConfig, setup, "filter"), model=setup["model"], tokenizer=setup["tok"])
+    assert s["data"]["n_kept"]
+    recs = ex.read_records(setup["root"] / "filter")
+    rec = next(r for (t, _), r in sorted(recs.items()) if t == "answer" and r["kept"])
+    ctx = _ctx(setup, methods=["gradsae"], sets=[side], ks=["10"], max_new_tokens=4, stop="none")
+    prompt = ctx.builder(*[(c, rec["question"]) for c in CONTEXTS if ex.sq._context_id(c) == rec["context_id"]][0])
+    lat = [e[0] for e in rec["sets"]["gradsae"][side][:10]]
+    assert lat
+    with _Spy(setup["sae"]) as spy:
+        out = ex.perturb_example(ctx, rec, prompt)
+    assert out["rows"] == 2 and out["cells"][f"gradsae/{side}/10"]["k"] == len(lat)
+    assert len(spy.calls) >= 3  # the prompt pass and generated tokens (no stop string, EOS unlikely)
+    T0 = spy.calls[0].shape[1]
+    assert all(c.shape[1] == 1 for c in spy.calls[1:])  # KV cache: one new position per step
+    for c in spy.calls:
+        assert torch.all(c[1][:, lat] == 0)  # the edited row: zero at every position of every call
+    # the control row still has those latents somewhere: the edit changed something
+    assert torch.any(torch.cat([c[0][:, lat] for c in spy.calls]) != 0)
+    assert T0 == len(setup["tok"](prompt)["input_ids"])
+
+
+@pytest.mark.parametrize("at", ["all", "last"])
+def test_steering_zeroes_own_set_and_injects_partner_values(setup, at):
+    run_stats(_cfg(StatsConfig, setup, "filter"), model=setup["model"], tokenizer=setup["tok"])
+    recs = ex.read_records(setup["root"] / "filter")
+    kept = [r for (t, _), r in sorted(recs.items()) if t == "answer" and r["kept"]]
+    a = next(r for r in kept if any(o["context_id"] == r["context_id"] and o["id"] != r["id"] for o in kept))
+    b = next(o for o in kept if o["context_id"] == a["context_id"] and o["id"] != a["id"])
+    cfg = SteerConfig(**{**setup["base"], "methods": ["gradsae"], "sets": ["top"], "ks": ["10"], "at": at,
+                         "max_new_tokens": 3, "stop": "none"})
+    ctx = ex._Ctx(cfg, setup["model"], setup["tok"], setup["sae"], None, ex.sq.PromptBuilder("plain", setup["tok"]))
+    prompt = ctx.builder(next(c for c in CONTEXTS if ex.sq._context_id(c) == a["context_id"]), a["question"])
+    own = [e[0] for e in a["sets"]["gradsae"]["top"][:10]]
+    inj = {e[0]: e[2] for e in b["sets"]["gradsae"]["top"][:10]}  # --inject activation: mean activation
+    with _Spy(setup["sae"]) as spy:
+        out = ex.steer_example(ctx, a, b, prompt)
+    assert out["partner"] == b["id"] and out["rows"] == 2
+    cellv = out["cells"]["gradsae/top/10"]
+    assert cellv["overlap"] == pytest.approx(overlap(own, list(inj)))
+    T0 = spy.calls[0].shape[1]
+    only_own = [c for c in own if c not in inj]
+    ids, vals = torch.tensor(list(inj)), torch.tensor(list(inj.values()))
+    for n, c in enumerate(spy.calls):
+        H = c[1]  # [T, C] of the steered row
+        if only_own:
+            assert torch.all(H[:, only_own] == 0)
+        first = 0 if at == "all" or n > 0 else T0 - 1
+        torch.testing.assert_close(H[first:, ids], vals.expand(H.shape[0] - first, -1), atol=1e-6, rtol=0)
+        if at == "last" and n == 0:
+            assert not torch.allclose(H[:first, ids], vals.expand(first, -1))
+
+
+def test_run_steer_partners_share_context(setup):
+    s = ex.run_steer(_cfg(SteerConfig, setup, "steer"), model=setup["model"], tokenizer=setup["tok"])
+    recs = ex.read_records(setup["root"] / "steer")
+    ans = {i: r for (t, i), r in recs.items() if t == "answer"}
+    steer = [r for (t, _), r in recs.items() if t == "steer"]
+    assert len(steer) == s["data"]["n_kept"]
+    for r in steer:
+        if r["partner"]:
+            assert ans[r["partner"]]["context_id"] == ans[r["id"]]["context_id"]
+            assert ans[r["partner"]]["question"] != ans[r["id"]]["question"] and ans[r["partner"]]["kept"]
+    assert s["steering"]["n"] + s["steering"]["n_without_partner"] == len(steer)
+    assert (setup["root"] / "steer" / "steer.png").exists()
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(setup, monkeypatch):
+    full = run_perturb(_cfg(PerturbConfig, setup, "full"), model=setup["model"], tokenizer=setup["tok"])
+    assert full["perturbation"]["n"] == full["data"]["n_kept"] >= 3
+    assert full["perturbation"]["control"]["agree"] == full["perturbation"]["n"]
+    real = ex.perturb_example
+    calls = []
+
+    def interrupt_on_third(ctx, rec, prompt):
+        calls.append(rec["id"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(ctx, rec, prompt)
+    monkeypatch.setattr(ex, "perturb_example", interrupt_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_perturb(_cfg(PerturbConfig, setup, "resumed"), model=setup["model"], tokenizer=setup["tok"])
+    lines = (setup["root"] / "resumed" / "examples.jsonl").read_text().splitlines()
+    assert all(json.loads(ln) for ln in lines)  # a valid file after the interruption
+    assert sum(json.loads(ln)["task"] == "perturb" for ln in lines) == 2
+    calls.clear()
+    monkeypatch.setattr(ex, "perturb_example", lambda *a: (calls.append(a[1]["id"]), real(*a))[1])
+    resumed = run_perturb(_cfg(PerturbConfig, setup, "resumed"), model=setup["model"], tokenizer=setup["tok"])
+    assert len(calls) == full["data"]["n_kept"] - 2  # finished examples are not recomputed
+    assert _strip(resumed) == _strip(full)
+    calls.clear()
+    again = run_perturb(_cfg(PerturbConfig, setup, "resumed"), model=setup["model"], tokenizer=setup["tok"])
+    assert calls == [] and _strip(again) == _strip(full)
+
+
+def test_a_failing_example_is_recorded_and_counted(setup, monkeypatch):
+    real = ex.perturb_example
+    victim = sorted(setup["kept"])[0]
+
+    def flaky(ctx, rec, prompt):
+        if rec["id"] == victim:
+            raise RuntimeError("boom")
+        return real(ctx, rec, prompt)
+    monkeypatch.setattr(ex, "perturb_example", flaky)
+    s = run_perturb(_cfg(PerturbConfig, setup, "fail"), model=setup["model"], tokenizer=setup["tok"])
+    assert s["failed"]["perturb"] == 1 and s["perturbation"]["n"] == s["data"]["n_kept"] - 1
+    assert s["failed"]["errors"] == [{"task": "perturb", "id": victim, "error": "RuntimeError: boom"}]
+    assert "perturb 1" in (setup["root"] / "fail" / "table.md").read_text()
+    # a rerun keeps the failure (finished); --retry-failed recomputes it
+    monkeypatch.setattr(ex, "perturb_example", real)
+    s2 = run_perturb(_cfg(PerturbConfig, setup, "fail"), model=setup["model"], tokenizer=setup["tok"])
+    assert s2["failed"]["perturb"] == 1
+    s3 = run_perturb(_cfg(PerturbConfig, setup, "fail", retry_failed=True), model=setup["model"],
+                     tokenizer=setup["tok"])
+    assert s3["failed"]["perturb"] == 0 and s3["perturbation"]["n"] == s3["data"]["n_kept"]
+
+
+def test_resume_refuses_different_options(setup):
+    run_stats(_cfg(StatsConfig, setup, "filter"), model=setup["model"], tokenizer=setup["tok"])
+    with pytest.raises(GradsaeError, match="different options"):
+        run_stats(_cfg(StatsConfig, setup, "filter", min_f1=0.5), model=setup["model"], tokenizer=setup["tok"])
+
+
+def test_layer_sweep_writes_one_folder_per_layer_and_a_combined_table(setup):
+    cfg = ExperimentConfig(**{**setup["base"], "out": str(setup["root"] / "sweep"), "layers": [0, 1],
+                              "tasks": ["perturb"], "ks": ["1"], "limit": 3})
+    res = run_all(cfg, model=setup["model"], tokenizer=setup["tok"])
+    assert [r["tag"] for r in res["runs"]] == ["L0", "L1"]
+    assert {r["summary"]["layer"] for r in res["runs"]} == {"0", "1"}
+    sweep = json.loads((setup["root"] / "sweep" / "sweep.json").read_text())
+    assert sweep["schema"] == ex.SWEEP_SCHEMA and len(sweep["runs"]) == 2
+    assert (setup["root"] / "sweep" / "L0" / "summary.json").exists()
+    assert "L1" in (setup["root"] / "sweep" / "table.md").read_text()
+
+
+def test_bad_options_are_one_line_errors(setup):
+    with pytest.raises(GradsaeError, match="clamp"):
+        ex.run_steer(_cfg(SteerConfig, setup, "bad", clamp="5"), model=setup["model"], tokenizer=setup["tok"])
+    with pytest.raises(GradsaeError, match="K="):
+        run_stats(_cfg(StatsConfig, setup, "bad2", ks=["half"]), model=setup["model"], tokenizer=setup["tok"])
+    with pytest.raises(GradsaeError, match="--layers"):
+        run_stats(_cfg(StatsConfig, setup, "bad3", sae="x{layer}"), model=setup["model"], tokenizer=setup["tok"])
+
+
+@pytest.mark.slow
+def test_smollm2_perturb_on_the_dev_file(smollm2, tmp_path):
+    """The real thing, small: bundled SmolLM2 + bundled SAE, 4 dev questions, few-shot prompt."""
+    from gradsae.formats import bundled_saes
+    from gradsae.squad import DEFAULT_DATA, PromptBuilder
+    from pathlib import Path
+    model, tok = smollm2
+    chat = PromptBuilder("chat", tok)("Ctx.", "Q?")
+    assert chat.startswith("<|im_start|>") and chat.endswith("<|im_start|>assistant\n")
+    root = Path(__file__).resolve().parents[1]
+    if "smollm2/topk/L9" not in bundled_saes() or not (root / DEFAULT_DATA).exists():
+        pytest.skip("bundled SAE smollm2/topk/L9 or ../shared/data/squad not present")
+    cfg = PerturbConfig(data=str(root / DEFAULT_DATA), limit=4, ks=["1", "50%"], sets=["top"], progress=False,
+                        fewshot_data=str(root / ex.sq.DEFAULT_FEWSHOT), out=str(tmp_path / "p"))
+    s = run_perturb(cfg, model=model, tokenizer=tok)
+    assert s["data"]["n_answered"] == 4 and s["failed"]["answer"] == 0
+    assert s["perturbation"]["n"] == s["data"]["n_kept"]
+    assert s["perturbation"]["control"]["agree"] == s["perturbation"]["n"]
+    for f in ("config.json", "examples.jsonl", "summary.json", "table.md"):
+        assert (tmp_path / "p" / f).exists()
