@@ -4,7 +4,7 @@ For each kept example (answered with F1 ≥ 0.9 through the SAE splice) and ever
 set of the perturbation grid (Baseline/GradSAE × TopK/BottomK × K, plus the unedited control):
 
     ours      one batch of rows (``RowEdit(zero=set, at="all")`` per row), one KV-cached greedy generation
-              (``gradsae.experiments.perturb_example``)
+              whose prompt pass runs blocks 0..L once for all rows (``gradsae.experiments.perturb_example``)
     official  each variant as its own generation, batch of 1, *no* KV cache (the full sequence is re-run
               at every step: ``greedy_generate(use_cache=False)``), as the GradSAE authors' code does
     cached    each variant as its own batch-of-1 generation *with* the KV cache (separates the two effects)
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--min-f1", type=float, default=0.9, help="correct-sample filter (0 keeps everything)")
     ap.add_argument("--ks", default="1,10,20,30,50%")
     ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--error", default="keep", choices=["none", "keep"], help="SAE error term (all three runs)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/out/perturb_speed.json")
     args = ap.parse_args()
@@ -50,7 +51,7 @@ def main() -> None:
     ctx_text, pairs = sq.fewshot_exemplars(exclude_contexts=[q.context for q in qas])
     builder = sq.PromptBuilder("fewshot", tok, ctx_text, pairs)
     cfg = ex.PerturbConfig(sae=args.sae, model=args.model, data=args.data, min_f1=args.min_f1,
-                           ks=args.ks.split(","), max_new_tokens=args.max_new_tokens)
+                           ks=args.ks.split(","), max_new_tokens=args.max_new_tokens, error=args.error)
     ctx = ex._Ctx(cfg, model, tok, sae, None, builder)
 
     kept: list[tuple[dict, str]] = []
@@ -84,7 +85,8 @@ def main() -> None:
             for lat in distinct:
                 batch = encode_prompts(tok, [prompt])
                 t0 = time.perf_counter()
-                with Splice(model, sae, edits=[RowEdit(zero=list(lat), at="all")] if lat else None) as s:
+                with Splice(model, sae, error=args.error,
+                            edits=[RowEdit(zero=list(lat), at="all")] if lat else None) as s:
                     gen = greedy_generate(model, tok, batch, args.max_new_tokens, ctx.stop, splice=s,
                                           use_cache=use_cache)
                 dt = time.perf_counter() - t0

@@ -226,3 +226,39 @@ def test_keep_first_counts_from_each_rows_first_real_token(tiny_llama):
     with Splice(model, sae, keep_first=5) as s:
         kept = greedy_generate(model, tok, encode_prompts(tok, ["short"]), max_new_tokens=4, stop=(), splice=s)
     assert plain.tokens != kept.tokens  # keeping the whole 5-token prompt unspliced changes the output
+
+
+@pytest.mark.parametrize("error", ["none", "keep"])
+def test_shared_trunk_gives_identical_generations(tiny, error):
+    """Blocks 0..L once for all rows (the perturbation grid): same tokens and logits as the plain batch,
+    with edits at every position and a latent_fn, for a middle and the last layer."""
+    model, tok = tiny
+    batch = encode_prompts(tok, ["one prompt for all rows"]).repeat(4)
+    rows = [None, RowEdit(zero=list(range(0, 256, 2)), at="all"), RowEdit(set={3: 5.0}, at="last"),
+            RowEdit(zero=list(range(1, 256, 3)), at="all")]
+    keep = torch.ones(4, 256)
+    keep[3, :40] = 0
+
+    def fn(H):
+        return H * keep[:, None, :]
+
+    for layer in (1, 2):
+        sae = random_sae(bias=0.1, layer=layer)
+        with Splice(model, sae, edits=rows, error=error, latent_fn=fn) as s:
+            full = greedy_generate(model, tok, batch, max_new_tokens=5, stop=(), splice=s)
+        with Splice(model, sae, edits=rows, error=error, latent_fn=fn) as s:
+            shared = greedy_generate(model, tok, batch, max_new_tokens=5, stop=(), splice=s, shared_trunk=True)
+        assert shared.tokens == full.tokens
+        assert len({tuple(t) for t in full.tokens}) > 1  # the edits change something
+        # the blocks' own forward is back: a plain call equals a plain call before
+        assert all("forward" not in b.__dict__ for b in decoder_layers(model))
+
+
+def test_shared_trunk_refuses_different_rows(tiny_llama):
+    model, tok = tiny_llama
+    batch = encode_prompts(tok, ["one prompt", "another prompt"])
+    with Splice(model, random_sae(), edits=None) as s:
+        with pytest.raises(GradsaeError, match="shared_trunk"):
+            greedy_generate(model, tok, batch, max_new_tokens=2, splice=s, shared_trunk=True)
+    with pytest.raises(GradsaeError, match="shared_trunk"):
+        greedy_generate(model, tok, batch.repeat(1), max_new_tokens=2, shared_trunk=True)

@@ -615,8 +615,9 @@ class _Ctx:
     def answer(self, raw: str) -> str:
         return sq.extract_answer(raw, self.extract, self.cfg.answer_regex)
 
-    def generate(self, prompts: Sequence[str], edits=None, latent_fn=None):
-        """Greedy answers through the splice: (raw texts, answer token ids) per row."""
+    def generate(self, prompts: Sequence[str], edits=None, latent_fn=None, same_prompt: bool = False):
+        """Greedy answers through the splice: (raw texts, answer token ids) per row. ``same_prompt``: every
+        row is one prompt with its own edits, so blocks 0..L run once (``shared_trunk``)."""
         from .generate import encode_prompts, greedy_generate
         from .influence import answer_ids
         from .splice import Splice
@@ -625,7 +626,7 @@ class _Ctx:
         with Splice(self.model, self.sae, layer=self.layer, error=self.cfg.error, edits=edits,
                     latent_fn=latent_fn) as s:
             gen = greedy_generate(self.model, self.tok, batch, max_new_tokens=self.cfg.max_new_tokens,
-                                  stop=self.stop, splice=s)
+                                  stop=self.stop, splice=s, shared_trunk=same_prompt and len(prompts) > 1)
         return gen.texts, [answer_ids(self.tok, t, self.stop) for t in gen.tokens]
 
 
@@ -688,7 +689,7 @@ def perturb_example(ctx: _Ctx, rec: dict, prompt: str) -> dict:
                 variants[_key(m, side, k)] = lat
     uniq = list(dict.fromkeys(v for v in variants.values() if v))  # distinct non-empty sets, first-seen order
     rows = [None] + [RowEdit(zero=list(v), at="all") for v in uniq]
-    texts, _ = ctx.generate([prompt] * len(rows), edits=rows)
+    texts, _ = ctx.generate([prompt] * len(rows), edits=rows, same_prompt=True)
     preds = [ctx.answer(t) for t in texts]
     row_of = {v: i + 1 for i, v in enumerate(uniq)}
     cells = {}
@@ -738,7 +739,7 @@ def steer_example(ctx: _Ctx, rec: dict, partner: dict | None, prompt: str) -> di
         return H * keep[:, None, :].to(H.dtype)
 
     texts, _ = ctx.generate([prompt] * len(rows), edits=rows if any(r is not None for r in rows) else None,
-                            latent_fn=zero_own)
+                            latent_fn=zero_own, same_prompt=True)
     preds = [ctx.answer(t) for t in texts]
     row_of = {u: i + 1 for i, u in enumerate(uniq)}
     cells = {}

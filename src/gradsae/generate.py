@@ -75,7 +75,8 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 @torch.no_grad()
 def greedy_generate(model, tokenizer, batch: Batch, max_new_tokens: int = 32, stop: Sequence[str] = ("\n",),
-                    splice=None, use_cache: bool = True, shared_prefix: int = 0) -> Generation:
+                    splice=None, use_cache: bool = True, shared_prefix: int = 0,
+                    shared_trunk: bool = False) -> Generation:
     """Greedy-decode every row of ``batch``.
 
     Args:
@@ -84,6 +85,10 @@ def greedy_generate(model, tokenizer, batch: Batch, max_new_tokens: int = 32, st
         shared_prefix: P > 0 computes the first P prompt positions once (batch of 1) and copies the KV cache
             to every row. Rows must be identical and unpadded there, and no latent edit may be active before
             position P (e.g. steering at the last prompt token: P = T0 - 1). Results are unchanged.
+        shared_trunk: rows repeat one unpadded prompt and differ only in their latent edits (the perturbation
+            and steering grids): blocks 0..L (L = the splice layer) run once on one row for the prompt, the
+            other blocks on every row. Results are unchanged; the prompt pass costs (n_layers - L - 1) /
+            n_layers of a full one, plus one row.
     """
     device = batch.input_ids.device
     B = batch.input_ids.shape[0]
@@ -115,15 +120,21 @@ def greedy_generate(model, tokenizer, batch: Batch, max_new_tokens: int = 32, st
         if B > 1:
             past.batch_repeat_interleave(B)
         cur_ids, cur_pos = ids[:, P:], cur_pos[:, P:]
+    trunk = bool(shared_trunk) and B > 1 and past is None
+    if trunk:
+        if splice is None or not use_cache:
+            raise GradsaeError("shared_trunk needs a splice (its layer is where rows start to differ) and the KV cache")
+        if not (mask.all() and (ids == ids[:1]).all()):
+            raise GradsaeError("shared_trunk: rows differ or are padded; use it only for rows that repeat one prompt")
     for step in range(max_new_tokens):
         if splice is not None:
             splice.offset = ids.shape[1] - cur_ids.shape[1]
         kw = dict(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos, past_key_values=past,
                   use_cache=use_cache)
-        try:  # only the last position's logits are needed (saves the [B, T, V] prompt logits)
-            out = model(**kw, logits_to_keep=1)
-        except TypeError:
-            out = model(**kw)
+        if step == 0 and trunk:
+            out = _prefill_shared_trunk(model, splice, kw)
+        else:
+            out = _forward_last(model, kw)
         steps += 1
         nxt = out.logits[:, -1, :].argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
@@ -151,6 +162,46 @@ def greedy_generate(model, tokenizer, batch: Batch, max_new_tokens: int = 32, st
             cur_ids, cur_pos = ids, position_ids(mask)
     texts = [cut_at_stop(tokenizer.decode(t, skip_special_tokens=True).lstrip(), stop)[0].strip() for t in out_tokens]
     return Generation(out_tokens, texts, batch.prompt_len, steps)
+
+
+def _forward_last(model, kw: dict):
+    try:  # only the last position's logits are needed (saves the [B, T, V] prompt logits)
+        return model(**kw, logits_to_keep=1)
+    except TypeError:
+        return model(**kw)
+
+
+def _new_cache(model):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # older transformers
+        return DynamicCache()
+
+
+def _prefill_shared_trunk(model, splice, kw: dict):
+    """Prompt pass for B identical rows: blocks 0..L on row 0, then blocks L+1.. on all B rows from the
+    recorded block-L output (the splice applies each row's edits there); the KV caches are merged."""
+    from .hooks import join_output, split_output
+    from .splice import run_trunk, skip_trunk
+
+    L, B = splice.layer, kw["input_ids"].shape[0]
+    cache_a, cache_b = _new_cache(model), _new_cache(model)
+    if not hasattr(cache_a, "layers"):
+        raise GradsaeError("shared_trunk needs a transformers version whose DynamicCache has per-layer entries "
+                           "(>= 4.56); run without it")
+    one = {k: (v[:1] if torch.is_tensor(v) else v) for k, v in kw.items()}
+    one.update(past_key_values=cache_a, use_cache=True)
+    Z, rest = split_output(run_trunk(model, L, **one))
+    trunk_out = join_output(Z.repeat(B, *([1] * (Z.dim() - 1))), rest)
+    with skip_trunk(model, L, trunk_out):
+        out = _forward_last(model, dict(kw, past_key_values=cache_b, use_cache=True))
+    for layer in cache_a.layers[:L + 1]:
+        layer.batch_repeat_interleave(B)
+    cache_b.layers = list(cache_a.layers[:L + 1]) + list(cache_b.layers[L + 1:])
+    out.past_key_values = cache_b
+    return out
 
 
 def _eos_ids(tokenizer, model) -> list[int]:

@@ -251,6 +251,13 @@ class SAE(nn.Module):
         s = self.cfg.norm_scaling_factor
         return x_hat if s is None else x_hat / s
 
+    def decode_delta(self, dh: torch.Tensor) -> torch.Tensor:
+        """Change of the reconstruction [..., D] for a change of latents dh [..., C] (decode is affine):
+        decode(h + dh) - decode(h), without the bias and in one matmul."""
+        d = dh.to(self.W_dec.dtype) @ self.W_dec
+        s = self.cfg.norm_scaling_factor
+        return d if s is None else d / s
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 

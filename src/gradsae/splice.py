@@ -19,6 +19,7 @@ forward call, so an edit "from position p on" reaches the prompt and every gener
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import GradsaeError
-from .hooks import block, hidden_size, join_output, resolve_layer, split_output
+from .hooks import block, decoder_layers, hidden_size, join_output, resolve_layer, split_output
 from .sae import SAE
 
 
@@ -264,7 +265,7 @@ class Splice:
             return self.sae.decode(He) + (Z - self.sae.decode(H0)).detach()
         if He is H0:
             return Z
-        return Z + (self.sae.decode(He) - self.sae.decode(H0))
+        return Z + self.sae.decode_delta(He - H0)
 
     def __enter__(self) -> "Splice":
         self._handle = block(self.model, self.layer).register_forward_hook(self._hook)
@@ -342,3 +343,55 @@ class ResidualCapture:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared trunk: blocks 0..L computed once for rows that repeat one prompt
+# ---------------------------------------------------------------------------------------------
+
+def run_trunk(model: nn.Module, layer: int, **inputs):
+    """Run blocks 0..``layer`` only and return block ``layer``'s raw output (before any splice: the
+    recording hook runs first and stops the forward pass). A KV cache passed in ``inputs`` is filled for
+    blocks 0..layer."""
+    holder = {}
+
+    def hook(module, args, out):
+        holder["out"] = out
+        raise _StopForward
+
+    handle = block(model, layer).register_forward_hook(hook, prepend=True)
+    try:
+        model(**inputs)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if "out" not in holder:
+        raise GradsaeError(f"block {layer} was not reached in the forward pass")
+    return holder["out"]
+
+
+_MISSING = object()
+
+
+@contextmanager
+def skip_trunk(model: nn.Module, layer: int, out):
+    """Inside the block, blocks 0..``layer`` do not compute: each returns ``out`` (block ``layer``'s
+    recorded output, already at the batch size of the call). Forward hooks on block ``layer`` (the
+    splice) still run. The blocks' own ``forward`` (including one wrapped by accelerate) is restored."""
+    blocks = decoder_layers(model)[:layer + 1]
+    saved = [b.__dict__.get("forward", _MISSING) for b in blocks]
+
+    def stub(*args, **kwargs):
+        return out
+
+    try:
+        for b in blocks:
+            b.forward = stub
+        yield
+    finally:
+        for b, f in zip(blocks, saved):
+            if f is _MISSING:
+                b.__dict__.pop("forward", None)
+            else:
+                b.forward = f
