@@ -9,14 +9,18 @@ set of the perturbation grid (Baseline/GradSAE × TopK/BottomK × K, plus the un
               at every step: ``greedy_generate(use_cache=False)``), as the GradSAE authors' code does
     cached    each variant as its own batch-of-1 generation *with* the KV cache (separates the two effects)
 
-Same examples, same edits, same splice; the predictions must be identical. Reports seconds and the speed
-ratios measured in this one run.
+Same examples, same edits, same splice, same decoding rule; the predictions must be identical. Reports
+seconds, generated tokens and the speed ratios measured in this one run. The ratio grows with the number
+of generated tokens (the authors' loop re-runs the whole sequence once per new token): ``--stop auto``
+stops at the few-shot answer's newline (short answers); ``--stop none`` decodes as the authors' code
+does, until EOS or ``--max-new-tokens`` (their limit is 50).
 
-    python benchmarks/bench_perturb_speed.py [--n 3] [--sae smollm2/topk/L9] [--out benchmarks/out/perturb_speed.json]
+    python benchmarks/bench_perturb_speed.py [--n 3] [--stop auto|none] [--out benchmarks/out/perturb_speed.json]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -39,6 +43,8 @@ def main() -> None:
     ap.add_argument("--min-f1", type=float, default=0.9, help="correct-sample filter (0 keeps everything)")
     ap.add_argument("--ks", default="1,10,20,30,50%")
     ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--stop", default="auto", help="decoding rule of the timed runs: auto (newline etc.) or none "
+                    "(EOS or --max-new-tokens, as the authors' code)")
     ap.add_argument("--error", default="keep", choices=["none", "keep"], help="SAE error term (all three runs)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/out/perturb_speed.json")
@@ -52,7 +58,8 @@ def main() -> None:
     builder = sq.PromptBuilder("fewshot", tok, ctx_text, pairs)
     cfg = ex.PerturbConfig(sae=args.sae, model=args.model, data=args.data, min_f1=args.min_f1,
                            ks=args.ks.split(","), max_new_tokens=args.max_new_tokens, error=args.error)
-    ctx = ex._Ctx(cfg, model, tok, sae, None, builder)
+    ctx = ex._Ctx(cfg, model, tok, sae, None, builder)  # finds kept examples with the usual stops
+    tctx = ex._Ctx(dataclasses.replace(cfg, stop=args.stop), model, tok, sae, None, builder)  # timed runs
 
     kept: list[tuple[dict, str]] = []
     for i in range(0, len(qas), 8):
@@ -69,7 +76,7 @@ def main() -> None:
     rows, agree_all, t_ours, t_off, t_cached = [], True, 0.0, 0.0, 0.0
     for rec, prompt in kept:
         t0 = time.perf_counter()
-        ours = ex.perturb_example(ctx, rec, prompt)
+        ours = ex.perturb_example(tctx, rec, prompt)
         dt_ours = time.perf_counter() - t0
         # the same distinct sets, in the same order as perturb_example builds them
         variants = {}
@@ -79,7 +86,7 @@ def main() -> None:
                     variants[ex._key(m, side, k)] = tuple(sorted(
                         e[0] for e in ex.latent_set(rec["sets"], m, side, k, rec["n_active_last"])))
         distinct = [()] + list(dict.fromkeys(v for v in variants.values() if v))
-        preds = {}
+        preds, new_tokens = {}, []
         dt_off = dt_cached = 0.0
         for use_cache in (False, True):
             for lat in distinct:
@@ -87,14 +94,15 @@ def main() -> None:
                 t0 = time.perf_counter()
                 with Splice(model, sae, error=args.error,
                             edits=[RowEdit(zero=list(lat), at="all")] if lat else None) as s:
-                    gen = greedy_generate(model, tok, batch, args.max_new_tokens, ctx.stop, splice=s,
+                    gen = greedy_generate(model, tok, batch, args.max_new_tokens, tctx.stop, splice=s,
                                           use_cache=use_cache)
                 dt = time.perf_counter() - t0
                 if use_cache:
                     dt_cached += dt
                 else:
                     dt_off += dt
-                    preds[lat] = ctx.answer(gen.texts[0])
+                    preds[lat] = tctx.answer(gen.texts[0])
+                    new_tokens.append(len(gen.tokens[0]))
         same = all(ours["cells"][key]["prediction"] == preds[lat] for key, lat in variants.items()) and \
             ours["control"]["prediction"] == preds[()]
         agree_all &= same
@@ -102,7 +110,8 @@ def main() -> None:
         t_off += dt_off
         t_cached += dt_cached
         rows.append({"id": rec["id"], "prompt_tokens": len(tok(prompt)["input_ids"]), "cells": len(variants),
-                     "rows": len(distinct), "ours_s": dt_ours, "official_s": dt_off, "cached_b1_s": dt_cached,
+                     "rows": len(distinct),
+                     "mean_new_tokens": round(sum(new_tokens) / len(new_tokens), 2), "ours_s": dt_ours, "official_s": dt_off, "cached_b1_s": dt_cached,
                      "speedup": dt_off / dt_ours, "identical": same})
         print(f"{rec['id']}: ours {dt_ours:.1f}s, official {dt_off:.1f}s, batch-1 cached {dt_cached:.1f}s, "
               f"identical={same}", flush=True)
@@ -110,7 +119,7 @@ def main() -> None:
     total = {"ours_s": t_ours, "official_s": t_off, "cached_b1_s": t_cached, "speedup_vs_official": t_off / t_ours,
              "speedup_vs_cached_b1": t_cached / t_ours, "identical_predictions": agree_all, "n_examples": len(rows)}
     print()
-    print(table(rows, ["id", "prompt_tokens", "cells", "rows", "ours_s", "official_s", "cached_b1_s", "speedup",
+    print(table(rows, ["id", "prompt_tokens", "cells", "rows", "mean_new_tokens", "ours_s", "official_s", "cached_b1_s", "speedup",
                        "identical"]))
     print(f"\ntotal: ours {t_ours:.1f}s vs official (no KV cache, one variant at a time) {t_off:.1f}s -> "
           f"{t_off / t_ours:.1f}x faster; vs batch-1 with KV cache {t_cached:.1f}s -> {t_cached / t_ours:.1f}x; "

@@ -223,7 +223,8 @@ def parse_stop(s: str, builder: sq.PromptBuilder) -> tuple[str, ...]:
         return builder.default_stop
     if s in ("", "none"):
         return ()
-    return tuple(p.replace("\\n", "\n") for p in s.split(",") if p)
+    from .generate import parse_stop as split_stops
+    return split_stops(s)
 
 
 def latent_set(sets: dict, method: str, side: str, k: str, n_active_last: int) -> list[list]:

@@ -16,29 +16,18 @@ from typing import Sequence
 
 from .config import opt
 from .errors import GradsaeError
-from .influence import AGGREGATIONS, METHODS, POSITIONS, TARGETS, Example, Influence, influence, promoted_tokens
+from .influence import Example, Influence, influence, promoted_tokens
+from .generate import parse_stop
+from .influence_cli import ScoringOptions
 
-DEFAULT_SAE = "smollm2/topk/L9"
 
-
-@dataclass
-class ExplainConfig:
+@dataclass(kw_only=True)
+class ExplainConfig(ScoringOptions):
     """Which SAE latents drive the model's answer to one prompt (GradSAE influence): a table, or an HTML page."""
 
     prompt: str = opt(help="the prompt (plain text, as the model sees it)", positional=True)
     output: str = opt("", "the answer to explain; empty = the model's own greedy answer through the SAE splice")
-    model: str = opt("smollm2", "model: 'smollm2', a local folder, a .gguf file or a hub id")
-    sae: str = opt(DEFAULT_SAE, "SAE folder/file, bundled name or saelens:<release>/<id>")
-    layer: str = opt("", "block index or hook name; default: the SAE's own hook")
-    device: str = opt("cpu", "cpu, cuda, cuda:N or auto")
-    dtype: str = opt("float32", "model dtype: float32, bfloat16, float16")
     top: int = opt(10, "latents shown (top and bottom)")
-    target: str = opt("logprob", "what p(Y|H) means", choices=TARGETS)
-    aggregation: str = opt("relu-mean", "how per-token scores become one per latent", choices=AGGREGATIONS)
-    positions: str = opt("all", "positions averaged over", choices=POSITIONS)
-    method: str = opt("grad", "grad (grad x act), exact (ablation) or ig (integrated gradients)", choices=METHODS)
-    error: str = opt("none", "splice error term: none (paper: the model sees the reconstruction) or keep",
-                     choices=("none", "keep"))
     mask_k: list[str] = opt(["1", "10"], "regenerate with the top K latents zeroed for these K (e.g. 1,10,50%%); "
                                          "empty to skip")
     promoted: int = opt(6, "tokens listed per latent (top of W_U · W_dec[c])")
@@ -47,11 +36,6 @@ class ExplainConfig:
     stop: str = opt("\\n", "stop strings, comma-separated ('\\n' = newline); empty = stop at EOS only")
     html: str = opt("", "write the per-example HTML view to this file")
     json: str = opt("", "write the view as JSON to this file")
-    seed: int = opt(0, "seed (random candidates for --method exact)")
-
-
-def parse_stop(s: str) -> tuple[str, ...]:
-    return tuple(p.replace("\\n", "\n") for p in s.split(",") if p)
 
 
 def mask_answers(model, tok, sae, prompt: str, sets: dict[str, Sequence[int]], *, layer=None, error="none",
@@ -65,7 +49,8 @@ def mask_answers(model, tok, sae, prompt: str, sets: dict[str, Sequence[int]], *
     rows = [None] + [RowEdit(zero=list(v), at="all") for v in uniq]
     batch = encode_prompts(tok, [prompt] * len(rows), device=sae.W_dec.device)
     with Splice(model, sae, layer=layer, error=error, edits=rows) as s:
-        gen = greedy_generate(model, tok, batch, max_new_tokens=max_new_tokens, stop=stop, splice=s)
+        gen = greedy_generate(model, tok, batch, max_new_tokens=max_new_tokens, stop=stop, splice=s,
+                              shared_trunk=len(rows) > 1)
     texts = [t.strip() for t in gen.texts]
     row_of = {v: i + 1 for i, v in enumerate(uniq)}
     out = {}
@@ -142,7 +127,8 @@ def run(cfg: ExplainConfig) -> dict:
                         promoted=cfg.promoted, keep_per_token=cfg.keep_per_token, layer=cfg.layer or None,
                         error=cfg.error, max_new_tokens=cfg.max_new_tokens, stop=parse_stop(cfg.stop),
                         target=cfg.target, aggregation=cfg.aggregation, positions=cfg.positions,
-                        method=cfg.method, seed=cfg.seed)
+                        method=cfg.method, seed=cfg.seed, ig_steps=cfg.ig_steps,
+                        exact_latents=cfg.exact_latents or None)
     view["meta"].update(model=model_name(model), sae=cfg.sae, config=asdict(cfg))
     promoted = {r["latent"]: r.get("promotes", []) for r in view["top"]}
     print(format_table(inf, promoted, cfg.top))

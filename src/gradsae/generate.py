@@ -64,6 +64,11 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def parse_stop(s: str) -> tuple[str, ...]:
+    """Stop strings from a comma-separated option; a literal backslash-n means newline."""
+    return tuple(p.replace("\\n", "\n") for p in s.split(",") if p)
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     cut = len(text)
     for s in stop:

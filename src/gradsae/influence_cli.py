@@ -14,13 +14,10 @@ from .io import write_json
 DEFAULT_SAE = "smollm2/topk/L9"
 
 
-@dataclass
-class InfluenceConfig:
-    """Rank every SAE latent by its influence on the model's output (GradSAE, Shu et al. 2025)."""
+@dataclass(kw_only=True)
+class ScoringOptions:
+    """Model, SAE and scoring options shared by ``gradsae influence`` and ``gradsae explain``."""
 
-    prompt: str = opt("", "the prompt (use --input for many)")
-    output: str = opt("", "the output to explain; empty = generate it greedily through the splice")
-    input: str = opt("", "JSONL file with {\"prompt\": ..., \"output\": ..., \"id\": ...} per line")
     model: str = opt("smollm2", "model: 'smollm2', a local folder, a .gguf file or a hub id")
     sae: str = opt(DEFAULT_SAE, "SAE folder/file, bundled name or saelens:<release>/<id>")
     layer: str = opt("", "block index or hook name; default: the SAE's own hook")
@@ -32,14 +29,23 @@ class InfluenceConfig:
     method: str = opt("grad", "grad (grad x act), exact (ablation) or ig (integrated gradients)", choices=METHODS)
     error: str = opt("none", "splice error term: none (paper: the model sees the reconstruction) or keep",
                      choices=("none", "keep"))
-    batch_size: int = opt(4, "examples per forward+backward")
     ig_steps: int = opt(16, "integrated-gradient steps")
     exact_latents: int = opt(0, "exact: ablate only the top-N by |grad|, top-N by activation and N random "
                                 "active latents (0 = every active latent)")
+    seed: int = opt(0, "seed (random candidates for --method exact)")
+
+
+@dataclass(kw_only=True)
+class InfluenceConfig(ScoringOptions):
+    """Rank every SAE latent by its influence on the model's output (GradSAE, Shu et al. 2025)."""
+
+    prompt: str = opt("", "the prompt (use --input for many)")
+    output: str = opt("", "the output to explain; empty = generate it greedily through the splice")
+    input: str = opt("", "JSONL file with {\"prompt\": ..., \"output\": ..., \"id\": ...} per line")
+    batch_size: int = opt(4, "examples per forward+backward")
     top: int = opt(10, "latents shown per example")
     max_new_tokens: int = opt(32, "when generating the output")
     out: str = opt("", "write the JSON here (default: print the table only)")
-    seed: int = opt(0, "seed (random candidates for --method exact)")
 
 
 def load_examples(cfg: InfluenceConfig) -> list[Example]:
