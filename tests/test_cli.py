@@ -47,3 +47,13 @@ def test_help_shows_each_default_once(capsys):
     out = capsys.readouterr().out
     assert "(default: " not in out or out.count("(default: )") == 0
     assert all(line.count("(default:") <= 1 for line in out.splitlines())
+
+
+def test_command_reference_is_current():
+    """docs/cli.md is generated from the config dataclasses; a changed option must regenerate it."""
+    from pathlib import Path
+
+    from gradsae.cli import command_reference
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+    assert path.read_text() == command_reference(), "docs/cli.md is stale: run `make docs`"

@@ -53,6 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_reference() -> str:
+    """docs/cli.md: every command's description and options table, from the config dataclasses."""
+    from .config import describe
+
+    _optional_commands()
+    out = ["# Command reference", "",
+           "Generated from the config dataclasses by `make docs` (`python -m gradsae.cli --reference`); "
+           "a test fails when this file is stale. Each results folder saves the same fields in config.json.", ""]
+    for name, (mod, cls_name, _, help_) in COMMANDS.items():
+        cls = getattr(importlib.import_module(mod), cls_name)
+        doc = " ".join((cls.__doc__ or help_).split())
+        out += [f"## `gradsae {name}`", "", doc, "", describe(cls), ""]
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .config import from_args
 
@@ -78,4 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--reference"]:
+        sys.stdout.write(command_reference())
+        sys.exit(0)
     sys.exit(main())

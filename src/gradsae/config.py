@@ -108,11 +108,18 @@ def from_dict(cls, d: dict):
 
 
 def describe(cls) -> str:
-    """A Markdown table of a config's fields (used for the docs)."""
+    """A Markdown table of a config's fields (used for the docs). Paths inside the installed package are
+    shown as ``<gradsae>/...`` so the table does not depend on where the package lives."""
+    from pathlib import Path
+
+    pkg = str(Path(__file__).resolve().parent)
     hints = typing.get_type_hints(cls)
     rows = ["| option | type | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else "required")
+        default = str(default).replace(pkg, "<gradsae>")
         tp = getattr(_base_type(hints[f.name]), "__name__", str(hints[f.name]))
-        rows.append(f"| `--{f.name.replace('_', '-')}` | {tp} | `{default}` | {f.metadata.get('help', '')} |")
+        name = f"`{f.name}` (positional)" if f.metadata.get("positional") else f"`--{f.name.replace('_', '-')}`"
+        help_ = f.metadata.get("help", "").replace("%%", "%").replace("|", "\\|")
+        rows.append(f"| {name} | {tp} | `{default}` | {help_} |")
     return "\n".join(rows)
