@@ -233,7 +233,8 @@ def test_shared_trunk_gives_identical_generations(tiny, error):
     """Blocks 0..L once for all rows (the perturbation grid): same tokens and logits as the plain batch,
     with edits at every position and a latent_fn, for a middle and the last layer."""
     model, tok = tiny
-    batch = encode_prompts(tok, ["one prompt for all rows"]).repeat(4)
+    long = "one prompt for all rows, longer than Gemma 2's sliding window of 64 positions in the tiny model"
+    batch = encode_prompts(tok, [long]).repeat(4)
     rows = [None, RowEdit(zero=list(range(0, 256, 2)), at="all"), RowEdit(set={3: 5.0}, at="last"),
             RowEdit(zero=list(range(1, 256, 3)), at="all")]
     keep = torch.ones(4, 256)
