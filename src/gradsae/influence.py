@@ -40,9 +40,9 @@ import torch
 
 from .errors import GradsaeError
 from .generate import encode_prompts, greedy_generate, position_ids
-from .hooks import unembedding
+from .hooks import join_output, split_output, unembedding
 from .sae import SAE
-from .splice import RowEdit, Splice
+from .splice import RowEdit, Splice, run_trunk, skip_trunk
 
 TARGETS = ("logprob", "prob", "logit", "first")
 AGGREGATIONS = ("relu-mean", "mean", "signed")
@@ -484,13 +484,17 @@ def _ig_scores(model, sae, packed, layer, target, aggregation, positions, error,
 def _exact_scores(model, sae, packed, layer, target, aggregation, positions, error, n_cand, chunk, seed,
                   keep, keep_first: int = 0) -> dict:
     """Δtarget when one latent is zeroed at all scored positions, divided by their number N (so it is on the
-    scale of the ``mean`` aggregation of grad × act, whose first-order sum it approximates)."""
+    scale of the ``mean`` aggregation of grad × act, whose first-order sum it approximates). Blocks 0..L
+    run once; each chunk of ablations runs only the blocks above L."""
     if packed.ids.shape[0] != 1:
         raise GradsaeError("exact ablation runs one example at a time")
     mask = packed.score_mask(positions, target)[0]
     with Splice(model, sae, layer=layer, error=error, capture=True, keep_first=keep_first) as s:
         full = _forward_target(model, packed, target, s)[0]
         H = s.latents[0].float()
+    L = s.layer
+    Z, rest = split_output(run_trunk(model, L, input_ids=packed.ids, attention_mask=packed.mask,
+                                     position_ids=position_ids(packed.mask), use_cache=False))
     active = torch.nonzero(((H > 0) & mask[:, None]).any(0)).flatten()
     if n_cand is not None and active.numel() > 3 * n_cand:
         grad_res = _grad_scores(model, sae, packed, layer, target, "mean", positions, error, 1, keep_first)[0]
@@ -509,7 +513,9 @@ def _exact_scores(model, sae, packed, layer, target, aggregation, positions, err
         rows = [RowEdit(zero=[c], at=lo, until=hi) for c in lat]
         rep = _Packed(packed.ids.expand(len(lat), -1), packed.mask.expand(len(lat), -1), packed.n_prompt * len(lat),
                       packed.n_out * len(lat), packed.lengths * len(lat))
-        with Splice(model, sae, layer=layer, error=error, edits=rows, keep_first=keep_first) as s:
+        trunk = join_output(Z.expand(len(lat), *Z.shape[1:]).contiguous(), rest)
+        with skip_trunk(model, L, trunk), Splice(model, sae, layer=layer, error=error, edits=rows,
+                                                 keep_first=keep_first) as s:
             tv = _forward_target(model, rep, target, s)
         scores[torch.as_tensor(lat)] = ((full - tv) / n).float().cpu()
     r = _finish(None, H, mask, packed, aggregation, keep, 0, score=scores.to(H.device))
