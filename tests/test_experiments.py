@@ -309,3 +309,28 @@ def test_smollm2_perturb_on_the_dev_file(smollm2, tmp_path):
     assert s["perturbation"]["control"]["agree"] == s["perturbation"]["n"]
     for f in ("config.json", "examples.jsonl", "summary.json", "table.md"):
         assert (tmp_path / "p" / f).exists()
+
+
+def test_answers_from_reuses_the_answer_phase(setup, monkeypatch):
+    """Steering with another rule in a new folder reuses the filter and rankings instead of re-answering,
+    gives the same steering result as a run that answers itself, and refuses a mismatched source."""
+    src = _cfg(PerturbConfig, setup, "ans_src")
+    run_perturb(src, model=setup["model"], tokenizer=setup["tok"])
+    own = ex.run_steer(_cfg(SteerConfig, setup, "ans_own", inject="score", clamp="0,50"), model=setup["model"],
+                       tokenizer=setup["tok"])
+    calls = []
+    real = ex.answer_batch
+    monkeypatch.setattr(ex, "answer_batch", lambda ctx, qs: (calls.append(len(qs)), real(ctx, qs))[1])
+    reused = ex.run_steer(_cfg(SteerConfig, setup, "ans_reuse", inject="score", clamp="0,50",
+                               answers_from=src.out), model=setup["model"], tokenizer=setup["tok"])
+    assert calls == []  # nothing answered again
+    assert reused["steering"] == own["steering"] and reused["data"] == own["data"]
+    with pytest.raises(GradsaeError, match="min_f1"):
+        ex.run_steer(_cfg(SteerConfig, setup, "ans_bad", min_f1=0.5, answers_from=src.out), model=setup["model"],
+                     tokenizer=setup["tok"])
+    with pytest.raises(GradsaeError, match="K=7"):
+        ex.run_steer(_cfg(SteerConfig, setup, "ans_bad2", ks=["7"], answers_from=src.out), model=setup["model"],
+                     tokenizer=setup["tok"])
+    with pytest.raises(GradsaeError, match="no config.json"):
+        ex.run_steer(_cfg(SteerConfig, setup, "ans_bad3", answers_from=str(setup["root"])), model=setup["model"],
+                     tokenizer=setup["tok"])

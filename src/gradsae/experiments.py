@@ -90,6 +90,8 @@ class SquadConfig:
     threads: int = opt(2, "torch CPU threads (per process)")
     out: str = opt("results/squad", "results folder (rerun the same command to resume)")
     retry_failed: bool = opt(False, "recompute examples recorded with an error")
+    answers_from: str = opt("", "reuse the answer phase (filter + latent rankings) of another results folder made "
+                            "with the same answer-affecting options, e.g. to try another steering rule")
     progress: bool = opt(True, "show progress bars")
 
 
@@ -768,6 +770,44 @@ def make_prompt_builder(cfg: SquadConfig, tok, qas: Sequence[sq.QA]) -> sq.Promp
     return sq.PromptBuilder(cfg.template, tok)
 
 
+# fields the answer phase (filter + rankings) depends on: --answers-from needs them equal
+_ANSWER_FINGERPRINT = ("model", "sae", "layer", "data", "shuffle", "template", "fewshot_data", "fewshot_paragraph",
+                       "extract", "answer_regex", "stop", "max_new_tokens", "min_f1", "target", "aggregation",
+                       "positions", "error", "dtype", "stop_resolved", "extract_resolved")
+
+
+def import_answers(src: Path, out: Path, fp: dict, ks: Sequence[str], qids: Sequence[str]) -> int:
+    """Copy answer records (filter + stored rankings) from results folder ``src`` into ``out``'s
+    examples.jsonl for the questions in ``qids`` that ``out`` lacks; returns how many. Refuses a folder made
+    with other answer-affecting options, or whose stored rankings are shorter than ``ks`` needs."""
+    cfg_path = src / "config.json"
+    if not cfg_path.exists():
+        raise GradsaeError(f"--answers-from {src}: no config.json there; give a gradsae results folder")
+    old = read_json(cfg_path)
+    ofp = old.get("fingerprint", {})
+    keys = _ANSWER_FINGERPRINT + (("seed",) if ofp.get("shuffle") else ())  # the seed picks the questions
+    diff = [k for k in keys if k in fp and k in ofp and ofp[k] != fp[k]]
+    if diff:
+        k = diff[0]
+        raise GradsaeError(f"--answers-from {src} was made with {k}={ofp[k]!r}, this run has {fp[k]!r}: "
+                           "the answers and rankings would differ; rerun the answer phase instead")
+    old_ks = set(ofp.get("ks", [])) | set(ofp.get("steer_ks", []) or []) | {"50%"}
+    missing = [k for k in ks if k not in old_ks]
+    if missing:
+        raise GradsaeError(f"--answers-from {src} stored rankings for K in {sorted(old_ks)}, not K={missing[0]}: "
+                           "use those K values or rerun the answer phase")
+    have = read_records(out)
+    theirs = read_records(src)
+    log = JsonlLog(out / "examples.jsonl")
+    n = 0
+    for qid in qids:
+        r = theirs.get(("answer", qid))
+        if r is not None and "error" not in r and ("answer", qid) not in have:
+            log.append({**r, "answers_from": str(src)})
+            n += 1
+    return n
+
+
 def _fingerprint(cfg) -> dict:
     d = dataclasses.asdict(cfg)
     return {k: d[k] for k in _FINGERPRINT if k in d}
@@ -833,6 +873,12 @@ def _run_one(cfg: SquadConfig, tasks: Sequence[str], command: str, out: Path, sa
         merged_cfg["sae_resolved"] = sae_spec
         merged_cfg["layer_resolved"] = str(layer) if layer is not None else sae.cfg.hook_name
         write_json(out / "config.json", merged_cfg)
+        if cfg.answers_from:
+            ks = list(cfg.ks) + list(getattr(cfg, "steer_ks", []) or [])
+            n = import_answers(Path(cfg.answers_from), out, merged_cfg["fingerprint"], ks, [q.id for q in qas])
+            if cfg.progress:
+                print(f"reused {n} answer records from {cfg.answers_from}", flush=True)
+    dist.barrier()
     log = JsonlLog(out / ("examples.jsonl" if not dist.enabled else f"examples.rank{dist.rank}.jsonl"))
     recs = read_records(out)
 
