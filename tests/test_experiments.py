@@ -334,3 +334,17 @@ def test_answers_from_reuses_the_answer_phase(setup, monkeypatch):
     with pytest.raises(GradsaeError, match="no config.json"):
         ex.run_steer(_cfg(SteerConfig, setup, "ans_bad3", answers_from=str(setup["root"])), model=setup["model"],
                      tokenizer=setup["tok"])
+
+
+def test_steering_without_kv_cache(setup):
+    """--no-kv-cache re-runs the sequence each step: with --at last it must give what the cached loop gives;
+    --at newest (the authors' rule) then runs too."""
+    kw = dict(inject="score", clamp="0,50", steer_ks=["1"], sets=["top"])
+    cached = ex.run_steer(_cfg(SteerConfig, setup, "kv_on", at="last", **kw), model=setup["model"],
+                          tokenizer=setup["tok"])
+    uncached = ex.run_steer(_cfg(SteerConfig, setup, "kv_off", at="last", kv_cache=False, **kw),
+                            model=setup["model"], tokenizer=setup["tok"])
+    assert uncached["steering"] == cached["steering"] and cached["steering"]["n"] > 0
+    newest = ex.run_steer(_cfg(SteerConfig, setup, "kv_newest", at="newest", kv_cache=False, **kw),
+                          model=setup["model"], tokenizer=setup["tok"])
+    assert newest["steering"]["n"] == cached["steering"]["n"]

@@ -74,6 +74,8 @@ class SquadConfig:
     stop: str = opt("auto", "stop string(s), comma separated, '\\n' for newline; 'auto': newline, 'Question' or "
                     "'Context' for plain-text templates, EOS only otherwise; 'none': EOS only")
     max_new_tokens: int = opt(16, "greedy decoding budget per answer")
+    kv_cache: bool = opt(True, "decode with the KV cache; --no-kv-cache re-runs the whole sequence every step (the "
+                         "authors' loop: slower, and needed for their steering rule --at newest)")
     min_f1: float = opt(0.9, "correct-sample filter: keep examples answered with F1 >= this (0-1), as the "
                         "authors' code")
     ks: list[str] = opt(["1", "10", "20", "30", "50%"], "K values; a percentage (e.g. 50 percent, written 50%%) is that share of the latents active at "
@@ -138,7 +140,7 @@ class ExperimentConfig(SteerConfig):
 # fields that change results: a results folder refuses to resume under different values
 _FINGERPRINT = ("model", "sae", "layer", "data", "shuffle", "seed", "template", "fewshot_data", "fewshot_paragraph",
                 "extract", "answer_regex", "stop", "max_new_tokens", "min_f1", "ks", "methods", "sets", "target",
-                "aggregation", "positions", "error", "dtype", "inject", "at", "clamp", "steer_ks")
+                "aggregation", "positions", "error", "dtype", "inject", "at", "clamp", "steer_ks", "kv_cache")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,8 +630,10 @@ class _Ctx:
         batch = encode_prompts(self.tok, list(prompts), device=self.device)
         with Splice(self.model, self.sae, layer=self.layer, error=self.cfg.error, edits=edits,
                     latent_fn=latent_fn) as s:
+            cache = self.cfg.kv_cache
             gen = greedy_generate(self.model, self.tok, batch, max_new_tokens=self.cfg.max_new_tokens,
-                                  stop=self.stop, splice=s, shared_trunk=same_prompt and len(prompts) > 1)
+                                  stop=self.stop, splice=s, use_cache=cache,
+                                  shared_trunk=cache and same_prompt and len(prompts) > 1)
         return gen.texts, [answer_ids(self.tok, t, self.stop) for t in gen.tokens]
 
 
