@@ -115,8 +115,8 @@ class SteerConfig(SquadConfig):
                       "activation) or score (partner's ranking score, the authors' code)",
                       choices=("activation", "score"))
     at: str = opt("all", "where the partner's latents are set: all positions (paper text), last (last prompt "
-                  "token and every generated token), newest (last position of each forward: the authors' "
-                  "rule; with a KV cache the same as last)", choices=("all", "last", "newest"))
+                  "token and every generated token), newest (last position of each forward; with "
+                  "--no-kv-cache the authors' rule, with the KV cache the same as last)", choices=("all", "last", "newest"))
     clamp: str = opt("", "clamp injected values to 'lo,hi' (authors' code: 0,50); empty = no clamp")
     steer_ks: list[str] = opt([], "K values for steering (default: --ks)")
 
