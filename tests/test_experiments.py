@@ -348,3 +348,20 @@ def test_steering_without_kv_cache(setup):
     newest = ex.run_steer(_cfg(SteerConfig, setup, "kv_newest", at="newest", kv_cache=False, **kw),
                           model=setup["model"], tokenizer=setup["tok"])
     assert newest["steering"]["n"] == cached["steering"]["n"]
+
+
+def test_results_folders_get_an_html_report(setup):
+    """Every run writes report.html next to summary.json (a sweep also at its top); `gradsae report`
+    rebuilds it without a model and refuses a folder without results in one line."""
+    from gradsae.cli import main as cli_main
+
+    cfg = ExperimentConfig(**{**setup["base"], "out": str(setup["root"] / "rep"), "layers": [0, 1],
+                              "tasks": ["perturb"], "ks": ["1"], "limit": 3})
+    run_all(cfg, model=setup["model"], tokenizer=setup["tok"])
+    for sub in ("L0", "L1", "."):
+        page = (setup["root"] / "rep" / sub / "report.html").read_text()
+        assert "<html" in page.lower() and "http://" not in page and "https://" not in page
+    (setup["root"] / "rep" / "L0" / "report.html").unlink()
+    assert cli_main(["report", str(setup["root"] / "rep" / "L0")]) == 0
+    assert (setup["root"] / "rep" / "L0" / "report.html").exists()
+    assert cli_main(["report", str(setup["root"])]) == 2

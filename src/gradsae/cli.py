@@ -27,6 +27,7 @@ def _optional_commands() -> None:
         "steer": ("gradsae.experiments", "SteerConfig", "run_steer", "SQuAD local steering with a partner question's latents (Table 1 lower)"),
         "stats": ("gradsae.experiments", "StatsConfig", "run_stats", "latent statistics: active latents, overlaps (Table 3)"),
         "experiment": ("gradsae.experiments", "ExperimentConfig", "run_all", "perturb + steer + stats in one run, over layers/SAEs"),
+        "report": ("gradsae.report", "ReportConfig", "run", "rebuild the HTML report of a results folder (no model needed)"),
         "cache": ("gradsae.cache", "CacheConfig", "run", "cache residual activations (and dL/dx) as float16 shards"),
         "train": ("gradsae.train", "TrainConfig", "run", "train TopK / g-SAE SAEs from a cache"),
         "eval": ("gradsae.evals", "EvalConfig", "run", "evaluate an SAE: NMSE, L_added, KL, dead latents, steering effect"),

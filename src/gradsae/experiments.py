@@ -964,6 +964,11 @@ def _run_one(cfg: SquadConfig, tasks: Sequence[str], command: str, out: Path, sa
         plot(summary, out)
     except Exception as e:  # plots are a convenience; the numbers are in summary.json
         print(f"warning: plotting failed ({_err(e)})")
+    try:
+        from .report import report_from_folder
+        report_from_folder(out, title=f"GradSAE on SQuAD — {meta['model']}, {sae_spec}")
+    except Exception as e:  # likewise
+        print(f"warning: the HTML report failed ({_err(e)}); rebuild it with gradsae report {out}")
     return summary
 
 
@@ -1015,6 +1020,11 @@ def _run(cfg: SquadConfig, tasks: Sequence[str], command: str, model=None, token
             write_json(out / "sweep.json", {"schema": SWEEP_SCHEMA, "runs": results})
             atomic_write_text(out / "table.md", sweep_markdown(results))
             print(sweep_markdown(results))
+            try:
+                from .report import report_from_folder
+                report_from_folder(out, title="GradSAE on SQuAD — sweep")
+            except Exception as e:  # a convenience, like the plots
+                print(f"warning: the HTML report failed ({_err(e)}); rebuild it with gradsae report {out}")
         if dist.rank != 0:
             return None
         return results[0]["summary"] if len(results) == 1 else {"schema": SWEEP_SCHEMA, "runs": results}

@@ -29,9 +29,12 @@ import io
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .config import opt
+from .errors import GradsaeError
 from .io import atomic_write_text, read_json
 
 METHOD_NAMES = {"baseline": "Baseline", "gradsae": "GradSAE"}
@@ -733,3 +736,28 @@ def report_from_folder(folder: str | Path, examples: Sequence[dict] = (), *, sae
     exs = [attach_records(e, recs) for e in examples]
     return write_report(out or folder / "report.html", summary, exs, config=config, sae_eval=sae_eval,
                         answers=answers, title=title)
+
+
+# ---------------------------------------------------------------------------------------------
+# `gradsae report`
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ReportConfig:
+    """Rebuild the self-contained HTML report of a results folder (perturb / steer / stats / experiment,
+    or a sweep) from its summary.json, config.json and examples.jsonl; no model is loaded."""
+
+    folder: str = opt(help="results folder", positional=True)
+    out: str = opt("", "HTML file to write (default: <folder>/report.html)")
+    title: str = opt("GradSAE report", "page title")
+
+
+def run(cfg: ReportConfig) -> Path:
+    folder = Path(cfg.folder)
+    if not folder.is_dir():
+        raise GradsaeError(f"no results folder at {folder}: give the --out folder of a gradsae experiment run")
+    if not any((folder / f).exists() for f in ("summary.json", "sweep.json")):
+        raise GradsaeError(f"{folder} has no summary.json or sweep.json: run (or resume) the experiment first")
+    path = report_from_folder(folder, out=cfg.out or None, title=cfg.title)
+    print(f"wrote {path}")
+    return path
