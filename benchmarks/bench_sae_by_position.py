@@ -22,7 +22,7 @@ from gradsae import squad as sq
 BUCKETS = ((1, 32), (32, 128), (128, 256), (256, 384), (384, 512), (512, 10_000))
 
 
-def token_ce(model, ids: torch.Tensor, splice=None) -> torch.Tensor:
+def token_ce(model, ids: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy per position [T-1] of one row."""
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0, :-1].float()

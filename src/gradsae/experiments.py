@@ -37,6 +37,7 @@ import torch
 
 from .config import opt
 from .errors import GradsaeError
+from .generate import parse_stop as split_stops
 from .io import JsonlLog, read_json, write_json, atomic_write_text
 from . import squad as sq
 
@@ -227,7 +228,6 @@ def parse_stop(s: str, builder: sq.PromptBuilder) -> tuple[str, ...]:
         return builder.default_stop
     if s in ("", "none"):
         return ()
-    from .generate import parse_stop as split_stops
     return split_stops(s)
 
 
@@ -775,9 +775,8 @@ def make_prompt_builder(cfg: SquadConfig, tok, qas: Sequence[sq.QA]) -> sq.Promp
 
 
 # fields the answer phase (filter + rankings) depends on: --answers-from needs them equal
-_ANSWER_FINGERPRINT = ("model", "sae", "layer", "data", "shuffle", "template", "fewshot_data", "fewshot_paragraph",
-                       "extract", "answer_regex", "stop", "max_new_tokens", "min_f1", "target", "aggregation",
-                       "positions", "error", "dtype", "stop_resolved", "extract_resolved")
+_ANSWER_FINGERPRINT = tuple(k for k in _FINGERPRINT if k not in (
+    "seed", "ks", "methods", "sets", "inject", "at", "clamp", "steer_ks", "kv_cache")) + ("stop_resolved", "extract_resolved")
 
 
 def import_answers(src: Path, out: Path, fp: dict, ks: Sequence[str], qids: Sequence[str]) -> int:
@@ -964,12 +963,17 @@ def _run_one(cfg: SquadConfig, tasks: Sequence[str], command: str, out: Path, sa
         plot(summary, out)
     except Exception as e:  # plots are a convenience; the numbers are in summary.json
         print(f"warning: plotting failed ({_err(e)})")
+    _write_report(out, f"GradSAE on SQuAD — {meta['model']}, {sae_spec}")
+    return summary
+
+
+def _write_report(out: Path, title: str) -> None:
+    """report.html for a results folder; like the plots a convenience, so a failure only warns."""
     try:
         from .report import report_from_folder
-        report_from_folder(out, title=f"GradSAE on SQuAD — {meta['model']}, {sae_spec}")
-    except Exception as e:  # likewise
+        report_from_folder(out, title=title)
+    except Exception as e:
         print(f"warning: the HTML report failed ({_err(e)}); rebuild it with gradsae report {out}")
-    return summary
 
 
 def _runs(cfg: SquadConfig) -> list[tuple[str, str, object]]:
@@ -1020,11 +1024,7 @@ def _run(cfg: SquadConfig, tasks: Sequence[str], command: str, model=None, token
             write_json(out / "sweep.json", {"schema": SWEEP_SCHEMA, "runs": results})
             atomic_write_text(out / "table.md", sweep_markdown(results))
             print(sweep_markdown(results))
-            try:
-                from .report import report_from_folder
-                report_from_folder(out, title="GradSAE on SQuAD — sweep")
-            except Exception as e:  # a convenience, like the plots
-                print(f"warning: the HTML report failed ({_err(e)}); rebuild it with gradsae report {out}")
+            _write_report(out, "GradSAE on SQuAD — sweep")
         if dist.rank != 0:
             return None
         return results[0]["summary"] if len(results) == 1 else {"schema": SWEEP_SCHEMA, "runs": results}

@@ -188,7 +188,6 @@ def _new_cache(model):
 def _prefill_shared_trunk(model, splice, kw: dict):
     """Prompt pass for B identical rows: blocks 0..L on row 0, then blocks L+1.. on all B rows from the
     recorded block-L output (the splice applies each row's edits there); the KV caches are merged."""
-    from .hooks import join_output, split_output
     from .splice import run_trunk, skip_trunk
 
     L, B = splice.layer, kw["input_ids"].shape[0]
@@ -198,9 +197,7 @@ def _prefill_shared_trunk(model, splice, kw: dict):
                            "(>= 4.56); run without it")
     one = {k: (v[:1] if torch.is_tensor(v) else v) for k, v in kw.items()}
     one.update(past_key_values=cache_a, use_cache=True)
-    Z, rest = split_output(run_trunk(model, L, **one))
-    trunk_out = join_output(Z.repeat(B, *([1] * (Z.dim() - 1))), rest)
-    with skip_trunk(model, L, trunk_out):
+    with skip_trunk(model, L, run_trunk(model, L, **one), B):
         out = _forward_last(model, dict(kw, past_key_values=cache_b, use_cache=True))
     for layer in cache_a.layers[:L + 1]:
         layer.batch_repeat_interleave(B)

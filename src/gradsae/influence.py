@@ -40,7 +40,7 @@ import torch
 
 from .errors import GradsaeError
 from .generate import encode_prompts, greedy_generate, position_ids
-from .hooks import join_output, split_output, unembedding
+from .hooks import unembedding
 from .sae import SAE
 from .splice import RowEdit, Splice, run_trunk, skip_trunk
 
@@ -493,8 +493,8 @@ def _exact_scores(model, sae, packed, layer, target, aggregation, positions, err
         full = _forward_target(model, packed, target, s)[0]
         H = s.latents[0].float()
     L = s.layer
-    Z, rest = split_output(run_trunk(model, L, input_ids=packed.ids, attention_mask=packed.mask,
-                                     position_ids=position_ids(packed.mask), use_cache=False))
+    trunk = run_trunk(model, L, input_ids=packed.ids, attention_mask=packed.mask,
+                      position_ids=position_ids(packed.mask), use_cache=False)
     active = torch.nonzero(((H > 0) & mask[:, None]).any(0)).flatten()
     if n_cand is not None and active.numel() > 3 * n_cand:
         grad_res = _grad_scores(model, sae, packed, layer, target, "mean", positions, error, 1, keep_first)[0]
@@ -513,8 +513,7 @@ def _exact_scores(model, sae, packed, layer, target, aggregation, positions, err
         rows = [RowEdit(zero=[c], at=lo, until=hi) for c in lat]
         rep = _Packed(packed.ids.expand(len(lat), -1), packed.mask.expand(len(lat), -1), packed.n_prompt * len(lat),
                       packed.n_out * len(lat), packed.lengths * len(lat))
-        trunk = join_output(Z.expand(len(lat), *Z.shape[1:]).contiguous(), rest)
-        with skip_trunk(model, L, trunk), Splice(model, sae, layer=layer, error=error, edits=rows,
+        with skip_trunk(model, L, trunk, len(lat)), Splice(model, sae, layer=layer, error=error, edits=rows,
                                                  keep_first=keep_first) as s:
             tv = _forward_target(model, rep, target, s)
         scores[torch.as_tensor(lat)] = ((full - tv) / n).float().cpu()

@@ -375,10 +375,12 @@ _MISSING = object()
 
 
 @contextmanager
-def skip_trunk(model: nn.Module, layer: int, out):
-    """Inside the block, blocks 0..``layer`` do not compute: each returns ``out`` (block ``layer``'s
-    recorded output, already at the batch size of the call). Forward hooks on block ``layer`` (the
+def skip_trunk(model: nn.Module, layer: int, recorded, rows: int):
+    """Inside the block, blocks 0..``layer`` do not compute: each returns ``recorded`` (block ``layer``'s
+    output from ``run_trunk`` on one row) repeated to ``rows`` rows. Forward hooks on block ``layer`` (the
     splice) still run. The blocks' own ``forward`` (including one wrapped by accelerate) is restored."""
+    Z, rest = split_output(recorded)
+    out = join_output(Z.expand(rows, *Z.shape[1:]).contiguous(), rest)
     blocks = decoder_layers(model)[:layer + 1]
     saved = [b.__dict__.get("forward", _MISSING) for b in blocks]
 
