@@ -29,25 +29,24 @@ Row ``s * (T - drop_first) + (t - drop_first)`` of a shard is sequence s, positi
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from .config import opt
+from .corpus import SAMPLE, iter_documents, pack_sequences  # noqa: F401  (re-exported)
 from .errors import GradsaeError
 from .io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA = ["../shared/data/wikitext-2/valid.txt", "../shared/data/wikitext-2/test.txt", "../shared/data/squad"]
+DEFAULT_DATA = [SAMPLE]  # the package's own sample text; pass --data for a real corpus
 FORMAT_VERSION = 1
 GRAD_TARGET = 2.0 ** 14  # the largest |grad| of a shard is scaled to about this (float16 max is 65504)
 
@@ -58,8 +57,8 @@ class CacheConfig:
 
     model: str = opt("smollm2", "model: 'smollm2', a Hugging Face id/folder, or a .gguf file")
     layers: list[int] = opt([9], "blocks whose output (blocks.L.hook_resid_post) is cached, comma-separated")
-    data: list[str] = opt(list(DEFAULT_DATA), "corpus: .txt/.json (SQuAD or list)/.jsonl files or folders, "
-                          "or a Hugging Face dataset name; comma-separated")
+    data: list[str] = opt(list(DEFAULT_DATA), "corpus: .txt/.jsonl/.json files (optionally .gz) or folders, 'sample' (bundled text), "
+                          "or hf:NAME for a Hugging Face dataset; comma-separated")
     text_field: str = opt("text", "field holding the text in .jsonl files and HF datasets")
     out: str = opt("", "cache folder (default: <gradsae cache>/acts/<model>-L<layers>-ctx<T>-<data hash>)")
     context_length: int = opt(128, "tokens per sequence T (sequences are packed from the corpus)")
@@ -76,113 +75,6 @@ class CacheConfig:
     device: str = opt("cpu", "cpu, cuda or auto")
     dtype: str = opt("float32", "model dtype")
     threads: int = opt(2, "torch CPU threads")
-
-
-# ---------------------------------------------------------------------------------------------
-# Corpus -> token sequences
-# ---------------------------------------------------------------------------------------------
-
-def _iter_file_docs(path: Path, text_field: str) -> Iterator[str]:
-    if path.suffix == ".json":
-        obj = read_json(path)
-        if isinstance(obj, dict) and "data" in obj:  # SQuAD: one document per context paragraph
-            for article in obj["data"]:
-                for para in article.get("paragraphs", []):
-                    yield para["context"]
-        elif isinstance(obj, list):
-            for item in obj:
-                yield item if isinstance(item, str) else item[text_field]
-        else:
-            raise GradsaeError(f"{path}: expected SQuAD JSON or a list of texts: convert it to .txt or .jsonl")
-    elif path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    rec = json.loads(line)
-                    if text_field not in rec:
-                        raise GradsaeError(f"{path}: a record has no field {text_field!r}: pass --text-field")
-                    yield rec[text_field]
-    else:  # plain text: one document per non-empty line (wikitext paragraphs)
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    yield line.strip()
-
-
-def iter_documents(sources: list[str], text_field: str = "text") -> Iterator[str]:
-    """Yield the documents of every source in order (files, folders sorted by name, or an HF dataset)."""
-    for src in sources:
-        path = Path(src).expanduser()
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".json", ".jsonl"))
-            if not files:
-                raise GradsaeError(f"folder {path} has no .txt/.json/.jsonl files: point --data at the corpus")
-            for p in files:
-                yield from _iter_file_docs(p, text_field)
-        elif path.exists():
-            yield from _iter_file_docs(path, text_field)
-        else:
-            yield from _iter_hf_dataset(src, text_field)
-
-
-def _iter_hf_dataset(name: str, text_field: str) -> Iterator[str]:
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        raise GradsaeError(f"no file or folder {name!r}, and the package 'datasets' is not installed to read it "
-                           "as a Hugging Face dataset: check the path or pip install datasets") from None
-    from datasets import load_dataset
-
-    try:
-        ds = load_dataset(name, split="train", streaming=True)
-    except Exception as e:  # offline, unknown name, ...
-        raise GradsaeError(f"cannot open {name!r} as a file or Hugging Face dataset ({type(e).__name__}): "
-                           "check the path, or use a local copy") from None
-    for rec in ds:
-        yield rec[text_field]
-
-
-def pack_sequences(docs: Iterator[str], tok, context_length: int, prepend_bos: bool,
-                   max_tokens: int = 0) -> np.ndarray:
-    """Tokenise documents, join them with EOS, cut into rows of ``context_length`` tokens. -> int32 [S, T].
-
-    With ``prepend_bos`` each row is BOS + (T - 1) corpus tokens. The incomplete last row is dropped.
-    """
-    bos = tok.bos_token_id if prepend_bos else None
-    if prepend_bos and bos is None:
-        raise GradsaeError("the tokenizer has no BOS token: pass --no-prepend-bos")
-    sep = tok.eos_token_id
-    body = context_length - (1 if prepend_bos else 0)
-    if body < 2:
-        raise GradsaeError(f"context length {context_length} is too short: use at least 3")
-    stream: list[int] = []
-    batch: list[str] = []
-
-    def flush():
-        for ids in tok(batch, add_special_tokens=False)["input_ids"]:
-            stream.extend(ids)
-            if sep is not None:
-                stream.append(sep)
-        batch.clear()
-
-    for doc in docs:
-        batch.append(doc)
-        if len(batch) >= 256:
-            flush()
-            if max_tokens and len(stream) >= max_tokens:
-                break
-    if batch:
-        flush()
-    if max_tokens:
-        stream = stream[:max_tokens]
-    n = len(stream) // body
-    if n == 0:
-        raise GradsaeError(f"the corpus has {len(stream)} tokens, fewer than one sequence of {body}: "
-                           "add data or lower --context-length")
-    rows = np.asarray(stream[: n * body], dtype=np.int32).reshape(n, body)
-    if prepend_bos:
-        rows = np.concatenate([np.full((n, 1), bos, dtype=np.int32), rows], axis=1)
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------

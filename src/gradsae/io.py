@@ -1,7 +1,9 @@
 """File plumbing: atomic writes, append-only JSONL that survives kills, JSON for configs."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import tempfile
@@ -104,3 +106,27 @@ class JsonlLog:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on an output folder for the life of a run: a second writer is refused.
+
+    ``flock`` on ``<folder>/.gradsae.lock``; the kernel drops it when the process dies (kill -9
+    included), so a stale lock never blocks a resume.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / ".gradsae.lock", "a+")
+    except OSError as e:
+        raise GradsaeError(f"cannot write to {folder}: {e.strerror}: choose another --out") from None
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GradsaeError(f"another gradsae run is writing to {folder}: wait for it to finish, "
+                               "or choose another --out") from None
+        yield folder
+    finally:
+        f.close()
