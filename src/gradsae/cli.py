@@ -31,6 +31,7 @@ def _optional_commands() -> None:
         "cache": ("gradsae.cache", "CacheConfig", "run", "cache residual activations (and dL/dx) as float16 shards"),
         "train": ("gradsae.train", "TrainConfig", "run", "train TopK / g-SAE SAEs from a cache"),
         "eval": ("gradsae.evals", "EvalConfig", "run", "evaluate an SAE: NMSE, L_added, KL, dead latents, steering effect"),
+        "sensitivity": ("gradsae.sensitivity", "SensitivityConfig", "run", "g-SAE sensitivity analyses: directional derivatives, first-order vs norm, decoder tails"),
     }
     for name, entry in more.items():
         if importlib.util.find_spec(entry[0]) is not None:

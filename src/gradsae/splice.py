@@ -397,3 +397,25 @@ def skip_trunk(model: nn.Module, layer: int, recorded, rows: int):
                 b.__dict__.pop("forward", None)
             else:
                 b.forward = f
+
+
+class AddAt:
+    """Add δ_p to the residual stream after block ``layer`` at one position of row p (a probe for
+    sensitivity analyses). deltas [B, D]; the batch must have B rows."""
+
+    def __init__(self, model: nn.Module, layer: int | str, pos: int, deltas: torch.Tensor):
+        self.model, self.layer, self.pos, self.deltas = model, resolve_layer(model, layer), pos, deltas
+        self._handle = None
+
+    def _hook(self, module, args, out):
+        Z, rest = split_output(out)
+        Z = Z.clone()
+        Z[:, self.pos] += self.deltas.to(Z.dtype)
+        return join_output(Z, rest)
+
+    def __enter__(self) -> "AddAt":
+        self._handle = block(self.model, self.layer).register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
