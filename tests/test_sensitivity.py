@@ -20,7 +20,8 @@ def test_random_directions_kinds():
     scales = torch.ones(D)
     scales[0] = 20.0  # one dominant direction in the "activations"
     acts = torch.randn(4000, D, generator=g) * scales
-    dirs = random_directions(acts, 3000, g)
+    at, dirs = random_directions(acts, 3000, g)
+    assert at.shape == (3000,) and int(at.max()) < 4000
     for v in dirs.values():
         torch.testing.assert_close(v.norm(dim=-1), torch.ones(3000))
     # covariance-adjusted and difference directions follow the dominant axis; isotropic ones do not

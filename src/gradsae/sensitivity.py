@@ -3,8 +3,8 @@
 Three measurements of how the model's loss responds to directions in the residual stream, all with
 L = the summed next-token cross-entropy of a sequence and ∇ₓL its gradient at one position:
 
-* **Directional derivatives (Fig. 2).** At every requested layer, |∇ₓL · u| for unit directions u of three
-  kinds: differences of two real activations (x_i − x_j, other positions of the corpus), isotropic random
+* **Directional derivatives (Fig. 2).** At every requested layer, |∇ₓL(x_i) · u| for unit directions u of three
+  kinds: towards another real activation (x_j − x_i, another position of the corpus), isotropic random
   directions, and covariance-adjusted random directions (Σ^½ z with Σ the activations' covariance, after
   Lee & Heimersheim 2024). The paper's claim: activation differences have larger derivatives from the early
   layers on.
@@ -92,23 +92,26 @@ def unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def random_directions(acts: torch.Tensor, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """Unit directions of the three kinds. acts [N, D] (real activations) -> {kind: [n, D]}.
+def random_directions(acts: torch.Tensor, n: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Positions i and unit directions of the three kinds. acts [N, D] (real activations) -> (i [n], {kind: [n, D]}).
 
-    activation difference: x_i − x_j for random pairs i ≠ j; isotropic: N(0, I); covariance-adjusted:
-    N(0, Σ) with Σ the covariance of ``acts`` (so its spectrum, not its mean, is matched).
+    activation difference: x_j − x_i towards another real activation j ≠ i (Heimersheim & Mendel's
+    perturbation from x_i towards x_j); isotropic: N(0, I); covariance-adjusted: N(0, Σ) with Σ the
+    covariance of ``acts`` (its spectrum, not its mean, is matched). Every kind is paired with the same
+    positions i, so the kinds are compared on the same gradients.
     """
     N, D = acts.shape
     i = torch.randint(0, N, (n,), generator=gen)
     j = (i + torch.randint(1, N, (n,), generator=gen)) % N  # j ≠ i
-    diffs = acts[i] - acts[j]
+    diffs = acts[j] - acts[i]
     iso = torch.randn(n, D, generator=gen, dtype=acts.dtype)
     centred = acts - acts.mean(0)
     cov = centred.T @ centred / max(1, N - 1)
     evals, evecs = torch.linalg.eigh(cov.double())
     root = (evecs * evals.clamp_min(0).sqrt()) @ evecs.T
     cov_dirs = torch.randn(n, D, generator=gen, dtype=torch.float64) @ root
-    return {"activation difference": unit(diffs), "isotropic": unit(iso), "covariance-adjusted": unit(cov_dirs.to(acts.dtype))}
+    return i, {"activation difference": unit(diffs), "isotropic": unit(iso),
+               "covariance-adjusted": unit(cov_dirs.to(acts.dtype))}
 
 
 def uniform_norms(mean: float, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -246,9 +249,7 @@ class TailRow:
 
 def directional(acts: torch.Tensor, grads: torch.Tensor, n: int, gen: torch.Generator, layer: int) -> list[DirectionalRow]:
     """acts, grads [N, D] at one layer (positions pooled) -> one row per kind of direction."""
-    N = acts.shape[0]
-    dirs = random_directions(acts, n, gen)
-    at = torch.randint(0, N, (n,), generator=gen)  # the gradient of a random position for each direction
+    at, dirs = random_directions(acts, n, gen)
     rows = []
     for kind in KINDS:
         vals = (grads[at] * dirs[kind]).sum(-1).abs().numpy()
@@ -412,14 +413,16 @@ def summary_markdown(res: SensitivityResults) -> str:
     lines = ["# Sensitivity analyses (g-SAE §2.3, §2.4, §4.4)", ""]
     if res.directional:
         lines += ["## Directional derivatives |∇ₓL · u| (Fig. 2)", "",
-                  "| layer | " + " | ".join(KINDS) + " | act. diff / isotropic | intervals separate |",
-                  "|---|" + "---|" * (len(KINDS) + 2)]
+                  "| layer | " + " | ".join(KINDS) + " | act. diff / isotropic | act. diff above isotropic "
+                  "(95% intervals separate) | act. diff above covariance-adjusted |",
+                  "|---|" + "---|" * (len(KINDS) + 3)]
         for l in sorted({r.layer for r in res.directional}):
             by = {r.kind: r for r in res.directional if r.layer == l}
             cells = [f"{by[k].mean:.3g} [{by[k].lo:.3g}, {by[k].hi:.3g}]" for k in KINDS]
             a, c, i = by["activation difference"], by["covariance-adjusted"], by["isotropic"]
-            sep = "yes" if a.lo > max(c.hi, i.hi) else "no"
-            lines.append(f"| {l} | " + " | ".join(cells) + f" | {a.mean / i.mean:.2f} | {sep} |")
+            def above(b):
+                return "yes" if a.lo > b.hi else "below" if a.hi < b.lo else "no (overlap)"
+            lines.append(f"| {l} | " + " | ".join(cells) + f" | {a.mean / i.mean:.2f} | {above(i)} | {above(c)} |")
         lines.append("")
     if res.fig3:
         lines += ["## Spearman correlation of |ΔL| with the first-order estimate and with ‖δ‖ (Fig. 3)", "",
