@@ -506,9 +506,9 @@ def _load_sparsify(path: Path) -> SAE:
     if raw.get("d_in") is not None and _whole(raw["d_in"], "d_in", path / "cfg.json") != D:
         raise GradsaeError(f"{path}/cfg.json says d_in={raw['d_in']} but b_dec has {D}: config and weights differ")
     # sparsify names the folder after the module it hooked (layers.6, layers.6.mlp, ...)
-    hook = canonical_hook_name(path.resolve().name if path.resolve().name != "." else str(raw.get("hook", "")))
-    if not re.match(r"^blocks\.\d+\.", hook):
-        hook = canonical_hook_name(str(raw.get("hook", ""))) if raw.get("hook") else hook
+    # (a folder name that is no hook, e.g. after renaming, leaves the hook to --layer)
+    hook = next((h for h in (canonical_hook_name(path.resolve().name), canonical_hook_name(str(raw.get("hook") or "")))
+                 if h.startswith("blocks.")), "")
     cfg = SAEConfig(d_in=D, d_sae=C, architecture="topk", k=_whole(raw.get("k", 32), "k", path / "cfg.json"),
                     apply_b_dec_to_input=True, hook_name=hook,
                     metadata={"format": "sparsify", "source": str(path)})
