@@ -371,3 +371,15 @@ def test_convert_refuses_existing_file_folder_and_bad_dtype(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "file"]  # no temporary folder left
     assert main(["convert", str(tmp_path / "a"), str(tmp_path / "ok"), "--hook-name", "mlp_out_layer_3"]) == 0
     assert load_sae(tmp_path / "ok").cfg.hook_name == "blocks.3.hook_mlp_out"
+
+
+def test_gemma_scope_layer_read_through_a_hub_cache_symlink(tmp_path):
+    """Hugging Face caches keep params.npz in blobs/ and symlink it from snapshots/<rev>/layer_L/..."""
+    blob = tmp_path / "blobs" / "abc123"
+    blob.parent.mkdir()
+    np.savez(blob.with_suffix(".npz"), W_enc=W_enc.numpy(), b_enc=b_enc.numpy(), W_dec=W_dec.numpy(),
+             b_dec=b_dec.numpy(), threshold=thr.numpy())
+    link = tmp_path / "models--google--gemma-scope-2b-pt-mlp" / "snapshots" / "r1" / "layer_7" / "width_16k" / "x"
+    link.mkdir(parents=True)
+    (link / "params.npz").symlink_to(blob.with_suffix(".npz"))
+    assert load_sae(link).cfg.hook_name == "blocks.7.hook_mlp_out"

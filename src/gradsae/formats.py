@@ -485,8 +485,9 @@ def _load_gemma_scope(path: Path) -> SAE:
     if missing:
         raise GradsaeError(f"{path} lacks {', '.join(sorted(missing))}: not a Gemma Scope params.npz")
     D, C = _dims(w["b_enc"], w["b_dec"])
+    # absolute, not resolve: hub caches symlink params.npz into blobs/, which would lose layer_L/
     cfg = SAEConfig(d_in=D, d_sae=C, architecture="jumprelu", apply_b_dec_to_input=False,
-                    hook_name=gemma_scope_hook(path.resolve().parts),
+                    hook_name=gemma_scope_hook(path.absolute().parts),
                     metadata={"format": "gemma_scope", "source": str(path)})
     return _build(cfg, w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], path, w["threshold"])
 
@@ -507,7 +508,7 @@ def _load_sparsify(path: Path) -> SAE:
         raise GradsaeError(f"{path}/cfg.json says d_in={raw['d_in']} but b_dec has {D}: config and weights differ")
     # sparsify names the folder after the module it hooked (layers.6, layers.6.mlp, ...)
     # (a folder name that is no hook, e.g. after renaming, leaves the hook to --layer)
-    hook = next((h for h in (canonical_hook_name(path.resolve().name), canonical_hook_name(str(raw.get("hook") or "")))
+    hook = next((h for h in (canonical_hook_name(path.absolute().name), canonical_hook_name(str(raw.get("hook") or "")))
                  if h.startswith("blocks.")), "")
     cfg = SAEConfig(d_in=D, d_sae=C, architecture="topk", k=_whole(raw.get("k", 32), "k", path / "cfg.json"),
                     apply_b_dec_to_input=True, hook_name=hook,
