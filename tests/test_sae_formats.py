@@ -383,3 +383,10 @@ def test_gemma_scope_layer_read_through_a_hub_cache_symlink(tmp_path):
     link.mkdir(parents=True)
     (link / "params.npz").symlink_to(blob.with_suffix(".npz"))
     assert load_sae(link).cfg.hook_name == "blocks.7.hook_mlp_out"
+
+
+def test_load_sae_device_auto_and_unknown():
+    sae = load_sae("smollm2/topk/L9", device="auto")
+    assert sae.W_enc.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(GradsaeError, match="unknown device 'tpu'"):
+        load_sae("smollm2/topk/L9", device="tpu")

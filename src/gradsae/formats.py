@@ -39,6 +39,9 @@ BUNDLED_DIR = Path(__file__).parent / "bundled" / "saes"
 
 def load_sae(path_or_name: str | Path, device: str = "cpu", dtype: str | None = None) -> SAE:
     """Load an SAE from a folder/file of any supported format, a bundled name, or ``saelens:release/id``."""
+    from .model import resolve_device
+
+    device = resolve_device(device)  # "auto" -> cuda/cpu; an unknown device is one line, not a torch error
     spec = str(path_or_name)
     if spec.startswith("saelens:"):
         sae = _load_from_saelens_registry(spec[len("saelens:"):], device)
