@@ -390,3 +390,8 @@ def test_load_sae_device_auto_and_unknown():
     assert sae.W_enc.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(GradsaeError, match="unknown device 'tpu'"):
         load_sae("smollm2/topk/L9", device="tpu")
+
+
+def test_saelens_jumprelu_training_checkpoint_with_log_threshold(tmp_path):
+    write_lens(tmp_path, {"architecture": "jumprelu", "apply_b_dec_to_input": False}, log_threshold=thr.log())
+    check(load_sae(tmp_path), jump_ref(X))

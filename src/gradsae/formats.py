@@ -1,19 +1,22 @@
-"""Read every SAE format people have on disk; write the SAELens folder format.
+"""Read every SAE format people have on disk; write one folder that sae-lens and gradsae both run.
 
 ``load_sae(path_or_name)`` detects the format from the files present:
 
 ==========================  ===============================================  ===========================
 format                      files                                            notes
 ==========================  ===============================================  ===========================
-SAELens (v6 and older)      cfg.json + sae_weights.safetensors               our native save format
+SAELens (v6 and older)      cfg.json + sae_weights.safetensors               incl. training checkpoints
 Gemma Scope                 params.npz                                       JumpReLU, no b_dec on input
 EleutherAI sparsify         cfg.json + sae.safetensors                       TopK, encoder.weight [C, D]
-dictionary_learning         ae.pt + config.json                              torch.load(weights_only=True)
+dictionary_learning         ae.pt (+ config.json, or ../config.json)         torch.load(weights_only=True)
 bundled                     ``smollm2/topk/L<layer>`` etc.                   shipped in the package
 sae-lens registry           ``saelens:<release>/<sae_id>``                   needs sae-lens + its hub
 ==========================  ===============================================  ===========================
 
 Orientation is inferred from shapes (d_in from b_dec, d_sae from b_enc), never from key names alone.
+What cannot run identically in gradsae (per-token normalisation, gated, transcoders, ...) is refused with
+one line; docs/formats.md lists every case. ``save_saelens`` writes what sae-lens runs (input scaling
+folded into the weights, g-SAE/e2e as topk, BatchTopK as jumprelu) and keeps gradsae's own metadata beside.
 """
 from __future__ import annotations
 
@@ -391,6 +394,8 @@ def _load_saelens(path: Path) -> SAE:
     arch, needs = table[lens_arch]
     if lens_arch == "batchtopk" and not ours and "threshold" in w and "topk_threshold" not in w:
         needs = ("threshold",)
+    if "log_threshold" in w and "threshold" not in w:  # older sae-lens JumpReLU training checkpoints
+        w = {**{k_: v for k_, v in w.items() if k_ != "log_threshold"}, "threshold": w["log_threshold"].float().exp()}
     known = {"W_enc", "b_enc", "W_dec", "b_dec", "threshold", "topk_threshold", "grad_scale"}
     missing = [k_ for k_ in needs if k_ not in w]
     foreign = sorted(set(w) - known)
