@@ -30,7 +30,7 @@ import torch
 
 from .errors import GradsaeError
 from .hooks import canonical_hook_name, dictionary_learning_hook, gemma_scope_hook
-from .io import atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text
 from .sae import SAE, SAEConfig
 
 BUNDLED_DIR = Path(__file__).parent / "bundled" / "saes"
@@ -107,8 +107,6 @@ def save_saelens(sae: SAE, path: str | Path, dtype: str | None = None) -> Path:
     keeps the original architecture, beta and scaling factor, and ``gradsae_extra.safetensors`` any other
     tensor (the g-SAE ``grad_scale``), so ``load_sae`` gives back the SAE that was saved.
     """
-    from safetensors.torch import save_file
-
     if dtype is not None and dtype not in SAVE_DTYPES:
         raise GradsaeError(f"cannot save as dtype {dtype!r}: use one of {', '.join(SAVE_DTYPES)}")
     c = sae.cfg
@@ -168,15 +166,9 @@ def save_saelens(sae: SAE, path: str | Path, dtype: str | None = None) -> Path:
 
 
 def _atomic_safetensors(tensors: dict[str, torch.Tensor], target: Path) -> None:
-    import os
+    from safetensors.torch import save
 
-    from safetensors.torch import save_file
-
-    tmp = target.with_name(target.name + ".tmp")
-    save_file(tensors, str(tmp))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(target)
+    atomic_write_bytes(target, save(tensors))
 
 
 # ---------------------------------------------------------------------------------------------
