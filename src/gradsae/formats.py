@@ -415,10 +415,12 @@ def _load_saelens(path: Path) -> SAE:
                                "add the factor it was trained with to cfg.json as \"norm_scaling_factor\"")
     k_raw = raw.get("k")
     if k_raw is None:
-        k_raw = (raw.get("activation_fn_kwargs") or {}).get("k") if isinstance(raw.get("activation_fn_kwargs"), dict) else None
+        kwargs = raw.get("activation_fn_kwargs")
+        k_raw = kwargs.get("k") if isinstance(kwargs, dict) else None
     k = _whole(k_raw, "k", path / "cfg.json") if k_raw is not None and arch in ("topk", "gsae", "batchtopk") else None
     if arch in ("topk", "gsae", "batchtopk") and k is None:
-        raise GradsaeError(f"{path}/cfg.json names a {lens_arch!r} SAE but has no k: add \"k\" (active latents per token)")
+        raise GradsaeError(f"{path}/cfg.json names a {lens_arch!r} SAE but has no k: "
+                           "add \"k\" (active latents per token)")
     W_enc, b_enc, W_dec = w["W_enc"].float(), w["b_enc"].float(), w["W_dec"].float()
     W_dec = _orient(W_dec, C, D, "W_dec", path)
     W_enc = _orient(W_enc, D, C, "W_enc", path)
@@ -568,7 +570,8 @@ def _load_torch_state(weights: Path) -> dict:
         raise GradsaeError(f"cannot read {weights} with weights_only=True ({type(e).__name__}): it is not a plain "
                            "state dict of tensors; re-save it with torch.save(ae.state_dict(), ...)") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise GradsaeError(f"{weights} is not a state dict of tensors: re-save it with torch.save(ae.state_dict(), ...)")
+        raise GradsaeError(f"{weights} is not a state dict of tensors: "
+                           "re-save it with torch.save(ae.state_dict(), ...)")
     return sd
 
 

@@ -191,7 +191,8 @@ def _check_local_folder(path: Path, spec: str) -> None:
     try:
         raw = json.loads(cfg.read_text() or "null")
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise GradsaeError(f"{cfg} is not valid JSON: the model folder is incomplete; copy or download it again") from None
+        raise GradsaeError(f"{cfg} is not valid JSON: the model folder is incomplete; "
+                           "copy or download it again") from None
     if not isinstance(raw, dict) or not raw:
         raise GradsaeError(f"{cfg} is empty: the model folder is incomplete; copy or download it again")
 
