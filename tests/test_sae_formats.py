@@ -227,3 +227,171 @@ def test_saelens_registry_needs_package(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(GradsaeError, match="pip install"):
         load_sae("saelens:gemma-scope-9b-it-res-canonical/layer_9/width_131k/canonical")
+
+
+# ---- bad input, one line each (issue 13) -----------------------------------------------------
+
+def write_lens(folder, cfg, **extra):
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec, **extra}, folder / "sae_weights.safetensors")
+    (folder / "cfg.json").write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
+    return folder
+
+
+def test_cfg_json_that_is_a_list(tmp_path):
+    with pytest.raises(GradsaeError, match="holds a JSON list, not an object"):
+        load_sae(write_lens(tmp_path, "[1, 2]"))
+
+
+@pytest.mark.parametrize("k", ["thirty-two", "abc", 3.5, None, True])
+def test_k_that_is_not_a_whole_number(tmp_path, k):
+    cfg = {"architecture": "topk", "d_in": D, "d_sae": C, "k": k}
+    if k is None:
+        cfg.pop("k")
+    with pytest.raises(GradsaeError, match="not a whole number|has no k"):
+        load_sae(write_lens(tmp_path, cfg))
+
+
+def test_k_as_digit_string_or_integral_float_is_accepted(tmp_path):
+    assert load_sae(write_lens(tmp_path / "a", {"architecture": "topk", "k": "5"})).cfg.k == 5
+    assert load_sae(write_lens(tmp_path / "b", {"architecture": "topk", "k": 5.0})).cfg.k == 5
+
+
+def test_threshold_of_the_wrong_length(tmp_path):
+    with pytest.raises(GradsaeError, match=r"threshold .* has shape \(7,\)"):
+        load_sae(write_lens(tmp_path / "s", {"architecture": "jumprelu"}, threshold=torch.rand(7)))
+    folder = tmp_path / "layer_3" / "width_1k" / "x"
+    folder.mkdir(parents=True)
+    np.savez(folder / "params.npz", W_enc=W_enc.numpy(), b_enc=b_enc.numpy(), W_dec=W_dec.numpy(),
+             b_dec=b_dec.numpy(), threshold=np.ones(C + 2, dtype=np.float32))
+    with pytest.raises(GradsaeError, match=r"threshold .* has shape"):
+        load_sae(folder)
+
+
+def test_config_naming_another_class_than_the_weights(tmp_path):
+    with pytest.raises(GradsaeError, match="names a 'standard' SAE but the weights hold threshold"):
+        load_sae(write_lens(tmp_path / "a", {"architecture": "standard"}, threshold=thr))
+    with pytest.raises(GradsaeError, match="lack threshold"):
+        load_sae(write_lens(tmp_path / "b", {"architecture": "jumprelu"}))
+    with pytest.raises(GradsaeError, match="hold b_gate"):
+        load_sae(write_lens(tmp_path / "c", {"architecture": "topk", "k": 3}, b_gate=b_enc.clone()))
+    sd = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec, "threshold": thr}
+    (tmp_path / "d").mkdir()
+    torch.save(sd, tmp_path / "d/ae.pt")
+    (tmp_path / "d/config.json").write_text(json.dumps({"trainer": {"dict_class": "AutoEncoderTopK", "k": 4}}))
+    with pytest.raises(GradsaeError, match="names AutoEncoderTopK but .* JumpReluAutoEncoder's weights"):
+        load_sae(tmp_path / "d")
+
+
+@pytest.mark.parametrize("nsf", [float("nan"), float("inf"), -1.0, 0, "big"])
+def test_bad_norm_scaling_factor_refused(tmp_path, nsf):
+    cfg = {"architecture": "standard", "normalize_activations": "expected_average_only_in", "norm_scaling_factor": nsf}
+    (tmp_path / "cfg.json").parent.mkdir(exist_ok=True)
+    save_file({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, tmp_path / "sae_weights.safetensors")
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg).replace("NaN", "NaN"))
+    with pytest.raises(GradsaeError, match="norm_scaling_factor"):
+        load_sae(tmp_path)
+    with pytest.raises(GradsaeError, match="norm_scaling_factor"):
+        SAEConfig(d_in=D, d_sae=C, norm_scaling_factor=nsf)
+
+
+def test_missing_norm_scaling_factor_advice_only_for_constant_scaling(tmp_path):
+    write_lens(tmp_path, {"architecture": "standard", "normalize_activations": "expected_average_only_in"})
+    with pytest.raises(GradsaeError, match="add the factor it was trained with"):
+        load_sae(tmp_path)
+    write_lens(tmp_path, {"architecture": "standard", "normalize_activations": "layer_norm"})
+    with pytest.raises(GradsaeError, match="per-token normalisation") as e:
+        load_sae(tmp_path)
+    assert "norm_scaling_factor" not in str(e.value)
+
+
+def test_raw_pickle_refused_without_torch_warning(tmp_path, capfd):
+    import pickle
+    import warnings
+
+    import argparse
+
+    (tmp_path / "ae.pt").write_bytes(pickle.dumps({"encoder.weight": argparse.Namespace(x=1)}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(GradsaeError, match="weights_only=True"):
+            load_sae(tmp_path)
+    assert not caught
+    assert capfd.readouterr().err == ""
+
+
+def test_gradsae_folder_written_before_folding_still_loads(tmp_path):
+    """Folders from gradsae < issue 13 kept the scaling factor as a runtime setting."""
+    write_lens(tmp_path, {"architecture": "topk", "k": 5, "d_in": D, "d_sae": C, "apply_b_dec_to_input": True,
+                          "normalize_activations": "expected_average_only_in",
+                          "metadata": {"gradsae": {"architecture": "topk", "norm_scaling_factor": 0.5}}})
+    sae = load_sae(tmp_path)
+    assert sae.cfg.norm_scaling_factor == 0.5
+    torch.testing.assert_close(sae.encode(X), topk_ref(X * 0.5, 5))
+
+
+def test_gemma_scope_mlp_and_attention_keep_their_hooks(tmp_path):
+    for release, hook in (("gemma-scope-2b-pt-mlp", "blocks.12.hook_mlp_out"),
+                          ("gemma-scope-2b-pt-att-canonical", "blocks.12.attn.hook_z"),
+                          ("gemma-scope-2b-pt-res", "blocks.12.hook_resid_post")):
+        folder = tmp_path / release / "layer_12" / "width_16k" / "average_l0_50"
+        folder.mkdir(parents=True)
+        np.savez(folder / "params.npz", W_enc=W_enc.numpy(), b_enc=b_enc.numpy(), W_dec=W_dec.numpy(),
+                 b_dec=b_dec.numpy(), threshold=thr.numpy())
+        assert load_sae(folder).cfg.hook_name == hook
+
+
+def test_non_residual_hooks_are_refused_by_the_splice():
+    from conftest import make_tiny
+    from gradsae.splice import Splice
+
+    model, _ = make_tiny("llama")
+    for hook in ("blocks.1.hook_mlp_out", "blocks.1.attn.hook_z", "blocks.1.hook_attn_out"):
+        sae = SAE.init_random(SAEConfig(d_in=64, d_sae=32, hook_name=hook))
+        with pytest.raises(GradsaeError, match="not the residual stream"):
+            Splice(model, sae)
+        with pytest.raises(GradsaeError, match="not the residual stream"):
+            Splice(model, sae, layer=1)  # forcing a layer does not move it to the residual stream
+
+
+def test_convert_refuses_existing_file_folder_and_bad_dtype(tmp_path, capsys):
+    from gradsae.cli import main
+
+    SAE.init_random(SAEConfig(d_in=D, d_sae=C, architecture="topk", k=3)).save(tmp_path / "a")
+    (tmp_path / "file").write_text("x")
+    cases = [([str(tmp_path / "a"), str(tmp_path / "file")], "is a file"),
+             ([str(tmp_path / "a"), str(tmp_path / "a")], "already holds files"),
+             ([str(tmp_path / "a"), str(tmp_path / "new"), "--dtype", "float8"], "--dtype 'float8'"),
+             ([str(tmp_path / "a"), str(tmp_path / "new2"), "--hook-name", "nonsense"], "not a hook name")]
+    for args, msg in cases:
+        assert main(["convert", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], err
+    assert (tmp_path / "file").read_text() == "x" and not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "file"]  # no temporary folder left
+    assert main(["convert", str(tmp_path / "a"), str(tmp_path / "ok"), "--hook-name", "mlp_out_layer_3"]) == 0
+    assert load_sae(tmp_path / "ok").cfg.hook_name == "blocks.3.hook_mlp_out"
+
+
+def test_gemma_scope_layer_read_through_a_hub_cache_symlink(tmp_path):
+    """Hugging Face caches keep params.npz in blobs/ and symlink it from snapshots/<rev>/layer_L/..."""
+    blob = tmp_path / "blobs" / "abc123"
+    blob.parent.mkdir()
+    np.savez(blob.with_suffix(".npz"), W_enc=W_enc.numpy(), b_enc=b_enc.numpy(), W_dec=W_dec.numpy(),
+             b_dec=b_dec.numpy(), threshold=thr.numpy())
+    link = tmp_path / "models--google--gemma-scope-2b-pt-mlp" / "snapshots" / "r1" / "layer_7" / "width_16k" / "x"
+    link.mkdir(parents=True)
+    (link / "params.npz").symlink_to(blob.with_suffix(".npz"))
+    assert load_sae(link).cfg.hook_name == "blocks.7.hook_mlp_out"
+
+
+def test_load_sae_device_auto_and_unknown():
+    sae = load_sae("smollm2/topk/L9", device="auto")
+    assert sae.W_enc.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(GradsaeError, match="unknown device 'tpu'"):
+        load_sae("smollm2/topk/L9", device="tpu")
+
+
+def test_saelens_jumprelu_training_checkpoint_with_log_threshold(tmp_path):
+    write_lens(tmp_path, {"architecture": "jumprelu", "apply_b_dec_to_input": False}, log_threshold=thr.log())
+    check(load_sae(tmp_path), jump_ref(X))

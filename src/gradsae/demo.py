@@ -127,20 +127,48 @@ def info(cfg: InfoConfig) -> None:
 
 @dataclass
 class ConvertConfig:
-    """Read an SAE in any supported format and save it as a SAELens folder."""
+    """Read an SAE in any supported format and save it as a folder that sae-lens (SAE.load_from_disk) and
+    gradsae both load with identical encode/decode (input scaling folded in; g-SAE written as TopK and
+    BatchTopK as JumpReLU for sae-lens, with gradsae's own metadata beside them)."""
 
     src: str = opt(help="source SAE (folder, file or bundled name)", positional=True)
-    dst: str = opt(help="destination folder", positional=True)
+    dst: str = opt(help="destination folder (new or empty)", positional=True)
     dtype: str = opt("", "save as this dtype (float32, float16, bfloat16); default keeps it")
     hook_name: str = opt("", "override the hook name, e.g. blocks.9.hook_resid_post")
 
 
 def convert(cfg: ConvertConfig) -> None:
-    from .formats import load_sae, save_saelens
-    from .hooks import hook_name_for, parse_hook_name
+    import os
+    import shutil
 
+    from .errors import GradsaeError
+    from .formats import SAVE_DTYPES, load_sae, save_saelens
+    from .hooks import canonical_hook_name
+
+    if cfg.dtype and cfg.dtype not in SAVE_DTYPES:
+        raise GradsaeError(f"--dtype {cfg.dtype!r} is not a dtype gradsae saves: use {', '.join(SAVE_DTYPES)}")
+    dst = Path(cfg.dst).expanduser()
+    if not cfg.dst.strip():
+        raise GradsaeError("the destination folder is empty text: give a folder name")
+    if dst.exists() and not dst.is_dir():
+        raise GradsaeError(f"{dst} is a file: give a new or empty folder as the destination")
+    if dst.is_dir() and any(dst.iterdir()):
+        raise GradsaeError(f"{dst} already holds files: give a new or empty folder (nothing there is overwritten)")
     sae = load_sae(cfg.src)
     if cfg.hook_name:
-        sae.cfg.hook_name = hook_name_for(parse_hook_name(cfg.hook_name))
-    out = save_saelens(sae, cfg.dst, dtype=cfg.dtype or None)
-    print(f"{sae.describe()} -> {out}")
+        hook = canonical_hook_name(cfg.hook_name)
+        if not hook.startswith("blocks."):
+            raise GradsaeError(f"--hook-name {cfg.hook_name!r} is not a hook name gradsae knows: use e.g. "
+                               "blocks.9.hook_resid_post or blocks.9.hook_mlp_out")
+        sae.cfg.hook_name = hook
+    # write beside the destination, then rename: an interrupted convert leaves no half folder at dst
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_saelens(sae, tmp, dtype=cfg.dtype or None)
+        if dst.is_dir():
+            dst.rmdir()
+        tmp.rename(dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{sae.describe()} -> {dst}")

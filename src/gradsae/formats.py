@@ -1,23 +1,27 @@
-"""Read every SAE format people have on disk; write the SAELens folder format.
+"""Read every SAE format people have on disk; write one folder that sae-lens and gradsae both run.
 
 ``load_sae(path_or_name)`` detects the format from the files present:
 
 ==========================  ===============================================  ===========================
 format                      files                                            notes
 ==========================  ===============================================  ===========================
-SAELens (v6 and older)      cfg.json + sae_weights.safetensors               our native save format
+SAELens (v6 and older)      cfg.json + sae_weights.safetensors               incl. training checkpoints
 Gemma Scope                 params.npz                                       JumpReLU, no b_dec on input
 EleutherAI sparsify         cfg.json + sae.safetensors                       TopK, encoder.weight [C, D]
-dictionary_learning         ae.pt + config.json                              torch.load(weights_only=True)
+dictionary_learning         ae.pt (+ config.json, or ../config.json)         torch.load(weights_only=True)
 bundled                     ``smollm2/topk/L<layer>`` etc.                   shipped in the package
 sae-lens registry           ``saelens:<release>/<sae_id>``                   needs sae-lens + its hub
 ==========================  ===============================================  ===========================
 
 Orientation is inferred from shapes (d_in from b_dec, d_sae from b_enc), never from key names alone.
+What cannot run identically in gradsae (per-token normalisation, gated, transcoders, ...) is refused with
+one line; docs/formats.md lists every case. ``save_saelens`` writes what sae-lens runs (input scaling
+folded into the weights, g-SAE/e2e as topk, BatchTopK as jumprelu) and keeps gradsae's own metadata beside.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -25,8 +29,8 @@ import numpy as np
 import torch
 
 from .errors import GradsaeError
-from .hooks import hook_name_for, parse_hook_name
-from .io import atomic_write_text
+from .hooks import canonical_hook_name, dictionary_learning_hook, gemma_scope_hook
+from .io import atomic_write_bytes, atomic_write_text
 from .sae import SAE, SAEConfig
 
 BUNDLED_DIR = Path(__file__).parent / "bundled" / "saes"
@@ -38,6 +42,9 @@ BUNDLED_DIR = Path(__file__).parent / "bundled" / "saes"
 
 def load_sae(path_or_name: str | Path, device: str = "cpu", dtype: str | None = None) -> SAE:
     """Load an SAE from a folder/file of any supported format, a bundled name, or ``saelens:release/id``."""
+    from .model import resolve_device
+
+    device = resolve_device(device)  # "auto" -> cuda/cpu; an unknown device is one line, not a torch error
     spec = str(path_or_name)
     if spec.startswith("saelens:"):
         sae = _load_from_saelens_registry(spec[len("saelens:"):], device)
@@ -46,6 +53,8 @@ def load_sae(path_or_name: str | Path, device: str = "cpu", dtype: str | None = 
         sae = _load_path(path)
     _validate(sae, spec)
     if dtype is not None:
+        if str(dtype).replace("torch.", "") not in SAVE_DTYPES:
+            raise GradsaeError(f"unknown SAE dtype {dtype!r}: use one of {', '.join(SAVE_DTYPES)}")
         sae.cfg.dtype = str(dtype).replace("torch.", "")
         sae = sae.to(getattr(torch, sae.cfg.dtype))
     sae.cfg.device = str(device)
@@ -61,26 +70,77 @@ def bundled_saes() -> dict[str, Path]:
     return out
 
 
-def save_saelens(sae: SAE, path: str | Path, dtype: str | None = None) -> Path:
-    """Write ``cfg.json`` (SAELens v6 layout with nested metadata) + ``sae_weights.safetensors``, atomically."""
-    from safetensors.torch import save_file
+# gradsae architecture -> what sae-lens runs at inference for it (it has no g-SAE / e2e / BatchTopK
+# inference class): a g-SAE or e2e SAE without a gradient is plain TopK, a BatchTopK SAE runs as JumpReLU.
+_LENS_EXPORT = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk", "gsae": "topk", "e2e": "topk",
+                "batchtopk": "jumprelu"}
+_LENS_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
+SAVE_DTYPES = ("float32", "float16", "bfloat16")
+EXTRA_FILE = "gradsae_extra.safetensors"
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+
+def fold_input_scaling(W_enc: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor, s: float):
+    """Fold ``x -> x * s`` before encoding and ``x_hat -> x_hat / s`` after decoding into the weights.
+
+    ``pre = (s x - b_dec) @ W_enc + b_enc = (x - b_dec / s) @ (s W_enc) + b_enc`` and
+    ``(h @ W_dec + b_dec) / s = h @ (W_dec / s) + b_dec / s``: returns ``(s W_enc, W_dec / s, b_dec / s)``
+    (W_enc [D, C], W_dec [C, D], b_dec [D]); b_enc and a JumpReLU threshold are unchanged.
+    """
+    return W_enc * s, W_dec / s, b_dec / s
+
+
+def fold_decoder_norm(W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor):
+    """Turn a TopK SAE with ``rescale_acts_by_decoder_norm`` into a plain one with identical encode/decode.
+
+    sae-lens computes ``pre * |W_dec_c|``, selects, and decodes ``h / |W_dec_c| @ W_dec``; scaling encoder
+    column c by n_c and decoder row c by 1/n_c gives the same h and x_hat. Returns (W_enc, b_enc, W_dec).
+    """
+    n = W_dec.norm(dim=-1)  # [C]
+    return W_enc * n, b_enc * n, W_dec / n[:, None]
+
+
+def save_saelens(sae: SAE, path: str | Path, dtype: str | None = None) -> Path:
+    """Write a folder that both sae-lens (``SAE.load_from_disk``) and gradsae read with identical results.
+
+    ``cfg.json`` (SAELens v6 layout) + ``sae_weights.safetensors`` hold what sae-lens runs: the input scaling
+    folded into the weights, a g-SAE / e2e SAE as ``topk``, BatchTopK as ``jumprelu``. ``metadata.gradsae``
+    keeps the original architecture, beta and scaling factor, and ``gradsae_extra.safetensors`` any other
+    tensor (the g-SAE ``grad_scale``), so ``load_sae`` gives back the SAE that was saved.
+    """
+    if dtype is not None and dtype not in SAVE_DTYPES:
+        raise GradsaeError(f"cannot save as dtype {dtype!r}: use one of {', '.join(SAVE_DTYPES)}")
     c = sae.cfg
-    tensors = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
-    if dtype is not None:
-        tensors = {k: (v.to(getattr(torch, dtype)) if v.is_floating_point() and k != "grad_scale" else v)
-                   for k, v in tensors.items()}
-    arch = {"relu": "standard"}.get(c.architecture, c.architecture)
+    if c.architecture not in _LENS_EXPORT:
+        raise GradsaeError(f"gradsae cannot write a {c.architecture!r} SAE in SAELens form: it writes "
+                           f"{', '.join(_LENS_EXPORT)}")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise GradsaeError(f"{path} is a file, not a folder: give a folder to save the SAE in")
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
+             for k, v in sae.state_dict().items()}
+    s = c.norm_scaling_factor
+    if s is not None:
+        state["W_enc"], state["W_dec"], state["b_dec"] = fold_input_scaling(state["W_enc"], state["W_dec"],
+                                                                           state["b_dec"], float(s))
+    out_dtype = dtype or c.dtype
+    lens = {k: state[k].to(getattr(torch, out_dtype)).contiguous() for k in _LENS_KEYS if k in state}
+    extra = {k: v.contiguous() for k, v in state.items() if k not in _LENS_KEYS}
+    arch = _LENS_EXPORT[c.architecture]
+    if arch == "jumprelu" and "threshold" not in lens:
+        raise GradsaeError(f"{sae.describe()} has no threshold: it cannot be written as a JumpReLU SAE")
+    ours = {**c.metadata, "architecture": c.architecture, "k": c.k, "beta": c.beta, "beta_mode": c.beta_mode,
+            "norm_scaling_factor": None, "folded_norm_scaling_factor": s}
+    ours.pop("format", None)
+    ours.pop("source", None)
     cfg = {
         "architecture": arch,
         "d_in": c.d_in,
         "d_sae": c.d_sae,
-        "dtype": dtype or c.dtype,
+        "dtype": out_dtype,
         "device": "cpu",
         "apply_b_dec_to_input": c.apply_b_dec_to_input,
-        "normalize_activations": "none" if c.norm_scaling_factor is None else "expected_average_only_in",
+        "normalize_activations": "none",  # the scaling factor is folded into the weights
         "reshape_activations": "none",
         "metadata": {
             "model_name": c.model_name,
@@ -90,18 +150,25 @@ def save_saelens(sae: SAE, path: str | Path, dtype: str | None = None) -> Path:
             "context_size": c.context_size,
             "dataset_path": c.dataset_path,
             "sae_lens_version": "6.0.0",
-            "gradsae": {"architecture": c.architecture, "beta": c.beta, "beta_mode": c.beta_mode,
-                        "norm_scaling_factor": c.norm_scaling_factor, **c.metadata},
+            "gradsae": ours,
         },
     }
-    if c.k is not None:
+    if arch == "topk":
         cfg["k"] = c.k
         cfg["rescale_acts_by_decoder_norm"] = False
-    tmp = path / "sae_weights.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(path / "sae_weights.safetensors")
-    atomic_write_text(path / "cfg.json", json.dumps(cfg, indent=2))
+    _atomic_safetensors(lens, path / "sae_weights.safetensors")
+    if extra:
+        _atomic_safetensors(extra, path / EXTRA_FILE)
+    else:
+        (path / EXTRA_FILE).unlink(missing_ok=True)
+    atomic_write_text(path / "cfg.json", json.dumps(cfg, indent=2))  # last: a folder with cfg.json is whole
     return path
+
+
+def _atomic_safetensors(tensors: dict[str, torch.Tensor], target: Path) -> None:
+    from safetensors.torch import save
+
+    atomic_write_bytes(target, save(tensors))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +204,10 @@ def _load_path(path: Path) -> SAE:
         return _load_sparsify(path)
     if "ae.pt" in names:
         return _load_dictionary_learning(path, path / "ae.pt")
+    pts = sorted(p.name for p in path.iterdir() if re.match(r"ae_\d+\.pt$", p.name))
+    if pts:
+        raise GradsaeError(f"{path} holds dictionary_learning checkpoints ({', '.join(pts[:4])}"
+                           f"{', ...' if len(pts) > 4 else ''}): point at one .pt file")
     if "params.npz" in names:
         return _load_gemma_scope(path / "params.npz")
     subs = sorted(p.name for p in path.iterdir() if p.is_dir() and
@@ -153,9 +224,15 @@ def _load_path(path: Path) -> SAE:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise GradsaeError(f"malformed JSON in {path} (line {e.lineno}: {e.msg}): fix or regenerate the file") from None
+    except UnicodeDecodeError:
+        raise GradsaeError(f"{path} is not UTF-8 text: it is not an SAE config; regenerate the file") from None
+    if not isinstance(raw, dict):
+        raise GradsaeError(f"{path} holds a JSON {type(raw).__name__}, not an object: an SAE config is "
+                           "{\"d_in\": ..., ...}; fix or regenerate the file")
+    return raw
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -165,6 +242,31 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as e:  # safetensors raises several error types for truncated files
         raise GradsaeError(f"cannot read {path} ({e}): the file is truncated or not safetensors") from None
+
+
+def _whole(value, key: str, where) -> int:
+    """A config count such as k: an int, or a float / digit string with no fraction; else one line."""
+    try:
+        f = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
+    except ValueError:
+        f = math.nan
+    if not math.isfinite(f) or f != int(f):
+        raise GradsaeError(f"{where} has {key}={value!r}, which is not a whole number: set {key} to an integer, "
+                           f"e.g. \"{key}\": 32")
+    return int(f)
+
+
+def _scaling_factor(value, where: Path) -> float | None:
+    if value is None:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if not (f == f and 0 < f < float("inf")):
+        raise GradsaeError(f"{where} has norm_scaling_factor={value!r}: it must be a positive finite number "
+                           "(the factor activations were multiplied by in training); fix or remove it")
+    return f
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,9 +295,15 @@ def _build(cfg: SAEConfig, W_enc, b_enc, W_dec, b_dec, where: Path, threshold=No
         sae.b_enc.copy_(b_enc)
         sae.W_dec.copy_(_orient(W_dec, C, D, "W_dec", where))
         sae.b_dec.copy_(b_dec)
-        if threshold is not None and hasattr(sae, "threshold"):
+        if hasattr(sae, "threshold"):
+            if threshold is None:
+                raise GradsaeError(f"{where} has no threshold, which a {cfg.architecture} SAE needs: "
+                                   "the config and the weights belong to different SAE classes")
             if threshold.numel() == 1:
                 threshold = threshold.reshape(()).expand(C)
+            if tuple(threshold.shape) != (C,):
+                raise GradsaeError(f"threshold in {where} has shape {tuple(threshold.shape)}, expected ({C},) "
+                                   "or a single value: the file is corrupt or belongs to another SAE")
             sae.threshold.copy_(threshold)
     return sae
 
@@ -215,72 +323,173 @@ def _dims(b_enc: torch.Tensor, b_dec: torch.Tensor) -> tuple[int, int]:
 # The formats
 # ---------------------------------------------------------------------------------------------
 
-_SAELENS_ARCH = {"standard": "relu", "relu": "relu", "jumprelu": "jumprelu", "topk": "topk",
-                 "batchtopk": "batchtopk", "gsae": "gsae"}
+# sae-lens architecture -> (gradsae architecture, weight keys beyond W_enc/b_enc/W_dec/b_dec it must have).
+# "batchtopk" / "matryoshka_batchtopk" are sae-lens *training* checkpoints: at inference sae-lens turns them
+# into JumpReLU with threshold = topk_threshold (save_inference_model), so gradsae does the same.
+_SAELENS_ARCH = {"standard": ("relu", ()), "relu": ("relu", ()), "jumprelu": ("jumprelu", ("threshold",)),
+                 "topk": ("topk", ()), "batchtopk": ("jumprelu", ("topk_threshold",)),
+                 "matryoshka_batchtopk": ("jumprelu", ("topk_threshold",))}
+_SAELENS_REFUSED = {
+    "gated": "gated SAEs (b_gate, b_mag, r_mag) have no gradsae equivalent",
+    "abstopk": "AbsTopK keeps negative latents, which gradsae's TopK does not",
+    "transcoder": "a transcoder maps one hook to another; gradsae splices SAEs that reconstruct their input",
+    "skip_transcoder": "a transcoder maps one hook to another; gradsae splices SAEs that reconstruct their input",
+    "jumprelu_transcoder": "a transcoder maps one hook to another; gradsae splices SAEs that reconstruct their input",
+    "jumprelu_skip_transcoder": "a transcoder maps one hook to another; gradsae splices SAEs that reconstruct "
+                                "their input",
+    "temporal": "temporal SAEs attend over earlier tokens, which gradsae's per-token splice cannot run",
+    "matching_pursuit": "matching pursuit encodes iteratively, which gradsae does not implement",
+}
+_PER_TOKEN_NORM = {
+    "layer_norm": "normalises each token by its own mean and standard deviation",
+    "constant_norm_rescale": "rescales each token to norm sqrt(d_in) by its own norm",
+    "covariance_whitening": "whitens activations with a matrix kept outside cfg.json",
+}
 
 
 def _load_saelens(path: Path) -> SAE:
     raw = _read_json(path / "cfg.json")
     w = _read_safetensors(path / "sae_weights.safetensors")
-    meta = raw.get("metadata") or {}
+    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
     flat = {**raw, **meta}  # v6 nests model/hook info under metadata; older versions are flat
-    ours = meta.get("gradsae", {}) if isinstance(meta, dict) else {}
-    arch = ours.get("architecture") or raw.get("architecture")
-    if arch is None:  # pre-v6: activation_fn_str
-        fn = raw.get("activation_fn_str", "relu")
-        arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}.get(fn, fn)
-    if arch in ("gated", "jumprelu_transcoder", "transcoder", "skip_transcoder") or arch not in _SAELENS_ARCH:
-        raise GradsaeError(f"SAELens architecture {arch!r} in {path} is not supported: gradsae reads "
-                           "standard, jumprelu, topk and batchtopk SAEs")
-    arch = _SAELENS_ARCH[arch]
-    k = raw.get("k") or (raw.get("activation_fn_kwargs") or {}).get("k")
+    ours = meta.get("gradsae") if isinstance(meta.get("gradsae"), dict) else {}
+    lens_arch = raw.get("architecture")
+    if lens_arch is None:  # pre-v6: activation_fn_str
+        lens_arch = {"relu": "standard"}.get(raw.get("activation_fn_str", "relu"), raw.get("activation_fn_str"))
+    if ours.get("architecture"):  # written by gradsae
+        lens_arch = ours["architecture"]
+    if lens_arch in _SAELENS_REFUSED:
+        raise GradsaeError(f"{path} is a sae-lens {lens_arch!r} SAE, which gradsae cannot run: "
+                           f"{_SAELENS_REFUSED[lens_arch]}")
     for key in ("W_enc", "b_enc", "W_dec", "b_dec"):
         if key not in w:
             raise GradsaeError(f"{path}/sae_weights.safetensors has no {key}: not a SAELens SAE file")
     D, C = _dims(w["b_enc"], w["b_dec"])
     for key, expect in (("d_in", D), ("d_sae", C)):
-        if key in raw and int(raw[key]) != expect:
+        if raw.get(key) is not None and _whole(raw[key], key, path / "cfg.json") != expect:
             raise GradsaeError(f"{path}/cfg.json says {key}={raw[key]} but the weights have {expect}: "
                                "the config and weights do not belong together")
-    hook = flat.get("hook_name") or flat.get("hook_point") or ""
-    nsf = ours.get("norm_scaling_factor")
-    if raw.get("normalize_activations") not in (None, "none") and nsf is None:
-        nsf = flat.get("norm_scaling_factor")
+    hook = canonical_hook_name(str(flat.get("hook_name") or flat.get("hook_point") or ""))
+    common = dict(hook_name=hook, model_name=str(flat.get("model_name") or ""),
+                  context_size=flat.get("context_size"), prepend_bos=bool(flat.get("prepend_bos", True)),
+                  dataset_path=str(flat.get("dataset_path") or ""),
+                  apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)))
+    if ours.get("architecture") and "folded_norm_scaling_factor" in ours:
+        return _load_gradsae_folder(path, raw, ours, w, D, C, common)
+
+    # from here on: a sae-lens file, or one gradsae wrote before folding the scaling factor (runtime factor)
+    gradsae_own = {"gsae": ("gsae", ()), "batchtopk": ("batchtopk", ("threshold",))} if ours else {}
+    table = {**_SAELENS_ARCH, **gradsae_own}
+    if lens_arch not in table:
+        raise GradsaeError(f"SAELens architecture {lens_arch!r} in {path} is not supported: gradsae reads "
+                           f"{', '.join(sorted(set(_SAELENS_ARCH) - {'relu'}))}")
+    arch, needs = table[lens_arch]
+    if lens_arch == "batchtopk" and not ours and "threshold" in w and "topk_threshold" not in w:
+        needs = ("threshold",)
+    if "log_threshold" in w and "threshold" not in w:  # older sae-lens JumpReLU training checkpoints
+        w = {**{k_: v for k_, v in w.items() if k_ != "log_threshold"}, "threshold": w["log_threshold"].float().exp()}
+    known = {"W_enc", "b_enc", "W_dec", "b_dec", "threshold", "topk_threshold", "grad_scale"}
+    missing = [k_ for k_ in needs if k_ not in w]
+    foreign = sorted(set(w) - known)
+    if missing or foreign or ("threshold" in w and arch in ("relu", "topk")):
+        held = ", ".join(foreign) or ", ".join(k_ for k_ in ("threshold", "topk_threshold") if k_ in w) or "no "
+        raise GradsaeError(f"{path}/cfg.json names a {lens_arch!r} SAE but the weights hold {held.strip()}"
+                           f"{' and lack ' + ', '.join(missing) if missing else ''}: the config and the weights "
+                           "belong to different SAE classes")
+    if raw.get("finetuning_scaling_factor"):
+        raise GradsaeError(f"{path} uses finetuning_scaling_factor, which gradsae does not implement: "
+                           "fold it into W_dec with sae-lens and save again")
+    norm = raw.get("normalize_activations")
+    nsf = _scaling_factor(ours.get("norm_scaling_factor"), path / "cfg.json")
+    if norm in _PER_TOKEN_NORM:
+        raise GradsaeError(f"{path} {_PER_TOKEN_NORM[norm]} (normalize_activations={norm!r}); gradsae's SAEs apply "
+                           "no per-token normalisation, so it cannot run this SAE as trained")
+    if norm not in (None, "none", "expected_average_only_in"):
+        raise GradsaeError(f"{path} has normalize_activations={norm!r}, which gradsae does not know: "
+                           "use none or expected_average_only_in")
+    if norm == "expected_average_only_in" and nsf is None:
+        nsf = _scaling_factor(flat.get("norm_scaling_factor"), path / "cfg.json")
         if nsf is None:
-            raise GradsaeError(f"{path} normalises activations ({raw['normalize_activations']}) but stores no "
-                               "norm_scaling_factor: add it to cfg.json")
+            raise GradsaeError(f"{path} expects activations scaled by a dataset-wide constant "
+                               "(normalize_activations=expected_average_only_in) but stores no norm_scaling_factor: "
+                               "add the factor it was trained with to cfg.json as \"norm_scaling_factor\"")
+    k_raw = raw.get("k")
+    if k_raw is None:
+        kwargs = raw.get("activation_fn_kwargs")
+        k_raw = kwargs.get("k") if isinstance(kwargs, dict) else None
+    k = _whole(k_raw, "k", path / "cfg.json") if k_raw is not None and arch in ("topk", "gsae", "batchtopk") else None
+    if arch in ("topk", "gsae", "batchtopk") and k is None:
+        raise GradsaeError(f"{path}/cfg.json names a {lens_arch!r} SAE but has no k: "
+                           "add \"k\" (active latents per token)")
+    W_enc, b_enc, W_dec = w["W_enc"].float(), w["b_enc"].float(), w["W_dec"].float()
+    W_dec = _orient(W_dec, C, D, "W_dec", path)
+    W_enc = _orient(W_enc, D, C, "W_enc", path)
+    if raw.get("rescale_acts_by_decoder_norm"):
+        if lens_arch not in ("topk", "batchtopk", "matryoshka_batchtopk"):
+            raise GradsaeError(f"{path} sets rescale_acts_by_decoder_norm for a {lens_arch!r} SAE, which sae-lens "
+                               "only defines for TopK: fix the config")
+        W_enc, b_enc, W_dec = fold_decoder_norm(W_enc, b_enc, W_dec)
+    thr = w.get("threshold")
+    if lens_arch in ("batchtopk", "matryoshka_batchtopk") and "topk_threshold" in w:
+        thr = w["topk_threshold"].float().reshape(-1)
+        if thr.numel() != 1:
+            raise GradsaeError(f"topk_threshold in {path} has {thr.numel()} values, expected one: the file is corrupt")
     extra = {k_: v for k_, v in ours.items() if k_ not in ("architecture", "beta", "beta_mode", "norm_scaling_factor")}
-    cfg = SAEConfig(
-        d_in=D, d_sae=C, architecture=arch, k=int(k) if k else None,
-        apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
-        hook_name=hook, model_name=flat.get("model_name", ""),
-        norm_scaling_factor=nsf, beta=float(ours.get("beta", 0.0)), beta_mode=ours.get("beta_mode", "rms"),
-        context_size=flat.get("context_size"), prepend_bos=bool(flat.get("prepend_bos", True)),
-        dataset_path=flat.get("dataset_path") or "", metadata={**extra, "format": "saelens", "source": str(path)},
-    )
-    sae = _build(cfg, w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], path, w.get("threshold"))
+    source = {"format": "saelens", "source": str(path)}
+    if lens_arch in ("batchtopk", "matryoshka_batchtopk") and "topk_threshold" in w:
+        source["saelens_training_architecture"] = lens_arch
+    cfg = SAEConfig(d_in=D, d_sae=C, architecture=arch, k=k, norm_scaling_factor=nsf,
+                    beta=float(ours.get("beta", 0.0)), beta_mode=ours.get("beta_mode", "rms"),
+                    metadata={**extra, **source}, **common)
+    sae = _build(cfg, W_enc, b_enc, W_dec, w["b_dec"].float(), path, thr)
     if "grad_scale" in w and hasattr(sae, "grad_scale"):
         sae.grad_scale.copy_(w["grad_scale"].float().reshape(()))
     return sae
 
 
+def _load_gradsae_folder(path: Path, raw: dict, ours: dict, w: dict, D: int, C: int, common: dict) -> SAE:
+    """A folder ``save_saelens`` wrote: undo the folding so the SAE is the one that was saved."""
+    arch = ours["architecture"]
+    k = _whole(ours["k"], "k", path / "cfg.json") if ours.get("k") is not None else None
+    s = _scaling_factor(ours.get("folded_norm_scaling_factor"), path / "cfg.json")
+    W_enc, W_dec, b_dec = w["W_enc"].float(), w["W_dec"].float(), w["b_dec"].float()
+    W_enc, W_dec = _orient(W_enc, D, C, "W_enc", path), _orient(W_dec, C, D, "W_dec", path)
+    if s is not None:  # inverse of fold_input_scaling
+        W_enc, W_dec, b_dec = fold_input_scaling(W_enc, W_dec, b_dec, 1.0 / s)
+    meta = {k_: v for k_, v in ours.items() if k_ not in ("architecture", "k", "beta", "beta_mode",
+                                                         "norm_scaling_factor", "folded_norm_scaling_factor")}
+    cfg = SAEConfig(d_in=D, d_sae=C, architecture=arch, k=k, norm_scaling_factor=s,
+                    beta=float(ours.get("beta", 0.0)), beta_mode=ours.get("beta_mode", "rms"),
+                    metadata={**meta, "format": "saelens", "source": str(path)}, **common)
+    sae = _build(cfg, W_enc, w["b_enc"].float(), W_dec, b_dec, path, w.get("threshold"))
+    extra_path = path / EXTRA_FILE
+    if extra_path.exists():
+        extra = _read_safetensors(extra_path)
+        own = sae.state_dict()
+        for name, t in extra.items():
+            if name not in own or own[name].shape != t.shape:
+                raise GradsaeError(f"{extra_path} holds {name} {tuple(t.shape)}, which a {arch} SAE does not have: "
+                                   "the folder mixes files of two SAEs; save it again")
+        sae.load_state_dict({**own, **extra})
+    return sae
+
+
 def _load_gemma_scope(path: Path) -> SAE:
+    if any("transcoder" in part for part in path.parts):
+        raise GradsaeError(f"{path} is a Gemma Scope transcoder: it maps one hook to another, and gradsae splices "
+                           "SAEs that reconstruct their input")
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             w = {k: torch.from_numpy(np.asarray(z[k], dtype=np.float32)) for k in z.files}
     except Exception as e:
-        raise GradsaeError(f"cannot read {path} ({e}): not a valid .npz file") from None
+        raise GradsaeError(f"cannot read {path} ({type(e).__name__}): not a valid params.npz of arrays") from None
     missing = {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"} - set(w)
     if missing:
         raise GradsaeError(f"{path} lacks {', '.join(sorted(missing))}: not a Gemma Scope params.npz")
     D, C = _dims(w["b_enc"], w["b_dec"])
-    layer = None
-    for part in path.parts:
-        m = re.match(r"layer_(\d+)$", part)
-        if m:
-            layer = int(m.group(1))
+    # absolute, not resolve: hub caches symlink params.npz into blobs/, which would lose layer_L/
     cfg = SAEConfig(d_in=D, d_sae=C, architecture="jumprelu", apply_b_dec_to_input=False,
-                    hook_name=hook_name_for(layer) if layer is not None else "",
+                    hook_name=gemma_scope_hook(path.absolute().parts),
                     metadata={"format": "gemma_scope", "source": str(path)})
     return _build(cfg, w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], path, w["threshold"])
 
@@ -292,60 +501,130 @@ def _load_sparsify(path: Path) -> SAE:
     if missing:
         raise GradsaeError(f"{path}/sae.safetensors lacks {', '.join(sorted(missing))}: not a sparsify SAE")
     if raw.get("transcode") or raw.get("skip_connection") or "W_skip" in w:
-        raise GradsaeError(f"{path} is a sparsify transcoder/skip SAE: gradsae reads plain residual SAEs only")
+        raise GradsaeError(f"{path} is a sparsify transcoder/skip SAE: gradsae reads SAEs that reconstruct their input")
     act = raw.get("activation", "topk")
     if act != "topk":
-        raise GradsaeError(f"sparsify activation {act!r} in {path} is not supported: only topk")
+        raise GradsaeError(f"sparsify activation {act!r} in {path} is not supported: gradsae reads topk")
     D, C = _dims(w["encoder.bias"], w["b_dec"])
-    if raw.get("d_in") and int(raw["d_in"]) != D:
+    if raw.get("d_in") is not None and _whole(raw["d_in"], "d_in", path / "cfg.json") != D:
         raise GradsaeError(f"{path}/cfg.json says d_in={raw['d_in']} but b_dec has {D}: config and weights differ")
-    hook = path.name if re.match(r"^(?:model\.)?layers\.\d+$|^h\.\d+$", path.name) else raw.get("hook", "")
-    cfg = SAEConfig(d_in=D, d_sae=C, architecture="topk", k=int(raw.get("k", 32)), apply_b_dec_to_input=True,
-                    hook_name=hook_name_for(parse_hook_name(hook)) if hook else "",
+    # sparsify names the folder after the module it hooked (layers.6, layers.6.mlp, ...)
+    # (a folder name that is no hook, e.g. after renaming, leaves the hook to --layer)
+    hook = next((h for h in (canonical_hook_name(path.absolute().name), canonical_hook_name(str(raw.get("hook") or "")))
+                 if h.startswith("blocks.")), "")
+    cfg = SAEConfig(d_in=D, d_sae=C, architecture="topk", k=_whole(raw.get("k", 32), "k", path / "cfg.json"),
+                    apply_b_dec_to_input=True, hook_name=hook,
                     metadata={"format": "sparsify", "source": str(path)})
     return _build(cfg, w["encoder.weight"], w["encoder.bias"], w["W_dec"], w["b_dec"], path)
 
 
-_DL_ARCH = {"AutoEncoder": "relu", "AutoEncoderNew": "relu", "StandardTrainer": "relu",
-            "AutoEncoderTopK": "topk", "BatchTopKSAE": "batchtopk", "JumpReluAutoEncoder": "jumprelu",
-            "MatryoshkaBatchTopKSAE": "batchtopk"}
+# dictionary_learning class -> (gradsae architecture, the state-dict keys that class saves)
+_DL_CLASSES = {
+    "AutoEncoder": ("relu", {"encoder.weight", "encoder.bias", "decoder.weight", "bias"}),
+    "AutoEncoderNew": ("relu", {"encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias"}),
+    "AutoEncoderTopK": ("topk", {"encoder.weight", "encoder.bias", "decoder.weight", "b_dec", "k", "threshold"}),
+    "BatchTopKSAE": ("batchtopk", {"encoder.weight", "encoder.bias", "decoder.weight", "b_dec", "k", "threshold"}),
+    "JumpReluAutoEncoder": ("jumprelu", {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"}),
+    "MatryoshkaBatchTopKSAE": ("batchtopk", {"W_enc", "b_enc", "W_dec", "b_dec", "k", "threshold", "group_sizes"}),
+}
+_DL_TRAINER_CLASS = {"StandardTrainer": "AutoEncoder", "StandardTrainerAprilUpdate": "AutoEncoder",
+                     "TopKTrainer": "AutoEncoderTopK", "BatchTopKTrainer": "BatchTopKSAE",
+                     "JumpReluTrainer": "JumpReluAutoEncoder", "MatryoshkaBatchTopKTrainer": "MatryoshkaBatchTopKSAE"}
+_DL_REFUSED = {"GatedAutoEncoder": "gated SAEs have no gradsae equivalent",
+               "IdentityDict": "an identity dictionary is not an SAE"}
+
+
+def _dl_config(folder: Path) -> tuple[dict, Path | None]:
+    """config.json beside ae.pt, or one level up for ``checkpoints/ae_<step>.pt`` (trainSAE's layout)."""
+    for cand in (folder / "config.json", folder.parent / "config.json" if folder.name == "checkpoints" else None):
+        if cand is not None and cand.exists():
+            return _read_json(cand), cand
+    return {}, None
+
+
+def _dl_class_from_keys(keys: set[str], weights: Path) -> str:
+    """The dictionary_learning class whose state dict has exactly these keys (no config.json to say)."""
+    matches = [name for name, (_, want) in _DL_CLASSES.items() if want == keys]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise GradsaeError(f"{weights} could be {' or '.join(matches)} (same weights, different encoders) and no "
+                           "config.json names the class: put trainSAE's config.json beside it (or one level up "
+                           "for checkpoints/)")
+    if {"decoder_bias", "r_mag", "gate_bias", "mag_bias"} <= keys:
+        raise GradsaeError(f"{weights} is a dictionary_learning GatedAutoEncoder, which gradsae cannot run: "
+                           f"{_DL_REFUSED['GatedAutoEncoder']}")
+    raise GradsaeError(f"{weights} holds {', '.join(sorted(keys)[:8])}: not a dictionary_learning SAE gradsae knows "
+                       f"({', '.join(_DL_CLASSES)})")
+
+
+def _load_torch_state(weights: Path) -> dict:
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch warns before raising on pickles it refuses; our line says it all
+            warnings.simplefilter("ignore")
+            sd = torch.load(weights, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as e:
+        raise GradsaeError(f"cannot read {weights} with weights_only=True ({type(e).__name__}): it is not a plain "
+                           "state dict of tensors; re-save it with torch.save(ae.state_dict(), ...)") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise GradsaeError(f"{weights} is not a state dict of tensors: "
+                           "re-save it with torch.save(ae.state_dict(), ...)")
+    return sd
 
 
 def _load_dictionary_learning(folder: Path, weights: Path) -> SAE:
-    cfg_path = folder / "config.json"
-    raw = _read_json(cfg_path) if cfg_path.exists() else {}
-    tr = raw.get("trainer", {})
-    cls_name = tr.get("dict_class", "AutoEncoder")
-    if cls_name not in _DL_ARCH:
+    raw, cfg_path = _dl_config(folder)
+    tr = raw.get("trainer") if isinstance(raw.get("trainer"), dict) else {}
+    sd = _load_torch_state(weights)
+    keys = set(sd)
+    cls_name = tr.get("dict_class") or _DL_TRAINER_CLASS.get(str(tr.get("trainer_class")))
+    if cls_name in _DL_REFUSED:
+        raise GradsaeError(f"dictionary_learning class {cls_name!r} in {cfg_path} cannot run in gradsae: "
+                           f"{_DL_REFUSED[cls_name]}")
+    if cls_name is None:
+        cls_name = _dl_class_from_keys(keys, weights)
+    if cls_name not in _DL_CLASSES:
         raise GradsaeError(f"dictionary_learning class {cls_name!r} in {cfg_path} is not supported: gradsae reads "
-                           f"{', '.join(_DL_ARCH)}")
-    try:
-        sd = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise GradsaeError(f"cannot read {weights} with weights_only=True ({type(e).__name__}): "
-                           "it is not a plain state dict; re-save it with torch.save(ae.state_dict(), ...)") from None
-    arch = _DL_ARCH[cls_name]
-    if arch == "jumprelu":
+                           f"{', '.join(_DL_CLASSES)}")
+    arch, want = _DL_CLASSES[cls_name]
+    if keys != want:
+        actual = [name for name, (_, w_) in _DL_CLASSES.items() if w_ == keys]
+        held = f"{' or '.join(actual)}'s weights" if actual else f"the keys {', '.join(sorted(keys)[:8])}"
+        raise GradsaeError(f"{cfg_path or 'the config'} names {cls_name} but {weights} holds {held}: "
+                           "the config and the weights belong to different SAE classes")
+    if "W_enc" in sd:
         W_enc, b_enc, W_dec, b_dec = sd["W_enc"], sd["b_enc"], sd["W_dec"], sd["b_dec"]
-        apply = bool(tr.get("apply_b_dec_to_input", False))
-    else:
-        try:
-            W_enc, b_enc, W_dec = sd["encoder.weight"], sd["encoder.bias"], sd["decoder.weight"]
-            b_dec = sd["bias"] if "bias" in sd else sd["b_dec"]
-        except KeyError as e:
-            raise GradsaeError(f"{weights} lacks {e.args[0]}: not a {cls_name} state dict") from None
-        apply = True
+    else:  # nn.Linear layout: encoder.weight [C, D], decoder.weight [D, C]
+        W_enc, b_enc, W_dec = sd["encoder.weight"], sd["encoder.bias"], sd["decoder.weight"]
+        b_dec = sd.get("bias", sd.get("b_dec", sd.get("decoder.bias")))
+    W_enc, b_enc, W_dec, b_dec = (t.float() for t in (W_enc, b_enc, W_dec, b_dec))
+    # AutoEncoderNew adds its decoder bias after decoding but subtracts nothing before encoding;
+    # JumpReluAutoEncoder subtracts nothing either (its apply_b_dec_to_input defaults to False)
+    apply = cls_name in ("AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE") or (
+        cls_name == "JumpReluAutoEncoder" and bool(tr.get("apply_b_dec_to_input", False)))
     D, C = _dims(b_enc, b_dec)
-    if tr.get("activation_dim") and int(tr["activation_dim"]) != D:
-        raise GradsaeError(f"{cfg_path} says activation_dim={tr['activation_dim']} but the weights have {D}")
-    k = tr.get("k") or (int(sd["k"]) if "k" in sd else None)
+    if tr.get("activation_dim") is not None and _whole(tr["activation_dim"], "activation_dim", cfg_path) != D:
+        raise GradsaeError(f"{cfg_path} says activation_dim={tr['activation_dim']} but the weights have {D}: "
+                           "the config and the weights do not belong together")
+    k = None
+    if arch in ("topk", "batchtopk"):
+        k = int(sd["k"].reshape(-1)[0]) if "k" in sd else _whole(tr.get("k"), "k", cfg_path or weights)
     layer = tr.get("layer")
-    cfg = SAEConfig(d_in=D, d_sae=C, architecture=arch, k=int(k) if k and arch in ("topk", "batchtopk") else None,
-                    apply_b_dec_to_input=apply, hook_name=hook_name_for(int(layer)) if layer is not None else "",
-                    model_name=tr.get("lm_name", ""), metadata={"format": "dictionary_learning", "source": str(weights)})
+    layer = _whole(layer, "layer", cfg_path) if layer is not None else None
+    cfg = SAEConfig(d_in=D, d_sae=C, architecture=arch, k=k, apply_b_dec_to_input=apply,
+                    hook_name=dictionary_learning_hook(tr.get("submodule_name"), layer),
+                    model_name=str(tr.get("lm_name") or ""),
+                    metadata={"format": "dictionary_learning", "dict_class": cls_name, "source": str(weights)})
     thr = sd.get("threshold")
-    if arch == "batchtopk" and (thr is None or float(thr.reshape(-1)[0]) < 0):
-        raise GradsaeError(f"{weights} is a BatchTopK SAE without a learned threshold: it cannot run as JumpReLU")
+    if arch == "batchtopk":
+        if thr is None or thr.numel() != 1 or float(thr.reshape(-1)[0]) < 0:
+            raise GradsaeError(f"{weights} is a {cls_name} without a learned threshold (threshold < 0: training "
+                               "stopped before it was set), so it has no per-token inference form; train longer")
+    elif arch == "topk":
+        thr = None  # AutoEncoderTopK encodes with TopK by default; its threshold is an optional alternative
     return _build(cfg, W_enc, b_enc, W_dec, b_dec, weights, thr)
 
 

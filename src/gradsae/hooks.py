@@ -7,7 +7,13 @@ Every tool names "the residual stream after block L" differently:
 ``blocks.L+1.hook_resid_pre``         TransformerLens (input of the next block)
 ``model.layers.L`` / ``layers.L``     Hugging Face module path / EleutherAI sparsify
 ``transformer.h.L``                   GPT-2 module path
+``resid_post_layer_L``                dictionary_learning ``submodule_name``
 ====================================  ==========================================
+
+SAEs trained elsewhere (``blocks.L.hook_mlp_out``, ``blocks.L.attn.hook_z``, ``mlp_out_layer_L``,
+``layers.L.mlp``, Gemma Scope ``-mlp`` / ``-att`` releases) keep their true hook name
+(``canonical_hook_name``) and are refused by the splice (``check_spliceable``), never moved to the
+residual stream.
 
 All of them resolve to ``resolve_layer(...) == L``: the output of decoder block L,
 which equals ``hidden_states[L + 1]`` from ``output_hidden_states=True``.
@@ -28,16 +34,101 @@ _PATTERNS = [
     (re.compile(r"^(?:transformer\.)?h\.(\d+)$"), 0),
     (re.compile(r"^(?:gpt_neox\.)?layers\.(\d+)$"), 0),
     (re.compile(r"^layer_(\d+)(?:/.*)?$"), 0),  # Gemma Scope folder names
+    (re.compile(r"^resid_post_layer_(\d+)$"), 0),  # dictionary_learning submodule_name
 ]
 
+# Hook points that are NOT the residual stream after a block: SAEs trained there are loaded with their
+# true hook name (TransformerLens spelling) and refused by the splice, which serves block outputs only.
+_OTHER_SITES = [
+    (re.compile(r"^blocks\.(\d+)\.hook_mlp_out$"), "hook_mlp_out"),
+    (re.compile(r"^blocks\.(\d+)\.hook_attn_out$"), "hook_attn_out"),
+    (re.compile(r"^blocks\.(\d+)\.attn\.hook_z$"), "attn.hook_z"),
+    (re.compile(r"^blocks\.(\d+)\.hook_resid_mid$"), "hook_resid_mid"),
+    (re.compile(r"^blocks\.(\d+)\.(hook_mlp_in|mlp\.hook_post|mlp\.hook_pre|ln2\.hook_normalized)$"), None),
+    (re.compile(r"^mlp_out_layer_(\d+)$"), "hook_mlp_out"),          # dictionary_learning
+    (re.compile(r"^attn_out_layer_(\d+)$"), "hook_attn_out"),        # dictionary_learning
+    (re.compile(r"^(?:model\.)?layers\.(\d+)\.mlp$"), "hook_mlp_out"),     # sparsify / HF module paths
+    (re.compile(r"^(?:model\.)?layers\.(\d+)\.self_attn$"), "hook_attn_out"),
+    (re.compile(r"^(?:transformer\.)?h\.(\d+)\.mlp$"), "hook_mlp_out"),
+    (re.compile(r"^(?:transformer\.)?h\.(\d+)\.attn$"), "hook_attn_out"),
+]
 
-def hook_name_for(layer: int) -> str:
-    """The canonical (SAELens) hook name for the residual stream after block ``layer``."""
-    return f"blocks.{layer}.hook_resid_post"
+_SITE_WORDS = {"hook_mlp_out": "the MLP output", "hook_attn_out": "the attention output",
+               "attn.hook_z": "the attention heads' outputs before W_O", "hook_resid_mid": "the mid-block residual"}
+
+
+def hook_name_for(layer: int, site: str = "hook_resid_post") -> str:
+    """The canonical (SAELens / TransformerLens) hook name for ``site`` of block ``layer``.
+
+    >>> hook_name_for(9), hook_name_for(4, "hook_mlp_out")
+    ('blocks.9.hook_resid_post', 'blocks.4.hook_mlp_out')
+    """
+    return f"blocks.{layer}.{site}"
+
+
+def canonical_hook_name(name: str) -> str:
+    """Any known spelling of a hook point -> its TransformerLens name; the site is kept, never guessed.
+
+    Residual names become ``blocks.L.hook_resid_post`` (``resid_pre`` of block L+1 included), an MLP or
+    attention output keeps its site (``mlp_out_layer_4`` -> ``blocks.4.hook_mlp_out``); a name gradsae does
+    not know is returned unchanged, so the splice refuses it instead of guessing the residual stream.
+    """
+    name = name.strip()
+    for pattern, site in _OTHER_SITES:
+        m = pattern.match(name)
+        if m:
+            return name if site is None else hook_name_for(int(m.group(1)), site)
+    try:
+        return hook_name_for(parse_hook_name(name))
+    except GradsaeError:
+        return name
+
+
+def gemma_scope_hook(parts: tuple[str, ...]) -> str:
+    """Hook of a Gemma Scope ``params.npz`` from its path, e.g. ``gemma-scope-9b-pt-mlp/layer_12/...``.
+
+    Releases end in ``-res``, ``-mlp`` or ``-att`` (optionally ``-canonical``); ``layer_L`` gives the block.
+    A path with a layer but no release marker is taken as residual (the ``-res`` releases are the common
+    case and the model-width check still applies); one without a layer gives "" (the user passes --layer).
+    """
+    layer, site = None, "hook_resid_post"
+    for part in parts:
+        m = re.match(r"layer_(\d+)$", part)
+        if m:
+            layer = int(m.group(1))
+        m = re.search(r"-(res|mlp|att)(?:-canonical)?$", part)
+        if m:
+            site = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "attn.hook_z"}[m.group(1)]
+    if layer is None:
+        return ""
+    return hook_name_for(layer, site)
+
+
+def dictionary_learning_hook(submodule_name: str | None, layer: int | None) -> str:
+    """Hook of a dictionary_learning SAE from its trainer config (``submodule_name``, ``layer``).
+
+    ``resid_post_layer_4`` -> ``blocks.4.hook_resid_post``; ``mlp_out_layer_4`` -> ``blocks.4.hook_mlp_out``;
+    no submodule name -> the residual stream after ``layer`` (the library's default submodule).
+    """
+    if submodule_name:
+        return canonical_hook_name(str(submodule_name))
+    return hook_name_for(int(layer)) if layer is not None else ""
+
+
+def is_residual(name: str) -> bool:
+    """True when ``name`` is the residual stream after a block (what the splice serves)."""
+    try:
+        parse_hook_name(name)
+        return True
+    except GradsaeError:
+        return False
 
 
 def parse_hook_name(name: str) -> int:
-    """Map any known hook-point name to the index L of the block whose output it is.
+    """Map any residual-stream hook name to the index L of the block whose output it is.
+
+    Non-residual hooks (MLP / attention outputs) are refused with one line: the splice replaces a block's
+    output, so an SAE trained elsewhere would read activations it never saw.
 
     >>> parse_hook_name("blocks.9.hook_resid_post"), parse_hook_name("layers.9")
     (9, 9)
@@ -55,10 +146,28 @@ def parse_hook_name(name: str) -> int:
                     "use an SAE trained on a block output (blocks.L.hook_resid_post, L >= 0)"
                 )
             return layer
+    for pattern, site in _OTHER_SITES:
+        m = pattern.match(name)
+        if m:
+            what = _SITE_WORDS.get(site, "not the residual stream")
+            raise GradsaeError(
+                f"hook {name!r} is {what} of block {m.group(1)}, not the residual stream: gradsae splices SAEs "
+                "only at a block's output (blocks.L.hook_resid_post); use a residual-stream SAE"
+            )
     raise GradsaeError(
         f"cannot map hook name {name!r} to a residual-stream layer: use one of "
         "'blocks.L.hook_resid_post', 'blocks.L.hook_resid_pre', 'model.layers.L', 'layers.L' or pass --layer L"
     )
+
+
+def check_spliceable(hook_name: str) -> None:
+    """Refuse (one line) an SAE whose own hook is a known non-residual site, even when --layer is given.
+
+    A hook name gradsae does not know at all still lets an explicit layer decide (the user vouches for it).
+    """
+    name = (hook_name or "").strip()
+    if any(pattern.match(name) for pattern, _ in _OTHER_SITES):
+        parse_hook_name(name)  # raises the one-line reason
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

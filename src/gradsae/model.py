@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -31,11 +32,25 @@ def cache_dir() -> Path:
 
 
 def resolve_device(device: str | None) -> str:
-    if device in (None, "auto"):
+    """``auto`` -> CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` are checked."""
+    if device in (None, "auto", ""):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise GradsaeError(f"device {device!r} asked for but CUDA is not available: use --device cpu")
-    return str(device)
+    device = str(device).strip().lower()
+    m = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if m:
+        if not torch.cuda.is_available():
+            raise GradsaeError(f"device {device!r} asked for but CUDA is not available: use --device cpu or auto")
+        if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+            raise GradsaeError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
+                               "CUDA device(s), cuda:0 onwards")
+        return device
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise GradsaeError("device 'mps' asked for but Apple's MPS is not available: use --device cpu or auto")
+        return device
+    if device == "cpu":
+        return device
+    raise GradsaeError(f"unknown device {device!r}: use cpu, cuda, cuda:N, mps or auto")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -87,10 +102,19 @@ def _load_gguf(path: Path):
     for pkg in ("gguf", "accelerate"):
         if importlib.util.find_spec(pkg) is None:
             raise GradsaeError(f"loading a .gguf file needs the package {pkg}: pip install {pkg}")
-    with _quiet():
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    try:
+        with _quiet():
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    except Exception as e:  # gguf/transformers raise many types (ValueError, KeyError, struct errors) on bad files
+        raise GradsaeError(f"cannot read the GGUF file {path} ({type(e).__name__}: {_first_line(e)}): the file is "
+                           "truncated, corrupt or of an architecture transformers cannot load") from None
     return model, tok
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else "")[:160]
 
 
 def _write_cache(model, tok, target: Path) -> None:
@@ -124,9 +148,53 @@ def _from_pretrained(path_or_id: str, device: str, dtype: torch.dtype):
             tok = AutoTokenizer.from_pretrained(path_or_id)
             model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype)
     except OSError as e:
-        raise GradsaeError(f"cannot load model {path_or_id!r} ({str(e).splitlines()[0]}): give a local folder, "
+        where = "" if Path(path_or_id).exists() else f" (taken as a hub id: there is no local folder {path_or_id!r})"
+        raise GradsaeError(f"cannot load model {path_or_id!r}{where} ({_first_line(e)}): give a local folder, "
                            "a .gguf file, 'smollm2', or a hub id on a machine that can reach the hub") from None
+    except Exception as e:  # a malformed config or weights: ValueError, KeyError, json errors, ...
+        raise GradsaeError(f"cannot load model {path_or_id!r} ({type(e).__name__}: {_first_line(e)}): its files are "
+                           "incomplete or not a causal LM transformers knows") from None
     return model, tok
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def is_local_spec(spec: str) -> bool:
+    """Whether a ``--model`` value names a local path (never sent to the hub) rather than a hub id.
+
+    Local: it exists; starts with ``./``, ``../``, ``/``, ``~`` or ``\\``; ends in ``.gguf``; has more than one
+    ``/``; or its first component is an existing folder (``models/smollm2-typo`` when ``models/`` exists).
+    Everything else of the form ``name`` or ``org/name`` is a hub id.
+    """
+    path = Path(spec).expanduser()
+    if path.exists() or spec.startswith(("./", "../", "/", "~", "\\", ".\\")) or spec.endswith(".gguf"):
+        return True
+    if spec.count("/") > 1 or not _HUB_ID.match(spec):
+        return True
+    return "/" in spec and Path(spec.split("/", 1)[0]).is_dir()
+
+
+def _check_local_folder(path: Path, spec: str) -> None:
+    """One line for a local model path that cannot be a model, before transformers sees it."""
+    if not path.exists():
+        parent = path.parent
+        near = f" ({parent} exists; it holds {', '.join(sorted(p.name for p in parent.iterdir())[:6]) or 'nothing'})" \
+            if parent.is_dir() and str(parent) not in ("", ".") else ""
+        raise GradsaeError(f"no model folder at {spec!r}{near}: check the path (a hub id looks like org/name)")
+    if path.is_file():
+        raise GradsaeError(f"{spec!r} is a file: give a model folder (config.json + weights) or a .gguf file")
+    cfg = path / "config.json"
+    if not cfg.exists():
+        raise GradsaeError(f"{spec!r} has no config.json: give a Hugging Face model folder (config.json + weights), "
+                           "a .gguf file or 'smollm2'")
+    try:
+        raw = json.loads(cfg.read_text() or "null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise GradsaeError(f"{cfg} is not valid JSON: the model folder is incomplete; "
+                           "copy or download it again") from None
+    if not isinstance(raw, dict) or not raw:
+        raise GradsaeError(f"{cfg} is empty: the model folder is incomplete; copy or download it again")
 
 
 def prepare(model, tok, device: str, dtype: torch.dtype):
@@ -166,10 +234,13 @@ def load_model(spec: str = SMOLLM2, device: str | None = "cpu", dtype: str | tor
         return prepare(model, tok, device, torch_dtype)
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
-        if not path.exists():
+        if not path.is_file():
             raise GradsaeError(f"no GGUF file at {path}: check the path")
         model, tok = _load_gguf(path)
         return prepare(model, tok, device, torch_dtype)
+    if is_local_spec(spec):
+        _check_local_folder(path, spec)
+        spec = str(path)
     return prepare(*_from_pretrained(spec, device, torch_dtype), device, torch_dtype)
 
 

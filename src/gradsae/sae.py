@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -69,6 +70,10 @@ class SAEConfig:
             )
         if self.architecture in ("topk", "batchtopk", "gsae") and not self.k:
             raise GradsaeError(f"a {self.architecture} SAE needs k (active latents per token) in its config")
+        s = self.norm_scaling_factor
+        if s is not None and not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
+            raise GradsaeError(f"norm_scaling_factor={s!r} must be a positive finite number (the factor activations "
+                               "were multiplied by in training): fix or remove it")
         if self.k is not None and not 0 < self.k <= self.d_sae:
             raise GradsaeError(f"k={self.k} must be between 1 and d_sae={self.d_sae}")
 

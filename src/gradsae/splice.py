@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import GradsaeError
-from .hooks import block, decoder_layers, hidden_size, join_output, resolve_layer, split_output
+from .hooks import block, check_spliceable, decoder_layers, hidden_size, join_output, resolve_layer, split_output
 from .sae import SAE
 
 
@@ -159,6 +159,7 @@ def _start_position(at: str | int, prompt_len: int) -> int:
 
 def check_compatible(model: nn.Module, sae: SAE, layer: int | str | None) -> int:
     """Resolve the layer (argument, else the SAE's hook) and check d_in against the model."""
+    check_spliceable(sae.cfg.hook_name)  # an MLP/attention SAE must not be moved to the residual stream
     layer = sae.cfg.hook_name if layer is None else layer
     idx = resolve_layer(model, layer if layer not in ("", None) else None)
     D = hidden_size(model)

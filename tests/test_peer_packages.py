@@ -1,0 +1,341 @@
+"""Round trips against the real peer packages (sae-lens, eai-sparsify, dictionary-learning).
+
+Every architecture gradsae writes loads in sae-lens with the same encode/decode; every architecture those
+packages save (their training checkpoints included) loads in gradsae with the same results, or is refused
+with one line saying why. The files are made by the packages themselves on tiny random SAEs.
+`make test` installs the packages (requirements-peers.txt, --no-deps so the CPU torch stays).
+"""
+import json
+
+import pytest
+import torch
+
+try:
+    import sae_lens
+    import sparsify
+    from dictionary_learning import dictionary as dl_dict
+    from dictionary_learning.trainers.batch_top_k import BatchTopKSAE
+    from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKSAE
+    from dictionary_learning.trainers.top_k import AutoEncoderTopK
+except ImportError as e:  # fail loudly: these tests are the point of issue 13
+    pytest.fail(f"peer package missing ({e}): pip install --no-deps -r requirements-peers.txt (make test does it)",
+                pytrace=False)
+
+from gradsae import SAE, GradsaeError, SAEConfig, load_sae
+from gradsae.formats import bundled_saes
+from gradsae.sae import ARCHITECTURES
+
+D, C, K = 12, 40, 5
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def x_batch(seed=0, n=16, scale=3.0):
+    return torch.randn(n, D, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def randomize(module, seed=0, scale=0.3):
+    """Random values in every float parameter (not zeros, not the packages' structured init)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------
+# gradsae writes -> sae-lens reads
+# ---------------------------------------------------------------------------------------------
+
+def gradsae_sae(arch, nsf=None, seed=1):
+    k = K if arch in ("topk", "batchtopk", "gsae", "e2e") else None
+    sae = SAE.init_random(SAEConfig(d_in=D, d_sae=C, architecture=arch, k=k, beta=0.7, norm_scaling_factor=nsf,
+                                    hook_name="blocks.2.hook_resid_post", model_name="tiny"), seed=seed)
+    g = torch.Generator().manual_seed(seed + 10)
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.randn(C, generator=g) * 0.3)
+        sae.b_dec.copy_(torch.randn(D, generator=g) * 0.3)
+        if hasattr(sae, "threshold"):
+            sae.threshold.copy_(torch.rand(C, generator=g) * 0.3)
+        if hasattr(sae, "grad_scale"):
+            sae.grad_scale.fill_(2.5)
+    return sae
+
+
+@pytest.mark.parametrize("nsf", [None, 0.37])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_gradsae_architecture_loads_in_saelens(tmp_path, arch, nsf):
+    sae = gradsae_sae(arch, nsf)
+    sae.save(tmp_path / "s")
+    lens = sae_lens.SAE.load_from_disk(str(tmp_path / "s"))
+    x = x_batch()
+    h = sae.encode(x)  # a g-SAE / e2e SAE without a gradient is TopK, what sae-lens runs
+    torch.testing.assert_close(lens.encode(x), h, **TOL)
+    torch.testing.assert_close(lens.decode(h), sae.decode(h), **TOL)
+    assert lens.cfg.metadata.hook_name == "blocks.2.hook_resid_post"
+    # and gradsae gets back the SAE it saved: architecture, k, beta, scaling factor, grad_scale
+    back = load_sae(tmp_path / "s")
+    assert (back.cfg.architecture, back.cfg.k, back.cfg.beta) == (arch, sae.cfg.k, 0.7)
+    assert back.cfg.norm_scaling_factor == nsf
+    for name, t in sae.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[name], t, **TOL)
+    grad = x_batch(seed=5) * 100
+    torch.testing.assert_close(back.encode(x, grad_x=grad), sae.encode(x, grad_x=grad), **TOL)
+
+
+def test_saved_batchtopk_runs_as_jumprelu_in_saelens(tmp_path):
+    gradsae_sae("batchtopk").save(tmp_path / "b")
+    assert json.loads((tmp_path / "b/cfg.json").read_text())["architecture"] == "jumprelu"
+    assert type(sae_lens.SAE.load_from_disk(str(tmp_path / "b"))).__name__ == "JumpReLUSAE"
+
+
+@pytest.mark.parametrize("name", sorted(bundled_saes()))
+def test_bundled_saes_load_in_saelens(name):
+    sae = load_sae(name)
+    lens = sae_lens.SAE.load_from_disk(str(bundled_saes()[name]), dtype="float32")
+    x = torch.randn(8, sae.d_in, generator=torch.Generator().manual_seed(0)) * 4
+    h = sae.encode(x)
+    torch.testing.assert_close(lens.encode(x), h, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(lens.decode(h), sae.decode(h), rtol=1e-4, atol=1e-4)
+
+
+def test_convert_output_loads_in_saelens(tmp_path):
+    """The issue's own example: gradsae convert smollm2/topk/L9 out, then sae-lens encode."""
+    from gradsae.demo import ConvertConfig, convert
+
+    convert(ConvertConfig(src="smollm2/topk/L9", dst=str(tmp_path / "out")))
+    sae = load_sae("smollm2/topk/L9")
+    lens = sae_lens.SAE.load_from_disk(str(tmp_path / "out"))
+    x = torch.randn(8, sae.d_in, generator=torch.Generator().manual_seed(1)) * 4
+    torch.testing.assert_close(lens.encode(x), sae.encode(x), rtol=1e-4, atol=1e-4)
+    convert(ConvertConfig(src="smollm2/gsae/L9", dst=str(tmp_path / "half"), dtype="bfloat16"))
+    lens = sae_lens.SAE.load_from_disk(str(tmp_path / "half"), dtype="float32")
+    h = load_sae("smollm2/gsae/L9").encode(x)
+    rel = (lens.decode(h) - load_sae("smollm2/gsae/L9").decode(h)).norm() / h.norm()
+    assert rel < 2e-2  # bfloat16 rounding of the weights, nothing more
+
+
+# ---------------------------------------------------------------------------------------------
+# sae-lens writes -> gradsae reads
+# ---------------------------------------------------------------------------------------------
+
+def lens_inference(kind, **cfg):
+    classes = {"standard": (sae_lens.StandardSAE, sae_lens.StandardSAEConfig),
+               "topk": (sae_lens.TopKSAE, sae_lens.TopKSAEConfig),
+               "jumprelu": (sae_lens.JumpReLUSAE, sae_lens.JumpReLUSAEConfig),
+               "gated": (sae_lens.GatedSAE, sae_lens.GatedSAEConfig),
+               "abstopk": (sae_lens.AbsTopKSAE, sae_lens.AbsTopKSAEConfig)}
+    cls, cfg_cls = classes[kind]
+    sae = cls(cfg_cls(d_in=D, d_sae=C, **cfg))
+    sae = randomize(sae)
+    if hasattr(sae, "threshold"):
+        with torch.no_grad():
+            sae.threshold.copy_(torch.rand(C, generator=torch.Generator().manual_seed(3)) * 0.3)
+    return sae
+
+
+def assert_same(ours, lens, x, encode=None):
+    h_ref = lens.encode(x) if encode is None else encode(x)
+    torch.testing.assert_close(ours.encode(x), h_ref, **TOL)
+    torch.testing.assert_close(ours.decode(h_ref), lens.decode(h_ref), **TOL)
+
+
+@pytest.mark.parametrize("kind,cfg", [("standard", {}), ("standard", {"apply_b_dec_to_input": False}),
+                                      ("topk", {"k": K}), ("topk", {"k": K, "rescale_acts_by_decoder_norm": True}),
+                                      ("jumprelu", {})])
+def test_saelens_inference_saes_load_identically(tmp_path, kind, cfg):
+    lens = lens_inference(kind, **cfg)
+    lens.cfg.metadata.hook_name = "blocks.3.hook_resid_post"
+    lens.save_model(tmp_path / "s")
+    ours = load_sae(tmp_path / "s")
+    assert ours.layer == 3
+    assert_same(ours, lens, x_batch())
+
+
+def lens_training(kind, **cfg):
+    classes = {"standard": (sae_lens.StandardTrainingSAE, sae_lens.StandardTrainingSAEConfig),
+               "topk": (sae_lens.TopKTrainingSAE, sae_lens.TopKTrainingSAEConfig),
+               "batchtopk": (sae_lens.BatchTopKTrainingSAE, sae_lens.BatchTopKTrainingSAEConfig),
+               "matryoshka_batchtopk": (sae_lens.MatryoshkaBatchTopKTrainingSAE,
+                                        sae_lens.MatryoshkaBatchTopKTrainingSAEConfig),
+               "jumprelu": (sae_lens.JumpReLUTrainingSAE, sae_lens.JumpReLUTrainingSAEConfig)}
+    cls, cfg_cls = classes[kind]
+    sae = randomize(cls(cfg_cls(d_in=D, d_sae=C, **cfg)))
+    if hasattr(sae, "topk_threshold"):
+        sae.topk_threshold = torch.tensor(0.21, dtype=torch.double)  # what training's running estimate sets
+    return sae
+
+
+@pytest.mark.parametrize("kind,cfg", [
+    ("standard", {}),
+    ("topk", {"k": K}),  # training TopK defaults to rescale_acts_by_decoder_norm=True
+    ("topk", {"k": K, "rescale_acts_by_decoder_norm": False}),
+    ("batchtopk", {"k": K}),
+    ("batchtopk", {"k": K, "rescale_acts_by_decoder_norm": False}),
+    ("matryoshka_batchtopk", {"k": K, "matryoshka_widths": [10, C]}),
+    ("jumprelu", {}),
+])
+def test_saelens_training_checkpoints_load_as_saelens_runs_them(tmp_path, kind, cfg):
+    """A training checkpoint (save_model of a *TrainingSAE) gives what sae-lens's own inference export runs."""
+    train = lens_training(kind, **cfg)
+    train.save_model(tmp_path / "ckpt")
+    train.save_inference_model(tmp_path / "inference")
+    ref = sae_lens.SAE.load_from_disk(str(tmp_path / "inference"))
+    ours = load_sae(tmp_path / "ckpt")
+    x = x_batch()
+    assert_same(ours, ref, x)
+    if kind in ("batchtopk", "matryoshka_batchtopk"):  # not plain ReLU: the threshold is used
+        assert ours.cfg.architecture == "jumprelu"
+        assert 0 < (ours.encode(x) != 0).sum() < (ours.encode_pre(x) > 0).sum()
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "constant_norm_rescale"])
+def test_saelens_per_token_normalisation_is_refused(tmp_path, norm):
+    lens = lens_inference("standard", normalize_activations=norm)
+    lens.save_model(tmp_path / "s")
+    with pytest.raises(GradsaeError, match="per-token normalisation") as e:
+        load_sae(tmp_path / "s")
+    assert "norm_scaling_factor" not in str(e.value)  # adding one would compute the wrong thing
+
+
+@pytest.mark.parametrize("kind,why", [("gated", "gated"), ("abstopk", "AbsTopK")])
+def test_saelens_unsupported_architectures_refused(tmp_path, kind, why):
+    lens = lens_inference(kind, **({"k": K} if kind == "abstopk" else {}))
+    lens.save_model(tmp_path / "s")
+    with pytest.raises(GradsaeError, match=why):
+        load_sae(tmp_path / "s")
+
+
+# ---------------------------------------------------------------------------------------------
+# sparsify writes -> gradsae reads
+# ---------------------------------------------------------------------------------------------
+
+def sparsify_coder(seed=0):
+    coder = sparsify.SparseCoder(D, sparsify.SparseCoderConfig(num_latents=C, k=K))
+    return randomize(coder, seed)
+
+
+def test_sparsify_topk_loads_identically(tmp_path):
+    coder = sparsify_coder()
+    coder.save_to_disk(tmp_path / "layers.4")
+    ours = load_sae(tmp_path / "layers.4")
+    assert ours.cfg.hook_name == "blocks.4.hook_resid_post" and ours.cfg.k == K
+    x = x_batch()
+    enc = coder.encode(x)
+    dense = torch.zeros(x.shape[0], C).scatter(-1, enc.top_indices, enc.top_acts)
+    torch.testing.assert_close(ours.encode(x), dense, **TOL)
+    torch.testing.assert_close(ours.decode(dense), coder.decode(enc.top_acts, enc.top_indices), **TOL)
+
+
+def test_sparsify_mlp_hook_is_kept_and_not_spliced(tmp_path):
+    from conftest import make_tiny
+    from gradsae.splice import Splice
+
+    sparsify_coder().save_to_disk(tmp_path / "layers.1.mlp")
+    ours = load_sae(tmp_path / "layers.1.mlp")
+    assert ours.cfg.hook_name == "blocks.1.hook_mlp_out"
+    model, _ = make_tiny("llama")
+    with pytest.raises(GradsaeError, match="MLP output"):
+        Splice(model, ours, layer=1)
+
+
+def test_sparsify_transcoder_refused(tmp_path):
+    coder = sparsify.SparseCoder(D, sparsify.SparseCoderConfig(num_latents=C, k=K, transcode=True))
+    coder.save_to_disk(tmp_path / "layers.2")
+    with pytest.raises(GradsaeError, match="transcoder"):
+        load_sae(tmp_path / "layers.2")
+
+
+# ---------------------------------------------------------------------------------------------
+# dictionary_learning writes -> gradsae reads
+# ---------------------------------------------------------------------------------------------
+
+def dl_module(name):
+    if name == "AutoEncoder":
+        ae = dl_dict.AutoEncoder(D, C)
+    elif name == "AutoEncoderNew":
+        ae = dl_dict.AutoEncoderNew(D, C)
+    elif name == "JumpReluAutoEncoder":
+        ae = dl_dict.JumpReluAutoEncoder(D, C)
+    elif name == "AutoEncoderTopK":
+        ae = AutoEncoderTopK(D, C, K)
+    elif name == "BatchTopKSAE":
+        ae = BatchTopKSAE(D, C, K)
+    elif name == "MatryoshkaBatchTopKSAE":
+        ae = MatryoshkaBatchTopKSAE(D, C, K, group_sizes=[10, C - 10])
+    elif name == "GatedAutoEncoder":
+        ae = dl_dict.GatedAutoEncoder(D, C)
+    randomize(ae)
+    if name == "JumpReluAutoEncoder":
+        with torch.no_grad():
+            ae.threshold.copy_(torch.rand(C, generator=torch.Generator().manual_seed(4)) * 0.3)
+    if name in ("BatchTopKSAE", "MatryoshkaBatchTopKSAE", "AutoEncoderTopK"):
+        ae.threshold.fill_(0.2)  # set by training once threshold_start_step has passed
+    return ae
+
+
+def dl_save(ae, folder, cls_name, submodule="resid_post_layer_4", checkpoint=False):
+    """What dictionary_learning.training.trainSAE writes: config.json, ae.pt or checkpoints/ae_<step>.pt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    trainer = {"dict_class": cls_name, "activation_dim": D, "dict_size": C, "layer": 4, "lm_name": "tiny",
+               "submodule_name": submodule}
+    if hasattr(ae, "k"):
+        trainer["k"] = int(ae.k)
+    (folder / "config.json").write_text(json.dumps({"trainer": trainer}))
+    state = {k: v.cpu() for k, v in ae.state_dict().items()}
+    if checkpoint:
+        (folder / "checkpoints").mkdir()
+        torch.save(state, folder / "checkpoints" / "ae_100.pt")
+        return folder / "checkpoints" / "ae_100.pt"
+    torch.save(state, folder / "ae.pt")
+    return folder
+
+
+DL_CLASSES = ["AutoEncoder", "AutoEncoderNew", "JumpReluAutoEncoder", "AutoEncoderTopK", "BatchTopKSAE",
+              "MatryoshkaBatchTopKSAE"]
+
+
+@pytest.mark.parametrize("cls_name", DL_CLASSES)
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_dictionary_learning_loads_identically(tmp_path, cls_name, checkpoint):
+    ae = dl_module(cls_name)
+    where = dl_save(ae, tmp_path / "trainer_0", cls_name, checkpoint=checkpoint)
+    ours = load_sae(where)
+    assert ours.cfg.hook_name == "blocks.4.hook_resid_post" and ours.cfg.model_name == "tiny"
+    x = x_batch()
+    h = ae.encode(x)  # each class's default inference encode (threshold for the BatchTopK family)
+    torch.testing.assert_close(ours.encode(x), h, **TOL)
+    torch.testing.assert_close(ours.decode(h), ae.decode(h), **TOL)
+
+
+def test_dictionary_learning_checkpoint_without_any_config_is_refused_when_ambiguous(tmp_path):
+    ae = dl_module("AutoEncoderTopK")
+    torch.save(ae.state_dict(), tmp_path / "ae_5.pt")
+    with pytest.raises(GradsaeError, match="AutoEncoderTopK or BatchTopKSAE"):
+        load_sae(tmp_path / "ae_5.pt")
+    # a class whose keys are its own is recognised without a config
+    torch.save(dl_module("MatryoshkaBatchTopKSAE").state_dict(), tmp_path / "m.pt")
+    assert load_sae(tmp_path / "m.pt").cfg.metadata["dict_class"] == "MatryoshkaBatchTopKSAE"
+
+
+def test_dictionary_learning_mlp_out_keeps_its_hook_and_is_not_spliced(tmp_path):
+    from conftest import make_tiny
+    from gradsae.splice import Splice
+
+    ae = dl_module("AutoEncoder")
+    ours = load_sae(dl_save(ae, tmp_path / "t", "AutoEncoder", submodule="mlp_out_layer_4"))
+    assert ours.cfg.hook_name == "blocks.4.hook_mlp_out"
+    model, _ = make_tiny("llama")
+    with pytest.raises(GradsaeError, match="MLP output of block 4"):
+        Splice(model, ours, layer=1)
+
+
+def test_dictionary_learning_gated_refused(tmp_path):
+    ae = dl_module("GatedAutoEncoder")
+    with pytest.raises(GradsaeError, match="gated"):
+        load_sae(dl_save(ae, tmp_path / "g", "GatedAutoEncoder"))
+
+
+def test_dictionary_learning_config_over_other_class_weights(tmp_path):
+    ae = dl_module("JumpReluAutoEncoder")
+    with pytest.raises(GradsaeError, match="names AutoEncoder but .* JumpReluAutoEncoder's weights"):
+        load_sae(dl_save(ae, tmp_path / "x", "AutoEncoder"))
