@@ -31,6 +31,8 @@ def _optional_commands() -> None:
         "cache": ("gradsae.cache", "CacheConfig", "run", "cache residual activations (and dL/dx) as float16 shards"),
         "train": ("gradsae.train", "TrainConfig", "run", "train TopK / g-SAE SAEs from a cache"),
         "eval": ("gradsae.evals", "EvalConfig", "run", "evaluate an SAE: NMSE, L_added, KL, dead latents, steering effect"),
+        "dashboard": ("gradsae.dashboard", "DashboardConfig", "run", "per-latent dashboard: top/random/influence contexts, density, tokens (JSON + HTML)"),
+        "rate": ("gradsae.rate", "RateConfig", "run", "blind interpretability rating page for 2+ SAEs, and scoring of the ratings"),
     }
     for name, entry in more.items():
         if importlib.util.find_spec(entry[0]) is not None:
