@@ -250,3 +250,46 @@ def test_html_escapes_corpus_text_and_has_strict_csp(tiny_dashboard):
 def test_script_json_cannot_close_the_block():
     s = script_json({"x": "</script><!-- \u2028"})
     assert "</" not in s and "<!--" not in s and json.loads(s) == {"x": "</script><!-- \u2028"}
+
+
+# ---- headless Chromium ----------------------------------------------------------------------------
+
+@pytest.mark.browser
+def test_dashboard_page_renders_searches_and_keeps_script_as_text(tmp_path, tiny_pair):
+    from chromium import chrome, drive
+
+    model, tok, sae = tiny_pair
+    cfg = _cfg(tmp_path, left=24, right=4)
+    st = build_state(cfg, model, tok, sae, 1)
+    meta = DashboardMeta(schema=SCHEMA, model="tiny-llama", sae="tiny", hook="blocks.1.hook_resid_post", d_sae=64,
+                         data=cfg.data, n_tokens=0, n_influence_tokens=0, left=cfg.left, right=cfg.right,
+                         hist_lo_log10=HIST_LO, hist_per_decade=HIST_PER_DECADE, seconds=0.0, config=asdict(cfg),
+                         definitions=DEFINITIONS)
+    d = finalize(st, model, tok, sae, meta)
+    alive = [r.latent for r in d.latents if r.count]
+    target = alive[len(alive) // 2]
+    page = tmp_path / "dashboard.html"
+    page.write_text(render_dashboard_page(d))
+    out = drive(tmp_path, page, f"""
+      out.ready = d.body.getAttribute("data-ready"); out.err = d.body.getAttribute("data-js-error");
+      out.before = d.getElementById("count").textContent;
+      var q = d.getElementById("q"); q.value = "{target}"; q.dispatchEvent(new w.Event("input"));
+      out.count = d.getElementById("count").textContent;
+      out.visible = Array.prototype.filter.call(d.querySelectorAll("#cards > .gd-card"),
+        function (c) {{ return getComputedStyle(c).display !== "none"; }}).map(function (c) {{ return c.getAttribute("data-latent"); }});
+      out.scripts = d.querySelectorAll("script").length;
+      out.withScriptText = Array.prototype.filter.call(d.querySelectorAll(".gd-ctx"),
+        function (c) {{ return c.textContent.indexOf("<script>") >= 0; }}).length;
+      q.value = "zzzz-no-such-token"; q.dispatchEvent(new w.Event("input"));
+      out.none = d.getElementById("count").textContent;
+    """)
+    assert out["ready"] == "1" and out["err"] is None
+    assert out["before"] == str(len(alive))
+    assert out["visible"] == [str(target)] and out["count"] == "1" and out["none"] == "0"
+    # corpus lines hold <script>alert(1)</script>: shown as text in contexts, never parsed as elements
+    assert out["withScriptText"] > 0 and out["scripts"] == 2
+
+    shot = tmp_path / "dashboard.png"
+    res = chrome(tmp_path, f"--screenshot={shot}", "--window-size=1200,1400", "--hide-scrollbars",
+                 "--virtual-time-budget=3000", page.resolve().as_uri())
+    assert res.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

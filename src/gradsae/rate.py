@@ -132,7 +132,8 @@ def plot_rates(rates: Sequence[SaeRates], path: Path) -> Path:
     for j, a in enumerate(ANSWERS):
         xs = [i + (j - 1) * w for i in range(len(rates))]
         ys = [100 * r.rates[a] for r in rates]
-        err = [[100 * (r.rates[a] - r.ci[a][0]) for r in rates], [100 * (r.ci[a][1] - r.rates[a]) for r in rates]]
+        err = [[max(0.0, 100 * (r.rates[a] - r.ci[a][0])) for r in rates],
+               [max(0.0, 100 * (r.ci[a][1] - r.rates[a])) for r in rates]]
         ax.bar(xs, ys, w, yerr=err, capsize=3, label=a.capitalize(), color=colours[a])
     ax.set_xticks(range(len(rates)), [f"{r.sae}\n(n={r.n})" for r in rates], fontsize=8)
     ax.set_ylabel("% of ratings")
