@@ -293,3 +293,89 @@ def test_dashboard_page_renders_searches_and_keeps_script_as_text(tmp_path, tiny
     res = chrome(tmp_path, f"--screenshot={shot}", "--window-size=1200,1400", "--hide-scrollbars",
                  "--virtual-time-budget=3000", page.resolve().as_uri())
     assert res.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- the command, end to end on a tiny model saved to disk ----------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from gradsae.formats import save_saelens
+
+    tmp = tmp_path_factory.mktemp("cli")
+    model, tok = make_tiny("llama")
+    model.save_pretrained(tmp / "m")
+    tok.save_pretrained(tmp / "m")
+    save_saelens(random_sae(d_sae=64, arch="topk", k=6, layer=1, bias=0.2), tmp / "sae")
+    (tmp / "corpus.txt").write_text("\n".join(f"Line {i}: the fox {i % 7} jumps over {EVIL} the dog." for i in range(80)))
+    return tmp
+
+
+def _dash_args(d, out, *more):
+    return ["dashboard", "--model", str(d / "m"), "--sae", str(d / "sae"), "--data", str(d / "corpus.txt"),
+            "--max-tokens", str(48 * 16), "--influence-tokens", str(48 * 6), "--context-length", "48",
+            "--batch-size", "2", "--checkpoint-every", "1", "--no-progress", "--out", str(out), *more]
+
+
+def _without_timing(obj):
+    obj["meta"]["seconds"] = 0
+    obj["meta"]["config"]["out"] = ""
+    return obj
+
+
+def test_kill_9_and_rerun_gives_the_same_dashboard(tiny_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from gradsae.cli import main
+
+    assert main(_dash_args(tiny_dir, tiny_dir / "clean")) == 0
+    clean = json.loads((tiny_dir / "clean" / "dashboard.json").read_text())
+    assert (tiny_dir / "clean" / "dashboard.html").exists()
+    out = tiny_dir / "killed"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.Popen([sys.executable, "-m", "gradsae", *_dash_args(tiny_dir, out)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = out / "state" / "rank0.safetensors"
+    t0 = time.time()
+    while not state.exists() and p.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (out / "dashboard.json").exists(), "killed too late to test resuming"
+    assert main(_dash_args(tiny_dir, out)) == 0
+    assert _without_timing(json.loads((out / "dashboard.json").read_text())) == _without_timing(clean)
+
+
+def test_explain_and_influence_show_cards(tiny_dir):
+    import shutil
+
+    from gradsae.cli import main
+    from gradsae.dashboard import find_dashboard
+
+    out = tiny_dir / "dash-for-cards"
+    assert main(_dash_args(tiny_dir, out)) == 0
+    assert find_dashboard(str(tiny_dir / "sae")) is None
+    shutil.copy(out / "dashboard.json", tiny_dir / "sae" / "dashboard.json")
+    try:
+        assert find_dashboard(str(tiny_dir / "sae")) == tiny_dir / "sae" / "dashboard.json"
+        common = ["--model", str(tiny_dir / "m"), "--sae", str(tiny_dir / "sae")]
+        assert main(["influence", *common, "--prompt", "the fox", "--output", " jumps", "--top", "4",
+                     "--out", str(tiny_dir / "inf.json")]) == 0
+        ex = json.loads((tiny_dir / "inf.json").read_text())["examples"][0]
+        listed = {r["latent"] for r in ex["top"]}
+        assert listed and listed <= {int(c) for c in ex["cards"]}
+        assert all(ex["cards"][str(c)]["latent"] == c for c in listed)
+        page = tiny_dir / "explain.html"
+        assert main(["explain", "the fox", "--output", " jumps", *common, "--top", "3", "--mask-k", "",
+                     "--html", str(page)]) == 0
+        html_text = page.read_text()
+        assert html_text.count('class="gd-card"') >= 1 and EVIL not in html_text
+        assert main(["influence", *common, "--prompt", "x", "--output", "y", "--dashboard", "none",
+                     "--out", str(tiny_dir / "inf2.json")]) == 0
+        assert "cards" not in json.loads((tiny_dir / "inf2.json").read_text())["examples"][0]
+        assert main(["influence", *common, "--prompt", "x", "--dashboard", str(tiny_dir / "missing.json")]) == 2
+    finally:
+        (tiny_dir / "sae" / "dashboard.json").unlink()
