@@ -379,3 +379,27 @@ def test_explain_and_influence_show_cards(tiny_dir):
         assert main(["influence", *common, "--prompt", "x", "--dashboard", str(tiny_dir / "missing.json")]) == 2
     finally:
         (tiny_dir / "sae" / "dashboard.json").unlink()
+
+
+@pytest.mark.slow
+def test_bundled_saes_ship_dashboards_and_explain_shows_their_cards(tmp_path):
+    from gradsae.cli import main
+    from gradsae.dashboard import find_dashboard, load_dashboard
+    from gradsae.formats import bundled_saes
+
+    total = 0
+    for spec, folder in bundled_saes().items():
+        path = find_dashboard(spec)
+        assert path is not None and path.parent == folder, spec
+        total += path.stat().st_size
+        d = load_dashboard(path)
+        assert d.meta.d_sae == 4096 and d.meta.n_tokens > 10_000 and d.meta.hook == "blocks.9.hook_resid_post"
+        alive = [r for r in d.latents if r.count]
+        assert len(alive) > 1000 and all(r.top for r in alive)
+        assert sum(1 for r in alive if r.influence) > 500
+    assert total <= 10 * 2 ** 20
+    page = tmp_path / "explain.html"
+    assert main(["explain", "The capital of France is", "--output", " Paris", "--top", "3", "--mask-k", "",
+                 "--html", str(page), "--json", str(tmp_path / "explain.json")]) == 0
+    cards = json.loads((tmp_path / "explain.json").read_text())["cards"]
+    assert len(cards) >= 3 and page.read_text().count('class="gd-card"') == len(cards)

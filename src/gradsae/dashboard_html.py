@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from .dashboard import Dashboard, LatentRecord
 
 TEMPLATES = Path(__file__).parent / "templates"
+LOWER_PERCENTILE = 90  # band samples shown as "lower activations" lie below this percentile of the latent
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,7 +97,7 @@ def card_view(dash: Dashboard, r: LatentRecord, n_top: int = 8, n_bands: int = 6
         "r": r,
         "top": [{"tokens": ctx(c, c.acts, "act"), "value": c.value} for c in r.top[:n_top]],
         "bands": [{"tokens": ctx(c, c.acts, "act"), "value": c.value, "percentile": c.percentile}
-                  for c in r.bands[:n_bands]],
+                  for c in [b for b in r.bands if (b.percentile or 0) < LOWER_PERCENTILE][:n_bands]],
         "influence": [{"tokens": ctx(c, c.infl, "infl"), "value": c.value, "act": c.act,
                        "next": {"text": dash.token(c.next.id), "logp": c.next.logp, "dlogp": c.next.dlogp} if c.next else None,
                        "moved": [{"text": dash.token(m.id), "logp": m.logp, "dlogp": m.dlogp} for m in c.moved]}
