@@ -403,3 +403,31 @@ def test_bundled_saes_ship_dashboards_and_explain_shows_their_cards(tmp_path):
                  "--html", str(page), "--json", str(tmp_path / "explain.json")]) == 0
     cards = json.loads((tmp_path / "explain.json").read_text())["cards"]
     assert len(cards) >= 3 and page.read_text().count('class="gd-card"') == len(cards)
+
+
+def test_torchrun_two_ranks_write_the_same_dashboard(tiny_dir):
+    import os
+    import subprocess
+    import sys
+
+    from gradsae.cli import main
+
+    one = tiny_dir / "one-rank"
+    assert main(_dash_args(tiny_dir, one)) == 0
+    two = tiny_dir / "two-ranks"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "gradsae", *_dash_args(tiny_dir, two)], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = _without_timing(json.loads((one / "dashboard.json").read_text()))
+    b = _without_timing(json.loads((two / "dashboard.json").read_text()))
+    assert sorted((two / "state").glob("rank*.safetensors")) == [two / "state" / "rank0.safetensors",
+                                                                 two / "state" / "rank1.safetensors"]
+    # same contexts and counts; activations agree to the rounding of the file (batches differ per rank)
+    for ra, rb in zip(a["latents"], b["latents"]):
+        assert (ra["count"], ra["hist"]) == (rb["count"], rb["hist"])
+        assert [(c["row"], c["pos"], c["ids"]) for c in ra["top"]] == [(c["row"], c["pos"], c["ids"]) for c in rb["top"]]
+        assert [(c["row"], c["pos"]) for c in ra["influence"]] == [(c["row"], c["pos"]) for c in rb["influence"]]
+        assert [(c["row"], c["pos"]) for c in ra["bands"]] == [(c["row"], c["pos"]) for c in rb["bands"]]
+    assert a["meta"]["n_tokens"] == b["meta"]["n_tokens"]
