@@ -431,3 +431,15 @@ def test_torchrun_two_ranks_write_the_same_dashboard(tiny_dir):
         assert [(c["row"], c["pos"]) for c in ra["influence"]] == [(c["row"], c["pos"]) for c in rb["influence"]]
         assert [(c["row"], c["pos"]) for c in ra["bands"]] == [(c["row"], c["pos"]) for c in rb["bands"]]
     assert a["meta"]["n_tokens"] == b["meta"]["n_tokens"]
+
+
+def test_render_only_rewrites_the_page_from_json(tiny_dir):
+    from gradsae.cli import main
+
+    out = tiny_dir / "render-src"
+    assert main(_dash_args(tiny_dir, out)) == 0
+    again = tiny_dir / "rendered"
+    assert main(["dashboard", "--render", str(out / "dashboard.json"), "--out", str(again)]) == 0
+    assert (again / "dashboard.html").read_text() == (out / "dashboard.html").read_text()
+    assert not (again / "dashboard.json").exists()
+    assert main(["dashboard", "--render", str(tiny_dir / "nope.json"), "--out", str(again)]) == 2

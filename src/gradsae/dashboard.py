@@ -91,6 +91,8 @@ class DashboardConfig:
     dtype: str = opt("float32", "model dtype")
     threads: int = opt(0, "torch threads (0 = torch's default)")
     progress: bool = opt(True, "show a progress bar")
+    render: str = opt("", "only (re)write OUT/dashboard.html from this dashboard.json(.gz) or SAE name (no model, "
+                          "no corpus), e.g. for the dashboards shipped with the bundled SAEs")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +315,8 @@ def _windows(ids: torch.Tensor, X: torch.Tensor, b: torch.Tensor, t: torch.Tenso
 
 
 def update_state(st: DashboardState, ev: BatchEvidence, *, left: int, right: int, seed: int) -> DashboardState:
-    """Fold one batch into the state (vectorised over rows, positions and latents)."""
+    """Fold one batch into the state (vectorised over rows, positions and latents; updates ``st`` in place
+    and returns it)."""
     ids, H = ev.ids, ev.H
     B, T, C = H.shape
     W = left + right + 1
@@ -620,27 +623,28 @@ def finalize(st: DashboardState, model, tok, sae, meta: DashboardMeta, *, n_prom
     ih = st.infl
     pred = ih.data["pred"].long()  # [C, N, P]
     nxt = ih.data["next"].long()  # [C, N]
-    Cn = torch.arange(C)[:, None, None]
     s_pred = torch.einsum("cnpd,cd->cnp", W_U[pred.clamp_min(0)], W_dec)
     s_next = torch.einsum("cnd,cd->cn", W_U[nxt.clamp_min(0)], W_dec)
     act_at = ih.data["acts"][:, :, left]
     d_pred = moved_logprobs(act_at, s_pred, s_pred, ih.data["pred_logp"])
     d_next = moved_logprobs(act_at, s_next[..., None], s_pred, ih.data["pred_logp"])[..., 0]
-    del Cn
     used: set[int] = set()
     mean = st.act_sum / st.count.clamp_min(1)
     records = []
-    for c in range(C):
-        def ctxs(h: Heap, row: int, n_valid=None) -> list[tuple[int, float, int]]:
-            return [(j, float(h.score[row, j]), int(h.gid[row, j])) for j in range(h.score.shape[1])
-                    if math.isfinite(float(h.score[row, j]))]
+    T = row_length(meta)
 
+    def ctxs(h: Heap, row: int) -> list[tuple[int, float, int]]:
+        """(slot, score, gid) of the filled slots of one heap row."""
+        return [(j, sc, g) for j, (sc, g) in enumerate(zip(h.score[row].tolist(), h.gid[row].tolist()))
+                if math.isfinite(sc)]
+
+    for c in range(C):
         top = []
         for j, sc, gid in ctxs(st.top, c):
             ids = st.top.data["ids"][c, j].tolist()
             used.update(ids)
-            top.append(Context(ids, _rl(st.top.data["acts"][c, j].tolist()), left, _r(sc), gid // meta_T(meta),
-                               gid % meta_T(meta)))
+            top.append(Context(ids, _rl(st.top.data["acts"][c, j].tolist()), left, _r(sc), gid // T,
+                               gid % T))
         top_gids = {int(g) for g in st.top.gid[c].tolist()}
         bands = []
         for band in range(N_BANDS):
@@ -651,8 +655,8 @@ def finalize(st: DashboardState, model, tok, sae, meta: DashboardMeta, *, n_prom
                 ids = st.band.data["ids"][row, j].tolist()
                 used.update(ids)
                 v = float(st.band.data["value"][row, j])
-                bands.append(Context(ids, _rl(st.band.data["acts"][row, j].tolist()), left, _r(v), gid // meta_T(meta),
-                                     gid % meta_T(meta), percentile=round(_percentile(st.hist[c], v), 1)))
+                bands.append(Context(ids, _rl(st.band.data["acts"][row, j].tolist()), left, _r(v), gid // T,
+                                     gid % T, percentile=round(_percentile(st.hist[c], v), 1)))
         bands.sort(key=lambda x: -x.value)
         infl = []
         for j, sc, gid in ctxs(ih, c):
@@ -667,8 +671,8 @@ def finalize(st: DashboardState, model, tok, sae, meta: DashboardMeta, *, n_prom
             nmove = TokenMove(nx, _r(float(ih.data["next_logp"][c, j]), 3), _r(float(d_next[c, j]), 3)) if nx >= 0 else None
             if nx >= 0:
                 used.add(nx)
-            infl.append(InfluenceContext(ids, _rl(ih.data["acts"][c, j].tolist()), left, _r(sc), gid // meta_T(meta),
-                                         gid % meta_T(meta), infl=_rl(ih.data["infl"][c, j].tolist()),
+            infl.append(InfluenceContext(ids, _rl(ih.data["acts"][c, j].tolist()), left, _r(sc), gid // T,
+                                         gid % T, infl=_rl(ih.data["infl"][c, j].tolist()),
                                          act=_r(float(act_at[c, j])), next=nmove, moved=moves))
         h = st.hist[c]
         nz = torch.nonzero(h).flatten()
@@ -688,8 +692,9 @@ def finalize(st: DashboardState, model, tok, sae, meta: DashboardMeta, *, n_prom
     return Dashboard(meta, tokens, records)
 
 
-def meta_T(meta: DashboardMeta) -> int:
-    return int(meta.config.get("context_length", 128))
+def row_length(meta: DashboardMeta) -> int:
+    """T, to split a global token id (row * T + position)."""
+    return int(meta.config["context_length"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -931,6 +936,13 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
     from .splice import check_compatible
 
     _check(cfg)
+    if cfg.render:
+        found = find_dashboard(cfg.render)
+        dash = load_dashboard(found if found is not None else cfg.render)
+        with output_lock(cfg.out):
+            page = write_dashboard_page(Path(cfg.out) / "dashboard.html", dash, max_latents=cfg.html_latents)
+        print(f"wrote {page}")
+        return dash
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ranks = _Ranks()
