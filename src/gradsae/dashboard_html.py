@@ -85,7 +85,8 @@ def card_view(dash: Dashboard, r: LatentRecord, n_top: int = 8, n_bands: int = 6
             if i < 0:
                 continue
             lv = level(abs(v), scale)
-            cls = (f"a{lv}" if kind == "act" else (f"p{lv}" if v > 0 else f"n{lv}")) + (" at" if j == c.at else "")
+            cls = "" if lv == 0 else f"a{lv}" if kind == "act" else f"p{lv}" if v > 0 else f"n{lv}"
+            cls = f"{cls} gd-at".strip() if j == c.at else cls
             toks.append({"text": dash.token(i), "value": v, "cls": cls})
         return toks
 
