@@ -66,8 +66,9 @@ class DashboardConfig:
     text_field: str = opt("text", "field holding the text in .jsonl/.json records")
     out: str = opt("dashboard", "output folder (dashboard.json, dashboard.html, state/)")
     max_tokens: int = opt(200_000, "corpus tokens read (whole rows of --context-length)")
-    influence_tokens: int = opt(-1, "tokens (the first rows) that also get the influence pass (one backward); "
-                                    "-1 = all, 0 = none")
+    influence_tokens: int = opt(20_000, "tokens (the first rows) that also get the influence pass (whole model + "
+                                        "one backward, several times the activation-only cost on a CPU); -1 = all, "
+                                        "0 = none")
     context_length: int = opt(128, "tokens per row (BOS included)")
     batch_size: int = opt(8, "rows per forward pass")
     skip_first: int = opt(1, "positions at the start of each row left out of every statistic (BOS / "
