@@ -80,7 +80,10 @@ def card_view(dash: Dashboard, r: LatentRecord, n_top: int = 8, n_bands: int = 6
     """The values the card macro draws for one latent (token ids resolved to text)."""
     def ctx(c, values, kind):
         toks = []
+        # activations: one scale per latent (weaker contexts look weaker); influence: per context (g varies widely)
         scale = max((abs(v) for v in values), default=0.0)
+        if kind == "act":
+            scale = max(scale, r.max_act)
         for j, (i, v) in enumerate(zip(c.ids, values)):
             if i < 0:
                 continue
