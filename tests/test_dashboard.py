@@ -443,3 +443,20 @@ def test_render_only_rewrites_the_page_from_json(tiny_dir):
     assert (again / "dashboard.html").read_text() == (out / "dashboard.html").read_text()
     assert not (again / "dashboard.json").exists()
     assert main(["dashboard", "--render", str(tiny_dir / "nope.json"), "--out", str(again)]) == 2
+
+
+def test_shrink_keeps_fewer_contexts_and_every_token_it_needs(tiny_dashboard):
+    from gradsae.dashboard import shrink
+
+    s = shrink(tiny_dashboard, n_top=2, n_bands=1, n_influence=1, n_moved=2, digits=2)
+    assert len(s.tokens) <= len(tiny_dashboard.tokens)
+    for r in s.latents:
+        assert len(r.top) <= 2 and len(r.bands) <= 1 and len(r.influence) <= 1
+        assert all(b.percentile < 90 for b in r.bands)
+        for c in r.top + r.bands + r.influence:
+            assert all(i < 0 or i in s.tokens for i in c.ids)
+            assert all(v == 0 or len(f"{abs(v):e}".split("e")[0].rstrip("0").replace(".", "")) <= 2 for v in c.acts)
+    assert dashboard_from_json(json.loads(json.dumps(s.to_json()))).to_json() == s.to_json()
+    assert tiny_dashboard.latents[0].top == tiny_dashboard.latents[0].top  # the original is untouched
+    full = [r for r in tiny_dashboard.latents if len(r.top) > 2]
+    assert full and len(full[0].top) > 2

@@ -982,3 +982,32 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
     print(f"dashboard: {st.n_tokens} tokens ({st.n_influence_tokens} with influence), {alive}/{sae.d_sae} latents "
           f"active, {meta.seconds:.0f} s -> {out / 'dashboard.json'}, {out / 'dashboard.html'}")
     return dash
+
+
+def shrink(dash: Dashboard, *, n_top: int = 5, n_bands: int = 2, n_influence: int = 3, n_moved: int = 3,
+           digits: int = 2) -> Dashboard:
+    """A smaller copy for shipping: fewer contexts per latent, band samples below the 90th percentile only,
+    values rounded to ``digits`` significant digits, and the token table cut to the ids still used."""
+    import copy
+
+    def rl(xs):
+        return [0 if v == 0 else float(f"{v:.{digits}g}") for v in xs]
+
+    d = copy.deepcopy(dash)
+    used: set[int] = set()
+    for r in d.latents:
+        r.top = r.top[:n_top]
+        r.bands = [b for b in r.bands if (b.percentile or 0) < 90][:n_bands]
+        r.influence = r.influence[:n_influence]
+        for c in r.top + r.bands + r.influence:
+            c.acts = rl(c.acts)
+            used.update(c.ids)
+        for c in r.influence:
+            c.infl = rl(c.infl)
+            c.moved = c.moved[:n_moved]
+            used.update(m.id for m in c.moved)
+            if c.next:
+                used.add(c.next.id)
+        used.update(t.id for t in r.promoted + r.suppressed)
+    d.tokens = {i: t for i, t in d.tokens.items() if i in used}
+    return Dashboard(d.meta, d.tokens, d.latents)
