@@ -32,6 +32,8 @@ def _optional_commands() -> None:
         "train": ("gradsae.train", "TrainConfig", "run", "train TopK / g-SAE SAEs from a cache"),
         "eval": ("gradsae.evals", "EvalConfig", "run", "evaluate an SAE: NMSE, L_added, KL, dead latents, steering effect"),
         "sensitivity": ("gradsae.sensitivity", "SensitivityConfig", "run", "g-SAE sensitivity analyses: directional derivatives, first-order vs norm, decoder tails"),
+        "dashboard": ("gradsae.dashboard", "DashboardConfig", "run", "per-latent dashboard: top/random/influence contexts, density, tokens (JSON + HTML)"),
+        "rate": ("gradsae.rate", "RateConfig", "run", "blind interpretability rating page for 2+ SAEs, and scoring of the ratings"),
     }
     for name, entry in more.items():
         if importlib.util.find_spec(entry[0]) is not None:

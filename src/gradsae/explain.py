@@ -121,6 +121,10 @@ def run(cfg: ExplainConfig) -> dict:
 
     if cfg.top < 1:
         raise GradsaeError(f"--top {cfg.top}: give at least 1")
+    from .dashboard import card_data, resolve_dashboard
+    from .dashboard_html import insert_before_body_end, render_cards
+
+    dash = resolve_dashboard(cfg.dashboard, cfg.sae)  # before the model work: a bad path fails at once
     model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     sae = load_sae(cfg.sae, device=cfg.device)
     inf, view = explain(model, tok, sae, cfg.prompt, cfg.output or None, top=cfg.top, mask_k=cfg.mask_k,
@@ -131,12 +135,17 @@ def run(cfg: ExplainConfig) -> dict:
                         exact_latents=cfg.exact_latents or None)
     view["meta"].update(model=model_name(model), sae=cfg.sae, config=asdict(cfg))
     promoted = {r["latent"]: r.get("promotes", []) for r in view["top"]}
+    if dash is not None:  # each listed latent's dashboard card (HTML and JSON)
+        view["cards"] = {str(c): card_data(dash, c) for c in promoted}
     print(format_table(inf, promoted, cfg.top))
     masking = format_masking(view)
     if masking:
         print(masking)
     if cfg.html:
-        make_readable(atomic_write_text(cfg.html, render_example_page(view, title=f"GradSAE explain — {model_name(model)}")))
+        page = render_example_page(view, title=f"GradSAE explain — {model_name(model)}")
+        if dash is not None:
+            page = insert_before_body_end(page, render_cards(dash, list(promoted)))
+        make_readable(atomic_write_text(cfg.html, page))
         print(f"wrote {cfg.html}")
     if cfg.json:
         write_json(cfg.json, view)

@@ -33,6 +33,8 @@ class ScoringOptions:
     exact_latents: int = opt(0, "exact: ablate only the top-N by |grad|, top-N by activation and N random "
                                 "active latents (0 = every active latent)")
     seed: int = opt(0, "seed (random candidates for --method exact)")
+    dashboard: str = opt("", "dashboard.json with latent cards (default: the one next to a bundled SAE, if any; "
+                             "'none' = no cards)")
 
 
 @dataclass(kw_only=True)
@@ -88,7 +90,10 @@ def run(cfg: InfluenceConfig) -> list[Influence]:
     from .formats import load_sae
     from .model import load_model, model_name
 
+    from .dashboard import card_data, resolve_dashboard
+
     exs = load_examples(cfg)
+    dash = resolve_dashboard(cfg.dashboard, cfg.sae)
     model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     sae = load_sae(cfg.sae, device=cfg.device)
     layer = cfg.layer or None
@@ -105,6 +110,8 @@ def run(cfg: InfluenceConfig) -> list[Influence]:
         print(format_table(r, promoted, cfg.top))
         print()
         records.append(r.to_json(top=cfg.top, promoted=promoted))
+        if dash is not None:  # each listed latent's compact dashboard card
+            records[-1]["cards"] = {str(c): card_data(dash, c) for c in latents}
     if cfg.out:
         meta = {"config": asdict(cfg), "model": model_name(model), "sae": sae.describe(),
                 "seconds": round(elapsed, 3)}
