@@ -16,8 +16,9 @@ import torch
 from _common import table, write_out
 
 from gradsae import ResidualCapture, Splice, encode_prompts, load_model, load_sae
-from gradsae import experiments as ex
-from gradsae import squad as sq
+from gradsae.squad import data as sq
+from gradsae.squad.config import PerturbConfig
+from gradsae.squad.run import make_prompt_builder
 
 BUCKETS = ((1, 32), (32, 128), (128, 256), (256, 384), (384, 512), (512, 10_000))
 
@@ -42,7 +43,7 @@ def main() -> None:
     model, tok = load_model(args.model)
     sae = load_sae(args.sae)
     qas = sq.load_questions(args.data, limit=args.n)
-    builder = ex.make_prompt_builder(ex.PerturbConfig(data=args.data), tok, qas)
+    builder = make_prompt_builder(PerturbConfig(data=args.data), tok, qas)
     err = {b: [] for b in BUCKETS}
     norm = {b: [] for b in BUCKETS}
     dce = {b: [] for b in BUCKETS}

@@ -1,6 +1,6 @@
 """gradsae: gradient-aware interpretability of language models with sparse autoencoders.
 
-Data flow: model -> splice -> influence -> interventions -> experiments -> report
+Data flow: model -> splice -> influence -> squad (perturbation, steering, statistics) -> report
 (see ARCHITECTURE.md). The names follow SAELens: ``SAE``, ``encode``, ``decode``, ``W_enc``, ``W_dec``.
 """
 from .errors import GradsaeError

@@ -15,32 +15,22 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "demo": ("gradsae.demo", "DemoConfig", "run", "the main job on embedded defaults: influence, perturbation, steering, HTML report"),
     "info": ("gradsae.demo", "InfoConfig", "info", "show the bundled model and SAEs, the cache folder and versions"),
     "convert": ("gradsae.demo", "ConvertConfig", "convert", "read an SAE in any supported format and save it in SAELens format"),
+    "explain": ("gradsae.explain", "ExplainConfig", "run", "top influential latents for one prompt (table or HTML)"),
+    "influence": ("gradsae.influence_cli", "InfluenceConfig", "run", "GradSAE influence scores for prompts (JSON + table)"),
+    "perturb": ("gradsae.squad.run", "PerturbConfig", "run_perturb", "SQuAD perturbation: mask TopK/BottomK latents (Table 1 upper)"),
+    "steer": ("gradsae.squad.run", "SteerConfig", "run_steer", "SQuAD local steering with a partner question's latents (Table 1 lower)"),
+    "stats": ("gradsae.squad.run", "StatsConfig", "run_stats", "latent statistics: active latents, overlaps (Table 3)"),
+    "experiment": ("gradsae.squad.run", "ExperimentConfig", "run_all", "perturb + steer + stats in one run, over layers/SAEs"),
+    "report": ("gradsae.report", "ReportConfig", "run", "rebuild the HTML report of a results folder (no model needed)"),
+    "cache": ("gradsae.cache", "CacheConfig", "run", "cache residual activations (and dL/dx) as float16 shards"),
+    "train": ("gradsae.train", "TrainConfig", "run", "train TopK / g-SAE SAEs from a cache"),
+    "eval": ("gradsae.evals", "EvalConfig", "run", "evaluate an SAE: NMSE, L_added, KL, dead latents, steering effect"),
 }
-
-
-def _optional_commands() -> None:
-    """Commands whose modules may be added later register here (kept in one place)."""
-    more = {
-        "explain": ("gradsae.explain", "ExplainConfig", "run", "top influential latents for one prompt (table or HTML)"),
-        "influence": ("gradsae.influence_cli", "InfluenceConfig", "run", "GradSAE influence scores for prompts (JSON + table)"),
-        "perturb": ("gradsae.experiments", "PerturbConfig", "run_perturb", "SQuAD perturbation: mask TopK/BottomK latents (Table 1 upper)"),
-        "steer": ("gradsae.experiments", "SteerConfig", "run_steer", "SQuAD local steering with a partner question's latents (Table 1 lower)"),
-        "stats": ("gradsae.experiments", "StatsConfig", "run_stats", "latent statistics: active latents, overlaps (Table 3)"),
-        "experiment": ("gradsae.experiments", "ExperimentConfig", "run_all", "perturb + steer + stats in one run, over layers/SAEs"),
-        "report": ("gradsae.report", "ReportConfig", "run", "rebuild the HTML report of a results folder (no model needed)"),
-        "cache": ("gradsae.cache", "CacheConfig", "run", "cache residual activations (and dL/dx) as float16 shards"),
-        "train": ("gradsae.train", "TrainConfig", "run", "train TopK / g-SAE SAEs from a cache"),
-        "eval": ("gradsae.evals", "EvalConfig", "run", "evaluate an SAE: NMSE, L_added, KL, dead latents, steering effect"),
-    }
-    for name, entry in more.items():
-        if importlib.util.find_spec(entry[0]) is not None:
-            COMMANDS[name] = entry
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import add_dataclass_args
 
-    _optional_commands()
     parser = argparse.ArgumentParser(
         prog="gradsae",
         description="Gradient-aware interpretability with sparse autoencoders (GradSAE, g-SAE).",
@@ -58,7 +48,6 @@ def command_reference() -> str:
     """docs/cli.md: every command's description and options table, from the config dataclasses."""
     from .config import describe
 
-    _optional_commands()
     out = ["# Command reference", "",
            "Generated from the config dataclasses by `make docs` (`python -m gradsae.cli --reference`); "
            "a test fails when this file is stale. Each results folder saves the same fields in config.json.", ""]

@@ -58,10 +58,24 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, dumps(obj) + "\n")
 
 
+def read_text_file(path: str | Path) -> str:
+    """A text file as UTF-8 (a BOM is dropped), else a one-line error naming the first bad byte."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise GradsaeError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise GradsaeError(f"{path} is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}): save it as "
+                           "UTF-8") from None
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text_file(path))
     except json.JSONDecodeError as e:
         raise GradsaeError(f"malformed JSON in {path} (line {e.lineno}: {e.msg}): fix or delete the file") from None
 
