@@ -3,6 +3,7 @@ its own module; flags, saved configs and docs all come from that dataclass (see 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -59,6 +60,15 @@ def command_reference() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input, interruption and file-system failures end in one line on stderr."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # e.g. during the first second, while torch is still being imported
+        print("\ngradsae: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     from .config import from_args
 
     parser = build_parser()
@@ -68,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     mod, cls_name, fn_name, _ = COMMANDS[args.command]
-    module = importlib.import_module(mod)
     try:
+        module = importlib.import_module(mod)
         cfg = from_args(getattr(module, cls_name), args)
         getattr(module, fn_name)(cfg)
     except GradsaeError as e:
@@ -79,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ngradsae {args.command}: interrupted; finished work is saved, rerun the same command to resume",
               file=sys.stderr)
         return 130
+    except OSError as e:  # read-only folder, disk full, a file vanished: the system's reason, in one line
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        fix = ("free some disk space" if e.errno == errno.ENOSPC else
+               "choose a folder you can write to (--out)" if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM)
+               else "check the path")
+        print(f"gradsae {args.command}: error: {e.strerror or e}{where}: {fix}; finished work is saved, rerun "
+              "the same command to resume", file=sys.stderr)
+        return 2
     return 0
 
 

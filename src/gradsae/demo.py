@@ -33,6 +33,18 @@ class DemoConfig:
     quick: bool = opt(False, "a quick look: 12 questions, K = 1 and 50%%, no steering, 3 detailed examples")
     seed: int = opt(42, "random seed (steering partners)")
 
+    def __post_init__(self):
+        from .errors import GradsaeError
+        from .influence import check_k
+
+        for flag, v in (("--examples", self.examples), ("--limit", self.limit)):
+            if v < 0:
+                raise GradsaeError(f"{flag} {v}: give 0 or more")
+        if not str(self.out).strip():
+            raise GradsaeError("--out is empty: name a results folder, e.g. --out results/demo")
+        for k in self.ks:
+            check_k(k)
+
 
 def run(cfg: DemoConfig) -> Path:
     """Run the experiment, explain a few kept examples in detail, write report.html, print Table 1."""

@@ -117,10 +117,20 @@ def run(cfg: ExplainConfig) -> dict:
     from .influence_cli import format_table
     from .io import atomic_write_text, write_json
     from .model import load_model, model_name
+    from .influence import check_k
     from .report import render_example_page
 
-    if cfg.top < 1:
-        raise GradsaeError(f"--top {cfg.top}: give at least 1")
+    for flag, v, lo in (("--top", cfg.top, 1), ("--max-new-tokens", cfg.max_new_tokens, 1),
+                        ("--promoted", cfg.promoted, 0), ("--keep-per-token", cfg.keep_per_token, 0)):
+        if v < lo:
+            raise GradsaeError(f"{flag} {v}: give at least {lo}")
+    if not cfg.prompt.strip():
+        raise GradsaeError("empty prompt: give the text to explain, e.g. gradsae explain \"The capital of France is\"")
+    if cfg.output and not cfg.output.strip():
+        raise GradsaeError(f"--output {cfg.output!r} is blank: give the answer to explain, or leave it out to "
+                           "explain the model's own answer")
+    for k in cfg.mask_k:
+        check_k(k)
     for flag, path in (("--html", cfg.html), ("--json", cfg.json)):
         if path and (not path.strip() or Path(path).is_dir()):
             raise GradsaeError(f"{flag} {path!r} is not a file name: give e.g. {flag} explain.{flag[2:]}")

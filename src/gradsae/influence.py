@@ -47,7 +47,8 @@ from .hooks import unembedding
 from .sae import SAE
 from .splice import RowEdit, Splice, run_trunk, skip_trunk
 
-TARGETS = ("logprob", "prob", "logit", "first")
+TARGETS = ("logprob", "prob", "logit", "first", "bracket")
+BRACKET = "["  # the authors' answer opener: "Result = [[ label ]]"
 AGGREGATIONS = ("relu-mean", "mean", "signed")
 POSITIONS = ("all", "prompt")
 METHODS = ("grad", "exact", "ig")
@@ -60,7 +61,8 @@ class InfluenceOptions:
     the SQuAD experiments inherit them), passed whole to ``influence``."""
 
     target: str = opt("logprob", "what p(Y|H) means: logprob (log p of the whole output), prob, logit, first "
-                      "(p of the first output token)", choices=TARGETS)
+                      "(p of the first output token), bracket (the authors' code: p of the last output token "
+                      "that contains '[')", choices=TARGETS)
     aggregation: str = opt("relu-mean", "per-token -> per-latent: relu-mean (authors' code), mean (paper text: "
                            "signed mean, keep g_c > 0) or signed", choices=AGGREGATIONS)
     positions: str = opt("all", "positions scored: all (prompt + output) or prompt", choices=POSITIONS)
@@ -101,7 +103,9 @@ def target_from_logits(logits: torch.Tensor, out_ids: torch.Tensor, out_mask: to
         logits: [B, M, V], logits[b, m] predicts output token m of row b (teacher forced).
         out_ids: [B, M] output token ids (right-aligned; padding where out_mask is 0).
         out_mask: [B, M] 1 for real output tokens.
-        target: ``logprob`` Σ log p(y_m), ``prob`` Π p(y_m), ``logit`` Σ logit(y_m), ``first`` p(y_first).
+        target: ``logprob`` Σ log p(y_m), ``prob`` Π p(y_m), ``logit`` Σ logit(y_m), ``first`` p(y_first),
+            ``bracket`` Π p(y_m) over the marked tokens — the caller marks one, the last output token that
+            contains ``[`` (the authors' target: the softmax probability of the greedy token at that step).
     Returns:
         [B].
     """
@@ -116,7 +120,7 @@ def target_from_logits(logits: torch.Tensor, out_ids: torch.Tensor, out_mask: to
         first = out_mask.long().argmax(-1)  # index of the first real output token
         return logp.gather(-1, first[:, None]).squeeze(-1).exp()
     total = (logp * m).sum(-1)
-    return total.exp() if target == "prob" else total
+    return total.exp() if target in ("prob", "bracket") else total
 
 
 def aggregate(g: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -287,18 +291,27 @@ class _Packed:
     n_prompt: list[int]
     n_out: list[int]
     lengths: list[int]
+    picks: list[int] | None = None  # per row, the output token the ``bracket`` target is (0-based)
 
     @property
     def T(self) -> int:
         return self.ids.shape[1]
 
+    def repeat(self, n: int) -> "_Packed":
+        """Row 0 repeated n times (IG steps, batched ablations)."""
+        return _Packed(self.ids.expand(n, -1), self.mask.expand(n, -1), self.n_prompt * n, self.n_out * n,
+                       self.lengths * n, self.picks * n if self.picks is not None else None)
+
     def out_block(self, M: int):
-        """Output ids and mask right-aligned in a [B, M] block (M = max output length)."""
+        """Output ids and mask right-aligned in a [B, M] block (M = max output length); with ``picks`` the mask
+        marks only each row's picked token."""
         B = self.ids.shape[0]
         out_ids = self.ids[:, self.T - M:]
         out_mask = torch.zeros(B, M, dtype=torch.long, device=self.ids.device)
         for b, m in enumerate(self.n_out):
-            if m:
+            if m and self.picks is not None:
+                out_mask[b, M - m + self.picks[b]] = 1
+            elif m:
                 out_mask[b, M - m:] = 1
         return out_ids, out_mask
 
@@ -309,7 +322,10 @@ class _Packed:
         mask = torch.zeros(B, T, dtype=torch.bool, device=self.ids.device)
         for b in range(B):
             start = T - self.lengths[b]
-            end = T - 1 if positions == "all" and target != "first" else start + self.n_prompt[b]
+            if target == "bracket" and self.picks is not None and positions == "all":
+                end = start + self.n_prompt[b] + self.picks[b]  # the positions the authors' forward pass had
+            else:
+                end = T - 1 if positions == "all" and target != "first" else start + self.n_prompt[b]
             mask[b, start:end] = True
         return mask
 
@@ -337,7 +353,30 @@ def answer_ids(tok, generated: Sequence[int], stop: Sequence[str] = ("\n",)) -> 
     return out
 
 
-def _pack(tok, pairs: Sequence[tuple[list[int], list[int]]], device) -> _Packed:
+def token_texts(tok, ids: Sequence[int], max_pending: int = 8) -> list[str]:
+    """Each token's text, one per token. A character split over several tokens (emoji and many scripts in
+    byte-level BPE) is shown whole on the token that completes it, the tokens before it show "" — never
+    the replacement character U+FFFD that decoding a lone byte gives."""
+    out: list[str] = []
+    start = 0  # first token whose text is not shown yet
+    for i in range(len(ids)):
+        piece = tok.decode([int(t) for t in ids[start:i + 1]])
+        incomplete = piece.endswith("\ufffd") and i + 1 < len(ids) and i + 1 - start < max_pending
+        if incomplete:
+            out.append("")
+            continue
+        out.append(piece)
+        start = i + 1
+    return out
+
+
+def bracket_index(tok, out_ids: Sequence[int]) -> int | None:
+    """Index of the last output token whose text contains ``[`` (the authors' target step), or None."""
+    idx = [m for m, t in enumerate(out_ids) if BRACKET in tok.decode([int(t)])]
+    return idx[-1] if idx else None
+
+
+def _pack(tok, pairs: Sequence[tuple[list[int], list[int]]], device, picks: list[int] | None = None) -> _Packed:
     seqs = [p + o for p, o in pairs]
     T = max(len(s) for s in seqs)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -347,7 +386,7 @@ def _pack(tok, pairs: Sequence[tuple[list[int], list[int]]], device) -> _Packed:
         ids[b, T - len(s):] = torch.as_tensor(s)
         mask[b, T - len(s):] = 1
     return _Packed(ids.to(device), mask.to(device), [len(p) for p, _ in pairs], [len(o) for _, o in pairs],
-                   [len(s) for s in seqs])
+                   [len(s) for s in seqs], picks)
 
 
 def _forward_target(model, packed: _Packed, target: str, splice: Splice | None = None) -> torch.Tensor:
@@ -436,13 +475,20 @@ def influence(model, tok, sae: SAE, examples: Sequence[Example | tuple | str], o
             pairs.append(_join_ids(tok, e.prompt, e.output))
         if not pairs[-1][1]:
             raise GradsaeError(f"example {e.id!r} has an empty output: give --output or raise --max-new-tokens")
+    picks = None
+    if opts.target == "bracket":
+        picks = [bracket_index(tok, o) for _, o in pairs]
+        missing = [exs[i].id for i, m in enumerate(picks) if m is None]
+        if missing:
+            raise GradsaeError(f"example {missing[0]!r}: no output token contains '[', so the 'bracket' target (the "
+                               "authors' answer opener) is undefined: use --template official, or another --target")
     t_gen = time.perf_counter() - t0
     results: list[Influence] = []
     step = batch_size if opts.method == "grad" else 1
     run = _RunSettings(layer=layer, keep=keep_per_token, keep_first=keep_first, exact_batch=exact_batch)
     for start in range(0, len(exs), step):
         chunk = list(range(start, min(start + step, len(exs))))
-        packed = _pack(tok, [pairs[i] for i in chunk], device)
+        packed = _pack(tok, [pairs[i] for i in chunk], device, [picks[i] for i in chunk] if picks else None)
         if opts.method == "grad":
             res = _grad_scores(model, sae, packed, opts, run)
         elif opts.method == "ig":
@@ -455,7 +501,7 @@ def influence(model, tok, sae: SAE, examples: Sequence[Example | tuple | str], o
             ids = p + o
             results.append(Influence(
                 id=exs[i].id, prompt=exs[i].prompt, output=tok.decode(o, skip_special_tokens=True).strip(),
-                token_ids=ids, tokens=[tok.decode([t]) for t in ids], n_prompt=len(p), **r,
+                token_ids=ids, tokens=token_texts(tok, ids), n_prompt=len(p), **r,
                 meta={"target": opts.target, "aggregation": opts.aggregation, "positions": opts.positions,
                       "method": opts.method, "error": opts.error, "layer": sae.cfg.hook_name if layer is None else layer,
                       "ig_steps": opts.ig_steps if opts.method == "ig" else None, "seed": opts.seed,
@@ -517,8 +563,7 @@ def _ig_scores(model, sae, packed: _Packed, opts: InfluenceOptions, run: _RunSet
     layer, target, error, steps = run.layer, opts.target, opts.error, opts.ig_steps
     mask = packed.score_mask(opts.positions, target)  # [1, T]
     alphas = (torch.arange(1, steps + 1, dtype=torch.float32) / steps).to(packed.ids.device)
-    rep = _Packed(packed.ids.expand(steps, -1), packed.mask.expand(steps, -1), packed.n_prompt * steps,
-                  packed.n_out * steps, packed.lengths * steps)
+    rep = packed.repeat(steps)
     scale = torch.where(mask, alphas[:, None], torch.ones(()))  # [m, T]
 
     def path(H):
@@ -570,8 +615,7 @@ def _exact_scores(model, sae, packed: _Packed, opts: InfluenceOptions, run: _Run
     for i in range(0, active.numel(), chunk):
         lat = active[i:i + chunk].tolist()
         rows = [RowEdit(zero=[c], at=lo, until=hi) for c in lat]
-        rep = _Packed(packed.ids.expand(len(lat), -1), packed.mask.expand(len(lat), -1), packed.n_prompt * len(lat),
-                      packed.n_out * len(lat), packed.lengths * len(lat))
+        rep = packed.repeat(len(lat))
         with skip_trunk(model, L, trunk, len(lat)), Splice(model, sae, layer=layer, error=error, edits=rows,
                                                  keep_first=keep_first) as s:
             tv = _forward_target(model, rep, target, s)

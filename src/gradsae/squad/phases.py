@@ -135,7 +135,7 @@ def _kmax(cfg: SquadConfig, n_active_last: int) -> int:
 def answer_batch(ctx: RunContext, qas: Sequence[sq.QA]) -> list[AnswerRecord]:
     """Phase 1 for a batch: answer (with and without the splice), score, filter, and for kept examples store
     the ranked latent sets."""
-    from ..influence import Example, influence
+    from ..influence import Example, bracket_index, influence
 
     t0 = time.perf_counter()
     prompts = [ctx.builder(q.context, q.question) for q in qas]
@@ -148,7 +148,9 @@ def answer_batch(ctx: RunContext, qas: Sequence[sq.QA]) -> list[AnswerRecord]:
         em0, f10 = sq.em_f1(pred0, q.answers)
         recs.append(AnswerRecord(id=q.id, context_id=q.context_id, question=q.question, golds=list(q.answers),
                                  prediction=pred, raw=raw, em=em, f1=round(f1, 6),
-                                 kept=sq.is_correct(f1, ctx.cfg.min_f1) and bool(oid),
+                                 kept=sq.is_correct(f1, ctx.cfg.min_f1) and bool(oid) and (
+                                     # the authors' filter: without a '[' token their target does not exist
+                                     ctx.cfg.target != "bracket" or bracket_index(ctx.tok, oid) is not None),
                                  unspliced=Cell(prediction=pred0, em=em0, f1=round(f10, 6))))
     kept = [i for i, r in enumerate(recs) if r.kept]
     if kept:
