@@ -273,7 +273,7 @@ def check_prompt_lengths(tok, model, prompts: Sequence[str], max_new_tokens: int
 
 def load_questions(spec: str = DEFAULT_DATA, limit: int | None = None, seed: int = 42,
                    shuffle: bool = False) -> list[QA]:
-    """Answerable questions from a SQuAD JSON / JSONL file or a HF dataset name.
+    """Answerable questions from a SQuAD JSON / JSONL file, or a Hugging Face dataset written ``hf:NAME[:SPLIT]``.
 
     ``limit`` keeps the first N questions (file order, so contexts stay whole); ``shuffle`` first shuffles
     the *contexts* with ``seed`` (questions of one context stay together, so steering partners exist).
