@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--sae", default="smollm2/topk/L9")
     ap.add_argument("--data", default=str(DEV), help="SQuAD JSON (default: the shared dev subset)")
+    ap.add_argument("--fewshot-data", default=str(DEV.parent / "train-v1.1-notre-dame.json"),
+                    help="SQuAD JSON with the few-shot exemplars")
     ap.add_argument("--n", type=int, default=3, help="kept examples to time")
     ap.add_argument("--scan", type=int, default=40, help="questions to answer while looking for kept ones")
     ap.add_argument("--min-f1", type=float, default=0.9, help="correct-sample filter (0 keeps everything)")
@@ -55,8 +57,7 @@ def main() -> None:
     model, tok = load_model(args.model)
     sae = load_sae(args.sae)
     qas = sq.load_questions(args.data, limit=args.scan)
-    ctx_text, pairs = sq.fewshot_exemplars(str(DEV.parent / "train-v1.1-notre-dame.json"),
-                                          exclude_contexts=[q.context for q in qas])
+    ctx_text, pairs = sq.fewshot_exemplars(args.fewshot_data, exclude_contexts=[q.context for q in qas])
     builder = sq.PromptBuilder("fewshot", tok, ctx_text, pairs)
     cfg = PerturbConfig(sae=args.sae, model=args.model, data=args.data, min_f1=args.min_f1,
                            ks=args.ks.split(","), max_new_tokens=args.max_new_tokens, error=args.error)
