@@ -329,3 +329,17 @@ def test_explain_view_keeps_emoji_and_right_to_left_text():
     shown = re.search(r'<div class="tokens"[^>]*>(.*?)</div>', render_example_page(view), re.S).group(1)
     text = re.sub(r"<[^>]+>", "", shown)  # the token view's text, tags removed
     assert "😀" in text and "مرحبا" in text and "\ufffd" not in text
+
+
+@pytest.mark.browser
+def test_the_csp_blocks_any_other_inline_script_in_chromium(tmp_path):
+    """The page's own script runs (data-ready), a script injected into the page does not."""
+    from gradsae.report import render_report
+    from test_report import _chrome
+
+    page = render_report({}).replace("<main>", "<main><script>document.body.setAttribute('data-evil', '1')</script>", 1)
+    path = tmp_path / "page.html"
+    path.write_text(page)
+    dom = _chrome(tmp_path, "--virtual-time-budget=5000", "--dump-dom", path.resolve().as_uri())
+    assert re.search(r'<body[^>]*data-ready="1"', dom.stdout), dom.stdout[:300]
+    assert "data-evil" not in re.search(r"<body[^>]*>", dom.stdout).group(0)
