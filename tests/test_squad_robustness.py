@@ -343,3 +343,18 @@ def test_the_csp_blocks_any_other_inline_script_in_chromium(tmp_path):
     dom = _chrome(tmp_path, "--virtual-time-budget=5000", "--dump-dom", path.resolve().as_uri())
     assert re.search(r'<body[^>]*data-ready="1"', dom.stdout), dom.stdout[:300]
     assert "data-evil" not in re.search(r"<body[^>]*>", dom.stdout).group(0)
+
+
+def test_with_the_error_term_kept_the_unspliced_answers_are_the_spliced_ones(tiny_run, monkeypatch):
+    from gradsae import load_sae
+    from gradsae.squad import phases
+
+    model, tok, root, base = tiny_run
+    cfg = StatsConfig(out="unused", **{**base, "error": "keep"})
+    ctx = phases.RunContext(cfg, model, tok, load_sae(base["sae"]), None, sq.PromptBuilder("plain", tok))
+    calls, real = [], ctx.generate
+    monkeypatch.setattr(ctx, "generate", lambda prompts, **kw: (calls.append(kw.get("spliced", True)),
+                                                                  real(prompts, **kw))[1])
+    recs = phases.answer_batch(ctx, sq.load_questions(base["data"]))
+    assert calls == [True]  # one generation, through the splice
+    assert all(r.unspliced.prediction == r.prediction and r.unspliced.f1 == r.f1 for r in recs)
