@@ -4,7 +4,7 @@ For each kept example (answered with F1 ≥ 0.9 through the SAE splice) and ever
 set of the perturbation grid (Baseline/GradSAE × TopK/BottomK × K, plus the unedited control):
 
     ours      one batch of rows (``RowEdit(zero=set, at="all")`` per row), one KV-cached greedy generation
-              whose prompt pass runs blocks 0..L once for all rows (``gradsae.experiments.perturb_example``)
+              whose prompt pass runs blocks 0..L once for all rows (``gradsae.squad.phases.perturb_example``)
     official  each variant as its own generation, batch of 1, *no* KV cache (the full sequence is re-run
               at every step: ``greedy_generate(use_cache=False)``), as the GradSAE authors' code does
     cached    each variant as its own batch-of-1 generation *with* the KV cache (separates the two effects)
@@ -26,18 +26,21 @@ from pathlib import Path
 
 import torch
 
-from _common import table, write_out
+from _common import DEV, table, write_out
 
 from gradsae import RowEdit, Splice, encode_prompts, greedy_generate, load_model, load_sae
-from gradsae import experiments as ex
-from gradsae import squad as sq
+from gradsae.squad import data as sq
+from gradsae.squad import phases
+from gradsae.squad.config import PerturbConfig
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--sae", default="smollm2/topk/L9")
-    ap.add_argument("--data", default=sq.DEFAULT_DATA)
+    ap.add_argument("--data", default=str(DEV), help="SQuAD JSON (default: the shared dev subset)")
+    ap.add_argument("--fewshot-data", default=str(DEV.parent / "train-v1.1-notre-dame.json"),
+                    help="SQuAD JSON with the few-shot exemplars")
     ap.add_argument("--n", type=int, default=3, help="kept examples to time")
     ap.add_argument("--scan", type=int, default=40, help="questions to answer while looking for kept ones")
     ap.add_argument("--min-f1", type=float, default=0.9, help="correct-sample filter (0 keeps everything)")
@@ -54,18 +57,18 @@ def main() -> None:
     model, tok = load_model(args.model)
     sae = load_sae(args.sae)
     qas = sq.load_questions(args.data, limit=args.scan)
-    ctx_text, pairs = sq.fewshot_exemplars(exclude_contexts=[q.context for q in qas])
+    ctx_text, pairs = sq.fewshot_exemplars(args.fewshot_data, exclude_contexts=[q.context for q in qas])
     builder = sq.PromptBuilder("fewshot", tok, ctx_text, pairs)
-    cfg = ex.PerturbConfig(sae=args.sae, model=args.model, data=args.data, min_f1=args.min_f1,
+    cfg = PerturbConfig(sae=args.sae, model=args.model, data=args.data, min_f1=args.min_f1,
                            ks=args.ks.split(","), max_new_tokens=args.max_new_tokens, error=args.error)
-    ctx = ex._Ctx(cfg, model, tok, sae, None, builder)  # finds kept examples with the usual stops
-    tctx = ex._Ctx(dataclasses.replace(cfg, stop=args.stop), model, tok, sae, None, builder)  # timed runs
+    ctx = phases.RunContext(cfg, model, tok, sae, None, builder)  # finds kept examples with the usual stops
+    tctx = phases.RunContext(dataclasses.replace(cfg, stop=args.stop), model, tok, sae, None, builder)  # timed runs
 
-    kept: list[tuple[dict, str]] = []
+    kept: list[tuple[phases.AnswerRecord, str]] = []
     for i in range(0, len(qas), 8):
         chunk = qas[i:i + 8]
-        for q, r in zip(chunk, ex.answer_batch(ctx, chunk)):
-            if r["kept"]:
+        for q, r in zip(chunk, phases.answer_batch(ctx, chunk)):
+            if r.kept:
                 kept.append((r, builder(q.context, q.question)))
         if len(kept) >= args.n:
             break
@@ -76,15 +79,14 @@ def main() -> None:
     rows, agree_all, t_ours, t_off, t_cached = [], True, 0.0, 0.0, 0.0
     for rec, prompt in kept:
         t0 = time.perf_counter()
-        ours = ex.perturb_example(tctx, rec, prompt)
+        ours = phases.perturb_example(tctx, rec, prompt).to_json()
         dt_ours = time.perf_counter() - t0
         # the same distinct sets, in the same order as perturb_example builds them
         variants = {}
         for m in cfg.methods:
             for side in cfg.sets:
                 for k in cfg.ks:
-                    variants[ex._key(m, side, k)] = tuple(sorted(
-                        e[0] for e in ex.latent_set(rec["sets"], m, side, k, rec["n_active_last"])))
+                    variants[f"{m}/{side}/{k}"] = tuple(sorted(rec.sets.ids(m, side, k, rec.n_active_last)))
         distinct = [()] + list(dict.fromkeys(v for v in variants.values() if v))
         preds, new_tokens = {}, []
         dt_off = dt_cached = 0.0
@@ -109,11 +111,11 @@ def main() -> None:
         t_ours += dt_ours
         t_off += dt_off
         t_cached += dt_cached
-        rows.append({"id": rec["id"], "prompt_tokens": len(tok(prompt)["input_ids"]), "cells": len(variants),
+        rows.append({"id": rec.id, "prompt_tokens": len(tok(prompt)["input_ids"]), "cells": len(variants),
                      "rows": len(distinct),
                      "mean_new_tokens": round(sum(new_tokens) / len(new_tokens), 2), "ours_s": dt_ours, "official_s": dt_off, "cached_b1_s": dt_cached,
                      "speedup": dt_off / dt_ours, "identical": same})
-        print(f"{rec['id']}: ours {dt_ours:.1f}s, official {dt_off:.1f}s, batch-1 cached {dt_cached:.1f}s, "
+        print(f"{rec.id}: ours {dt_ours:.1f}s, official {dt_off:.1f}s, batch-1 cached {dt_cached:.1f}s, "
               f"identical={same}", flush=True)
 
     total = {"ours_s": t_ours, "official_s": t_off, "cached_b1_s": t_cached, "speedup_vs_official": t_off / t_ours,

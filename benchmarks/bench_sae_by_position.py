@@ -13,11 +13,12 @@ import argparse
 
 import torch
 
-from _common import table, write_out
+from _common import DEV, table, write_out
 
 from gradsae import ResidualCapture, Splice, encode_prompts, load_model, load_sae
-from gradsae import experiments as ex
-from gradsae import squad as sq
+from gradsae.squad import data as sq
+from gradsae.squad.config import PerturbConfig
+from gradsae.squad.run import make_prompt_builder
 
 BUCKETS = ((1, 32), (32, 128), (128, 256), (256, 384), (384, 512), (512, 10_000))
 
@@ -33,7 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--sae", default="smollm2/topk/L9")
-    ap.add_argument("--data", default=sq.DEFAULT_DATA)
+    ap.add_argument("--data", default=str(DEV), help="SQuAD JSON (default: the shared dev subset)")
     ap.add_argument("--n", type=int, default=8, help="few-shot SQuAD prompts")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/out/sae_by_position.json")
@@ -42,7 +43,8 @@ def main() -> None:
     model, tok = load_model(args.model)
     sae = load_sae(args.sae)
     qas = sq.load_questions(args.data, limit=args.n)
-    builder = ex.make_prompt_builder(ex.PerturbConfig(data=args.data), tok, qas)
+    builder = make_prompt_builder(PerturbConfig(data=args.data, fewshot_data=str(DEV.parent / "train-v1.1-notre-dame.json")),
+                                  tok, qas)
     err = {b: [] for b in BUCKETS}
     norm = {b: [] for b in BUCKETS}
     dce = {b: [] for b in BUCKETS}

@@ -3,9 +3,9 @@
     python benchmarks/sample_data_accuracy.py [--model smollm2] [--sae NAME] [--template fewshot]
                                               [--out benchmarks/out/sample_data_accuracy.json]
 
-The prompt is ``gradsae.squad.PromptBuilder`` (default ``fewshot``: the exemplar context of
+The prompt is ``gradsae.squad.data.PromptBuilder`` (default ``fewshot``: the exemplar context of
 bundled/data/fewshot.json with its five Q/A pairs), greedy decoding, the answer cut at the first newline,
-official SQuAD 1.1 EM/F1 (``gradsae.squad.em_f1``). Prints one line per question, then the share with
+official SQuAD 1.1 EM/F1 (``gradsae.squad.data.em_f1``). Prints one line per question, then the share with
 F1 ≥ 0.9 (the correct-sample filter the demo applies) and how many contexts keep ≥ 2 questions (local
 steering needs a partner question on the same context). With --sae the SAE is spliced in (error term
 dropped), as the demo runs it.
@@ -40,7 +40,7 @@ def main() -> None:
 
     import gradsae
     from gradsae.io import write_json
-    from gradsae.squad import PromptBuilder, em_f1, extract_answer, fewshot_exemplars, load_questions
+    from gradsae.squad.data import PromptBuilder, em_f1, extract_answer, fewshot_exemplars, load_questions
 
     data_dir = resources.files("gradsae") / "bundled" / "data"
     qa_path, fs_path = data_dir / "sample_qa.json", data_dir / "fewshot.json"

@@ -5,9 +5,15 @@ import pytest
 import torch
 
 from gradsae import GradsaeError
-from gradsae import experiments as ex
-from gradsae.experiments import (ExperimentConfig, PerturbConfig, SteerConfig, StatsConfig, cell, latent_stats,
-                                 mean_ci, overlap, pick_partner, run_all, run_perturb, run_stats, wilson_ci)
+from gradsae.squad import data as sq
+from gradsae.squad import phases
+from gradsae.squad import run as ex
+from gradsae.squad.config import ExperimentConfig, PerturbConfig, SteerConfig, StatsConfig
+from gradsae.squad.phases import pick_partner
+from gradsae.squad.records import AnswerRecord, Cell
+from gradsae.squad.records import read_records
+from gradsae.squad.run import run_all, run_perturb, run_stats
+from gradsae.squad.summary import SWEEP_SCHEMA, cell, latent_stats, mean_ci, overlap, wilson_ci
 
 from conftest import make_tiny, random_sae
 
@@ -34,7 +40,7 @@ def test_intervals_and_cells():
     assert wilson_ci(0, 0) == (None, None)
     lo, hi = mean_ci([1.0, 2.0, 3.0])
     assert (lo + hi) / 2 == pytest.approx(2.0) and hi - 2.0 == pytest.approx(4.303 / 3 ** 0.5, rel=1e-3)
-    c = cell([{"em": 1.0, "f1": 1.0, "k": 1}, {"em": 0.0, "f1": 0.5, "k": 3}])
+    c = cell([Cell(em=1.0, f1=1.0, k=1), Cell(em=0.0, f1=0.5, k=3)])
     assert c["em"] == 50.0 and c["f1"] == 75.0 and c["n"] == 2 and c["k_mean"] == 2.0
     assert overlap([1, 2, 3, 4], [2, 4, 9]) == 0.5 and overlap([], [1]) is None
 
@@ -46,7 +52,7 @@ def test_latent_stats_on_hand_made_sets():
                 "sets": {"baseline": {"top": mk(btop), "bottom": mk(btop[::-1])},
                          "gradsae": {"top": mk(gtop), "bottom": mk(gtop[::-1])}}}
     rs = [rec("a", "c", [1, 2, 3], [1, 5, 6]), rec("b", "c", [1, 2, 7], [8, 9, 6])]
-    st = latent_stats(rs)  # K = 50% of 4 = 2
+    st = latent_stats([AnswerRecord.from_json({"task": "answer", **r}) for r in rs])  # K = 50% of 4 = 2
     assert st["k50_mean"] == 2 and st["active_last_mean"] == 4
     # cross top: a {1,2} vs {1,5} = 1/2; b {1,2} vs {8,9} = 0 -> 25%
     assert st["cross_top_overlap"] == pytest.approx(25.0)
@@ -77,15 +83,20 @@ def setup(tmp_path_factory):
     base = dict(sae=str(root / "sae"), template="plain", max_new_tokens=5, limit=0, progress=False, batch_size=3,
                 ks=KS, threads=0)
     run_stats(StatsConfig(data=str(probe), min_f1=0.0, out=str(root / "probe"), **base), model=model, tokenizer=tok)
-    preds = {r["id"]: r["prediction"] for r in ex.read_records(root / "probe").values() if r["task"] == "answer"}
+    preds = {r["id"]: r["prediction"] for r in _records(root / "probe").values() if r["task"] == "answer"}
     wrong = {"c0q1", "c2q2"}
     for r in rows:
         r["answers"] = ["qqqq zzzz"] if r["id"] in wrong else [preds[r["id"]]]
     data = root / "data.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    usable = {i for i, p in preds.items() if i not in wrong and p.strip() and ex.sq.normalize_answer(p)}
+    usable = {i for i, p in preds.items() if i not in wrong and p.strip() and sq.normalize_answer(p)}
     return dict(model=model, tok=tok, sae=sae, root=root, data=str(data), base={**base, "data": str(data)},
                 kept=usable)
+
+
+def _records(folder):
+    """examples.jsonl as {(task, id): JSON object}, through the one reader."""
+    return {k: r.to_json() for k, r in read_records(folder).items()}
 
 
 def _cfg(cls, setup, out, **kw):
@@ -102,7 +113,7 @@ def test_correct_sample_filter_counts_kept(setup):
     s = run_stats(_cfg(StatsConfig, setup, "filter"), model=setup["model"], tokenizer=setup["tok"])
     assert s["data"]["n_examples"] == 9 and s["data"]["n_answered"] == 9
     assert s["data"]["n_kept"] == len(setup["kept"]) >= 4
-    recs = ex.read_records(setup["root"] / "filter")
+    recs = _records(setup["root"] / "filter")
     kept = {i for (t, i), r in recs.items() if t == "answer" and r["kept"]}
     assert kept == setup["kept"]
     assert all(r["f1"] < 0.9 for (t, i), r in recs.items() if t == "answer" and i not in kept)
@@ -114,8 +125,8 @@ def test_correct_sample_filter_counts_kept(setup):
 
 def _ctx(setup, **kw):
     cfg = PerturbConfig(**{**setup["base"], **kw})
-    builder = ex.sq.PromptBuilder("plain", setup["tok"])
-    return ex._Ctx(cfg, setup["model"], setup["tok"], setup["sae"], None, builder)
+    builder = sq.PromptBuilder("plain", setup["tok"])
+    return phases.RunContext(cfg, setup["model"], setup["tok"], setup["sae"], None, builder)
 
 
 def test_masking_an_empty_set_reproduces_the_unedited_prediction(setup):
@@ -148,14 +159,14 @@ class _Spy:
 def test_topk_and_bottomk_edits_reach_every_position_including_generated(setup, side):
     s = run_stats(_cfg(StatsConfig, setup, "filter"), model=setup["model"], tokenizer=setup["tok"])
     assert s["data"]["n_kept"]
-    recs = ex.read_records(setup["root"] / "filter")
+    recs = _records(setup["root"] / "filter")
     rec = next(r for (t, _), r in sorted(recs.items()) if t == "answer" and r["kept"])
     ctx = _ctx(setup, methods=["gradsae"], sets=[side], ks=["10"], max_new_tokens=4, stop="none")
-    prompt = ctx.builder(*[(c, rec["question"]) for c in CONTEXTS if ex.sq._context_id(c) == rec["context_id"]][0])
+    prompt = ctx.builder(*[(c, rec["question"]) for c in CONTEXTS if sq._context_id(c) == rec["context_id"]][0])
     lat = [e[0] for e in rec["sets"]["gradsae"][side][:10]]
     assert lat
     with _Spy(setup["sae"]) as spy:
-        out = ex.perturb_example(ctx, rec, prompt)
+        out = phases.perturb_example(ctx, AnswerRecord.from_json(rec), prompt).to_json()
     assert out["rows"] == 2 and out["cells"][f"gradsae/{side}/10"]["k"] == len(lat)
     assert len(spy.calls) >= 3  # the prompt pass and generated tokens (no stop string, EOS unlikely)
     T0 = spy.calls[0].shape[1]
@@ -170,18 +181,18 @@ def test_topk_and_bottomk_edits_reach_every_position_including_generated(setup, 
 @pytest.mark.parametrize("at", ["all", "last"])
 def test_steering_zeroes_own_set_and_injects_partner_values(setup, at):
     run_stats(_cfg(StatsConfig, setup, "filter"), model=setup["model"], tokenizer=setup["tok"])
-    recs = ex.read_records(setup["root"] / "filter")
+    recs = _records(setup["root"] / "filter")
     kept = [r for (t, _), r in sorted(recs.items()) if t == "answer" and r["kept"]]
     a = next(r for r in kept if any(o["context_id"] == r["context_id"] and o["id"] != r["id"] for o in kept))
     b = next(o for o in kept if o["context_id"] == a["context_id"] and o["id"] != a["id"])
     cfg = SteerConfig(**{**setup["base"], "methods": ["gradsae"], "sets": ["top"], "ks": ["10"], "at": at,
                          "max_new_tokens": 3, "stop": "none"})
-    ctx = ex._Ctx(cfg, setup["model"], setup["tok"], setup["sae"], None, ex.sq.PromptBuilder("plain", setup["tok"]))
-    prompt = ctx.builder(next(c for c in CONTEXTS if ex.sq._context_id(c) == a["context_id"]), a["question"])
+    ctx = phases.RunContext(cfg, setup["model"], setup["tok"], setup["sae"], None, sq.PromptBuilder("plain", setup["tok"]))
+    prompt = ctx.builder(next(c for c in CONTEXTS if sq._context_id(c) == a["context_id"]), a["question"])
     own = [e[0] for e in a["sets"]["gradsae"]["top"][:10]]
     inj = {e[0]: e[2] for e in b["sets"]["gradsae"]["top"][:10]}  # --inject activation: mean activation
     with _Spy(setup["sae"]) as spy:
-        out = ex.steer_example(ctx, a, b, prompt)
+        out = phases.steer_example(ctx, AnswerRecord.from_json(a), AnswerRecord.from_json(b), prompt).to_json()
     assert out["partner"] == b["id"] and out["rows"] == 2
     cellv = out["cells"]["gradsae/top/10"]
     assert cellv["overlap"] == pytest.approx(overlap(own, list(inj)))
@@ -200,7 +211,7 @@ def test_steering_zeroes_own_set_and_injects_partner_values(setup, at):
 
 def test_run_steer_partners_share_context(setup):
     s = ex.run_steer(_cfg(SteerConfig, setup, "steer"), model=setup["model"], tokenizer=setup["tok"])
-    recs = ex.read_records(setup["root"] / "steer")
+    recs = _records(setup["root"] / "steer")
     ans = {i: r for (t, i), r in recs.items() if t == "answer"}
     steer = [r for (t, _), r in recs.items() if t == "steer"]
     assert len(steer) == s["data"]["n_kept"]
@@ -220,7 +231,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(setup, monkeypatch):
     calls = []
 
     def interrupt_on_third(ctx, rec, prompt):
-        calls.append(rec["id"])
+        calls.append(rec.id)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(ctx, rec, prompt)
@@ -231,7 +242,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(setup, monkeypatch):
     assert all(json.loads(ln) for ln in lines)  # a valid file after the interruption
     assert sum(json.loads(ln)["task"] == "perturb" for ln in lines) == 2
     calls.clear()
-    monkeypatch.setattr(ex, "perturb_example", lambda *a: (calls.append(a[1]["id"]), real(*a))[1])
+    monkeypatch.setattr(ex, "perturb_example", lambda *a: (calls.append(a[1].id), real(*a))[1])
     resumed = run_perturb(_cfg(PerturbConfig, setup, "resumed"), model=setup["model"], tokenizer=setup["tok"])
     assert len(calls) == full["data"]["n_kept"] - 2  # finished examples are not recomputed
     assert _strip(resumed) == _strip(full)
@@ -245,7 +256,7 @@ def test_a_failing_example_is_recorded_and_counted(setup, monkeypatch):
     victim = sorted(setup["kept"])[0]
 
     def flaky(ctx, rec, prompt):
-        if rec["id"] == victim:
+        if rec.id == victim:
             raise RuntimeError("boom")
         return real(ctx, rec, prompt)
     monkeypatch.setattr(ex, "perturb_example", flaky)
@@ -275,7 +286,7 @@ def test_layer_sweep_writes_one_folder_per_layer_and_a_combined_table(setup):
     assert [r["tag"] for r in res["runs"]] == ["L0", "L1"]
     assert {r["summary"]["layer"] for r in res["runs"]} == {"0", "1"}
     sweep = json.loads((setup["root"] / "sweep" / "sweep.json").read_text())
-    assert sweep["schema"] == ex.SWEEP_SCHEMA and len(sweep["runs"]) == 2
+    assert sweep["schema"] == SWEEP_SCHEMA and len(sweep["runs"]) == 2
     assert (setup["root"] / "sweep" / "L0" / "summary.json").exists()
     assert "L1" in (setup["root"] / "sweep" / "table.md").read_text()
 
@@ -293,16 +304,15 @@ def test_bad_options_are_one_line_errors(setup):
 def test_smollm2_perturb_on_the_dev_file(smollm2, tmp_path):
     """The real thing, small: bundled SmolLM2 + bundled SAE, 4 dev questions, few-shot prompt."""
     from gradsae.formats import bundled_saes
-    from gradsae.squad import DEFAULT_DATA, PromptBuilder
+    from gradsae.squad.data import DEFAULT_DATA, PromptBuilder
     from pathlib import Path
     model, tok = smollm2
     chat = PromptBuilder("chat", tok)("Ctx.", "Q?")
     assert chat.startswith("<|im_start|>") and chat.endswith("<|im_start|>assistant\n")
-    root = Path(__file__).resolve().parents[1]
-    if "smollm2/topk/L9" not in bundled_saes() or not (root / DEFAULT_DATA).exists():
-        pytest.skip("bundled SAE smollm2/topk/L9 or ../shared/data/squad not present")
-    cfg = PerturbConfig(data=str(root / DEFAULT_DATA), limit=4, ks=["1", "50%"], sets=["top"], progress=False,
-                        fewshot_data=str(root / ex.sq.DEFAULT_FEWSHOT), out=str(tmp_path / "p"))
+    if "smollm2/topk/L9" not in bundled_saes():
+        pytest.skip("bundled SAE smollm2/topk/L9 not present")
+    cfg = PerturbConfig(data=DEFAULT_DATA, limit=4, ks=["1", "50%"], sets=["top"], progress=False,
+                        out=str(tmp_path / "p"))
     s = run_perturb(cfg, model=model, tokenizer=tok)
     assert s["data"]["n_answered"] == 4 and s["failed"]["answer"] == 0
     assert s["perturbation"]["n"] == s["data"]["n_kept"]

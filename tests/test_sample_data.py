@@ -63,7 +63,7 @@ def test_fewshot_is_one_other_context_with_five_pairs():
 
 
 def test_loads_through_the_experiment_loader():
-    squad = pytest.importorskip("gradsae.squad")
+    squad = pytest.importorskip("gradsae.squad.data")
     qas = squad.load_questions(str(DATA / "sample_qa.json"))
     assert len(qas) >= 48 and len({q.context_id for q in qas}) >= 12
     ctx, pairs = squad.fewshot_exemplars(str(DATA / "fewshot.json"), exclude_contexts={q.context for q in qas})

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from gradsae import GradsaeError
-from gradsae.squad import (PromptBuilder, em_f1, evaluate, exact_match, extract_answer, f1, fewshot_exemplars,
+from gradsae.squad.data import (PromptBuilder, em_f1, evaluate, exact_match, extract_answer, f1, fewshot_exemplars,
                            is_correct, load_questions, normalize_answer)
 
 from conftest import byte_tokenizer
@@ -148,9 +148,9 @@ def test_templates():
 
 def test_bundled_dev_file_loads():
     from pathlib import Path
-    from gradsae.squad import DEFAULT_DATA, DEFAULT_FEWSHOT
-    root = Path(__file__).resolve().parents[1]
-    dev, train = root / DEFAULT_DATA, root / DEFAULT_FEWSHOT
+    root = Path(__file__).resolve().parents[1]  # the shared SQuAD files beside the checkout, when present
+    dev = root / "../shared/data/squad/dev-v2.0-first5.json"
+    train = root / "../shared/data/squad/train-v1.1-notre-dame.json"
     if not dev.exists():
         pytest.skip("../shared/data/squad not present")
     qs = load_questions(str(dev), limit=150)

@@ -1,20 +1,38 @@
 """gradsae: gradient-aware interpretability of language models with sparse autoencoders.
 
-Data flow: model -> splice -> influence -> interventions -> experiments -> report
+Data flow: model -> splice -> influence -> squad (perturbation, steering, statistics) -> report
 (see ARCHITECTURE.md). The names follow SAELens: ``SAE``, ``encode``, ``decode``, ``W_enc``, ``W_dec``.
 """
 from .errors import GradsaeError
-from .formats import bundled_saes, load_sae
-from .generate import Batch, Generation, encode_prompts, greedy_generate
-from .hooks import hook_name_for, parse_hook_name, resolve_layer
-from .model import load_model
-from .sae import SAE, SAEConfig
-from .splice import LatentEdits, ResidualCapture, RowEdit, Splice
 
 __version__ = "0.1.0"
+
+# The rest is imported on first use (PEP 562), so `import gradsae.cli` stays light: the CLI starts at once and
+# a Ctrl-C in the first second is answered by the CLI's own handler, not a traceback from inside torch.
+_LAZY = {
+    "SAE": "sae", "SAEConfig": "sae", "load_model": "model", "load_sae": "formats", "bundled_saes": "formats",
+    "Splice": "splice", "RowEdit": "splice", "LatentEdits": "splice", "ResidualCapture": "splice",
+    "greedy_generate": "generate", "encode_prompts": "generate", "Batch": "generate", "Generation": "generate",
+    "hook_name_for": "hooks", "parse_hook_name": "hooks", "resolve_layer": "hooks",
+}
 
 __all__ = [
     "SAE", "SAEConfig", "GradsaeError", "load_model", "load_sae", "bundled_saes", "Splice", "RowEdit",
     "LatentEdits", "ResidualCapture", "greedy_generate", "encode_prompts", "Batch", "Generation",
     "hook_name_for", "parse_hook_name", "resolve_layer",
 ]
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'gradsae' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

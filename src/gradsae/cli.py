@@ -3,6 +3,7 @@ its own module; flags, saved configs and docs all come from that dataclass (see 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -15,35 +16,25 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "demo": ("gradsae.demo", "DemoConfig", "run", "the main job on embedded defaults: influence, perturbation, steering, HTML report"),
     "info": ("gradsae.demo", "InfoConfig", "info", "show the bundled model and SAEs, the cache folder and versions"),
     "convert": ("gradsae.demo", "ConvertConfig", "convert", "read an SAE in any supported format and save it in SAELens format"),
+    "explain": ("gradsae.explain", "ExplainConfig", "run", "top influential latents for one prompt (table or HTML)"),
+    "influence": ("gradsae.influence_cli", "InfluenceConfig", "run", "GradSAE influence scores for prompts (JSON + table)"),
+    "perturb": ("gradsae.squad.run", "PerturbConfig", "run_perturb", "SQuAD perturbation: mask TopK/BottomK latents (Table 1 upper)"),
+    "steer": ("gradsae.squad.run", "SteerConfig", "run_steer", "SQuAD local steering with a partner question's latents (Table 1 lower)"),
+    "stats": ("gradsae.squad.run", "StatsConfig", "run_stats", "latent statistics: active latents, overlaps (Table 3)"),
+    "experiment": ("gradsae.squad.run", "ExperimentConfig", "run_all", "perturb + steer + stats in one run, over layers/SAEs"),
+    "report": ("gradsae.report", "ReportConfig", "run", "rebuild the HTML report of a results folder (no model needed)"),
+    "cache": ("gradsae.cache", "CacheConfig", "run", "cache residual activations (and dL/dx) as float16 shards"),
+    "train": ("gradsae.train", "TrainConfig", "run", "train TopK / g-SAE SAEs from a cache"),
+    "eval": ("gradsae.evals", "EvalConfig", "run", "evaluate an SAE: NMSE, L_added, KL, dead latents, steering effect"),
+    "sensitivity": ("gradsae.sensitivity", "SensitivityConfig", "run", "g-SAE sensitivity analyses: directional derivatives, first-order vs norm, decoder tails"),
+    "dashboard": ("gradsae.dashboard", "DashboardConfig", "run", "per-latent dashboard: top/random/influence contexts, density, tokens (JSON + HTML)"),
+    "rate": ("gradsae.rate", "RateConfig", "run", "blind interpretability rating page for 2+ SAEs, and scoring of the ratings"),
 }
-
-
-def _optional_commands() -> None:
-    """Commands whose modules may be added later register here (kept in one place)."""
-    more = {
-        "explain": ("gradsae.explain", "ExplainConfig", "run", "top influential latents for one prompt (table or HTML)"),
-        "influence": ("gradsae.influence_cli", "InfluenceConfig", "run", "GradSAE influence scores for prompts (JSON + table)"),
-        "perturb": ("gradsae.experiments", "PerturbConfig", "run_perturb", "SQuAD perturbation: mask TopK/BottomK latents (Table 1 upper)"),
-        "steer": ("gradsae.experiments", "SteerConfig", "run_steer", "SQuAD local steering with a partner question's latents (Table 1 lower)"),
-        "stats": ("gradsae.experiments", "StatsConfig", "run_stats", "latent statistics: active latents, overlaps (Table 3)"),
-        "experiment": ("gradsae.experiments", "ExperimentConfig", "run_all", "perturb + steer + stats in one run, over layers/SAEs"),
-        "report": ("gradsae.report", "ReportConfig", "run", "rebuild the HTML report of a results folder (no model needed)"),
-        "cache": ("gradsae.cache", "CacheConfig", "run", "cache residual activations (and dL/dx) as float16 shards"),
-        "train": ("gradsae.train", "TrainConfig", "run", "train TopK / g-SAE SAEs from a cache"),
-        "eval": ("gradsae.evals", "EvalConfig", "run", "evaluate an SAE: NMSE, L_added, KL, dead latents, steering effect"),
-        "sensitivity": ("gradsae.sensitivity", "SensitivityConfig", "run", "g-SAE sensitivity analyses: directional derivatives, first-order vs norm, decoder tails"),
-        "dashboard": ("gradsae.dashboard", "DashboardConfig", "run", "per-latent dashboard: top/random/influence contexts, density, tokens (JSON + HTML)"),
-        "rate": ("gradsae.rate", "RateConfig", "run", "blind interpretability rating page for 2+ SAEs, and scoring of the ratings"),
-    }
-    for name, entry in more.items():
-        if importlib.util.find_spec(entry[0]) is not None:
-            COMMANDS[name] = entry
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import add_dataclass_args
 
-    _optional_commands()
     parser = argparse.ArgumentParser(
         prog="gradsae",
         description="Gradient-aware interpretability with sparse autoencoders (GradSAE, g-SAE).",
@@ -61,7 +52,6 @@ def command_reference() -> str:
     """docs/cli.md: every command's description and options table, from the config dataclasses."""
     from .config import describe
 
-    _optional_commands()
     out = ["# Command reference", "",
            "Generated from the config dataclasses by `make docs` (`python -m gradsae.cli --reference`); "
            "a test fails when this file is stale. Each results folder saves the same fields in config.json.", ""]
@@ -73,6 +63,15 @@ def command_reference() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input, interruption and file-system failures end in one line on stderr."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # e.g. during the first second, while torch is still being imported
+        print("\ngradsae: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     from .config import from_args
 
     parser = build_parser()
@@ -82,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     mod, cls_name, fn_name, _ = COMMANDS[args.command]
-    module = importlib.import_module(mod)
     try:
+        module = importlib.import_module(mod)
         cfg = from_args(getattr(module, cls_name), args)
         getattr(module, fn_name)(cfg)
     except GradsaeError as e:
@@ -93,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ngradsae {args.command}: interrupted; finished work is saved, rerun the same command to resume",
               file=sys.stderr)
         return 130
+    except OSError as e:  # read-only folder, disk full, a file vanished: the system's reason, in one line
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        fix = ("free some disk space" if e.errno == errno.ENOSPC else
+               "choose a folder you can write to (--out)" if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM)
+               else "check the path")
+        print(f"gradsae {args.command}: error: {e.strerror or e}{where}: {fix}; finished work is saved, rerun "
+              "the same command to resume", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -8,9 +8,7 @@ from pathlib import Path
 
 from .config import opt
 
-BUNDLED_DATA = Path(__file__).parent / "bundled" / "data"
-SAMPLE_QA = str(BUNDLED_DATA / "sample_qa.json")
-SAMPLE_FEWSHOT = str(BUNDLED_DATA / "fewshot.json")
+from .squad.data import DEFAULT_DATA as SAMPLE_QA, DEFAULT_FEWSHOT as SAMPLE_FEWSHOT
 
 
 @dataclass
@@ -30,16 +28,28 @@ class DemoConfig:
                                  "under 10 minutes on 2 CPU cores")
     error: str = opt("keep", "SAE error term: keep (default here: the bundled SAE's reconstruction alone "
                              "breaks SmolLM2's few-shot QA) or none (paper)", choices=("none", "keep"))
-    device: str = opt("cpu", "cpu, cuda, cuda:N or auto")
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     out: str = opt("results/demo", "results folder (rerun to resume)")
     quick: bool = opt(False, "a quick look: 12 questions, K = 1 and 50%%, no steering, 3 detailed examples")
     seed: int = opt(42, "random seed (steering partners)")
 
+    def __post_init__(self):
+        from .errors import GradsaeError
+        from .influence import check_k
+
+        for flag, v in (("--examples", self.examples), ("--limit", self.limit)):
+            if v < 0:
+                raise GradsaeError(f"{flag} {v}: give 0 or more")
+        if not str(self.out).strip():
+            raise GradsaeError("--out is empty: name a results folder, e.g. --out results/demo")
+        for k in self.ks:
+            check_k(k)
+
 
 def run(cfg: DemoConfig) -> Path:
     """Run the experiment, explain a few kept examples in detail, write report.html, print Table 1."""
-    from .experiments import ExperimentConfig, run_all
     from .model import load_model
+    from .squad.run import ExperimentConfig, run_all
 
     t0 = time.perf_counter()
     print("loading the model (the first run converts the bundled GGUF file once, ~20 s)...", flush=True)
@@ -60,24 +70,24 @@ def run(cfg: DemoConfig) -> Path:
 
 def explain_kept(ecfg, model, tok, n: int) -> list[dict]:
     """Influence views (Influence.to_json + promoted tokens) for the first n examples the filter kept."""
-    from . import squad as sq
-    from .experiments import make_prompt_builder, parse_stop
     from .formats import load_sae
     from .influence import Example, influence, promoted_tokens
-    from .report import read_example_records
+    from .squad import data as sq
+    from .squad.config import resolve_stop
+    from .squad.records import read_records
+    from .squad.run import make_prompt_builder
 
-    records = read_example_records(ecfg.out)
-    kept = [r["id"] for (task, _), r in records.items() if task == "answer" and r.get("kept")][:n]
+    records = read_records(ecfg.out)
+    kept = [r.id for (task, _), r in records.items() if task == "answer" and r.ok and r.kept][:n]
     if not kept:
         return []
     qas = sq.load_questions(ecfg.data, limit=ecfg.limit or None, seed=ecfg.seed, shuffle=ecfg.shuffle)
     by_id = {q.id: q for q in qas}
     builder = make_prompt_builder(ecfg, tok, qas)
-    sae = load_sae(ecfg.sae, device=ecfg.device)
+    sae = load_sae(ecfg.sae, device=str(next(model.parameters()).device))
     exs = [Example(builder(by_id[i].context, by_id[i].question), id=i) for i in kept if i in by_id]
-    res = influence(model, tok, sae, exs, layer=ecfg.layer or None, target=ecfg.target,
-                    aggregation=ecfg.aggregation, positions=ecfg.positions, error=ecfg.error,
-                    max_new_tokens=ecfg.max_new_tokens, stop=parse_stop(ecfg.stop, builder), batch_size=2)
+    res = influence(model, tok, sae, exs, ecfg.influence_options(), layer=ecfg.layer or None,
+                    max_new_tokens=ecfg.max_new_tokens, stop=resolve_stop(ecfg.stop, builder), batch_size=2)
     views = []
     for r in res:
         latents = sorted({int(c) for c in r.top(10)} | {int(c) for c in r.bottom(10)}

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 from .config import opt
 from .errors import GradsaeError
 from .influence import Example, Influence, influence, promoted_tokens
 from .generate import parse_stop
-from .influence_cli import ScoringOptions
+from .influence import InfluenceOptions
+from .influence_cli import ModelOptions
 
 
 @dataclass(kw_only=True)
-class ExplainConfig(ScoringOptions):
+class ExplainConfig(ModelOptions, InfluenceOptions):
     """Which SAE latents drive the model's answer to one prompt (GradSAE influence): a table, or an HTML page."""
 
     prompt: str = opt(help="the prompt (plain text, as the model sees it)", positional=True)
@@ -42,52 +44,50 @@ def mask_answers(model, tok, sae, prompt: str, sets: dict[str, Sequence[int]], *
                  max_new_tokens: int = 32, stop: Sequence[str] = ("\n",)) -> tuple[str, dict[str, str]]:
     """The unedited answer and the answer with each latent set zeroed at every position (one batch:
     row 0 unedited, one row per distinct non-empty set). Returns (unedited, {name: answer})."""
-    from .generate import encode_prompts, greedy_generate
-    from .splice import RowEdit, Splice
+    from .squad.phases import Variant, run_variants
 
-    uniq = list(dict.fromkeys(tuple(sorted(int(c) for c in v)) for v in sets.values() if len(v)))
-    rows = [None] + [RowEdit(zero=list(v), at="all") for v in uniq]
-    batch = encode_prompts(tok, [prompt] * len(rows), device=sae.W_dec.device)
-    with Splice(model, sae, layer=layer, error=error, edits=rows) as s:
-        gen = greedy_generate(model, tok, batch, max_new_tokens=max_new_tokens, stop=stop, splice=s,
-                              shared_trunk=len(rows) > 1)
-    texts = [t.strip() for t in gen.texts]
-    row_of = {v: i + 1 for i, v in enumerate(uniq)}
-    out = {}
-    for name, v in sets.items():
-        key = tuple(sorted(int(c) for c in v))
-        out[name] = texts[row_of[key]] if key else texts[0]
-    return texts[0], out
+    variants = {name: Variant(zero=tuple(sorted(int(c) for c in v))) for name, v in sets.items()}
+    run = run_variants(model, tok, sae, prompt, variants, layer=layer, error=error, max_new_tokens=max_new_tokens,
+                       stop=stop)
+    return run.control.strip(), {name: t.strip() for name, t in run.texts.items()}
 
 
-def explain(model, tok, sae, prompt: str, output: str | None = None, *, top: int = 10,
-            mask_k: Sequence[str | int] = ("1", "10"), promoted: int = 6, keep_per_token: int = 10,
-            layer=None, error: str = "none", max_new_tokens: int = 32, stop: Sequence[str] = ("\n",),
-            **influence_kw) -> tuple[Influence, dict]:
+def explain(model, tok, sae, prompt: str, output: str | None = None, opts: InfluenceOptions | None = None, *,
+            top: int = 10, mask_k: Sequence[str | int] = ("1", "10"), promoted: int = 6, keep_per_token: int = 10,
+            layer=None, max_new_tokens: int = 32, stop: Sequence[str] = ("\n",),
+            **option_overrides) -> tuple[Influence, dict]:
     """Influence of every latent on one answer, plus the answers with the top-K sets zeroed.
 
+    ``opts`` (and keyword overrides of its fields, e.g. ``error="keep"``) say how influence is computed.
     Returns the ``Influence`` and its view: ``Influence.to_json(top, promoted)`` with ``perturb`` =
     ``{"control": {"prediction"}, "cells": {"<method>/top/<K>": {"prediction", "em", "f1", "k"}}}`` (EM/F1
     of each masked answer against the explained output, 0–1) — the format ``report.render_example`` reads.
     """
-    from .influence import resolve_k
-    from .squad import em_f1
+    import dataclasses
 
-    if not prompt:
+    from .influence import check_k
+    from .squad.data import em_f1
+
+    if not prompt or not prompt.strip():
         raise GradsaeError("empty prompt: give the text to explain, e.g. gradsae explain \"The capital of France is\"")
+    if output is not None and not output.strip():
+        raise GradsaeError(f"--output {output!r} is blank: give the answer to explain, or leave it out to explain "
+                           "the model's own answer")
+    opts = dataclasses.replace((opts or InfluenceOptions()).influence_options(), **option_overrides)
+    for k in mask_k:
+        check_k(k)  # before any model work
     t0 = time.perf_counter()
-    inf = influence(model, tok, sae, [Example(prompt, output or None, id="explain")], layer=layer, error=error,
-                    keep_per_token=keep_per_token, max_new_tokens=max_new_tokens, stop=stop, **influence_kw)[0]
+    inf = influence(model, tok, sae, [Example(prompt, output or None, id="explain")], opts, layer=layer,
+                    keep_per_token=keep_per_token, max_new_tokens=max_new_tokens, stop=stop)[0]
     shown = sorted({int(c) for c in inf.top(top)} | {int(c) for c in inf.bottom(top)}
                    | {int(c) for c in inf.top(top, baseline=True)})
     view = inf.to_json(top=top, promoted=promoted_tokens(model, tok, sae, shown, n=promoted))
     if mask_k:
         sets = {}
         for k in mask_k:
-            resolve_k(k, inf.n_active_last)  # validates K before any generation
             for m, base in (("gradsae", False), ("baseline", True)):
                 sets[f"{m}/top/{k}"] = [int(c) for c in inf.top(k, baseline=base)]
-        unedited, answers = mask_answers(model, tok, sae, prompt, sets, layer=layer, error=error,
+        unedited, answers = mask_answers(model, tok, sae, prompt, sets, layer=layer, error=opts.error,
                                          max_new_tokens=max_new_tokens, stop=stop)
         cells = {}
         for name, pred in answers.items():
@@ -106,7 +106,7 @@ def format_masking(view: dict) -> str:
         return ""
     lines = [f"answer with the top-K latents zeroed at every position (unedited: {pert['control']['prediction']!r}):"]
     for name, c in pert["cells"].items():
-        m, _, k = name.split("/")
+        m, _, k = str(name).split("/")
         label = f"{'GradSAE' if m == 'gradsae' else 'Baseline'} top {k} ({c['k']} latents)"
         lines.append(f"  {label:<32} -> {c['prediction']!r}   F1 vs explained output {c['f1']:.2f}")
     return "\n".join(lines)
@@ -117,22 +117,32 @@ def run(cfg: ExplainConfig) -> dict:
     from .influence_cli import format_table
     from .io import atomic_write_text, write_json
     from .model import load_model, model_name
-    from .report import make_readable, render_example_page
+    from .influence import check_k
+    from .report import render_example_page
 
-    if cfg.top < 1:
-        raise GradsaeError(f"--top {cfg.top}: give at least 1")
+    for flag, v, lo in (("--top", cfg.top, 1), ("--max-new-tokens", cfg.max_new_tokens, 1),
+                        ("--promoted", cfg.promoted, 0), ("--keep-per-token", cfg.keep_per_token, 0)):
+        if v < lo:
+            raise GradsaeError(f"{flag} {v}: give at least {lo}")
+    if not cfg.prompt.strip():
+        raise GradsaeError("empty prompt: give the text to explain, e.g. gradsae explain \"The capital of France is\"")
+    if cfg.output and not cfg.output.strip():
+        raise GradsaeError(f"--output {cfg.output!r} is blank: give the answer to explain, or leave it out to "
+                           "explain the model's own answer")
+    for k in cfg.mask_k:
+        check_k(k)
+    for flag, path in (("--html", cfg.html), ("--json", cfg.json)):
+        if path and (not path.strip() or Path(path).is_dir()):
+            raise GradsaeError(f"{flag} {path!r} is not a file name: give e.g. {flag} explain.{flag[2:]}")
     from .dashboard import card_data, resolve_dashboard
     from .dashboard_html import insert_before_body_end, render_cards
 
     dash = resolve_dashboard(cfg.dashboard, cfg.sae)  # before the model work: a bad path fails at once
     model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    sae = load_sae(cfg.sae, device=cfg.device)
+    sae = load_sae(cfg.sae, device=str(next(model.parameters()).device))
     inf, view = explain(model, tok, sae, cfg.prompt, cfg.output or None, top=cfg.top, mask_k=cfg.mask_k,
                         promoted=cfg.promoted, keep_per_token=cfg.keep_per_token, layer=cfg.layer or None,
-                        error=cfg.error, max_new_tokens=cfg.max_new_tokens, stop=parse_stop(cfg.stop),
-                        target=cfg.target, aggregation=cfg.aggregation, positions=cfg.positions,
-                        method=cfg.method, seed=cfg.seed, ig_steps=cfg.ig_steps,
-                        exact_latents=cfg.exact_latents or None)
+                        max_new_tokens=cfg.max_new_tokens, stop=parse_stop(cfg.stop), opts=cfg.influence_options())
     view["meta"].update(model=model_name(model), sae=cfg.sae, config=asdict(cfg))
     promoted = {r["latent"]: r.get("promotes", []) for r in view["top"]}
     if dash is not None:  # each listed latent's dashboard card (HTML and JSON)
@@ -145,7 +155,7 @@ def run(cfg: ExplainConfig) -> dict:
         page = render_example_page(view, title=f"GradSAE explain — {model_name(model)}")
         if dash is not None:
             page = insert_before_body_end(page, render_cards(dash, list(promoted)))
-        make_readable(atomic_write_text(cfg.html, page))
+        atomic_write_text(cfg.html, page)
         print(f"wrote {cfg.html}")
     if cfg.json:
         write_json(cfg.json, view)

@@ -5,7 +5,7 @@ in force at every step because ``Splice.offset`` is advanced to each step's abso
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -47,7 +47,6 @@ class Generation:
     texts: list[str]
     prompt_len: int
     steps: int = 0
-    meta: dict = field(default_factory=dict)
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], device="cpu", add_special_tokens: bool = True) -> Batch:

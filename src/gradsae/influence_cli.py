@@ -8,37 +8,27 @@ from pathlib import Path
 
 from .config import opt
 from .errors import GradsaeError
-from .influence import AGGREGATIONS, METHODS, POSITIONS, TARGETS, Example, Influence, influence, promoted_tokens
-from .io import write_json
+from .influence import Example, Influence, InfluenceOptions, influence, promoted_tokens
+from .io import read_text_file, write_json
 
 DEFAULT_SAE = "smollm2/topk/L9"
 
 
 @dataclass(kw_only=True)
-class ScoringOptions:
-    """Model, SAE and scoring options shared by ``gradsae influence`` and ``gradsae explain``."""
+class ModelOptions:
+    """The model and SAE a scoring command loads (``gradsae influence`` and ``gradsae explain``)."""
 
     model: str = opt("smollm2", "model: 'smollm2', a local folder, a .gguf file or a hub id")
     sae: str = opt(DEFAULT_SAE, "SAE folder/file, bundled name or saelens:<release>/<id>")
     layer: str = opt("", "block index or hook name; default: the SAE's own hook")
-    device: str = opt("cpu", "cpu, cuda, cuda:N or auto")
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     dtype: str = opt("float32", "model dtype: float32, bfloat16, float16")
-    target: str = opt("logprob", "what p(Y|H) means", choices=TARGETS)
-    aggregation: str = opt("relu-mean", "how per-token scores become one per latent", choices=AGGREGATIONS)
-    positions: str = opt("all", "positions averaged over", choices=POSITIONS)
-    method: str = opt("grad", "grad (grad x act), exact (ablation) or ig (integrated gradients)", choices=METHODS)
-    error: str = opt("none", "splice error term: none (paper: the model sees the reconstruction) or keep",
-                     choices=("none", "keep"))
-    ig_steps: int = opt(16, "integrated-gradient steps")
-    exact_latents: int = opt(0, "exact: ablate only the top-N by |grad|, top-N by activation and N random "
-                                "active latents (0 = every active latent)")
-    seed: int = opt(0, "seed (random candidates for --method exact)")
     dashboard: str = opt("", "dashboard.json with latent cards (default: the one next to a bundled SAE, if any; "
                              "'none' = no cards)")
 
 
 @dataclass(kw_only=True)
-class InfluenceConfig(ScoringOptions):
+class InfluenceConfig(ModelOptions, InfluenceOptions):
     """Rank every SAE latent by its influence on the model's output (GradSAE, Shu et al. 2025)."""
 
     prompt: str = opt("", "the prompt (use --input for many)")
@@ -56,15 +46,18 @@ def load_examples(cfg: InfluenceConfig) -> list[Example]:
         path = Path(cfg.input)
         if not path.exists():
             raise GradsaeError(f"no input file at {path}: give a JSONL file with one {{\"prompt\": ...}} per line")
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(read_text_file(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise GradsaeError(f"malformed JSON on line {n} of {path} ({e.msg}): one object per line") from None
-            if "prompt" not in rec:
+            if not isinstance(rec, dict) or "prompt" not in rec:
                 raise GradsaeError(f"line {n} of {path} has no \"prompt\" field")
+            for key in ("prompt", "output"):
+                if rec.get(key) is not None and not isinstance(rec[key], str):
+                    raise GradsaeError(f"line {n} of {path}: \"{key}\" is a {type(rec[key]).__name__}, not text")
             exs.append(Example(rec["prompt"], rec.get("output"), id=str(rec.get("id", len(exs)))))
     if not exs:
         raise GradsaeError("nothing to score: give --prompt \"...\" or --input file.jsonl")
@@ -92,16 +85,22 @@ def run(cfg: InfluenceConfig) -> list[Influence]:
 
     from .dashboard import card_data, resolve_dashboard
 
+    if cfg.batch_size < 1:
+        raise GradsaeError(f"--batch-size {cfg.batch_size}: give at least 1")
+    if cfg.top < 1:
+        raise GradsaeError(f"--top {cfg.top}: give at least 1")
+    if cfg.max_new_tokens < 1:
+        raise GradsaeError(f"--max-new-tokens {cfg.max_new_tokens}: give at least 1")
+    if cfg.out and (not cfg.out.strip() or Path(cfg.out).is_dir() or cfg.out.endswith(("/", "\\"))):
+        raise GradsaeError(f"--out {cfg.out!r} names a folder: give a JSON file name, e.g. --out influence.json")
     exs = load_examples(cfg)
     dash = resolve_dashboard(cfg.dashboard, cfg.sae)
     model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    sae = load_sae(cfg.sae, device=cfg.device)
+    sae = load_sae(cfg.sae, device=str(next(model.parameters()).device))
     layer = cfg.layer or None
     t0 = time.perf_counter()
-    results = influence(model, tok, sae, exs, layer=layer, target=cfg.target, aggregation=cfg.aggregation,
-                        positions=cfg.positions, method=cfg.method, error=cfg.error, batch_size=cfg.batch_size,
-                        ig_steps=cfg.ig_steps, exact_latents=cfg.exact_latents or None,
-                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    results = influence(model, tok, sae, exs, cfg.influence_options(), layer=layer, batch_size=cfg.batch_size,
+                        max_new_tokens=cfg.max_new_tokens)
     elapsed = time.perf_counter() - t0
     records = []
     for r in results:

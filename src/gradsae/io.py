@@ -58,10 +58,24 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, dumps(obj) + "\n")
 
 
+def read_text_file(path: str | Path) -> str:
+    """A text file as UTF-8 (a BOM is dropped), else a one-line error naming the first bad byte."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise GradsaeError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise GradsaeError(f"{path} is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}): save it as "
+                           "UTF-8") from None
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text_file(path))
     except json.JSONDecodeError as e:
         raise GradsaeError(f"malformed JSON in {path} (line {e.lineno}: {e.msg}): fix or delete the file") from None
 
@@ -113,9 +127,11 @@ def output_lock(folder: str | Path) -> Iterator[Path]:
     """Hold an exclusive lock on an output folder for the life of a run: a second writer is refused.
 
     ``flock`` on ``<folder>/.gradsae.lock``; the kernel drops it when the process dies (kill -9
-    included), so a stale lock never blocks a resume.
+    included), so a stale lock never blocks a resume. A folder this call created and nothing else wrote
+    into (a run refused before any work) is removed again, so bad input leaves nothing behind.
     """
     folder = Path(folder)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         f = open(folder / ".gradsae.lock", "a+")
@@ -125,8 +141,13 @@ def output_lock(folder: str | Path) -> Iterator[Path]:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            created = False  # the folder belongs to the other run
             raise GradsaeError(f"another gradsae run is writing to {folder}: wait for it to finish, "
                                "or choose another --out") from None
         yield folder
     finally:
         f.close()
+        if created and [p.name for p in folder.iterdir()] == [".gradsae.lock"]:
+            (folder / ".gradsae.lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()

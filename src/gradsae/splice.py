@@ -211,9 +211,6 @@ class Splice:
         self.row_start: torch.Tensor | None = None  # [B] first real (non-pad) position per row, for keep_first
         self._handle = None
 
-    def set_edits(self, edits: LatentEdits | Sequence[RowEdit | None] | None) -> None:
-        self.edits = edits
-
     def _dense_edits(self, B: int, T: int, device) -> LatentEdits | None:
         e = self.edits
         if e is None or isinstance(e, LatentEdits):

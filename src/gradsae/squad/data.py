@@ -5,8 +5,10 @@ Pure functions (tested on hand-worked cases):
     ``extract_answer``  first line / a regex / the authors' bracket rule ("Result = [[ label ]]")
 
 Data: ``load_questions(spec, limit, seed, shuffle)`` reads SQuAD 1.1/2.0 JSON (2.0's unanswerable questions
-are skipped), JSONL (``{"context", "question", "answers"}`` per line) or, when the ``datasets`` library and
-the network are available, a Hugging Face dataset name (``squad`` or ``name:split``).
+are skipped), JSONL (``{"context", "question", "answers"}`` per line) or, only when asked with the ``hf:``
+prefix and when the ``datasets`` library and the network are available, a Hugging Face dataset
+(``hf:squad`` or ``hf:name:split``). The defaults are the sample questions and the few-shot paragraph bundled
+with the package (``gradsae/bundled/data``).
 
 Prompts: ``PromptBuilder(template, tokenizer, ...)`` renders {context} and {question} with
 
@@ -29,10 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .errors import GradsaeError
+from ..errors import GradsaeError
+from ..io import read_text_file
 
-DEFAULT_DATA = "../shared/data/squad/dev-v2.0-first5.json"
-DEFAULT_FEWSHOT = "../shared/data/squad/train-v1.1-notre-dame.json"
+BUNDLED_DATA = Path(__file__).resolve().parent.parent / "bundled" / "data"
+DEFAULT_DATA = str(BUNDLED_DATA / "sample_qa.json")
+DEFAULT_FEWSHOT = str(BUNDLED_DATA / "fewshot.json")
+HF_PREFIX = "hf:"
 TEMPLATES = ("fewshot", "plain", "chat", "official")
 EXTRACTORS = ("auto", "first-line", "bracket", "regex")
 
@@ -144,34 +149,68 @@ def _context_id(context: str) -> str:
     return hashlib.sha1(context.encode("utf-8")).hexdigest()[:12]
 
 
-def _answers(raw) -> list[str]:
+def _answers(raw, where: str = "") -> list[str]:
+    """Gold answers from SQuAD's ``[{"text", "answer_start"}]``, HF's ``{"text": [...]}``, a list of strings,
+    or one string (one answer, not a list of its characters)."""
     if isinstance(raw, dict):  # HF layout {"text": [...], "answer_start": [...]}
         raw = raw.get("text", [])
+    if isinstance(raw, str):
+        raw = [raw]
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise GradsaeError(f"{where}: \"answers\" is a {type(raw).__name__}: give a list of answers (strings "
+                           "or {\"text\": ...} objects)")
     out = []
-    for a in raw or []:
+    for a in raw:
         t = a.get("text") if isinstance(a, dict) else a
-        if isinstance(t, str) and t.strip():
+        if not isinstance(t, str):
+            raise GradsaeError(f"{where}: an answer is a {type(t).__name__} ({t!r}), not text: give answers as "
+                               "strings")
+        if t.strip():
             out.append(t)
     return list(dict.fromkeys(out))
 
 
-def parse_squad_json(obj: dict) -> list[QA]:
+def _text_field(obj: dict, key: str, where: str) -> str:
+    """A required text field of a JSON object, or a one-line error naming it."""
+    if not isinstance(obj, dict):
+        raise GradsaeError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if key not in obj:
+        raise GradsaeError(f"{where}: missing field \"{key}\": each question needs context, question, answers")
+    v = obj[key]
+    if not isinstance(v, str):
+        raise GradsaeError(f"{where}: field \"{key}\" is a {type(v).__name__}, not text: give a string")
+    return v
+
+
+def parse_squad_json(obj: dict, source: str = "") -> list[QA]:
     """SQuAD 1.1 / 2.0 ``{"data": [{"title", "paragraphs": [{"context", "qas"}]}]}``; unanswerable skipped."""
-    if not isinstance(obj, dict) or "data" not in obj:
-        raise GradsaeError("not a SQuAD JSON file (no top-level 'data'): give SQuAD 1.1/2.0 JSON or JSONL")
+    if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
+        raise GradsaeError(f"{source or 'data'}: not a SQuAD JSON file (no top-level \"data\" list): give SQuAD "
+                           "1.1/2.0 JSON or JSONL")
     out = []
-    for art in obj["data"]:
-        title = art.get("title", "")
+    for ai, art in enumerate(obj["data"]):
+        where = f"{source}: data[{ai}]"
+        if not isinstance(art, dict) or not isinstance(art.get("paragraphs", []), list):
+            raise GradsaeError(f"{where}: expected an article {{\"title\", \"paragraphs\": [...]}}")
+        title = str(art.get("title", "") or "")
         for pi, par in enumerate(art.get("paragraphs", [])):
-            ctx = par["context"]
+            pwhere = f"{where}.paragraphs[{pi}]"
+            ctx = _text_field(par, "context", pwhere)
             cid = f"{title}/{pi}" if title else _context_id(ctx)
-            for q in par.get("qas", []):
+            qas = par.get("qas", [])
+            if not isinstance(qas, list):
+                raise GradsaeError(f"{pwhere}: \"qas\" must be a list of questions")
+            for qi, q in enumerate(qas):
+                qwhere = f"{pwhere}.qas[{qi}]"
+                question = _text_field(q, "question", qwhere)
                 if q.get("is_impossible"):
                     continue
-                ans = _answers(q.get("answers"))
+                ans = _answers(q.get("answers"), qwhere)
                 if not ans:
                     continue
-                out.append(QA(str(q.get("id", len(out))), cid, ctx, q["question"], ans, title))
+                out.append(QA(str(q.get("id", len(out))), cid, ctx, question, ans, title))
     return out
 
 
@@ -180,29 +219,27 @@ def parse_jsonl(lines: Sequence[str], source: str = "") -> list[QA]:
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        where = f"{source}:{n}"
         try:
             r = json.loads(line)
         except json.JSONDecodeError as e:
-            raise GradsaeError(f"{source}:{n}: not JSON ({e.msg}): one object per line with context, question, "
+            raise GradsaeError(f"{where}: not JSON ({e.msg}): one object per line with context, question, "
                                "answers") from None
+        if not isinstance(r, dict):
+            raise GradsaeError(f"{where}: expected a JSON object with context, question, answers")
         if r.get("is_impossible"):
             continue
-        try:
-            ctx, q = r["context"], r["question"]
-        except KeyError as e:
-            raise GradsaeError(f"{source}:{n}: missing field {e}: each line needs context, question, answers") from None
-        ans = _answers(r.get("answers", r.get("answer")))
-        if isinstance(r.get("answer"), str):
-            ans = [r["answer"]]
+        ctx, q = _text_field(r, "context", where), _text_field(r, "question", where)
+        ans = _answers(r["answer"] if isinstance(r.get("answer"), str) else r.get("answers", r.get("answer")), where)
         if not ans:
             continue
         cid = str(r.get("context_id") or _context_id(ctx))
-        out.append(QA(str(r.get("id", f"{source or 'line'}:{n}")), cid, ctx, q, ans, r.get("title", "")))
+        out.append(QA(str(r.get("id", f"{source or 'line'}:{n}")), cid, ctx, q, ans, str(r.get("title", "") or "")))
     return out
 
 
 def _load_hf(spec: str) -> list[QA]:
-    name, _, split = spec.partition(":")
+    name, _, split = spec[len(HF_PREFIX):].partition(":")
     try:
         import datasets  # noqa: F401
         from datasets import load_dataset
@@ -219,16 +256,39 @@ def _load_hf(spec: str) -> list[QA]:
     return parse_jsonl(lines, name)
 
 
+def check_prompt_lengths(tok, model, prompts: Sequence[str], max_new_tokens: int) -> None:
+    """Refuse prompts that do not fit the model's context with the decoding budget (they would run for minutes
+    and then produce garbage or fail deep in attention)."""
+    cfg = getattr(model, "config", None)
+    n_ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if not n_ctx or not prompts:
+        return
+    lengths = [len(tok(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+    i = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[i] + max_new_tokens > n_ctx:
+        raise GradsaeError(f"prompt {i + 1} is {lengths[i]} tokens, plus {max_new_tokens} new tokens that exceeds the "
+                           f"model's context of {n_ctx}: use shorter contexts, fewer few-shot exemplars "
+                           "(--template plain) or a lower --max-new-tokens")
+
+
 def load_questions(spec: str = DEFAULT_DATA, limit: int | None = None, seed: int = 42,
                    shuffle: bool = False) -> list[QA]:
-    """Answerable questions from a SQuAD JSON / JSONL file or a HF dataset name.
+    """Answerable questions from a SQuAD JSON / JSONL file, or a Hugging Face dataset written ``hf:NAME[:SPLIT]``.
 
     ``limit`` keeps the first N questions (file order, so contexts stay whole); ``shuffle`` first shuffles
     the *contexts* with ``seed`` (questions of one context stay together, so steering partners exist).
     """
-    path = Path(spec)
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
+    if spec.startswith(HF_PREFIX):
+        qas = _load_hf(spec)
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            hint = (f" (for the Hugging Face dataset, write --data {HF_PREFIX}{spec})"
+                    if re.fullmatch(r"[\w.-]+(/[\w.-]+)?(:\w+)?", spec) and not path.suffix else "")
+            what = "is a folder" if path.is_dir() else "not found"
+            raise GradsaeError(f"data file {spec} {what}: pass --data with a SQuAD JSON/JSONL file (paths are "
+                               f"relative to the current folder){hint}")
+        text = read_text_file(path)
         if path.suffix == ".jsonl":
             qas = parse_jsonl(text.splitlines(), path.name)
         else:
@@ -240,12 +300,7 @@ def load_questions(spec: str = DEFAULT_DATA, limit: int | None = None, seed: int
                 else:
                     raise GradsaeError(f"malformed JSON in {path} (line {e.lineno}: {e.msg}): give SQuAD JSON "
                                        "or JSONL") from None
-            qas = parse_jsonl(text.splitlines(), path.name) if obj is None else parse_squad_json(obj)
-    elif path.suffix in (".json", ".jsonl") or "/" in spec and not re.fullmatch(r"[\w.-]+/[\w.-]+(:\w+)?", spec):
-        raise GradsaeError(f"data file {spec} not found: pass --data with a SQuAD JSON/JSONL path "
-                           "(paths are relative to the current folder)")
-    else:
-        qas = _load_hf(spec)
+            qas = parse_jsonl(text.splitlines(), path.name) if obj is None else parse_squad_json(obj, path.name)
     if not qas:
         raise GradsaeError(f"no answerable questions in {spec}: check the file")
     if shuffle:
@@ -275,7 +330,11 @@ def fewshot_exemplars(path: str = DEFAULT_FEWSHOT, n: int = 5, exclude_contexts:
     p = Path(path)
     if not p.is_file():
         raise GradsaeError(f"few-shot file {path} not found: pass --fewshot-data PATH or --template plain")
-    qas = parse_squad_json(json.loads(p.read_text(encoding="utf-8")))
+    try:
+        obj = json.loads(read_text_file(p))
+    except json.JSONDecodeError as e:
+        raise GradsaeError(f"malformed JSON in {p} (line {e.lineno}: {e.msg}): give SQuAD JSON") from None
+    qas = parse_squad_json(obj, p.name)
     by_ctx: dict[str, list[QA]] = {}
     for q in qas:
         by_ctx.setdefault(q.context, []).append(q)
