@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_tiny
-from gradsae.cache import (ActivationCache, CacheConfig, cache_from_arrays, pack_sequences, pow2_scale,
+from gradsae.training.cache import (ActivationCache, CacheConfig, cache_from_arrays, pack_sequences, pow2_scale,
                            summed_next_token_ce, to_float16, write_cache)
 from gradsae.errors import GradsaeError
 

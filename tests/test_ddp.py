@@ -7,13 +7,13 @@ import sys
 import torch
 
 from gradsae import load_sae
-from gradsae.cache import cache_from_arrays
+from gradsae.training.cache import cache_from_arrays
 
 
 def _train(cache, out, nproc):
     args = ["-m", "gradsae", "train", "--cache", str(cache), "--out", str(out), "--architectures", "topk,gsae",
-            "--k", "3", "--beta", "1", "--d-sae", "64", "--batch-size", "256", "--epochs", "0.5", "--lr", "3e-3",
-            "--threads", "1", "--log-every", "5"]
+            "--k", "3", "--beta", "1", "--d-sae", "64", "--batch-tokens", "256", "--epochs", "0.5", "--lr", "3e-3",
+            "--threads", "1", "--device", "cpu", "--no-progress", "--log-every", "5"]
     if nproc > 1:
         args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] + args
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import make_tiny, random_sae
-from gradsae.cache import ActivationCache, CacheConfig, write_cache
-from gradsae.evals import (EvalConfig, GradAwareSAE, evaluate, max_decoder_cosine, next_token_ce_kl,
+from gradsae.training.cache import ActivationCache, CacheConfig, write_cache
+from gradsae.training.evals import (EvalConfig, GradAwareSAE, evaluate, max_decoder_cosine, next_token_ce_kl,
                            reconstruction_metrics, steering_deltas, steering_effect)
 from gradsae.hooks import block, join_output, split_output, unembedding
 

@@ -28,9 +28,9 @@ def _optional_commands() -> None:
         "stats": ("gradsae.experiments", "StatsConfig", "run_stats", "latent statistics: active latents, overlaps (Table 3)"),
         "experiment": ("gradsae.experiments", "ExperimentConfig", "run_all", "perturb + steer + stats in one run, over layers/SAEs"),
         "report": ("gradsae.report", "ReportConfig", "run", "rebuild the HTML report of a results folder (no model needed)"),
-        "cache": ("gradsae.cache", "CacheConfig", "run", "cache residual activations (and dL/dx) as float16 shards"),
-        "train": ("gradsae.train", "TrainConfig", "run", "train TopK / g-SAE SAEs from a cache"),
-        "eval": ("gradsae.evals", "EvalConfig", "run", "evaluate an SAE: NMSE, L_added, KL, dead latents, steering effect"),
+        "cache": ("gradsae.training.cache", "CacheConfig", "run", "cache residual activations (and dL/dx) as float16 shards"),
+        "train": ("gradsae.training.train", "TrainConfig", "run", "train TopK / g-SAE / E2E SAEs straight from a corpus (or from a cache)"),
+        "eval": ("gradsae.training.evals", "EvalConfig", "run", "evaluate an SAE: NMSE, L_added, KL, dead latents, steering effect"),
     }
     for name, entry in more.items():
         if importlib.util.find_spec(entry[0]) is not None:

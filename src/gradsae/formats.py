@@ -216,7 +216,7 @@ def _dims(b_enc: torch.Tensor, b_dec: torch.Tensor) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 _SAELENS_ARCH = {"standard": "relu", "relu": "relu", "jumprelu": "jumprelu", "topk": "topk",
-                 "batchtopk": "batchtopk", "gsae": "gsae"}
+                 "batchtopk": "batchtopk", "gsae": "gsae", "e2e": "e2e"}
 
 
 def _load_saelens(path: Path) -> SAE:

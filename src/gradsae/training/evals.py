@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import opt
-from .errors import GradsaeError
-from .io import write_json
-from .sae import SAE, densify
+from ..config import opt
+from ..errors import GradsaeError
+from ..io import write_json
+from ..sae import SAE, densify
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class GradAwareSAE(torch.nn.Module):
 
 def _encode_batches(sae: SAE, x: torch.Tensor, g: torch.Tensor | None, bs: int = 4096):
     """Yield (x_batch [n, D] float, x_hat [n, D], code) over x [N, D]."""
-    from .train import decode_sparse
+    from .grid import decode_sparse
 
     for a in range(0, x.shape[0], bs):
         xb = x[a:a + bs].float()
@@ -179,7 +179,7 @@ def activation_metrics(sae: SAE, x: torch.Tensor, g: torch.Tensor | None) -> tup
 def model_metrics(model, sae: SAE, ids: torch.Tensor, grads: torch.Tensor | None, drop_first: int,
                   batch_size: int) -> dict:
     """CE clean vs spliced, L_added, KL. ids [S, T]; grads [S, T, D] dL/dx for gradient selection or None."""
-    from .splice import Splice
+    from ..splice import Splice
 
     enc = GradAwareSAE(sae)
     ce_c, ce_s, kls = [], [], []
@@ -202,7 +202,7 @@ def model_metrics(model, sae: SAE, ids: torch.Tensor, grads: torch.Tensor | None
 def steering_effect(model, sae: SAE, ids: torch.Tensor, alive: torch.Tensor, cfg: EvalConfig,
                     drop_first: int) -> dict:
     """Paper §4.2 on a seeded sample of alive latents × contexts × α (KV-cached: one extra token per row)."""
-    from .hooks import block, join_output, split_output, unembedding
+    from ..hooks import block, join_output, split_output, unembedding
 
     g = torch.Generator().manual_seed(cfg.seed)
     alive_idx = alive.nonzero().flatten()
@@ -322,22 +322,21 @@ def _sae_slug(spec: str) -> str:
 
 def run(cfg: EvalConfig) -> dict:
     """Load the SAE, the model and the cache, evaluate, write eval.json (+ plots), print a summary."""
-    from .cache import ActivationCache
-    from .formats import load_sae
-    from .model import load_model
-    from .train import _default_cache
+    from .cache import ActivationCache, default_cache
+    from ..formats import load_sae
+    from ..model import load_model
 
     torch.set_num_threads(max(1, cfg.threads))
     sae = load_sae(cfg.sae, dtype="float32")  # float16 files are evaluated in float32 (CPU, tiny gradients)
     model, _ = load_model(cfg.model)
-    cache = ActivationCache(cfg.cache or _default_cache())
+    cache = ActivationCache(cfg.cache or default_cache())
     return evaluate(model, sae, cache, cfg)
 
 
 def evaluate(model, sae: SAE, cache, cfg: EvalConfig) -> dict:
     """All metrics of the module docstring for ``sae`` on ``model`` and the held-out shards of ``cache``."""
-    from .model import cache_dir, model_name
-    from .splice import check_compatible
+    from ..model import cache_dir, model_name
+    from ..splice import check_compatible
 
     t0 = time.time()
     layer = check_compatible(model, sae, None)
