@@ -14,7 +14,10 @@ generation uses):
   spliced (error term dropped) at every position except the first ``drop_first`` (the attention sink,
   which the SAE was not trained on); ``l_added`` = (CE_sae − CE_clean) / CE_clean; ``kl_div_with_sae`` =
   mean KL(p_clean ‖ p_sae) over predicted positions.
-- ``dead_frac``: latents that never fire on the held-out tokens (``n_tokens`` of them).
+- dead latents by two rules: ``dead_frac``, latents that never fire on the held-out tokens (``n_tokens`` of
+  them); ``dead_frac_5batches``, the g-SAE paper's rule, latents that fire in none of the last 5 batches of
+  ``--dead-batch-tokens`` held-out tokens. The values recorded at the end of training (``gradsae train``
+  keeps both rules' counters) are reported beside them (``dead_frac_train``, ``dead_frac_train_5batches``).
 - steering (g-SAE paper §4.2): for a seeded sample of latents alive on the held-out tokens and of
   (sequence, position) contexts, add α·W_dec[i]/‖W_dec[i]‖ to x at that position, and measure the change of
   the next-token distribution: ``assoc`` = Σ_{j∈L_i} Δp_j over the n tokens L_i with the largest W_U·W_dec[i]
@@ -58,6 +61,8 @@ class EvalConfig:
                                    "layer-9 residuals have norm ~140)")
     steer_top_n: int = opt(10, "associated tokens n per latent (largest W_U·W_dec[i])")
     out: str = opt("", "results folder (default: <gradsae cache>/evals/<sae name>)")
+    dead_batch_tokens: int = opt(1024, "tokens per batch for the g-SAE paper's dead-latent rule (no "
+                                 "activation in 5 consecutive batches)")
     plots: bool = opt(True, "write PNG plots")
     seed: int = opt(0, "seed for the samples of latents and contexts")
     threads: int = opt(2, "torch CPU threads")
@@ -363,6 +368,11 @@ def evaluate(model, sae: SAE, cache, cfg: EvalConfig) -> dict:
     for sel in sels:
         gg = g if sel == "gradient" else None
         m, counts = activation_metrics(sae, x, gg)
+        tail = min(x.shape[0], 5 * cfg.dead_batch_tokens)
+        _, tail_counts = activation_metrics(sae, x[-tail:], None if gg is None else gg[-tail:])
+        m["misc"]["dead_frac_5batches"] = float((tail_counts == 0).float().mean())
+        for key in ("dead_frac_train", "dead_frac_train_5batches"):
+            m["misc"][key] = sae.cfg.metadata.get(key)
         gfull = None
         if gg is not None:  # [S, T, D] with zeros on the dropped positions
             gfull = torch.zeros(ids.shape[0], T, x.shape[1])
@@ -412,12 +422,17 @@ def evaluate(model, sae: SAE, cache, cfg: EvalConfig) -> dict:
 def _print_summary(name: str, results: dict, steer: dict | None, out: Path) -> None:
     print(f"eval {name}  ->  {out / 'eval.json'}")
     print(f"{'selection':<10} {'L0':>6} {'NMSE':>7} {'expl.var':>8} {'CE clean':>8} {'CE SAE':>8} "
-          f"{'L_added':>8} {'KL':>7} {'dead':>6}")
+          f"{'L_added':>8} {'KL':>7} {'dead':>6} {'dead5b':>6}")
     for sel, m in results.items():
         r, p = m["reconstruction_quality"], m["model_performance_preservation"]
         print(f"{sel:<10} {m['sparsity']['l0']:6.1f} {r['nmse']:7.4f} {r['explained_variance']:8.4f} "
               f"{p['ce_loss_without_sae']:8.4f} {p['ce_loss_with_sae']:8.4f} {p['l_added']:8.4f} "
-              f"{m['model_behavior_preservation']['kl_div_with_sae']:7.4f} {m['misc']['dead_frac']:6.3f}")
+              f"{m['model_behavior_preservation']['kl_div_with_sae']:7.4f} {m['misc']['dead_frac']:6.3f} "
+              f"{m['misc']['dead_frac_5batches']:6.3f}")
+    misc = next(iter(results.values()))["misc"]
+    if misc.get("dead_frac_train") is not None:
+        print(f"dead at the end of training: {misc['dead_frac_train']:.3f} (no activation in the window of tokens), "
+              f"{misc.get('dead_frac_train_5batches') or 0:.3f} (none in 5 consecutive batches)")
     if steer:
         print("steering α: " + "  ".join(f"{a:g}: assoc {sa:.4f} other {so:.4f}"
                                           for a, sa, so in zip(steer["alphas"], steer["assoc_mean"], steer["other_mean"])))

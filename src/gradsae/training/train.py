@@ -350,6 +350,7 @@ def _train(cfg: TrainConfig, setup: _Setup, specs: list[SAESpec], out: Path, dev
     from tqdm import tqdm
 
     src, total, M = setup.source, setup.total, setup.source.fill_steps
+    t0 = time.time()  # the throughput counts every model pass of this invocation, the first fill's included
     saes = [_new_sae(cfg, s, setup.D, setup.meta, device) for s in specs]
     _broadcast([p for s in saes for p in s.parameters()])
     opts = [torch.optim.Adam(s.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=6.25e-10) for s in saes]
@@ -388,7 +389,7 @@ def _train(cfg: TrainConfig, setup: _Setup, specs: list[SAESpec], out: Path, dev
     bar = tqdm(total=total * src.tokens_per_step, initial=state.step * src.tokens_per_step, unit="tok",
                unit_scale=True, desc="train", disable=rank != 0 or not cfg.progress, dynamic_ncols=True,
                mininterval=2)
-    t0, tok0, run_steps, last_ckpt = time.time(), state.tokens, 0, state.step
+    tok0, run_steps, last_ckpt = state.tokens, 0, state.step
     fill_idx = state.step // M
     while state.step < total:
         n = min(M, total - state.step)
