@@ -301,3 +301,10 @@ def test_resume_refuses_a_changed_config(saved_models, tmp_path):
     run(_cfg(models["llama"], corpus, tmp_path / "c", max_steps=2))
     with pytest.raises(GradsaeError, match=r"different config \(lr\)"):
         run(_cfg(models["llama"], corpus, tmp_path / "c", max_steps=2, lr=1e-3))
+
+
+def test_a_grid_too_big_for_memory_is_refused_before_the_first_step(saved_models, tmp_path):
+    models, corpus = saved_models
+    with pytest.raises(GradsaeError, match=r"needs about \d+\.\d GiB but .* are available"):
+        run(_cfg(models["llama"], corpus, tmp_path / "big", d_sae=[2 ** 27]))  # ~0.5 TB of weights and Adam state
+    assert not (tmp_path / "big" / "checkpoint.safetensors").exists()

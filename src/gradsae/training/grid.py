@@ -13,6 +13,7 @@ E2E SAEs share 2–4 but their loss is the KL divergence of the model's output (
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -195,3 +196,39 @@ def local_loss(sae: SAE, spec: SAESpec, x: torch.Tensor, g: torch.Tensor | None,
                       l0=(code.values > 0).sum(-1).float().mean(), fired=fired_counts(code, sae.d_sae),
                       glat_ms=None if glat is None else glat.pow(2).mean())
     return loss, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory estimate (before the first step)
+# ---------------------------------------------------------------------------------------------
+
+def estimate_bytes(specs: list[SAESpec], D: int, tokens: int, buffer_tokens: int, n_grad_layers: int,
+                   n_layers: int, e2e_logits: int = 0) -> int:
+    """Bytes a step needs besides the model: per SAE weights + grads + 2 Adam moments (float32); the
+    largest SAE's transient [N, C] tensors (pre-activations, scores, AuxK) during its step; the shuffle
+    buffer (x and dL/dx, pooled and permuted copies); E2E logits ([B, T, V] ×4 with their gradient)."""
+    params = sum(4 * (2 * D * s.d_sae + s.d_sae + D) * 4 for s in specs)
+    transient = max(4 * tokens * s.d_sae * 4 for s in specs)
+    buffer = 4 * buffer_tokens * D * (n_layers + n_grad_layers) * 2
+    return params + transient + buffer + 4 * e2e_logits * 4
+
+
+def free_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(need: int, device: str, limit_gb: float, n_saes: int) -> None:
+    have = int(limit_gb * 2 ** 30) if limit_gb > 0 else free_bytes(device)
+    if need > have:
+        raise GradsaeError(f"the grid of {n_saes} SAE(s) needs about {need / 2 ** 30:.1f} GiB but "
+                           f"{have / 2 ** 30:.1f} GiB are available on {device}: train fewer SAEs at once "
+                           "(--k/--beta/--d-sae/--seeds/--layers), lower --d-sae, --batch-size or --shuffle-batches")

@@ -27,7 +27,8 @@ from ..config import opt
 from ..errors import GradsaeError
 from ..io import JsonlLog, atomic_write_text, dumps, output_lock, write_json
 from ..sae import SAE, SAEConfig
-from .grid import SAESpec, build_grid, geometric_median, init_seed, local_loss, lr_at, remove_parallel_grad
+from .grid import (SAESpec, build_grid, check_memory, estimate_bytes, geometric_median, init_seed, local_loss, lr_at,
+                   remove_parallel_grad)
 from .state import DeadLatents, TrainState
 
 log = logging.getLogger(__name__)
@@ -184,42 +185,6 @@ def _init_distributed(device: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Memory estimate (before the first step)
-# ---------------------------------------------------------------------------------------------
-
-def estimate_bytes(specs: list[SAESpec], D: int, tokens: int, buffer_tokens: int, n_grad_layers: int,
-                   n_layers: int, model_bytes: int = 0, e2e_logits: int = 0) -> int:
-    """Bytes a step needs: per SAE weights + grads + 2 Adam moments (float32); the largest SAE's
-    transient [N, C] tensors (pre-activations, scores, AuxK) during its step; the shuffle buffer (x and
-    dL/dx, pooled and permuted copies); the model; and E2E logits ([B, T, V] ×4 with their gradient)."""
-    params = sum(4 * (2 * D * s.d_sae + s.d_sae + D) * 4 for s in specs)
-    transient = max(4 * tokens * s.d_sae * 4 for s in specs)
-    buffer = 4 * buffer_tokens * D * (n_layers + n_grad_layers) * 2
-    return params + transient + buffer + model_bytes + 4 * e2e_logits * 4
-
-
-def free_bytes(device: str) -> int:
-    if device.startswith("cuda"):
-        return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def check_memory(need: int, device: str, limit_gb: float, n_saes: int) -> None:
-    have = int(limit_gb * 2 ** 30) if limit_gb > 0 else free_bytes(device)
-    if need > have:
-        raise GradsaeError(f"the grid of {n_saes} SAE(s) needs about {need / 2 ** 30:.1f} GiB but "
-                           f"{have / 2 ** 30:.1f} GiB are available on {device}: train fewer SAEs at once "
-                           "(--k/--beta/--d-sae/--seeds/--layers), lower --d-sae, --batch-size or --shuffle-batches")
-
-
-# ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
 
@@ -318,11 +283,11 @@ def run(cfg: TrainConfig) -> Path:
     specs = build_grid(setup.layers, cfg.architectures, cfg.k, cfg.beta, cfg.d_sae, cfg.seeds)
     src = setup.source
     tokens_local = src.sae_tokens_per_step // world
-    model_bytes = 0 if setup.model is None else sum(p.numel() * p.element_size() for p in setup.model.parameters())
     V = 0 if setup.model is None else setup.model.get_output_embeddings().weight.shape[0]
     n_e2e = sum(s.architecture == "e2e" for s in specs)
+    # the model is already loaded, so the free memory measured now excludes it
     need = estimate_bytes(specs, setup.D, tokens_local, tokens_local * src.fill_steps,
-                          len({s.layer for s in specs if s.needs_grad}), len(setup.layers), model_bytes,
+                          len({s.layer for s in specs if s.needs_grad}), len(setup.layers),
                           (cfg.batch_size // world) * cfg.context_length * V if n_e2e else 0)
     check_memory(need, device, cfg.memory_limit_gb, len(specs))
     out = resolve_out(cfg, setup.layers)
