@@ -143,9 +143,9 @@ def main(argv=None) -> dict:
     rows, sae_steps = bench_parts(model, batches[:4], a.reps)
     root = Path(tempfile.mkdtemp(prefix="bench-train-stream-"))
     runs = {}
-    for name, kw in (("stream TopK (float32)", dict(architectures=["topk"])),
+    for name, kw in (("stream TopK (float32)", dict(architectures=["topk"], dtype="float32")),
                      ("stream TopK (bfloat16)", dict(architectures=["topk"], dtype="bfloat16")),
-                     ("stream TopK + g-SAE (float32)", dict(architectures=["topk", "gsae"])),
+                     ("stream TopK + g-SAE (float32)", dict(architectures=["topk", "gsae"], dtype="float32")),
                      ("stream TopK + g-SAE (bfloat16)", dict(architectures=["topk", "gsae"], dtype="bfloat16")),
                      (f"stream grid of {a.grid} TopK (bfloat16)", dict(architectures=["topk"], dtype="bfloat16",
                                                                         seeds=list(range(a.grid))))):
