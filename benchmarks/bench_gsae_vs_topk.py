@@ -21,9 +21,9 @@ from gradsae.io import write_json
 
 def main(argv=None) -> dict:
     from gradsae import load_model, load_sae
-    from gradsae.cache import ActivationCache
-    from gradsae.evals import EvalConfig, evaluate
-    from gradsae.train import TrainConfig, _default_cache, run as train
+    from gradsae.training.cache import ActivationCache, default_cache
+    from gradsae.training.evals import EvalConfig, evaluate
+    from gradsae.training.train import TrainConfig, run as train
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", default="", help="activation cache (default: gradsae cache's default folder)")
@@ -44,9 +44,9 @@ def main(argv=None) -> dict:
     torch.set_num_threads(a.threads)
     ks = [int(k) for k in a.k.split(",")]
     betas = [float(b) for b in a.beta.split(",")]
-    cache_path = a.cache or str(_default_cache())
+    cache_path = a.cache or str(default_cache())
     tcfg = TrainConfig(cache=cache_path, out=a.train_out, architectures=["topk", "gsae"], k=ks, beta=betas,
-                       d_sae=a.d_sae, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, threads=a.threads)
+                       d_sae=[a.d_sae], epochs=a.epochs, batch_tokens=a.batch_size, seed=a.seed, threads=a.threads)
     run_dir = train(tcfg)
     model, _ = load_model(a.model)
     cache = ActivationCache(cache_path)

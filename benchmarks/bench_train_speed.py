@@ -29,7 +29,7 @@ def _time(fn, reps: int) -> float:
 
 def bench_cache(model_spec: str, layer: int, n_seq: int, T: int, reps: int) -> list[dict]:
     from gradsae import load_model
-    from gradsae.cache import compute_batch
+    from gradsae.training.cache import compute_batch
 
     model, tok = load_model(model_spec)
     g = torch.Generator().manual_seed(0)
@@ -52,7 +52,7 @@ def bench_cache(model_spec: str, layer: int, n_seq: int, T: int, reps: int) -> l
 
 def bench_train(x: torch.Tensor, g: torch.Tensor, d_sae: int, k: int, batch: int, steps: int) -> list[dict]:
     from gradsae import SAE, SAEConfig
-    from gradsae.train import SAEGrid
+    from gradsae.training.grid import SAESpec, local_loss
 
     D = x.shape[1]
     rows = []
@@ -60,17 +60,17 @@ def bench_train(x: torch.Tensor, g: torch.Tensor, d_sae: int, k: int, batch: int
     batches = [torch.randint(0, x.shape[0], (batch,), generator=gen) for _ in range(steps + 1)]
     for decoder in ("sparse", "dense"):
         for arch in ("topk", "gsae"):
-            spec = {"name": arch, "architecture": arch, "k": k, "beta": 1.0}
+            spec = SAESpec(arch, 0, arch, k, 1.0, d_sae, 0)
             sae = SAE.init_random(SAEConfig(d_in=D, d_sae=d_sae, architecture=arch, k=k), seed=0)
-            grid = SAEGrid([sae], [spec], decoder, 1 / 32, 256)
-            dead = torch.zeros(1, d_sae, dtype=torch.bool)
+            dead = torch.zeros(d_sae, dtype=torch.bool)
             it = iter(batches)
 
             def step():
                 i = next(it)
                 for p in sae.parameters():
                     p.grad = None
-                loss, _ = grid(x[i].float(), g[i] if arch == "gsae" else None, dead, [1.0])
+                loss, _ = local_loss(sae, spec, x[i].float(), g[i] if arch == "gsae" else None, dead, 1.0,
+                                     1 / 32, 256, decoder)
                 loss.backward()
 
             t = _time(step, steps)
@@ -107,10 +107,9 @@ def main(argv=None) -> dict:
         g = torch.randn(20000, 576, generator=gen) * 1e-3
         source = "synthetic"
     else:
-        from gradsae.cache import ActivationCache
-        from gradsae.train import _default_cache
+        from gradsae.training.cache import ActivationCache, default_cache
 
-        cache = ActivationCache(a.cache or _default_cache())
+        cache = ActivationCache(a.cache or default_cache())
         x, g = cache.load(a.layer, list(range(min(3, len(cache.shards)))), grads=True)
         source = str(cache.path)
     rows += bench_train(x, g, a.d_sae, a.k, a.batch_size, a.steps)

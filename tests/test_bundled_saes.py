@@ -54,7 +54,7 @@ def test_card_quotes_its_eval_json(name):
 def _heldout_activations(sae):
     """Recompute the held-out shard's sequences from the corpus (same packing and shuffle) and x at layer 9."""
     from gradsae import ResidualCapture, load_model
-    from gradsae.cache import iter_documents, pack_sequences
+    from gradsae.training.cache import iter_documents, pack_sequences
 
     meta = sae.cfg.metadata
     c = meta["cache"]
@@ -78,7 +78,7 @@ def _heldout_activations(sae):
 
 @pytest.mark.slow
 def test_bundled_saes_reconstruct_heldout_activations():
-    from gradsae.evals import reconstruction_metrics
+    from gradsae.training.evals import reconstruction_metrics
 
     x = None
     for name in NAMES:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_tiny
-from gradsae.cache import (ActivationCache, CacheConfig, cache_from_arrays, pack_sequences, pow2_scale,
+from gradsae.training.cache import (ActivationCache, CacheConfig, cache_from_arrays, pack_sequences, pow2_scale,
                            summed_next_token_ce, to_float16, write_cache)
 from gradsae.errors import GradsaeError
 
@@ -65,8 +65,10 @@ def test_resume_redoes_only_missing_shard(tmp_path):
     m["complete"] = False
     (out / "manifest.json").write_text(json.dumps(m))
     (out / f"shard_{n - 1:05d}.L1.acts.npy").unlink()
-    (out / f"shard_{n - 1:05d}.L1.acts.tmp.npy").write_bytes(b"partial")
+    stale = out / f".shard_{n - 1:05d}.L1.acts.k1lld.tmp.npy"  # what a kill during a write leaves
+    stale.write_bytes(b"partial")
     write_cache(model, tok, cfg)
+    assert not stale.exists() and not list(out.glob(".*tmp*"))
     c = ActivationCache(out)
     assert c.complete and len(c.shards) == n
     assert (out / "shard_00000.L1.acts.npy").stat().st_mtime_ns == first_mtime  # finished shard not redone
@@ -110,3 +112,31 @@ def test_cache_from_arrays_round_trip(tmp_path):
 def test_missing_cache_is_a_clear_error(tmp_path):
     with pytest.raises(GradsaeError, match="gradsae cache"):
         ActivationCache(tmp_path / "nope")
+
+
+def test_temp_names_are_unique_per_write(tmp_path, monkeypatch):
+    """Two writers of the same shard never share a temp file (fixed names let one rename the other's)."""
+    import tempfile
+
+    from gradsae.training import cache as cache_mod
+    seen = []
+    real = tempfile.mkstemp
+
+    def spy(*a, **kw):
+        fd, name = real(*a, **kw)
+        seen.append(name)
+        return fd, name
+    monkeypatch.setattr(cache_mod.tempfile, "mkstemp", spy)
+    for _ in range(2):
+        cache_mod._save_npy(tmp_path / "a.npy", np.arange(6, dtype=np.float16))
+    assert len(set(seen)) == 2 and all(".tmp" in n for n in seen)
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.arange(6, dtype=np.float16))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]
+
+
+def test_non_utf8_corpus_is_one_clear_error(tmp_path):
+    model, tok = make_tiny("llama")
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9 na\xefve\n".encode("latin-1") * 50)
+    with pytest.raises(GradsaeError, match="not UTF-8"):
+        write_cache(model, tok, _cfg(tmp_path, data=[str(bad)]))

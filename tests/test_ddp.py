@@ -7,13 +7,13 @@ import sys
 import torch
 
 from gradsae import load_sae
-from gradsae.cache import cache_from_arrays
+from gradsae.training.cache import cache_from_arrays
 
 
 def _train(cache, out, nproc):
     args = ["-m", "gradsae", "train", "--cache", str(cache), "--out", str(out), "--architectures", "topk,gsae",
-            "--k", "3", "--beta", "1", "--d-sae", "64", "--batch-size", "256", "--epochs", "0.5", "--lr", "3e-3",
-            "--threads", "1", "--log-every", "5"]
+            "--k", "3", "--beta", "1", "--d-sae", "64", "--batch-tokens", "256", "--epochs", "0.5", "--lr", "3e-3",
+            "--threads", "1", "--device", "cpu", "--no-progress", "--log-every", "5"]
     if nproc > 1:
         args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] + args
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -34,3 +34,27 @@ def test_two_processes_equal_one(tmp_path):
         for key, t in a.state_dict().items():
             torch.testing.assert_close(b.state_dict()[key], t, rtol=1e-4, atol=1e-5, msg=f"{name}.{key}")
         assert b.cfg.norm_scaling_factor == a.cfg.norm_scaling_factor
+
+
+def test_streaming_under_two_processes(tmp_path):
+    """Corpus source under torchrun: each process runs the model on its half of every global batch; the run
+    finishes, rank 0 writes each SAE once, and the token count is the global one."""
+    from conftest import make_tiny
+
+    model, tok = make_tiny("llama")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"doc {i}: pack my box with five dozen liquor jugs {i * 7}" for i in range(100)))
+    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gradsae", "train",
+            "--model", str(tmp_path / "m"), "--data", str(corpus), "--layers", "1", "--architectures", "topk,gsae",
+            "--k", "4", "--d-sae", "32", "--batch-size", "4", "--context-length", "16", "--max-tokens", "512",
+            "--shuffle-batches", "2", "--out", str(tmp_path / "two"), "--threads", "1", "--device", "cpu",
+            "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable] + args, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("topk_k4", "gsae_k4_b0.5"):
+        sae = load_sae(tmp_path / "two" / name)
+        assert sae.cfg.metadata["tokens_seen"] == 8 * 4 * 15  # 8 global steps of 4 rows x 15 tokens
+        assert all(torch.isfinite(t).all() for t in sae.state_dict().values())

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import make_tiny, random_sae
-from gradsae.cache import ActivationCache, CacheConfig, write_cache
-from gradsae.evals import (EvalConfig, GradAwareSAE, evaluate, max_decoder_cosine, next_token_ce_kl,
+from gradsae.training.cache import ActivationCache, CacheConfig, write_cache
+from gradsae.training.evals import (EvalConfig, GradAwareSAE, evaluate, max_decoder_cosine, next_token_ce_kl,
                            reconstruction_metrics, steering_deltas, steering_effect)
 from gradsae.hooks import block, join_output, split_output, unembedding
 
@@ -146,3 +146,20 @@ def test_splice_keep_first_leaves_the_first_position_alone(tiny_setup):
     torch.testing.assert_close(kept[:, 0], clean[:, 0])  # causal: position 0 sees only itself
     assert not torch.allclose(spliced[:, 0], clean[:, 0])
     assert not torch.allclose(kept[:, 1:], clean[:, 1:])
+
+
+def test_dead_latents_by_both_rules_are_reported(tiny_setup):
+    from gradsae.training.evals import activation_metrics
+
+    model, _, cache, d = tiny_setup
+    sae = random_sae(arch="topk", k=4, layer=1)
+    sae.cfg.metadata.update({"dead_frac_train": 0.25, "dead_frac_train_5batches": 0.5})  # as `gradsae train` writes
+    cfg = EvalConfig(sae="toy", out=str(d / "eval5"), holdout_shards=2, n_seqs=2, batch_size=2, steer_latents=0,
+                     plots=False, dead_batch_tokens=4)
+    misc = evaluate(model, sae, cache, cfg)["eval_result_metrics"]["misc"]
+    x, _ = cache.load(1, [len(cache.shards) - 2, len(cache.shards) - 1])
+    _, tail = activation_metrics(sae, x[-20:], None)  # the last 5 batches of 4 tokens
+    assert misc["dead_frac_5batches"] == pytest.approx(float((tail == 0).float().mean()))
+    assert misc["dead_frac_5batches"] >= misc["dead_frac"]  # a window of 20 tokens sees fewer latents fire
+    assert misc["dead_frac_5batches"] > 0
+    assert (misc["dead_frac_train"], misc["dead_frac_train_5batches"]) == (0.25, 0.5)

@@ -3,11 +3,12 @@ import pytest
 import torch
 
 from gradsae import SAE, SAEConfig, load_sae
-from gradsae.cache import cache_from_arrays
+from gradsae.training.cache import cache_from_arrays
 from gradsae.errors import GradsaeError
 from gradsae.sae import gsae_selection_score, topk_code
-from gradsae.train import (TrainConfig, decode_dense, decode_sparse, geometric_median, grid, lr_at,
-                           remove_parallel_grad, run)
+from gradsae.training.grid import (build_grid, decode_dense, decode_sparse, geometric_median, lr_at,
+                                   remove_parallel_grad)
+from gradsae.training.train import TrainConfig, run
 
 
 def toy_data(N=12000, D=24, M=48, k=3, seed=0):
@@ -30,9 +31,9 @@ def toy_cache(tmp_path_factory):
 
 
 def _cfg(cache, out, **kw):
-    base = dict(cache=str(cache), out=str(out), architectures=["topk"], k=[3], d_sae=96, batch_size=256,
+    base = dict(cache=str(cache), out=str(out), architectures=["topk"], k=[3], d_sae=[96], batch_tokens=256,
                 epochs=3, lr=3e-3, warmup_steps=10, holdout_shards=1, dead_tokens=4000, log_every=10,
-                checkpoint_every=1000, threads=1)
+                checkpoint_every=1000, threads=1, device="cpu", progress=False)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -111,7 +112,10 @@ def test_small_pure_pieces():
     assert lr_at(50, 100, 1.0, 10, 0.2) == 1.0 and lr_at(99, 100, 1.0, 10, 0.2) < 0.1
     pts = torch.cat([torch.zeros(9, 2), torch.full((1, 2), 100.0)])
     assert geometric_median(pts).norm() < 1.0  # robust to the outlier, unlike the mean
-    names = [s["name"] for s in grid(TrainConfig(architectures=["topk", "gsae"], k=[8, 16], beta=[0.5, 2]))]
+    names = [s.name for s in build_grid([9], ["topk", "gsae"], [8, 16], [0.5, 2], [4096], [0])]
     assert names == ["topk_k8", "topk_k16", "gsae_k8_b0.5", "gsae_k8_b2", "gsae_k16_b0.5", "gsae_k16_b2"]
-    with pytest.raises(GradsaeError, match="topk or gsae"):
-        grid(TrainConfig(architectures=["relu"]))
+    names = [s.name for s in build_grid([6, 14], ["topk", "e2e"], [8], [0.5], [64, 128], [0, 1])]
+    assert names[:4] == ["L6/topk_k8_c64_s0", "L6/topk_k8_c64_s1", "L6/topk_k8_c128_s0", "L6/topk_k8_c128_s1"]
+    assert len(names) == 16 and names[-1] == "L14/e2e_k8_c128_s1"
+    with pytest.raises(GradsaeError, match="cannot train architecture 'relu'"):
+        build_grid([9], ["relu"], [8], [0.5], [64], [0])

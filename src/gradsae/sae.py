@@ -12,6 +12,8 @@ Architectures (``cfg.architecture``):
 - ``gsae``      TopK whose *selection* may use the gradient of the model loss (Olmo et al.):
                 K = TopK(z + beta/s * z * |W_dec @ grad_x L|), values kept are relu(z).
                 Without a gradient it is plain TopK (what generation uses).
+- ``e2e``       TopK at inference; *trained* end to end (Braun et al. 2024): to minimise the KL divergence
+                between the model's output with x and with the reconstruction (``gradsae train``).
 
 where ``pre = (x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc``.
 """
@@ -30,7 +32,7 @@ from torch import nn
 from .errors import GradsaeError
 from .hooks import parse_hook_name
 
-ARCHITECTURES = ("relu", "jumprelu", "topk", "batchtopk", "gsae")
+ARCHITECTURES = ("relu", "jumprelu", "topk", "batchtopk", "gsae", "e2e")
 
 
 @dataclass
@@ -40,9 +42,9 @@ class SAEConfig:
     d_sae: int
     """Number of latents C."""
     architecture: str = "relu"
-    """One of relu, jumprelu, topk, batchtopk, gsae."""
+    """One of relu, jumprelu, topk, batchtopk, gsae, e2e."""
     k: int | None = None
-    """Active latents per token for topk / batchtopk / gsae."""
+    """Active latents per token for topk / batchtopk / gsae / e2e."""
     apply_b_dec_to_input: bool = True
     """Subtract b_dec from x before encoding (SAELens convention)."""
     hook_name: str = ""
@@ -68,7 +70,7 @@ class SAEConfig:
             raise GradsaeError(
                 f"unknown SAE architecture {self.architecture!r}: use one of {', '.join(ARCHITECTURES)}"
             )
-        if self.architecture in ("topk", "batchtopk", "gsae") and not self.k:
+        if self.architecture in ("topk", "batchtopk", "gsae", "e2e") and not self.k:
             raise GradsaeError(f"a {self.architecture} SAE needs k (active latents per token) in its config")
         s = self.norm_scaling_factor
         if s is not None and not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
@@ -227,7 +229,7 @@ class SAE(nn.Module):
     def encode_sparse(self, x: torch.Tensor, grad_x: torch.Tensor | None = None) -> SparseCode:
         """TopK-family encoding as (values, indices) [..., K]; ``grad_x`` [..., D] is used by g-SAE only."""
         cfg = self.cfg
-        if cfg.architecture not in ("topk", "gsae", "batchtopk"):
+        if cfg.architecture not in ("topk", "gsae", "batchtopk", "e2e"):
             raise GradsaeError(f"encode_sparse needs a TopK-family SAE, not {cfg.architecture!r}")
         z = self.encode_pre(x)
         score = z
@@ -242,7 +244,7 @@ class SAE(nn.Module):
         ``grad_x`` (the gradient of the model loss w.r.t. x, [..., D]) only matters for g-SAEs.
         """
         arch = self.cfg.architecture
-        if arch in ("topk", "gsae"):
+        if arch in ("topk", "gsae", "e2e"):
             return densify(self.encode_sparse(x, grad_x), self.d_sae)
         pre = self.encode_pre(x)
         if arch == "relu":

@@ -18,7 +18,7 @@ Row ``s * (T - drop_first) + (t - drop_first)`` of a shard is sequence s, positi
 * **float16 gradients.** Per-token gradients of SmolLM2 at layer 9 are of order 1e-4..1e-2 per
   coordinate, and many coordinates fall below float16's smallest normal number (6e-5). Each shard
   therefore stores ``grad * s`` with ``s`` a power of two chosen so the shard's largest |grad| becomes
-  about 2^14; ``s`` is recorded per shard and layer in the manifest and ``load_grads`` divides it out
+  about 2^14; ``s`` is recorded per shard and layer in the manifest and ``ActivationCache.grads`` divides it out
   (exactly: powers of two). The manifest also records the fraction of stored gradient entries that are
   zero after rounding although the float32 value was not (``grad_underflow``).
 * **Order.** Packed sequences are shuffled with ``--seed`` before sharding, so the shards finished
@@ -32,6 +32,7 @@ import hashlib
 import logging
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,10 +40,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import opt
-from .corpus import SAMPLE, iter_documents, pack_sequences  # noqa: F401  (re-exported)
-from .errors import GradsaeError
-from .io import read_json, write_json
+from ..config import opt
+from ..corpus import SAMPLE, iter_documents, pack_sequences  # noqa: F401  (re-exported)
+from ..errors import GradsaeError
+from ..hooks import hook_name_for
+from ..io import output_lock, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +126,15 @@ def data_fingerprint(sources: list[str]) -> str:
 
 
 def default_out(cfg: CacheConfig) -> Path:
-    from .model import cache_dir
+    from ..model import cache_dir
 
     layers = "-".join(str(l) for l in cfg.layers)
     return cache_dir() / "acts" / f"{_slug(cfg.model)}-L{layers}-ctx{cfg.context_length}-{data_fingerprint(cfg.data)}"
+
+
+def default_cache() -> Path:
+    """The folder ``gradsae cache`` writes with its defaults (what train/eval read when given no --cache)."""
+    return default_out(CacheConfig())
 
 
 def shard_stem(i: int) -> str:
@@ -210,30 +217,42 @@ class ActivationCache:
         return x, torch.cat(gs) if gs else torch.zeros(0, self.d_model)
 
 
-def load_grads(cache: ActivationCache, i: int, layer: int) -> torch.Tensor:
-    """dL/dx of shard i as float32 [N, D] (the stored scale divided out)."""
-    arr, s = cache.grads(i, layer)
-    return torch.from_numpy(np.array(arr)).float() / s
-
-
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    """Write via open_memmap to a temp name, flush, then rename (a killed write leaves no final file)."""
-    tmp = path.with_name(path.name[:-4] + ".tmp.npy")
-    mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=arr.shape)
-    mm[...] = arr
-    mm.flush()
-    del mm
-    os.replace(tmp, path)
+    """Write via open_memmap to a unique temp name, flush + fsync, then rename (a killed write leaves no
+    final file; two writers never share a temp file). Stale temp files are removed by ``clean_temp``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:-4]}.", suffix=".tmp.npy")
+    os.close(fd)
+    try:
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=arr.shape)
+        mm[...] = arr
+        mm.flush()
+        del mm
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def clean_temp(folder: Path) -> int:
+    """Remove temp files a killed run left in ``folder`` (call it while holding the folder's lock)."""
+    n = 0
+    for p in Path(folder).glob(".*.tmp*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def compute_batch(model, ids: torch.Tensor, layers: list[int], grad: bool, drop_first: int
                   ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], float]:
     """One forward (+ backward) pass. ids [B, T] -> ({L: x [B*(T-drop), D]}, {L: dL/dx [...]}, summed CE)."""
-    from .splice import ResidualCapture
+    from ..splice import ResidualCapture
 
     B, T = ids.shape
     attn = torch.ones_like(ids)
@@ -255,7 +274,7 @@ def compute_batch(model, ids: torch.Tensor, layers: list[int], grad: bool, drop_
 
 def _identity(cfg: CacheConfig, model_id: str, d_model: int, n_seq: int) -> dict:
     return {"format_version": FORMAT_VERSION, "model": model_id, "layers": list(cfg.layers),
-            "hook_names": [f"blocks.{l}.hook_resid_post" for l in cfg.layers], "d_model": d_model,
+            "hook_names": [hook_name_for(l) for l in cfg.layers], "d_model": d_model,
             "context_length": cfg.context_length, "prepend_bos": cfg.prepend_bos, "drop_first": cfg.drop_first,
             "positions_policy": f"first {cfg.drop_first} position(s) of every sequence left out (attention sink)",
             "grad": cfg.grad, "loss": "sum over tokens of next-token cross-entropy (per sequence)",
@@ -268,7 +287,7 @@ def _identity(cfg: CacheConfig, model_id: str, d_model: int, n_seq: int) -> dict
 
 def run(cfg: CacheConfig) -> Path:
     """Load the model and write (or resume) the cache; returns the cache folder."""
-    from .model import load_model
+    from ..model import load_model
 
     torch.set_num_threads(max(1, cfg.threads))
     _check(cfg)
@@ -287,15 +306,21 @@ def _check(cfg: CacheConfig) -> None:
 
 def write_cache(model, tok, cfg: CacheConfig) -> Path:
     """Write (or resume) the cache of ``model`` described by ``cfg``."""
-    from tqdm import tqdm
-
-    from .hooks import hidden_size, resolve_layer
-    from .model import model_name
+    from ..hooks import resolve_layer
 
     _check(cfg)
     cfg.layers = sorted({resolve_layer(model, l) for l in cfg.layers})
     out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        clean_temp(out)
+        return _write_locked(model, tok, cfg, out)
+
+
+def _write_locked(model, tok, cfg: CacheConfig, out: Path) -> Path:
+    from tqdm import tqdm
+
+    from ..hooks import hidden_size
+    from ..model import model_name
 
     seqs = pack_sequences(iter_documents(cfg.data, cfg.text_field), tok, cfg.context_length, cfg.prepend_bos,
                           cfg.max_tokens)
@@ -393,7 +418,7 @@ def cache_from_arrays(out: str | Path, x: torch.Tensor, g: torch.Tensor | None =
         shards.append(rec)
     write_json(out / "manifest.json", {
         "format_version": FORMAT_VERSION, "model": model, "layers": [layer],
-        "hook_names": [f"blocks.{layer}.hook_resid_post"], "d_model": D, "context_length": 0,
+        "hook_names": [hook_name_for(layer)], "d_model": D, "context_length": 0,
         "prepend_bos": False, "drop_first": 0, "grad": g is not None, "data": ["arrays"], "dtype": "float16",
         "complete": True, "n_shards": len(shards), "n_tokens": N, "shards": shards})
     return out

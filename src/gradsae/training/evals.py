@@ -14,7 +14,10 @@ generation uses):
   spliced (error term dropped) at every position except the first ``drop_first`` (the attention sink,
   which the SAE was not trained on); ``l_added`` = (CE_sae − CE_clean) / CE_clean; ``kl_div_with_sae`` =
   mean KL(p_clean ‖ p_sae) over predicted positions.
-- ``dead_frac``: latents that never fire on the held-out tokens (``n_tokens`` of them).
+- dead latents by two rules: ``dead_frac``, latents that never fire on the held-out tokens (``n_tokens`` of
+  them); ``dead_frac_5batches``, the g-SAE paper's rule, latents that fire in none of the last 5 batches of
+  ``--dead-batch-tokens`` held-out tokens. The values recorded at the end of training (``gradsae train``
+  keeps both rules' counters) are reported beside them (``dead_frac_train``, ``dead_frac_train_5batches``).
 - steering (g-SAE paper §4.2): for a seeded sample of latents alive on the held-out tokens and of
   (sequence, position) contexts, add α·W_dec[i]/‖W_dec[i]‖ to x at that position, and measure the change of
   the next-token distribution: ``assoc`` = Σ_{j∈L_i} Δp_j over the n tokens L_i with the largest W_U·W_dec[i]
@@ -32,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import opt
-from .errors import GradsaeError
-from .io import write_json
-from .sae import SAE, densify
+from ..config import opt
+from ..errors import GradsaeError
+from ..io import write_json
+from ..sae import SAE, densify
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ class EvalConfig:
                                    "layer-9 residuals have norm ~140)")
     steer_top_n: int = opt(10, "associated tokens n per latent (largest W_U·W_dec[i])")
     out: str = opt("", "results folder (default: <gradsae cache>/evals/<sae name>)")
+    dead_batch_tokens: int = opt(1024, "tokens per batch for the g-SAE paper's dead-latent rule (no "
+                                 "activation in 5 consecutive batches)")
     plots: bool = opt(True, "write PNG plots")
     seed: int = opt(0, "seed for the samples of latents and contexts")
     threads: int = opt(2, "torch CPU threads")
@@ -137,7 +142,7 @@ class GradAwareSAE(torch.nn.Module):
 
 def _encode_batches(sae: SAE, x: torch.Tensor, g: torch.Tensor | None, bs: int = 4096):
     """Yield (x_batch [n, D] float, x_hat [n, D], code) over x [N, D]."""
-    from .train import decode_sparse
+    from .grid import decode_sparse
 
     for a in range(0, x.shape[0], bs):
         xb = x[a:a + bs].float()
@@ -179,7 +184,7 @@ def activation_metrics(sae: SAE, x: torch.Tensor, g: torch.Tensor | None) -> tup
 def model_metrics(model, sae: SAE, ids: torch.Tensor, grads: torch.Tensor | None, drop_first: int,
                   batch_size: int) -> dict:
     """CE clean vs spliced, L_added, KL. ids [S, T]; grads [S, T, D] dL/dx for gradient selection or None."""
-    from .splice import Splice
+    from ..splice import Splice
 
     enc = GradAwareSAE(sae)
     ce_c, ce_s, kls = [], [], []
@@ -202,7 +207,7 @@ def model_metrics(model, sae: SAE, ids: torch.Tensor, grads: torch.Tensor | None
 def steering_effect(model, sae: SAE, ids: torch.Tensor, alive: torch.Tensor, cfg: EvalConfig,
                     drop_first: int) -> dict:
     """Paper §4.2 on a seeded sample of alive latents × contexts × α (KV-cached: one extra token per row)."""
-    from .hooks import block, join_output, split_output, unembedding
+    from ..hooks import block, join_output, split_output, unembedding
 
     g = torch.Generator().manual_seed(cfg.seed)
     alive_idx = alive.nonzero().flatten()
@@ -322,22 +327,21 @@ def _sae_slug(spec: str) -> str:
 
 def run(cfg: EvalConfig) -> dict:
     """Load the SAE, the model and the cache, evaluate, write eval.json (+ plots), print a summary."""
-    from .cache import ActivationCache
-    from .formats import load_sae
-    from .model import load_model
-    from .train import _default_cache
+    from .cache import ActivationCache, default_cache
+    from ..formats import load_sae
+    from ..model import load_model
 
     torch.set_num_threads(max(1, cfg.threads))
     sae = load_sae(cfg.sae, dtype="float32")  # float16 files are evaluated in float32 (CPU, tiny gradients)
     model, _ = load_model(cfg.model)
-    cache = ActivationCache(cfg.cache or _default_cache())
+    cache = ActivationCache(cfg.cache or default_cache())
     return evaluate(model, sae, cache, cfg)
 
 
 def evaluate(model, sae: SAE, cache, cfg: EvalConfig) -> dict:
     """All metrics of the module docstring for ``sae`` on ``model`` and the held-out shards of ``cache``."""
-    from .model import cache_dir, model_name
-    from .splice import check_compatible
+    from ..model import cache_dir, model_name
+    from ..splice import check_compatible
 
     t0 = time.time()
     layer = check_compatible(model, sae, None)
@@ -364,6 +368,11 @@ def evaluate(model, sae: SAE, cache, cfg: EvalConfig) -> dict:
     for sel in sels:
         gg = g if sel == "gradient" else None
         m, counts = activation_metrics(sae, x, gg)
+        tail = min(x.shape[0], 5 * cfg.dead_batch_tokens)
+        _, tail_counts = activation_metrics(sae, x[-tail:], None if gg is None else gg[-tail:])
+        m["misc"]["dead_frac_5batches"] = float((tail_counts == 0).float().mean())
+        for key in ("dead_frac_train", "dead_frac_train_5batches"):
+            m["misc"][key] = sae.cfg.metadata.get(key)
         gfull = None
         if gg is not None:  # [S, T, D] with zeros on the dropped positions
             gfull = torch.zeros(ids.shape[0], T, x.shape[1])
@@ -413,12 +422,17 @@ def evaluate(model, sae: SAE, cache, cfg: EvalConfig) -> dict:
 def _print_summary(name: str, results: dict, steer: dict | None, out: Path) -> None:
     print(f"eval {name}  ->  {out / 'eval.json'}")
     print(f"{'selection':<10} {'L0':>6} {'NMSE':>7} {'expl.var':>8} {'CE clean':>8} {'CE SAE':>8} "
-          f"{'L_added':>8} {'KL':>7} {'dead':>6}")
+          f"{'L_added':>8} {'KL':>7} {'dead':>6} {'dead5b':>6}")
     for sel, m in results.items():
         r, p = m["reconstruction_quality"], m["model_performance_preservation"]
         print(f"{sel:<10} {m['sparsity']['l0']:6.1f} {r['nmse']:7.4f} {r['explained_variance']:8.4f} "
               f"{p['ce_loss_without_sae']:8.4f} {p['ce_loss_with_sae']:8.4f} {p['l_added']:8.4f} "
-              f"{m['model_behavior_preservation']['kl_div_with_sae']:7.4f} {m['misc']['dead_frac']:6.3f}")
+              f"{m['model_behavior_preservation']['kl_div_with_sae']:7.4f} {m['misc']['dead_frac']:6.3f} "
+              f"{m['misc']['dead_frac_5batches']:6.3f}")
+    misc = next(iter(results.values()))["misc"]
+    if misc.get("dead_frac_train") is not None:
+        print(f"dead at the end of training: {misc['dead_frac_train']:.3f} (no activation in the window of tokens), "
+              f"{misc.get('dead_frac_train_5batches') or 0:.3f} (none in 5 consecutive batches)")
     if steer:
         print("steering α: " + "  ".join(f"{a:g}: assoc {sa:.4f} other {so:.4f}"
                                           for a, sa, so in zip(steer["alphas"], steer["assoc_mean"], steer["other_mean"])))
