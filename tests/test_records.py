@@ -131,3 +131,22 @@ def test_report_on_a_malformed_summary_is_one_line(tmp_path, capsys, content):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "summary.json" in err[0]
     assert not (tmp_path / "report.html").exists()
+
+
+def test_report_shows_dashboard_cards_for_the_latents_it_names(tmp_path):
+    from gradsae.dashboard import find_dashboard
+    from gradsae.report import report_from_folder
+
+    if find_dashboard("smollm2/topk/L9") is None:
+        pytest.skip("the bundled SAE has no dashboard")
+    folder = tmp_path / "old"
+    shutil.copytree(OLD, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    page = report_from_folder(folder).read_text()
+    assert 'id="cards"' not in page  # the run's SAE folder has no dashboard beside it: no cards
+    cfg["sae"] = "smollm2/topk/L9"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    page = report_from_folder(folder).read_text()
+    recs = read_records(folder)
+    top = [r.sets.rankings["gradsae"]["top"][0].latent for (t, _), r in recs.items() if t == "answer" and r.kept]
+    assert 'id="cards"' in page and top and all(f'data-latent="{c}"' in page for c in top)

@@ -480,10 +480,11 @@ def check_summary(summary: dict, source: str = "summary") -> dict:
 
 def render_report(summary: dict | None, examples: Sequence[dict] = (), *, config: dict | None = None,
                   sae_eval: dict | None = None, answers: Sequence[dict] = (), title: str = "GradSAE report",
-                  plots: dict[str, bytes] | None = None) -> str:
+                  plots: dict[str, bytes] | None = None, cards: str = "") -> str:
     """The whole report as one HTML string (see the module docstring for the inputs).
 
-    ``plots``: PNG bytes by name to embed instead of drawing them from the summary.
+    ``plots``: PNG bytes by name to embed instead of drawing them from the summary. ``cards``: an HTML
+    fragment of dashboard cards (``dashboard_html.render_cards``) shown as its own section.
     """
     summary = check_summary(summary or {})
     parts = []
@@ -518,6 +519,10 @@ def render_report(summary: dict | None, examples: Sequence[dict] = (), *, config
     if answers:
         parts.append(render_answers(answers))
         nav.append(("questions", "All questions"))
+    if cards:
+        parts.append('<section id="cards"><p class="note">From the SAE\'s dashboard: where each latent fires '
+                     "(input side) and where it moves the next-token loss most (output side).</p>" + cards + "</section>")
+        nav.append(("cards", "Latent cards"))
     sub = " · ".join(str(x) for x in (summary.get("model"), summary.get("sae"), summary.get("layer")) if x)
     return render_page(title, "".join(parts), sub, nav)
 
@@ -583,8 +588,35 @@ def report_from_folder(folder: str | Path, examples: Sequence[dict] = (), *, sae
     recs = read_records(folder)
     answers = [r.to_json() for (task, _), r in recs.items() if task == "answer"]
     exs = [attach_records(e, recs) for e in examples]
+    cards = dashboard_cards(config, exs, [r for (task, _), r in recs.items() if task == "answer"])
     return write_report(out or folder / "report.html", summary, exs, config=config, sae_eval=sae_eval,
-                        answers=answers, title=title, plots=plots)
+                        answers=answers, title=title, plots=plots, cards=cards)
+
+
+def dashboard_cards(config: dict | None, examples: Sequence[dict], answers: Sequence, n_latents: int = 24) -> str:
+    """Cards for the latents a report names, when a dashboard of the run's SAE is found next to it: the latents
+    of the example tables first, then those most often among the kept questions' GradSAE top 10."""
+    from collections import Counter
+
+    from .dashboard import find_dashboard, load_dashboard
+    from .dashboard_html import render_cards
+
+    spec = (config or {}).get("sae")
+    found = find_dashboard(spec) if isinstance(spec, str) and spec else None
+    if not found:
+        return ""
+    order: list[int] = []
+    for e in examples:
+        for key in ("top", "bottom"):
+            order += [int(r["latent"]) for r in (e.get(key) or [])[:10] if r.get("latent") is not None]
+    counts = Counter()
+    for a in answers:
+        if getattr(a, "kept", False) and getattr(a, "sets", None) is not None:
+            top = a.sets.rankings.get("gradsae", {}).get("top", [])[:10]
+            counts.update(r.latent for r in top)
+    order += [c for c, _ in counts.most_common()]
+    latents = list(dict.fromkeys(order))[:n_latents]
+    return render_cards(load_dashboard(found), latents) if latents else ""
 
 
 # ---------------------------------------------------------------------------------------------
