@@ -31,7 +31,7 @@ for name in sorted(mods):
     print(f"{name:22s} -> {', '.join(d) if d else '(nothing)'}")
 # cycles
 def cyc():
-    seen=set(); stack=[]; out=set()
+    out=set()
     def dfs(n, path):
         for m in deps[n]:
             if m in path: out.add(tuple(path[path.index(m):]+[m])); continue

@@ -6,7 +6,6 @@ import argparse
 import errno
 import importlib
 import logging
-import os
 import sys
 
 from .errors import GradsaeError

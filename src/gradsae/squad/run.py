@@ -28,7 +28,7 @@ from .config import (ANSWER_FINGERPRINT, TASKS, ExperimentConfig, PerturbConfig,
                      SteerConfig, fingerprint, parse_clamp)
 from .phases import RunContext, answer_batch, perturb_example, pick_partner, steer_example
 from .records import AnswerRecord, EditRecord, Record, RecordLog, merge_shards, read_records
-from .summary import SCHEMA, SWEEP_SCHEMA, summarize
+from .summary import SWEEP_SCHEMA, summarize
 from .tables import sweep_markdown, table_markdown
 
 __all__ = ["run_perturb", "run_steer", "run_stats", "run_all", "make_prompt_builder", "import_answers",
