@@ -150,3 +150,6 @@ def test_report_shows_dashboard_cards_for_the_latents_it_names(tmp_path):
     recs = read_records(folder)
     top = [r.sets.rankings["gradsae"]["top"][0].latent for (t, _), r in recs.items() if t == "answer" and r.kept]
     assert 'id="cards"' in page and top and all(f'data-latent="{c}"' in page for c in top)
+    # folders of the current layout nest the command's config under "config"
+    (folder / "config.json").write_text(json.dumps({"commands": ["perturb"], "config": cfg}))
+    assert all(f'data-latent="{c}"' in report_from_folder(folder).read_text() for c in top)

@@ -601,7 +601,9 @@ def dashboard_cards(config: dict | None, examples: Sequence[dict], answers: Sequ
     from .dashboard import find_dashboard, load_dashboard
     from .dashboard_html import render_cards
 
-    spec = (config or {}).get("sae")
+    config = config or {}
+    inner = config.get("config") if isinstance(config.get("config"), dict) else {}
+    spec = config.get("sae") or inner.get("sae")  # config.json nests the command's config under "config"
     found = find_dashboard(spec) if isinstance(spec, str) and spec else None
     if not found:
         return ""
