@@ -20,11 +20,14 @@ def chromium() -> str | None:
     return None
 
 
-def chrome(tmp_path, *args, timeout=120):
+def chrome(tmp_path, *args, timeout=120, fresh_profile=False):
+    """Run headless Chromium with ``args``. One profile per test (localStorage survives between its runs),
+    or a new one per call with ``fresh_profile``."""
     exe = chromium()
     if exe is None:
         pytest.fail("chromium not found: apt-get update && apt-get install -y chromium (make test does this)")
-    profile = tmp_path / "profile"  # one profile: localStorage survives between runs of one test
+    profile = (tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}" if fresh_profile
+               else tmp_path / "profile")
     cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            "--disable-dev-shm-usage", "--mute-audio", f"--user-data-dir={profile}", "--allow-file-access-from-files",

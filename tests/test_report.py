@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 
 import pytest
 
@@ -12,6 +11,7 @@ from gradsae.influence import Example, influence, promoted_tokens
 from gradsae.report import (attach_records, json_for_script, render_example, render_report,
                             render_table1, report_from_folder, write_report)
 
+from chromium import chrome
 from conftest import make_tiny, random_sae
 
 EVIL = "<script>alert(1)</script>"
@@ -176,25 +176,8 @@ def test_sweep_summary_renders_one_section_per_run():
 
 # ---- headless Chromium ---------------------------------------------------------------------------
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        p = shutil.which(name)
-        if p:
-            return p
-    return None
-
-
 def _chrome(tmp_path, *args, timeout=120):
-    exe = _chromium()
-    if exe is None:
-        pytest.fail("chromium not found: apt-get update && apt-get install -y chromium (make test does this)")
-    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-dev-shm-usage", "--mute-audio", f"--user-data-dir={profile}",
-           "--enable-logging=stderr", "--v=0", *args]
-    env = dict(os.environ, HOME=str(tmp_path))
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return chrome(tmp_path, *args, timeout=timeout, fresh_profile=True)
 
 
 @pytest.mark.browser
