@@ -1,21 +1,27 @@
 """How many questions survive the paper's reconstruction-only splice (``--error none``), per SAE: the issue-11
-curve of "questions still answered" against an SAE's training tokens, k and width.
+curve of "questions still answered" against an SAE's training tokens, k, width and layer.
 
-    python benchmarks/bench_splice_survival.py --sae smollm2/topk/L9,/path/to/run/L9/topk_k32 --limit 150
+    python benchmarks/bench_splice_survival.py --sae smollm2/topk/L9,/path/to/run/L14/topk_k128 --limit 150
 
-For each SAE this runs ``gradsae perturb --error none`` on the first ``--limit`` answerable questions of the
-SQuAD dev subset (the answer phase answers every question twice: through the splice and with the plain model;
-one K = 1 TopK masking round per kept question comes with it), then counts from the records:
+Definitions follow ``gradsae perturb`` (same prompts, decoding, answer extraction and F1, from the package's
+``RunContext``): among the first ``--limit`` answerable questions of the SQuAD dev subset,
 
 * ``plain``: questions the model without the SAE answers with F1 ≥ 0.9;
-* ``kept``: questions the spliced model answers with F1 ≥ 0.9 (the correct-sample filter);
-* ``kept of plain``: questions in both, and that count over ``plain`` — the issue's target is ≥ 0.5.
+* ``kept of plain``: those the spliced model (``--error none``: the model sees only the reconstruction at the
+  SAE's layer) also answers with F1 ≥ 0.9, and that count over ``plain`` — the issue's target is ≥ 0.5.
 
-Results folders go to ``--out-root/<name>`` and resume when rerun; the table is printed and written as JSON.
+The plain model's answers are computed once and cached in ``--out-root/plain.json``; each SAE then answers only
+the ``plain`` questions, so one SAE costs ~plain/limit of a ``gradsae perturb`` answer phase. ``--check FOLDER``
+compares the kept set with a ``gradsae perturb --error none`` results folder of the first SAE (they must agree).
+Per-SAE results are cached in ``--out-root`` too (a rerun skips SAEs already measured); the table is printed
+and written as JSON, with a Wilson 95% interval for each fraction.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import math
 import re
 import sys
 import time
@@ -24,16 +30,27 @@ from pathlib import Path
 from _common import DEV, write_out
 
 
-def survival(folder: Path, min_f1: float = 0.9) -> dict:
-    """Counts from a perturb results folder's answer records."""
-    from gradsae.squad.records import read_records
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """Wilson score interval of k successes in n trials."""
+    if n == 0:
+        return None
+    p = k / n
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return round(max(0.0, c - h), 3), round(min(1.0, c + h), 3)
 
-    ans = [r for (task, _), r in read_records(folder).items() if task == "answer" and r.ok]
-    plain = {r.id for r in ans if r.unspliced is not None and r.unspliced.f1 >= min_f1}
-    kept = {r.id for r in ans if r.f1 >= min_f1}
-    both = plain & kept
-    return {"questions": len(ans), "plain": len(plain), "kept": len(kept), "kept_of_plain": len(both),
-            "fraction": round(len(both) / len(plain), 3) if plain else None}
+
+def _answers(ctx, qas, batch_size: int, spliced: bool) -> dict[str, float]:
+    """F1 per question id, batch by batch, through the splice or not."""
+    from gradsae.squad import data as sq
+
+    f1s = {}
+    for i in range(0, len(qas), batch_size):
+        chunk = qas[i:i + batch_size]
+        texts, _ = ctx.generate([ctx.builder(q.context, q.question) for q in chunk], spliced=spliced)
+        for q, raw in zip(chunk, texts):
+            f1s[q.id] = sq.em_f1(ctx.answer(raw), q.answers)[1]
+    return f1s
 
 
 def main() -> None:
@@ -45,25 +62,83 @@ def main() -> None:
     ap.add_argument("--out-root", default="benchmarks/out/splice_survival")
     ap.add_argument("--json", default="benchmarks/out/splice_survival.json")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--check", default="", help="a `gradsae perturb --error none` folder of the first SAE")
     args = ap.parse_args()
 
-    from gradsae.cli import main as cli_main
+    import torch
+
+    from gradsae.formats import load_sae
+    from gradsae.io import atomic_write_text
+    from gradsae.model import load_model
+    from gradsae.splice import check_compatible
+    from gradsae.squad import data as sq
+    from gradsae.squad.config import PerturbConfig
+    from gradsae.squad.phases import RunContext
+    from gradsae.squad.run import make_prompt_builder
+
+    torch.set_num_threads(args.threads)
+    cfg = PerturbConfig(model=args.model, data=args.data, limit=args.limit, error="none", device="cpu")
+    model, tok = load_model(cfg.model, device="cpu", dtype=cfg.dtype)
+    qas = sq.load_questions(cfg.data, limit=cfg.limit or None, seed=cfg.seed, shuffle=cfg.shuffle)
+    builder = make_prompt_builder(cfg, tok, qas)
+    root = Path(args.out_root)
+    key = hashlib.sha256(json.dumps([args.model, args.data, args.limit, [q.id for q in qas]]).encode()).hexdigest()[:16]
+
+    plain_path = root / f"plain-{key}.json"
+    first_sae = None
+    if plain_path.exists():
+        plain_f1 = json.loads(plain_path.read_text())
+    else:
+        first_sae = load_sae(args.sae.split(",")[0], device="cpu")
+        ctx = RunContext(cfg, model, tok, first_sae, None, builder)
+        t0 = time.perf_counter()
+        plain_f1 = _answers(ctx, qas, cfg.batch_size, spliced=False)
+        atomic_write_text(plain_path, json.dumps(plain_f1))
+        print(f"plain model: {len(qas)} questions in {time.perf_counter() - t0:.0f} s", flush=True)
+    plain = [q for q in qas if sq.is_correct(plain_f1[q.id], cfg.min_f1)]
 
     rows = []
     for spec in [s for s in args.sae.split(",") if s]:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.strip("/"))[-80:]
-        out = Path(args.out_root) / name
+        cached = root / f"{name}-{key}.json"
+        if cached.exists():
+            rows.append(json.loads(cached.read_text()))
+            continue
+        sae = first_sae if (first_sae is not None and spec == args.sae.split(",")[0]) else load_sae(spec, device="cpu")
+        check_compatible(model, sae, None)
+        ctx = RunContext(cfg, model, tok, sae, None, builder)
         t0 = time.perf_counter()
-        rc = cli_main(["perturb", "--model", args.model, "--sae", spec, "--data", args.data, "--limit",
-                       str(args.limit), "--error", "none", "--ks", "1", "--methods", "gradsae", "--sets", "top",
-                       "--threads", str(args.threads), "--device", "cpu", "--no-progress", "--out", str(out)])
-        if rc:
-            sys.exit(rc)
-        rows.append({"sae": spec, **survival(out), "seconds": round(time.perf_counter() - t0, 1)})
-    print("| SAE | questions | plain model F1 ≥ 0.9 | spliced F1 ≥ 0.9 | both | both / plain |")
-    print("|---|---|---|---|---|---|")
+        f1 = _answers(ctx, plain, cfg.batch_size, spliced=True)
+        kept = sorted(q.id for q in plain if sq.is_correct(f1[q.id], cfg.min_f1))
+        meta = sae.cfg.metadata or {}
+        row = {"sae": spec, "layer": sae.cfg.hook_name, "k": sae.cfg.k, "d_sae": sae.d_sae,
+               "architecture": sae.cfg.architecture, "train_tokens": meta.get("model_tokens"),
+               "questions": len(qas), "plain": len(plain), "kept_of_plain": len(kept),
+               "fraction": round(len(kept) / len(plain), 3) if plain else None,
+               "ci95": wilson(len(kept), len(plain)), "kept_ids": kept,
+               "seconds": round(time.perf_counter() - t0, 1)}
+        atomic_write_text(cached, json.dumps(row))
+        rows.append(row)
+        print(f"{spec}: {len(kept)} of {len(plain)} ({row['seconds']} s)", flush=True)
+
+    if args.check:
+        from gradsae.squad.records import read_records
+
+        ans = [r for (task, _), r in read_records(Path(args.check)).items() if task == "answer" and r.ok]
+        ref = sorted(r.id for r in ans if r.unspliced is not None and sq.is_correct(r.unspliced.f1, cfg.min_f1)
+                     and sq.is_correct(r.f1, cfg.min_f1))
+        same = ref == rows[0]["kept_ids"]
+        print(f"check against {args.check}: perturb kept {len(ref)}, this benchmark {len(rows[0]['kept_ids'])}: "
+              f"{'identical sets' if same else 'DIFFERENT sets'}")
+        if not same:
+            sys.exit(1)
+
+    print("| SAE | layer | k | d_sae | training tokens | plain model F1 ≥ 0.9 | spliced too | fraction [95% CI] |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['sae']} | {r['questions']} | {r['plain']} | {r['kept']} | {r['kept_of_plain']} | {r['fraction']} |")
+        ci = r["ci95"]
+        print(f"| {r['sae']} | {r['layer']} | {r['k']} | {r['d_sae']} | {r['train_tokens']} | {r['plain']} | "
+              f"{r['kept_of_plain']} | {r['fraction']} [{ci[0]}, {ci[1]}] |" if ci else f"| {r['sae']} | … | 0 |")
     write_out(args.json, {"args": vars(args), "rows": rows})
 
 

@@ -119,3 +119,18 @@ def test_small_pure_pieces():
     assert len(names) == 16 and names[-1] == "L14/e2e_k8_c128_s1"
     with pytest.raises(GradsaeError, match="cannot train architecture 'relu'"):
         build_grid([9], ["relu"], [8], [0.5], [64], [0])
+
+
+def test_snapshots_export_mid_run_weights_and_may_change_on_resume(toy_cache, tmp_path):
+    _, cache = toy_cache
+    kw = dict(epochs=0.5, checkpoint_every=2, shuffle_batches=2)
+    out = tmp_path / "s"
+    run(_cfg(cache, out, max_steps=2, **kw))  # a first invocation without snapshots
+    run(_cfg(cache, out, snapshot_tokens=[1024, 10**9], **kw))  # resumed with them: allowed
+    snap = load_sae(out / "snapshots" / "1024" / "topk_k3")
+    final = load_sae(out / "topk_k3")
+    assert 1024 <= snap.cfg.metadata["model_tokens"] < final.cfg.metadata["model_tokens"]
+    assert not torch.equal(snap.W_dec, final.W_dec)
+    assert not (out / "snapshots" / str(10**9)).exists()  # never reached
+    with pytest.raises(GradsaeError, match="snapshot-tokens"):
+        run(_cfg(cache, tmp_path / "bad", snapshot_tokens=[0], **kw))

@@ -89,11 +89,14 @@ class TrainConfig:
     threads: int = opt(2, "torch CPU threads per process")
     device: str = opt("auto", "auto (cuda when present), cpu or cuda (cuda:LOCAL_RANK under torchrun)")
     progress: bool = opt(True, "show a progress bar (tokens/s, ETA)")
+    snapshot_tokens: list[int] = opt([], "also export every SAE to <out>/snapshots/<tokens>/ when the run passes "
+                                     "these model-token counts (at the next checkpoint), e.g. 1000000,3000000: "
+                                     "a curve over training tokens from one run")
 
 
 # Fields that may differ between a run and its resume.
 _RESUME_FREE = ("max_steps", "checkpoint_every", "log_every", "threads", "device", "out", "progress",
-                "memory_limit_gb")
+                "memory_limit_gb", "snapshot_tokens")
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -108,6 +111,8 @@ def check_config(cfg: TrainConfig) -> None:
     for name in ("batch_size", "batch_tokens", "checkpoint_every", "log_every", "shuffle_batches", "threads",
                  "context_length"):
         bad(getattr(cfg, name) < 1, f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1")
+    bad(any(n <= 0 for n in cfg.snapshot_tokens),
+        f"--snapshot-tokens {','.join(map(str, cfg.snapshot_tokens))} must be positive token counts, e.g. 1000000")
     for name in ("max_tokens", "max_steps", "warmup_steps", "dead_tokens", "drop_first", "auxk_k"):
         bad(getattr(cfg, name) < 0, f"--{name.replace('_', '-')} {getattr(cfg, name)} must not be negative")
     bad(not 0 <= cfg.decay_frac < 1, f"--decay-frac {cfg.decay_frac} must be in [0, 1)")
@@ -379,6 +384,7 @@ def _train(cfg: TrainConfig, setup: _Setup, specs: list[SAESpec], out: Path, dev
             state.reader, state.reader_pending = src.state()
             if rank == 0:
                 state.save(ckpt, saes, opts)
+                _snapshot(cfg, saes, specs, state, setup.meta, out, total)
             last_ckpt = state.step
         if stop:
             break
@@ -464,6 +470,18 @@ def _truncate_log(path: Path, step: int) -> None:
     keep = [r for r in recs if r.get("step", 0) <= step]
     if len(keep) != len(recs):
         atomic_write_text(path, "".join(dumps(r, indent=None) + "\n" for r in keep))
+
+
+def _snapshot(cfg: TrainConfig, saes, specs, state: TrainState, meta: dict, out: Path, total: int) -> None:
+    """Export every SAE to ``out/snapshots/<n>/`` for each ``--snapshot-tokens`` count n the run has passed
+    and not exported yet (mid-schedule weights: the learning rate has not decayed)."""
+    for n in sorted(cfg.snapshot_tokens):
+        folder = out / "snapshots" / str(n)
+        if state.tokens < n or state.step >= total or (folder / "done").exists():
+            continue
+        for j, (sae, spec) in enumerate(zip(saes, specs)):
+            _finalise(sae, spec, state, j, cfg, meta).save(folder / spec.name)
+        atomic_write_text(folder / "done", f"{state.tokens}\n")
 
 
 def _finalise(sae: SAE, spec: SAESpec, state: TrainState, j: int, cfg: TrainConfig, meta: dict) -> SAE:
