@@ -163,3 +163,15 @@ def test_dead_latents_by_both_rules_are_reported(tiny_setup):
     assert misc["dead_frac_5batches"] >= misc["dead_frac"]  # a window of 20 tokens sees fewer latents fire
     assert misc["dead_frac_5batches"] > 0
     assert (misc["dead_frac_train"], misc["dead_frac_train_5batches"]) == (0.25, 0.5)
+
+
+def test_distributions_count_every_latent_once():
+    import torch
+    from gradsae.training.evals import distributions
+
+    density = torch.tensor([0.0, 1e-8, 1e-3, 0.5, 1.0, 0.0], dtype=torch.float64)
+    maxcos = torch.tensor([-1.0, -0.2, 0.0, 0.33, 0.99, 1.0])
+    d = distributions(density, maxcos)
+    assert d["dead"] == 2 and sum(d["density_log10_counts"]) == 4  # 1e-8 is clipped into the first bin
+    assert d["density_log10_counts"][0] == 1 and d["density_log10_counts"][-1] == 1
+    assert sum(d["max_cos_counts"]) == 6 and d["max_cos_counts"][0] == 1 and d["max_cos_counts"][-1] == 2

@@ -41,7 +41,7 @@ from .errors import GradsaeError
 log = logging.getLogger(__name__)
 
 SCHEMA = "gradsae.dashboard/1"
-DEFAULT_SAE = "smollm2/topk/L9"
+from .formats import DEFAULT_SAE
 # Histogram: fixed log-spaced edges so histograms from different ranks/resumes add up exactly.
 HIST_LO = -3.0  # log10 of the lowest edge
 HIST_PER_DECADE = 8

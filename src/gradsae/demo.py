@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import opt
+from .formats import DEFAULT_SAE
 
 from .squad.data import DEFAULT_DATA as SAMPLE_QA, DEFAULT_FEWSHOT as SAMPLE_FEWSHOT
 
@@ -18,7 +19,7 @@ class DemoConfig:
     statistics, and a self-contained HTML report."""
 
     model: str = opt("smollm2", "model: 'smollm2', a local folder, a .gguf file or a hub id")
-    sae: str = opt("smollm2/topk/L9", "SAE folder/file, bundled name or saelens:<release>/<id>")
+    sae: str = opt(DEFAULT_SAE, "SAE folder/file, bundled name or saelens:<release>/<id>")
     data: str = opt(SAMPLE_QA, "questions: SQuAD JSON / JSONL (default: the bundled sample questions)")
     fewshot_data: str = opt(SAMPLE_FEWSHOT, "SQuAD JSON with the few-shot exemplar paragraph")
     ks: list[str] = opt(["1", "10", "50%"], "K values for masking and steering (50%% = half the latents active "

@@ -34,6 +34,9 @@ from .io import atomic_write_bytes, atomic_write_text
 from .sae import SAE, SAEConfig
 
 BUNDLED_DIR = Path(__file__).parent / "bundled" / "saes"
+# The bundled SAEs every command defaults to (one place; see bundled/saes/*/README.md for their cards).
+DEFAULT_SAE = "smollm2/topk/L9"
+DEFAULT_GSAE = "smollm2/gsae/L9"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from .errors import GradsaeError
 from .influence import Example, Influence, InfluenceOptions, influence, promoted_tokens
 from .io import read_text_file, write_json
 
-DEFAULT_SAE = "smollm2/topk/L9"
+from .formats import DEFAULT_SAE
 
 
 @dataclass(kw_only=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..config import opt
 from ..errors import GradsaeError
+from ..formats import DEFAULT_SAE
 from ..generate import parse_stop as split_stops
 from ..influence import InfluenceOptions, check_k
 from . import data as sq
@@ -23,7 +24,7 @@ class SquadConfig(InfluenceOptions):
     """Fields shared by the SQuAD experiment commands (the scoring fields come from ``InfluenceOptions``)."""
 
     model: str = opt("smollm2", "model: 'smollm2', a local folder, a .gguf file or a hub id")
-    sae: str = opt("smollm2/topk/L9", "SAE folder/file or bundled name; a comma list runs a sweep; "
+    sae: str = opt(DEFAULT_SAE, "SAE folder/file or bundled name; a comma list runs a sweep; "
                    "'{layer}' in it is filled from --layers")
     layer: str = opt("", "splice layer (index or hook name); empty: the SAE's own hook")
     layers: list[int] = opt([], "sweep over these layers (comma list), one results subfolder each")

@@ -22,6 +22,7 @@ import torch
 
 from ..distributed import Dist
 from ..errors import GradsaeError
+from ..formats import DEFAULT_SAE
 from ..io import atomic_write_bytes, atomic_write_text, output_lock, read_json, write_json
 from . import data as sq
 from .config import (ANSWER_FINGERPRINT, TASKS, ExperimentConfig, PerturbConfig, SquadConfig, StatsConfig,
@@ -318,7 +319,7 @@ def _runs(cfg: SquadConfig) -> list[tuple[str, str, object]]:
     """(tag, sae spec, layer) for every run of a sweep; a single run has tag ''."""
     saes = [s.strip() for s in cfg.sae.split(",") if s.strip()]
     if not saes:
-        raise GradsaeError("no SAE given: pass --sae NAME_OR_PATH (e.g. smollm2/topk/L9)")
+        raise GradsaeError(f"no SAE given: pass --sae NAME_OR_PATH (e.g. {DEFAULT_SAE})")
     layers = list(cfg.layers) or [None]
     fixed = cfg.layer.strip() if isinstance(cfg.layer, str) else cfg.layer
     if fixed not in ("", None) and cfg.layers:

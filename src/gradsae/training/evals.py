@@ -37,6 +37,7 @@ import torch
 
 from ..config import opt
 from ..errors import GradsaeError
+from ..formats import DEFAULT_GSAE
 from ..io import write_json
 from ..sae import SAE, densify
 
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 class EvalConfig:
     """Evaluate an SAE on held-out cached tokens: NMSE, L0, CE/L_added, KL, dead latents, steering effect."""
 
-    sae: str = opt("smollm2/gsae/L9", "SAE folder/file or bundled name")
+    sae: str = opt(DEFAULT_GSAE, "SAE folder/file or bundled name")
     model: str = opt("smollm2", "the model the SAE reads")
     cache: str = opt("", "activation cache (default: the folder `gradsae cache` writes with its defaults)")
     holdout_shards: int = opt(1, "evaluate on the last N shards of the cache (kept out of training)")
@@ -390,6 +391,8 @@ def evaluate(model, sae: SAE, cache, cfg: EvalConfig) -> dict:
     maxcos = max_decoder_cosine(sae.W_dec)
     metrics = dict(results[main_sel])
     metrics["decoder"] = {"max_cos_mean": float(maxcos.mean()), "max_cos_median": float(maxcos.median())}
+    density = counts_by_sel[main_sel].double() / max(1, int(x.shape[0]))
+    metrics["sparsity"] = {**metrics["sparsity"], "density_median": float(density.median())}
     if steer:
         metrics["steering"] = {k: v for k, v in steer.items() if k not in ("latents", "assoc_per_latent")}
     out = Path(cfg.out).expanduser() if cfg.out else cache_dir() / "evals" / _sae_slug(cfg.sae)
@@ -408,8 +411,9 @@ def evaluate(model, sae: SAE, cache, cfg: EvalConfig) -> dict:
         "selection": main_sel,
         "eval_result_metrics": metrics,
         "eval_result_metrics_by_selection": results,
-        "eval_result_details": [{"steering_per_latent": {"latents": steer["latents"],
-                                                         "assoc": steer["assoc_per_latent"]}}] if steer else [],
+        "eval_result_details": ([{"steering_per_latent": {"latents": steer["latents"],
+                                                          "assoc": steer["assoc_per_latent"]}}] if steer else [])
+        + [{"distributions": distributions(density, maxcos)}],
         "seconds": time.time() - t0,
     }
     write_json(out / "eval.json", result)
@@ -417,6 +421,19 @@ def evaluate(model, sae: SAE, cache, cfg: EvalConfig) -> dict:
         _plots(out, counts_by_sel, int(x.shape[0]), maxcos, steer, f"{cfg.sae}")
     _print_summary(cfg.sae, results, steer, out)
     return result
+
+
+def distributions(density: torch.Tensor, maxcos: torch.Tensor) -> dict:
+    """Histograms for comparisons across SAEs (g-SAE paper §4.3 density CDFs, §4.4 decoder cosines):
+    log10 activation density of every latent [C] (dead ones counted apart) in bins of 0.1 from -7 to 0, and
+    each decoder row's max cosine to another row [C] in bins of 0.02 from -1 to 1."""
+    alive = density > 0
+    dens_edges = np.round(np.arange(-7.0, 0.01, 0.1), 2)
+    cos_edges = np.round(np.arange(-1.0, 1.001, 0.02), 2)
+    dens_hist = np.histogram(np.clip(torch.log10(density[alive]).numpy(), -7, 0), bins=dens_edges)[0]
+    cos_hist = np.histogram(maxcos.float().numpy(), bins=cos_edges)[0]
+    return {"density_log10_edges": dens_edges.tolist(), "density_log10_counts": dens_hist.tolist(),
+            "dead": int((~alive).sum()), "max_cos_edges": cos_edges.tolist(), "max_cos_counts": cos_hist.tolist()}
 
 
 def _print_summary(name: str, results: dict, steer: dict | None, out: Path) -> None:
