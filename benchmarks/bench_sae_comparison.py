@@ -1,0 +1,222 @@
+"""TopK vs g-SAE vs E2E (the g-SAE paper's Table 1, §4.2–4.4) from `gradsae train` results folders.
+
+Every SAE in the given runs is evaluated on held-out text with `gradsae eval` (results cached per SAE in
+``--out-root``; a rerun skips finished ones), then SAEs that differ only in their seed are grouped and each
+metric is reported as the mean over seeds with a 95% Student-t interval (``n/a`` with one seed: no interval
+can be claimed). A verdict "A < B" is printed only where the intervals of two architectures do not overlap.
+
+    # the paper's design (a GPU run; on 2 CPU cores 5M tokens of this grid take days):
+    gradsae train --data WIKI00..03 --layers 14 --architectures topk,gsae,e2e --k 32 --seeds 0,1,2 \
+        --max-tokens 5000000 --out RUN_SEEDS
+    gradsae train --data WIKI00..03 --layers 14 --architectures topk,gsae,e2e --k 3,5,10,64 --seeds 0 \
+        --max-tokens 5000000 --out RUN_L0
+    gradsae cache --data wiki-04.jsonl.gz --layers 14 --max-shards 2 --out HELDOUT
+    python benchmarks/bench_sae_comparison.py --run RUN_SEEDS,RUN_L0 --heldout HELDOUT
+
+Metrics: NMSE, L_added = (L(x̂) − L(x)) / L(x), KL, dead latents by both rules (never active on the held-out
+tokens; the paper's "none in 5 consecutive batches" at the end of training), median activation density,
+decoder max-cosine mean, and the steering effect (Δp on each latent's associated tokens, higher is better) and
+its specificity (probability added to all other tokens, lower is better) at every α. Figures: density CDFs,
+decoder max-cosine histograms, steering over α (PNG beside the JSON).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from _common import write_out
+
+METRICS = {  # name -> (path in eval.json's eval_result_metrics, lower is better)
+    "NMSE": (("reconstruction_quality", "nmse"), True),
+    "L_added": (("model_performance_preservation", "l_added"), True),
+    "KL": (("model_behavior_preservation", "kl_div_with_sae"), True),
+    "dead (held-out)": (("misc", "dead_frac"), True),
+    "dead (5 batches, train)": (("misc", "dead_frac_train_5batches"), True),
+    "median density": (("sparsity", "density_median"), None),
+    "decoder max-cos": (("decoder", "max_cos_mean"), None),
+}
+
+
+def mean_ci(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95% Student-t interval (None for one value)."""
+    from scipy import stats
+
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return m, None
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    return m, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+
+
+def _get(ev: dict, path: tuple[str, str]):
+    v = ev["eval_result_metrics"].get(path[0], {}).get(path[1])
+    return None if v is None else float(v)
+
+
+def find_saes(run: Path) -> list[Path]:
+    """The SAE folders a `gradsae train` results folder holds (snapshots excluded)."""
+    return sorted(p.parent for p in run.rglob("cfg.json") if "snapshots" not in p.relative_to(run).parts)
+
+
+def group_key(ev: dict, meta: dict) -> tuple:
+    c = ev["sae_cfg"]
+    return (c["hook_name"], c["architecture"], c["k"], c["d_sae"], c.get("beta") if c["architecture"] == "gsae" else None,
+            meta.get("model_tokens"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="comma list of `gradsae train` results folders")
+    ap.add_argument("--heldout", required=True, help="`gradsae cache` folder of held-out text (with --grad)")
+    ap.add_argument("--holdout-shards", type=int, default=2)
+    ap.add_argument("--n-seqs", type=int, default=64)
+    ap.add_argument("--steer-latents", type=int, default=64)
+    ap.add_argument("--out-root", default="benchmarks/out/sae_comparison")
+    ap.add_argument("--json", default="benchmarks/out/sae_comparison.json")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    from gradsae.formats import load_sae
+    from gradsae.training.evals import EvalConfig, run as run_eval
+
+    root = Path(args.out_root)
+    evals = []
+    for run in [Path(r) for r in args.run.split(",") if r]:
+        for folder in find_saes(run):
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{run.name}_{folder.relative_to(run).as_posix()}")
+            out = root / slug
+            if (out / "eval.json").exists():
+                ev = json.loads((out / "eval.json").read_text())
+            else:
+                ev = run_eval(EvalConfig(sae=str(folder), cache=args.heldout, holdout_shards=args.holdout_shards,
+                                         n_seqs=args.n_seqs, steer_latents=args.steer_latents, out=str(out),
+                                         threads=args.threads))
+            meta = load_sae(folder).cfg.metadata or {}
+            evals.append((ev, meta, str(folder)))
+
+    groups = defaultdict(list)
+    for ev, meta, folder in evals:
+        groups[group_key(ev, meta)].append((ev, meta, folder))
+    rows = []
+    for key, members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+        hook, arch, k, d_sae, beta, tokens = key
+        row = {"hook": hook, "architecture": arch, "k": k, "d_sae": d_sae, "beta": beta, "train_tokens": tokens,
+               "seeds": sorted(m.get("seed") for _, m, _ in members), "folders": [f for _, _, f in members]}
+        for name, (path, _) in METRICS.items():
+            vals = [v for v in (_get(ev, path) for ev, _, _ in members) if v is not None]
+            row[name] = mean_ci(vals) if vals else None
+        st = [ev["eval_result_metrics"].get("steering") for ev, _, _ in members]
+        if all(st):
+            row["alphas"] = st[0]["alphas"]
+            row["steer_assoc"] = [mean_ci([s["assoc_mean"][i] for s in st]) for i in range(len(row["alphas"]))]
+            row["steer_other"] = [mean_ci([s["other_mean"][i] for s in st]) for i in range(len(row["alphas"]))]
+        row["distributions"] = next((d["distributions"] for d in members[0][0].get("eval_result_details", [])
+                                     if "distributions" in d), None)
+        rows.append(row)
+
+    def fmt(mc):
+        if mc is None:
+            return "–"
+        m, h = mc
+        return f"{m:.4f}" + (f" ± {h:.4f}" if h is not None else " (1 seed)")
+
+    cols = list(METRICS)
+    print("| layer | arch | k | tokens | seeds | " + " | ".join(cols) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(cols))
+    for r in rows:
+        print(f"| {r['hook'].split('.')[1]} | {r['architecture']} | {r['k']} | {r['train_tokens']} | "
+              f"{len(r['seeds'])} | " + " | ".join(fmt(r[c]) for c in cols) + " |")
+    if any("alphas" in r for r in rows):
+        print("\nsteering: Δp on associated tokens / probability added to other tokens, per α")
+        for r in rows:
+            if "alphas" in r:
+                print(f"  {r['architecture']} k={r['k']}: " + "  ".join(
+                    f"α={a:g}: {fmt(sa)} / {fmt(so)}" for a, sa, so in zip(r["alphas"], r["steer_assoc"], r["steer_other"])))
+    verdicts = compare(rows)
+    for v in verdicts:
+        print(v)
+    write_out(args.json, {"args": vars(args), "rows": rows, "verdicts": verdicts})
+    plot(rows, Path(args.json).with_suffix(""))
+
+
+def compare(rows: list[dict]) -> list[str]:
+    """Pairwise verdicts between architectures at the same layer, k and tokens: only where 95% intervals
+    separate; otherwise 'not enough evidence'."""
+    out = []
+    by = defaultdict(dict)
+    for r in rows:
+        by[(r["hook"], r["k"], r["train_tokens"])][r["architecture"]] = r
+    for (hook, k, tokens), archs in by.items():
+        names = sorted(archs)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                for metric, (_, lower) in METRICS.items():
+                    if lower is None or archs[a][metric] is None or archs[b][metric] is None:
+                        continue
+                    (ma, ha), (mb, hb) = archs[a][metric], archs[b][metric]
+                    if ha is None or hb is None:
+                        verdict = "not enough evidence (one seed: no interval)"
+                    elif ma + ha < mb - hb:
+                        verdict = f"{a} lower ({ma:.4f} ± {ha:.4f} vs {mb:.4f} ± {hb:.4f})"
+                    elif mb + hb < ma - ha:
+                        verdict = f"{b} lower ({mb:.4f} ± {hb:.4f} vs {ma:.4f} ± {ha:.4f})"
+                    else:
+                        verdict = "not enough evidence (95% intervals overlap)"
+                    out.append(f"{hook} k={k}: {metric}, {a} vs {b}: {verdict}")
+    return out
+
+
+def plot(rows: list[dict], stem: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    label = {id(r): f"{r['architecture']} k={r['k']} ({r['hook'].split('.')[1]})" for r in rows}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r in rows:
+        d = r.get("distributions")
+        if not d:
+            continue
+        edges = np.array(d["density_log10_edges"])
+        counts = np.array(d["density_log10_counts"], dtype=float)
+        total = counts.sum() + d["dead"]
+        axes[0].step(edges[1:], (d["dead"] + np.cumsum(counts)) / total, where="post", label=label[id(r)])
+        cedges = np.array(d["max_cos_edges"])
+        axes[1].step(cedges[:-1], np.array(d["max_cos_counts"]), where="post", label=label[id(r)])
+    axes[0].set(xlabel="log10 activation density", ylabel="fraction of latents (CDF, dead at left)",
+                title="density CDF (§4.3)")
+    axes[1].set(xlabel="max cosine to another decoder row", ylabel="latents", title="decoder cosines (§4.4)",
+                xlim=(0, 1))
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(f"{stem}_distributions.png", dpi=110)
+    plt.close(fig)
+    if any("alphas" in r for r in rows):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for r in rows:
+            if "alphas" not in r:
+                continue
+            for ax, key in zip(axes, ("steer_assoc", "steer_other")):
+                m = [v[0] for v in r[key]]
+                h = [v[1] or 0.0 for v in r[key]]
+                ax.errorbar(r["alphas"], m, yerr=h, marker="o", capsize=3, label=label[id(r)])
+        axes[0].set(xlabel="α", ylabel="Δp on associated tokens", title="steering effect (higher is better)")
+        axes[1].set(xlabel="α", ylabel="probability added to other tokens", title="specificity (lower is better)")
+        for ax in axes:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(f"{stem}_steering.png", dpi=110)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
