@@ -90,3 +90,14 @@ def test_bundled_saes_reconstruct_heldout_activations():
         card_nmse = card["eval_result_metrics"]["reconstruction_quality"]["nmse"]
         # the card was measured on float16-cached activations of these same tokens: allow 2% for rounding
         assert nmse < card_nmse * 1.02, (name, nmse, card_nmse)
+
+
+def test_info_lists_every_bundled_sae_with_its_eval(capsys):
+    from gradsae.cli import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name, folder in bundled_saes().items():
+        ev = json.loads((folder / "eval.json").read_text())["eval_result_metrics"]
+        line = next(l for l in out.splitlines() if l.strip().startswith(name + " "))
+        assert f"{ev['reconstruction_quality']['nmse']:.4f}" in line, line

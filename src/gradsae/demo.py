@@ -129,11 +129,31 @@ def info(cfg: InfoConfig) -> None:
     print(f"gradsae on Python {platform.python_version()}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}")
     print(f"cache folder: {cache_dir()}")
-    print("bundled SAEs:")
-    for n in bundled_saes() or {"(none)": None}:
-        print(f"  {n}")
+    print("bundled SAEs (NMSE and L_added on held-out text, from each folder's eval.json; card: README.md):")
+    for line in bundled_table(bundled_saes()):
+        print(f"  {line}")
     if cfg.sae:
         print(load_sae(cfg.sae).describe())
+
+
+def bundled_table(saes: dict[str, Path]) -> list[str]:
+    """One aligned line per bundled SAE: name, hook, architecture, k, d_sae, training tokens, NMSE, L_added."""
+    from .formats import load_sae
+    from .io import read_json
+
+    rows = [("name", "hook", "arch", "k", "d_sae", "train tokens", "NMSE", "L_added")]
+    for name, folder in saes.items():
+        sae = load_sae(folder)
+        meta = sae.cfg.metadata or {}
+        ev = read_json(folder / "eval.json")["eval_result_metrics"] if (folder / "eval.json").exists() else None
+        rows.append((name, sae.cfg.hook_name, sae.cfg.architecture, str(sae.cfg.k or "-"), str(sae.d_sae),
+                     str(meta.get("model_tokens") or meta.get("train_tokens") or "-"),
+                     f"{ev['reconstruction_quality']['nmse']:.4f}" if ev else "-",
+                     f"{ev['model_performance_preservation']['l_added']:.4f}" if ev else "-"))
+    if len(rows) == 1:
+        return ["(none)"]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
 @dataclass
