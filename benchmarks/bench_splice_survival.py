@@ -112,7 +112,7 @@ def main() -> None:
         kept = sorted(q.id for q in plain if sq.is_correct(f1[q.id], cfg.min_f1))
         meta = sae.cfg.metadata or {}
         row = {"sae": spec, "layer": sae.cfg.hook_name, "k": sae.cfg.k, "d_sae": sae.d_sae,
-               "architecture": sae.cfg.architecture, "train_tokens": meta.get("model_tokens"),
+               "architecture": sae.cfg.architecture, "train_tokens": meta.get("model_tokens") or meta.get("train_tokens"),
                "questions": len(qas), "plain": len(plain), "kept_of_plain": len(kept),
                "fraction": round(len(kept) / len(plain), 3) if plain else None,
                "ci95": wilson(len(kept), len(plain)), "kept_ids": kept,
