@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from gradsae.formats import DEFAULT_SAE
 from gradsae import GradsaeError
 from gradsae.squad import data as sq
 from gradsae.squad import phases
@@ -309,8 +310,8 @@ def test_smollm2_perturb_on_the_dev_file(smollm2, tmp_path):
     model, tok = smollm2
     chat = PromptBuilder("chat", tok)("Ctx.", "Q?")
     assert chat.startswith("<|im_start|>") and chat.endswith("<|im_start|>assistant\n")
-    if "smollm2/topk/L9" not in bundled_saes():
-        pytest.skip("bundled SAE smollm2/topk/L9 not present")
+    if DEFAULT_SAE not in bundled_saes():
+        pytest.skip(f"bundled SAE {DEFAULT_SAE} not present")
     cfg = PerturbConfig(data=DEFAULT_DATA, limit=4, ks=["1", "50%"], sets=["top"], progress=False,
                         out=str(tmp_path / "p"))
     s = run_perturb(cfg, model=model, tokenizer=tok)

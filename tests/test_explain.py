@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from gradsae.formats import DEFAULT_SAE
 from gradsae import GradsaeError, Splice, encode_prompts, greedy_generate
 from gradsae.explain import ExplainConfig, explain, format_masking, mask_answers, parse_stop
 
@@ -88,7 +89,7 @@ def test_command_end_to_end(tmp_path, tiny, capsys):
 
 def test_config_defaults_are_the_bundled_ones():
     cfg = ExplainConfig(prompt="x")
-    assert cfg.model == "smollm2" and cfg.sae == "smollm2/topk/L9" and cfg.top == 10
+    assert cfg.model == "smollm2" and cfg.sae == DEFAULT_SAE and cfg.top == 10
 
 
 @pytest.mark.slow
@@ -98,8 +99,8 @@ def test_explain_on_smollm2(smollm2, tmp_path):
     from gradsae.report import render_example_page
 
     model, tok = smollm2
-    if "smollm2/topk/L9" in bundled_saes():
-        sae = load_sae("smollm2/topk/L9")
+    if DEFAULT_SAE in bundled_saes():
+        sae = load_sae(DEFAULT_SAE)
     else:
         sae = SAE.init_random(SAEConfig(d_in=576, d_sae=2304, architecture="topk", k=32,
                                         hook_name="blocks.9.hook_resid_post"), seed=0)

@@ -21,6 +21,7 @@ except ImportError as e:  # fail loudly: these tests are the point of issue 13
     pytest.fail(f"peer package missing ({e}): pip install --no-deps -r requirements-peers.txt (make test does it)",
                 pytrace=False)
 
+from gradsae.formats import DEFAULT_GSAE, DEFAULT_SAE
 from gradsae import SAE, GradsaeError, SAEConfig, load_sae
 from gradsae.formats import bundled_saes
 from gradsae.sae import ARCHITECTURES
@@ -99,18 +100,18 @@ def test_bundled_saes_load_in_saelens(name):
 
 
 def test_convert_output_loads_in_saelens(tmp_path):
-    """The issue's own example: gradsae convert smollm2/topk/L9 out, then sae-lens encode."""
+    """The issue's own example: gradsae convert <bundled SAE> out, then sae-lens encode."""
     from gradsae.demo import ConvertConfig, convert
 
-    convert(ConvertConfig(src="smollm2/topk/L9", dst=str(tmp_path / "out")))
-    sae = load_sae("smollm2/topk/L9")
+    convert(ConvertConfig(src=DEFAULT_SAE, dst=str(tmp_path / "out")))
+    sae = load_sae(DEFAULT_SAE)
     lens = sae_lens.SAE.load_from_disk(str(tmp_path / "out"))
     x = torch.randn(8, sae.d_in, generator=torch.Generator().manual_seed(1)) * 4
     torch.testing.assert_close(lens.encode(x), sae.encode(x), rtol=1e-4, atol=1e-4)
-    convert(ConvertConfig(src="smollm2/gsae/L9", dst=str(tmp_path / "half"), dtype="bfloat16"))
+    convert(ConvertConfig(src=DEFAULT_GSAE, dst=str(tmp_path / "half"), dtype="bfloat16"))
     lens = sae_lens.SAE.load_from_disk(str(tmp_path / "half"), dtype="float32")
-    h = load_sae("smollm2/gsae/L9").encode(x)
-    rel = (lens.decode(h) - load_sae("smollm2/gsae/L9").decode(h)).norm() / h.norm()
+    h = load_sae(DEFAULT_GSAE).encode(x)
+    rel = (lens.decode(h) - load_sae(DEFAULT_GSAE).decode(h)).norm() / h.norm()
     assert rel < 2e-2  # bfloat16 rounding of the weights, nothing more
 
 

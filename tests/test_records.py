@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from gradsae.formats import DEFAULT_SAE
 from gradsae import GradsaeError
 from gradsae.squad.records import (AnswerRecord, Cell, CellKey, EditRecord, LatentSet, RankedLatent, RecordLog,
                                    merge_shards, read_records, record_from_json)
@@ -137,14 +138,14 @@ def test_report_shows_dashboard_cards_for_the_latents_it_names(tmp_path):
     from gradsae.dashboard import find_dashboard
     from gradsae.report import report_from_folder
 
-    if find_dashboard("smollm2/topk/L9") is None:
+    if find_dashboard(DEFAULT_SAE) is None:
         pytest.skip("the bundled SAE has no dashboard")
     folder = tmp_path / "old"
     shutil.copytree(OLD, folder)
     cfg = json.loads((folder / "config.json").read_text())
     page = report_from_folder(folder).read_text()
     assert 'id="cards"' not in page  # the run's SAE folder has no dashboard beside it: no cards
-    cfg["sae"] = "smollm2/topk/L9"
+    cfg["sae"] = DEFAULT_SAE
     (folder / "config.json").write_text(json.dumps(cfg))
     page = report_from_folder(folder).read_text()
     recs = read_records(folder)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from gradsae.formats import DEFAULT_SAE
 from gradsae import SAE, GradsaeError, SAEConfig, load_sae
 from gradsae.sae import gsae_selection_score, topk_code
 
@@ -386,10 +387,10 @@ def test_gemma_scope_layer_read_through_a_hub_cache_symlink(tmp_path):
 
 
 def test_load_sae_device_auto_and_unknown():
-    sae = load_sae("smollm2/topk/L9", device="auto")
+    sae = load_sae(DEFAULT_SAE, device="auto")
     assert sae.W_enc.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(GradsaeError, match="unknown device 'tpu'"):
-        load_sae("smollm2/topk/L9", device="tpu")
+        load_sae(DEFAULT_SAE, device="tpu")
 
 
 def test_saelens_jumprelu_training_checkpoint_with_log_threshold(tmp_path):

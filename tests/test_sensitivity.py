@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from gradsae.formats import DEFAULT_SAE, load_sae
 from gradsae.errors import GradsaeError
 from gradsae.sensitivity import (SensitivityConfig, capture_with_grads, nearest_cosine, perturbation_effects,
                                  random_directions, tail_latents, uniform_norms)
@@ -76,7 +77,7 @@ def test_config_rejects_bad_values(kw, match):
 def test_command_on_bundled_model(tmp_path):
     from gradsae.sensitivity import run
 
-    cfg = SensitivityConfig(layers=[3, 20], fig3_layers=[9], sae=["smollm2/topk/L9"], sequences=4, positions=256,
+    cfg = SensitivityConfig(layers=[3, 20], fig3_layers=[load_sae(DEFAULT_SAE).layer], sae=[DEFAULT_SAE], sequences=4, positions=256,
                             scales=[0.01, 1.0], perturbations=16, per_position=8, latents_per_tail=5,
                             context_length=32, out=str(tmp_path / "s"), progress=False, device="cpu")
     res = run(cfg)
