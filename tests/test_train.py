@@ -134,3 +134,19 @@ def test_snapshots_export_mid_run_weights_and_may_change_on_resume(toy_cache, tm
     assert not (out / "snapshots" / str(10**9)).exists()  # never reached
     with pytest.raises(GradsaeError, match="snapshot-tokens"):
         run(_cfg(cache, tmp_path / "bad", snapshot_tokens=[0], **kw))
+
+
+def test_max_tokens_may_change_before_the_decay_and_gives_the_same_weights(toy_cache, tmp_path):
+    _, cache = toy_cache
+    kw = dict(checkpoint_every=2, shuffle_batches=2, decay_frac=0.5)
+    ref = run(_cfg(cache, tmp_path / "ref", max_tokens=256 * 12, **kw))
+    part = tmp_path / "part"
+    run(_cfg(cache, part, max_tokens=256 * 40, max_steps=4, **kw))  # planned longer, stopped at step 4
+    run(_cfg(cache, part, max_tokens=256 * 12, **kw))  # shortened: the decay of 12 steps starts at 6 > 4
+    a, b = load_sae(ref / "topk_k3"), load_sae(part / "topk_k3")
+    for key, t in a.state_dict().items():
+        assert torch.equal(t, b.state_dict()[key]), key
+    late = tmp_path / "late"
+    run(_cfg(cache, late, max_tokens=256 * 12, max_steps=8, **kw))  # step 8: inside the decay
+    with pytest.raises(GradsaeError, match="different config"):
+        run(_cfg(cache, late, max_tokens=256 * 40, **kw))

@@ -65,7 +65,8 @@ class TrainConfig:
                           "(context_length - drop_first) tokens per step")
     batch_tokens: int = opt(1024, "tokens per step when training from a cache")
     shuffle_batches: int = opt(16, "shuffle buffer: tokens of this many steps are pooled and permuted")
-    max_tokens: int = opt(0, "stop after this many model tokens (rows x T); 0: --epochs passes over the corpus")
+    max_tokens: int = opt(0, "stop after this many model tokens (rows x T); 0: --epochs passes over the corpus. A "
+                          "rerun may lengthen or shorten a run until its learning-rate decay begins")
     epochs: float = opt(1.0, "passes over the corpus (or cache) when --max-tokens is 0")
     dtype: str = opt("bfloat16", "model pass: bfloat16 (autocast; SAEs stay float32) or float32; bfloat16 left "
                      "NMSE and L_added unchanged and ran 1.6x faster in benchmarks/bench_bf16.py",
@@ -333,8 +334,13 @@ def _train(cfg: TrainConfig, setup: _Setup, specs: list[SAESpec], out: Path, dev
         if state.config != _fingerprint(cfg):
             changed = sorted(k for k in set(state.config) | set(_fingerprint(cfg))
                              if state.config.get(k) != _fingerprint(cfg).get(k))
-            raise GradsaeError(f"{out} holds a run with a different config ({', '.join(changed)}): "
-                               "use another --out or delete that folder")
+            if not _can_change_length(changed, state, cfg, src.tokens_per_step, total):
+                raise GradsaeError(f"{out} holds a run with a different config ({', '.join(changed)}): "
+                                   "use another --out or delete that folder")
+            if rank == 0 and cfg.progress:
+                print(f"train: --max-tokens {state.config['max_tokens']} -> {cfg.max_tokens} at step {state.step} "
+                      "(before the learning-rate decay: the same weights as a run started with the new length)")
+            state.config = _fingerprint(cfg)
         src.restore(state.reader, state.reader_pending)
         if rank == 0 and cfg.progress:
             print(f"train: resuming from step {state.step} of {total}")
@@ -470,6 +476,17 @@ def _truncate_log(path: Path, step: int) -> None:
     keep = [r for r in recs if r.get("step", 0) <= step]
     if len(keep) != len(recs):
         atomic_write_text(path, "".join(dumps(r, indent=None) + "\n" for r in keep))
+
+
+def _can_change_length(changed: list[str], state: TrainState, cfg: TrainConfig, tokens_per_step: int,
+                       total: int) -> bool:
+    """A resumed run may get another --max-tokens while neither schedule has begun its learning-rate decay:
+    every step so far had the same learning rate under both lengths, so the result equals a run started
+    with the new length."""
+    if changed != ["max_tokens"] or not (state.config.get("max_tokens") and cfg.max_tokens):
+        return False
+    old_total = int(state.config["max_tokens"]) // tokens_per_step
+    return state.step <= min(int(t * (1 - cfg.decay_frac)) for t in (old_total, total))
 
 
 def _snapshot(cfg: TrainConfig, saes, specs, state: TrainState, meta: dict, out: Path, total: int) -> None:
