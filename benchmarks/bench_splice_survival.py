@@ -140,6 +140,37 @@ def main() -> None:
         print(f"| {r['sae']} | {r['layer']} | {r['k']} | {r['d_sae']} | {r['train_tokens']} | {r['plain']} | "
               f"{r['kept_of_plain']} | {r['fraction']} [{ci[0]}, {ci[1]}] |" if ci else f"| {r['sae']} | … | 0 |")
     write_out(args.json, {"args": vars(args), "rows": rows})
+    plot_curve(rows, Path(args.json).with_suffix(".png"))
+
+
+def plot_curve(rows: list[dict], path: Path) -> None:
+    """Fraction kept (Wilson 95% bars) against training tokens, one line per layer x architecture x k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["train_tokens"] and r["ci95"]:
+            lines.setdefault(f"{r['layer'].split('.')[1] if '.' in r['layer'] else r['layer']} "
+                             f"{r['architecture']} k={r['k']}", []).append(r)
+    if not lines:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, rs in sorted(lines.items()):
+        rs = sorted(rs, key=lambda r: r["train_tokens"])
+        x = [r["train_tokens"] for r in rs]
+        y = [r["fraction"] for r in rs]
+        err = [[r["fraction"] - r["ci95"][0] for r in rs], [r["ci95"][1] - r["fraction"] for r in rs]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"layer {label}")
+    ax.axhline(0.5, color="grey", ls="--", lw=1, label="target (half)")
+    ax.set(xscale="log", xlabel="training tokens", ylim=(0, 1),
+           ylabel="kept of the plain model's correct answers", title="reconstruction-only splice (--error none)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
