@@ -138,6 +138,9 @@ def main() -> None:
         tmp = dst.with_name(dst.name + ".new")
         shutil.rmtree(tmp, ignore_errors=True)
         convert(ConvertConfig(src=src, dst=str(tmp), dtype="float16"))
+        # provenance paths relative to the repository's parent (../shared/...), not this machine's
+        cfg_json = tmp / "cfg.json"
+        atomic_write_text(cfg_json, cfg_json.read_text().replace(str(REPO.parent.resolve()) + "/", "../"))
         ev_out = Path(args.eval_root) / name.replace("/", "-")
         ev = run_eval(EvalConfig(sae=str(tmp), cache=args.heldout, holdout_shards=args.holdout_shards,
                                  out=str(ev_out), steer_latents=args.steer_latents, threads=args.threads))
