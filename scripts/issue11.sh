@@ -17,7 +17,7 @@ mkdir -p "$R"
 #    model pass for the three; rows of 1024 tokens so every position of the 400-1000-token QA prompts is in
 #    the training distribution; snapshots for the survival curve over training tokens.
 $BIN/gradsae train --data $DATA --layers 6,14,22 --architectures topk --k 128 --d-sae 4096 \
-    --context-length 1024 --batch-size 2 --max-tokens 800000 --snapshot-tokens 250000,500000 \
+    --context-length 1024 --batch-size 2 --max-tokens 1000000 --snapshot-tokens 250000,500000 \
     --checkpoint-every 16 --out "$R/A-L6-14-22"
 
 # 2. TopK / g-SAE / E2E at layer 14 on the same tokens (the g-SAE comparison, L0 = 32, one seed).
