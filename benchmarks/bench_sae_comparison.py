@@ -63,6 +63,14 @@ def find_saes(run: Path) -> list[Path]:
     return sorted(p.parent for p in run.rglob("cfg.json") if "snapshots" not in p.relative_to(run).parts)
 
 
+def _same_eval(ev: dict, args) -> bool:
+    """An eval.json made on the same held-out cache and settings as this benchmark would make."""
+    c = ev.get("eval_config", {})
+    return (Path(str(c.get("cache", ""))).expanduser().resolve() == Path(args.heldout).expanduser().resolve()
+            and c.get("holdout_shards") == args.holdout_shards and c.get("n_seqs") == args.n_seqs
+            and c.get("steer_latents") == args.steer_latents)
+
+
 def group_key(ev: dict, meta: dict) -> tuple:
     c = ev["sae_cfg"]
     return (c["hook_name"], c["architecture"], c["k"], c["d_sae"], c.get("beta") if c["architecture"] == "gsae" else None,
@@ -90,8 +98,11 @@ def main() -> None:
         for folder in find_saes(run):
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{run.name}_{folder.relative_to(run).as_posix()}")
             out = root / slug
+            beside = folder / "eval.json"  # a bundled SAE's own eval, if made with these settings
             if (out / "eval.json").exists():
                 ev = json.loads((out / "eval.json").read_text())
+            elif beside.exists() and _same_eval(json.loads(beside.read_text()), args):
+                ev = json.loads(beside.read_text())
             else:
                 ev = run_eval(EvalConfig(sae=str(folder), cache=args.heldout, holdout_shards=args.holdout_shards,
                                          n_seqs=args.n_seqs, steer_latents=args.steer_latents, out=str(out),

@@ -35,8 +35,8 @@ from .sae import SAE, SAEConfig
 
 BUNDLED_DIR = Path(__file__).parent / "bundled" / "saes"
 # The bundled SAEs every command defaults to (one place; see bundled/saes/*/README.md for their cards).
-DEFAULT_SAE = "smollm2/topk/L9"
-DEFAULT_GSAE = "smollm2/gsae/L9"
+DEFAULT_SAE = "smollm2/topk/L6"
+DEFAULT_GSAE = "smollm2/gsae/L14"
 
 
 # ---------------------------------------------------------------------------------------------
