@@ -146,7 +146,7 @@ def main() -> None:
         print("\nsteering: Δp on associated tokens / probability added to other tokens, per α")
         for r in rows:
             if "alphas" in r:
-                print(f"  {r['architecture']} k={r['k']}: " + "  ".join(
+                print(f"  layer {r['hook'].split('.')[1]} {r['architecture']} k={r['k']}: " + "  ".join(
                     f"α={a:g}: {fmt(sa)} / {fmt(so)}" for a, sa, so in zip(r["alphas"], r["steer_assoc"], r["steer_other"])))
     verdicts = compare(rows)
     for v in verdicts:
