@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -45,12 +44,11 @@ def mean_ci(values: list[float]) -> tuple[float, float | None]:
     """Mean and the half-width of its 95% Student-t interval (None for one value)."""
     from scipy import stats
 
-    n = len(values)
-    m = sum(values) / n
-    if n < 2:
+    m = sum(values) / len(values)
+    if len(values) < 2:
         return m, None
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    return m, float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+    lo, hi = stats.t.interval(0.95, len(values) - 1, loc=m, scale=stats.sem(values))
+    return m, float((hi - lo) / 2)
 
 
 def _get(ev: dict, path: tuple[str, str]):

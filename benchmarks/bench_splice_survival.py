@@ -85,12 +85,10 @@ def main() -> None:
     key = hashlib.sha256(json.dumps([args.model, args.data, args.limit, [q.id for q in qas]]).encode()).hexdigest()[:16]
 
     plain_path = root / f"plain-{key}.json"
-    first_sae = None
     if plain_path.exists():
         plain_f1 = json.loads(plain_path.read_text())
-    else:
-        first_sae = load_sae(args.sae.split(",")[0], device="cpu")
-        ctx = RunContext(cfg, model, tok, first_sae, None, builder)
+    else:  # RunContext wants an SAE; the unspliced pass does not use it
+        ctx = RunContext(cfg, model, tok, load_sae(args.sae.split(",")[0], device="cpu"), None, builder)
         t0 = time.perf_counter()
         plain_f1 = _answers(ctx, qas, cfg.batch_size, spliced=False)
         atomic_write_text(plain_path, json.dumps(plain_f1))
@@ -104,7 +102,7 @@ def main() -> None:
         if cached.exists():
             rows.append(json.loads(cached.read_text()))
             continue
-        sae = first_sae if (first_sae is not None and spec == args.sae.split(",")[0]) else load_sae(spec, device="cpu")
+        sae = load_sae(spec, device="cpu")
         check_compatible(model, sae, None)
         ctx = RunContext(cfg, model, tok, sae, None, builder)
         t0 = time.perf_counter()
