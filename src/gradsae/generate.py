@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from .errors import GradsaeError
+from .kvcache import cache_kwargs, new_cache, returned_cache, set_returned_cache
 
 
 @dataclass
@@ -120,7 +121,7 @@ def greedy_generate(model, tokenizer, batch: Batch, max_new_tokens: int = 32, st
             splice.offset = 0
         out = model(input_ids=ids[:1, :P], attention_mask=mask[:1, :P], position_ids=cur_pos[:1, :P], use_cache=True)
         steps += 1
-        past = out.past_key_values
+        past = returned_cache(out)
         if B > 1:
             past.batch_repeat_interleave(B)
         cur_ids, cur_pos = ids[:, P:], cur_pos[:, P:]
@@ -133,8 +134,8 @@ def greedy_generate(model, tokenizer, batch: Batch, max_new_tokens: int = 32, st
     for step in range(max_new_tokens):
         if splice is not None:
             splice.offset = ids.shape[1] - cur_ids.shape[1]
-        kw = dict(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos, past_key_values=past,
-                  use_cache=use_cache)
+        kw = dict(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos, use_cache=use_cache,
+                  **cache_kwargs(model, past))
         if step == 0 and trunk:
             out = _prefill_shared_trunk(model, splice, kw)
         else:
@@ -159,7 +160,7 @@ def greedy_generate(model, tokenizer, batch: Batch, max_new_tokens: int = 32, st
         ids = torch.cat([ids, nxt[:, None]], 1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         if use_cache:
-            past = out.past_key_values
+            past = returned_cache(out)
             cur_ids = nxt[:, None]
             cur_pos = position_ids(mask)[:, -1:]
         else:
@@ -175,33 +176,24 @@ def _forward_last(model, kw: dict):
         return model(**kw)
 
 
-def _new_cache(model):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # older transformers
-        return DynamicCache()
-
-
 def _prefill_shared_trunk(model, splice, kw: dict):
     """Prompt pass for B identical rows: blocks 0..L on row 0, then blocks L+1.. on all B rows from the
     recorded block-L output (the splice applies each row's edits there); the KV caches are merged."""
     from .splice import run_trunk, skip_trunk
 
     L, B = splice.layer, kw["input_ids"].shape[0]
-    cache_a, cache_b = _new_cache(model), _new_cache(model)
+    cache_a, cache_b = new_cache(model), new_cache(model)
     if not hasattr(cache_a, "layers"):
         raise GradsaeError("shared_trunk needs a transformers version whose DynamicCache has per-layer entries "
                            "(>= 4.56); run without it")
     one = {k: (v[:1] if torch.is_tensor(v) else v) for k, v in kw.items()}
-    one.update(past_key_values=cache_a, use_cache=True)
+    one.update(use_cache=True, **cache_kwargs(model, cache_a))
     with skip_trunk(model, L, run_trunk(model, L, **one), B):
-        out = _forward_last(model, dict(kw, past_key_values=cache_b, use_cache=True))
+        out = _forward_last(model, dict(kw, use_cache=True, **cache_kwargs(model, cache_b)))
     for layer in cache_a.layers[:L + 1]:
         layer.batch_repeat_interleave(B)
     cache_b.layers = list(cache_a.layers[:L + 1]) + list(cache_b.layers[L + 1:])
-    out.past_key_values = cache_b
+    set_returned_cache(out, cache_b)
     return out
 
 

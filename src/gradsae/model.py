@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .errors import GradsaeError
+from .options import resolve_device  # noqa: F401  (the one device rule; re-exported for callers)
 
 SMOLLM2 = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -29,28 +30,6 @@ _CACHE_VERSION = "1"
 def cache_dir() -> Path:
     """Where gradsae keeps converted models (``$GRADSAE_CACHE`` or ``~/.cache/gradsae``)."""
     return Path(os.environ.get("GRADSAE_CACHE", Path.home() / ".cache" / "gradsae")).expanduser()
-
-
-def resolve_device(device: str | None) -> str:
-    """``auto`` -> CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` are checked."""
-    if device in (None, "auto", ""):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    device = str(device).strip().lower()
-    m = re.fullmatch(r"cuda(?::(\d+))?", device)
-    if m:
-        if not torch.cuda.is_available():
-            raise GradsaeError(f"device {device!r} asked for but CUDA is not available: use --device cpu or auto")
-        if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
-            raise GradsaeError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
-                               "CUDA device(s), cuda:0 onwards")
-        return device
-    if device == "mps":
-        if not torch.backends.mps.is_available():
-            raise GradsaeError("device 'mps' asked for but Apple's MPS is not available: use --device cpu or auto")
-        return device
-    if device == "cpu":
-        return device
-    raise GradsaeError(f"unknown device {device!r}: use cpu, cuda, cuda:N, mps or auto")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:

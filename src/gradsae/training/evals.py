@@ -39,6 +39,7 @@ from ..config import opt
 from ..errors import GradsaeError
 from ..formats import DEFAULT_GSAE
 from ..io import write_json
+from ..kvcache import cache_kwargs, returned_cache
 from ..sae import SAE, densify
 
 log = logging.getLogger(__name__)
@@ -247,16 +248,16 @@ def steering_effect(model, sae: SAE, ids: torch.Tensor, alive: torch.Tensor, cfg
             with torch.no_grad():
                 state["delta"] = None
                 out = model(input_ids=prefix[:, :-1], attention_mask=torch.ones_like(prefix[:, :-1]), use_cache=True)
-                pkv = out.past_key_values
+                pkv = returned_cache(out)
                 last = prefix[:, -1:]
-                clean = model(input_ids=last, attention_mask=torch.ones_like(prefix), past_key_values=_copy_cache(pkv, 1),
-                              use_cache=True).logits[0, -1].float().softmax(-1)
+                clean = model(input_ids=last, attention_mask=torch.ones_like(prefix), use_cache=True,
+                              **cache_kwargs(model, _copy_cache(pkv, 1))).logits[0, -1].float().softmax(-1)
                 for a in range(0, A * Lc, 64):
                     d = delta[a:a + 64]
                     state["delta"] = d
                     R = d.shape[0]
                     logits = model(input_ids=last.expand(R, 1), attention_mask=torch.ones(R, p, dtype=torch.long),
-                                   past_key_values=_copy_cache(pkv, R), use_cache=True).logits[:, -1]
+                                   use_cache=True, **cache_kwargs(model, _copy_cache(pkv, R))).logits[:, -1]
                     pa, po = steering_deltas(clean, logits.float().softmax(-1), assoc_r[a:a + 64])
                     sums_a[a:a + 64] += pa
                     sums_o[a:a + 64] += po
