@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +40,9 @@ from .errors import GradsaeError
 log = logging.getLogger(__name__)
 
 SCHEMA = "gradsae.dashboard/1"
+from .distributed import Dist
 from .formats import DEFAULT_SAE
+from .options import SAE_HELP, ModelOptions, start
 # Histogram: fixed log-spaced edges so histograms from different ranks/resumes add up exactly.
 HIST_LO = -3.0  # log10 of the lowest edge
 HIST_PER_DECADE = 8
@@ -52,14 +53,13 @@ EMPTY_GID = torch.iinfo(torch.int64).max
 
 
 @dataclass(kw_only=True)
-class DashboardConfig:
+class DashboardConfig(ModelOptions):
     """Build a dashboard for an SAE: per latent its top-activating contexts, random contexts from lower
     activation bands, top-influence contexts (grad x act on the next-token loss), density and histogram,
     promoted/suppressed tokens and decoder neighbours; writes dashboard.json and a self-contained
     dashboard.html. Resumable (rerun the same command), mergeable across torchrun ranks."""
 
-    sae: str = opt(DEFAULT_SAE, "SAE folder/file, bundled name or saelens:<release>/<id>")
-    model: str = opt("smollm2", "model: 'smollm2', a local folder, a .gguf file or a hub id")
+    sae: str = opt(DEFAULT_SAE, SAE_HELP)
     data: list[str] = opt(["sample"], "corpus: files/folders (.txt, .jsonl, .json, optionally .gz), hf:NAME, "
                                       "or 'sample' (the bundled sample text)")
     text_field: str = opt("text", "field holding the text in .jsonl/.json records")
@@ -87,10 +87,6 @@ class DashboardConfig:
     checkpoint_every: int = opt(25, "batches between state checkpoints")
     html_latents: int = opt(0, "cards in dashboard.html: 0 = every latent that fired, N = the N most frequent")
     seed: int = opt(0, "seed of the random band samples")
-    device: str = opt("cpu", "cpu, cuda, cuda:N or auto")
-    dtype: str = opt("float32", "model dtype")
-    threads: int = opt(0, "torch threads (0 = torch's default)")
-    progress: bool = opt(True, "show a progress bar")
     render: str = opt("", "only (re)write OUT/dashboard.html from this dashboard.json(.gz) or SAE name (no model, "
                           "no corpus), e.g. for the dashboards shipped with the bundled SAEs")
 
@@ -903,31 +899,6 @@ def build_state(cfg: DashboardConfig, model, tok, sae, layer: int, *, rank: int 
     return st
 
 
-class _Ranks:
-    """torch.distributed when launched by torchrun (WORLD_SIZE > 1): only barriers are needed."""
-
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self._dist = None
-        if self.world > 1:
-            import datetime
-
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
-            self._dist = dist
-
-    def barrier(self):
-        if self._dist is not None:
-            self._dist.barrier()
-
-    def close(self):
-        if self._dist is not None and self._dist.is_initialized():
-            self._dist.destroy_process_group()
-
-
 def run(cfg: DashboardConfig) -> Dashboard | None:
     from .dashboard_html import write_dashboard_page
     from .formats import load_sae
@@ -943,12 +914,11 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
             page = write_dashboard_page(Path(cfg.out) / "dashboard.html", dash, max_latents=cfg.html_latents)
         print(f"wrote {page}")
         return dash
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    ranks = _Ranks()
+    rt = start(cfg, "dashboard")
+    ranks = Dist("cpu")  # gloo: the ranks only meet at barriers, whatever device the model is on
     out = Path(cfg.out)
     t0 = time.perf_counter()
-    model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
     sae = load_sae(cfg.sae, device=str(next(model.parameters()).device), dtype="float32")
     layer = check_compatible(model, sae, cfg.layer or None)
     state_dir = out / "state"
@@ -971,7 +941,8 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
                          d_sae=sae.d_sae, data=list(cfg.data), n_tokens=st.n_tokens,
                          n_influence_tokens=st.n_influence_tokens, left=cfg.left, right=cfg.right,
                          hist_lo_log10=HIST_LO, hist_per_decade=HIST_PER_DECADE,
-                         seconds=round(time.perf_counter() - t0, 1), config=asdict(cfg), definitions=DEFINITIONS)
+                         seconds=round(time.perf_counter() - t0, 1), config={**asdict(cfg), "runtime": rt.as_config()},
+                         definitions=DEFINITIONS)
     dash = finalize(st, model, tok, sae, meta, n_promoted=cfg.n_promoted, n_neighbours=cfg.n_neighbours)
     with output_lock(out):
         # compact separators: an indented file of 4096 latents is three times larger

@@ -8,18 +8,18 @@ from pathlib import Path
 
 from .config import opt
 from .formats import DEFAULT_SAE
+from .options import SAE_HELP, ModelOptions, start
 
 from .squad.data import DEFAULT_DATA as SAMPLE_QA, DEFAULT_FEWSHOT as SAMPLE_FEWSHOT
 
 
-@dataclass
-class DemoConfig:
+@dataclass(kw_only=True)
+class DemoConfig(ModelOptions):
     """The main job on embedded defaults: bundled SmolLM2 + bundled SAE + the sample questions shipped with
     gradsae -> correct-sample filter, GradSAE influence, perturbation and local steering (K = 1, 10, 50%),
     statistics, and a self-contained HTML report."""
 
-    model: str = opt("smollm2", "model: 'smollm2', a local folder, a .gguf file or a hub id")
-    sae: str = opt(DEFAULT_SAE, "SAE folder/file, bundled name or saelens:<release>/<id>")
+    sae: str = opt(DEFAULT_SAE, SAE_HELP)
     data: str = opt(SAMPLE_QA, "questions: SQuAD JSON / JSONL (default: the bundled sample questions)")
     fewshot_data: str = opt(SAMPLE_FEWSHOT, "SQuAD JSON with the few-shot exemplar paragraph")
     ks: list[str] = opt(["1", "10", "50%"], "K values for masking and steering (50%% = half the latents active "
@@ -29,7 +29,6 @@ class DemoConfig:
                                  "under 10 minutes on 2 CPU cores")
     error: str = opt("keep", "SAE error term: keep (default here: the bundled SAE's reconstruction alone "
                              "breaks SmolLM2's few-shot QA) or none (paper)", choices=("none", "keep"))
-    device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     out: str = opt("results/demo", "results folder (rerun to resume)")
     quick: bool = opt(False, "a quick look: 12 questions, K = 1 and 50%%, no steering, 3 detailed examples")
     seed: int = opt(42, "random seed (steering partners)")
@@ -38,6 +37,7 @@ class DemoConfig:
         from .errors import GradsaeError
         from .influence import check_k
 
+        super().__post_init__()
         for flag, v in (("--examples", self.examples), ("--limit", self.limit)):
             if v < 0:
                 raise GradsaeError(f"{flag} {v}: give 0 or more")
@@ -54,11 +54,12 @@ def run(cfg: DemoConfig) -> Path:
 
     t0 = time.perf_counter()
     print("loading the model (the first run converts the bundled GGUF file once, ~20 s)...", flush=True)
-    model, tok = load_model(cfg.model, device=cfg.device)
+    rt = start(cfg, "demo")
+    model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
     ecfg = ExperimentConfig(
         model=cfg.model, sae=cfg.sae, data=cfg.data, fewshot_data=cfg.fewshot_data,
         ks=["1", "50%"] if cfg.quick else list(cfg.ks), limit=12 if cfg.quick else cfg.limit, seed=cfg.seed,
-        device=cfg.device, error=cfg.error, out=cfg.out,
+        device=rt.device, dtype=cfg.dtype, threads=cfg.threads, progress=cfg.progress, error=cfg.error, out=cfg.out,
         tasks=["perturb", "stats"] if cfg.quick else ["perturb", "steer", "stats"])
     summary = run_all(ecfg, model, tok)
     if summary is None:  # a non-zero torchrun rank

@@ -20,11 +20,11 @@ from .errors import GradsaeError
 from .influence import Example, Influence, influence, promoted_tokens
 from .generate import parse_stop
 from .influence import InfluenceOptions
-from .influence_cli import ModelOptions
+from .influence_cli import ScoringOptions
 
 
 @dataclass(kw_only=True)
-class ExplainConfig(ModelOptions, InfluenceOptions):
+class ExplainConfig(ScoringOptions, InfluenceOptions):
     """Which SAE latents drive the model's answer to one prompt (GradSAE influence): a table, or an HTML page."""
 
     prompt: str = opt(help="the prompt (plain text, as the model sees it)", positional=True)
@@ -137,13 +137,16 @@ def run(cfg: ExplainConfig) -> dict:
     from .dashboard import card_data, resolve_dashboard
     from .dashboard_html import insert_before_body_end, render_cards
 
+    from .options import start
+
     dash = resolve_dashboard(cfg.dashboard, cfg.sae)  # before the model work: a bad path fails at once
-    model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    rt = start(cfg, "explain")
+    model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
     sae = load_sae(cfg.sae, device=str(next(model.parameters()).device))
     inf, view = explain(model, tok, sae, cfg.prompt, cfg.output or None, top=cfg.top, mask_k=cfg.mask_k,
                         promoted=cfg.promoted, keep_per_token=cfg.keep_per_token, layer=cfg.layer or None,
                         max_new_tokens=cfg.max_new_tokens, stop=parse_stop(cfg.stop), opts=cfg.influence_options())
-    view["meta"].update(model=model_name(model), sae=cfg.sae, config=asdict(cfg))
+    view["meta"].update(model=model_name(model), sae=cfg.sae, config=asdict(cfg), runtime=rt.as_config())
     promoted = {r["latent"]: r.get("promotes", []) for r in view["top"]}
     if dash is not None:  # each listed latent's dashboard card (HTML and JSON)
         view["cards"] = {str(c): card_data(dash, c) for c in promoted}

@@ -10,25 +10,23 @@ from .config import opt
 from .errors import GradsaeError
 from .influence import Example, Influence, InfluenceOptions, influence, promoted_tokens
 from .io import read_text_file, write_json
+from .options import SAE_HELP, ModelOptions, start
 
 from .formats import DEFAULT_SAE
 
 
 @dataclass(kw_only=True)
-class ModelOptions:
+class ScoringOptions(ModelOptions):
     """The model and SAE a scoring command loads (``gradsae influence`` and ``gradsae explain``)."""
 
-    model: str = opt("smollm2", "model: 'smollm2', a local folder, a .gguf file or a hub id")
-    sae: str = opt(DEFAULT_SAE, "SAE folder/file, bundled name or saelens:<release>/<id>")
+    sae: str = opt(DEFAULT_SAE, SAE_HELP)
     layer: str = opt("", "block index or hook name; default: the SAE's own hook")
-    device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
-    dtype: str = opt("float32", "model dtype: float32, bfloat16, float16")
     dashboard: str = opt("", "dashboard.json with latent cards (default: the one next to a bundled SAE, if any; "
                              "'none' = no cards)")
 
 
 @dataclass(kw_only=True)
-class InfluenceConfig(ModelOptions, InfluenceOptions):
+class InfluenceConfig(ScoringOptions, InfluenceOptions):
     """Rank every SAE latent by its influence on the model's output (GradSAE, Shu et al. 2025)."""
 
     prompt: str = opt("", "the prompt (use --input for many)")
@@ -95,7 +93,8 @@ def run(cfg: InfluenceConfig) -> list[Influence]:
         raise GradsaeError(f"--out {cfg.out!r} names a folder: give a JSON file name, e.g. --out influence.json")
     exs = load_examples(cfg)
     dash = resolve_dashboard(cfg.dashboard, cfg.sae)
-    model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    rt = start(cfg, "influence")
+    model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
     sae = load_sae(cfg.sae, device=str(next(model.parameters()).device))
     layer = cfg.layer or None
     t0 = time.perf_counter()
@@ -112,7 +111,7 @@ def run(cfg: InfluenceConfig) -> list[Influence]:
         if dash is not None:  # each listed latent's compact dashboard card
             records[-1]["cards"] = {str(c): card_data(dash, c) for c in latents}
     if cfg.out:
-        meta = {"config": asdict(cfg), "model": model_name(model), "sae": sae.describe(),
+        meta = {"config": asdict(cfg), "runtime": rt.as_config(), "model": model_name(model), "sae": sae.describe(),
                 "seconds": round(elapsed, 3)}
         write_json(cfg.out, {"meta": meta, "examples": records})
         print(f"wrote {cfg.out}")

@@ -19,6 +19,7 @@ from .errors import GradsaeError
 
 DEVICE_HELP = "auto (CUDA when present; cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N or mps"
 DTYPES = ("float32", "bfloat16", "float16")
+SAE_HELP = "SAE folder/file, bundled name or saelens:<release>/<id>"
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -122,7 +123,7 @@ def device_name(device: str) -> str:
     return "CPU" if device == "cpu" else device
 
 
-_announced: set[tuple[str, str, str]] = set()
+_announced: set[tuple[str, str, int]] = set()
 
 
 def start(opts: RuntimeOptions, command: str, *, announce: bool = True) -> Runtime:
@@ -135,7 +136,7 @@ def start(opts: RuntimeOptions, command: str, *, announce: bool = True) -> Runti
     elif int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
         torch.set_num_threads(default_threads())
     rt = Runtime(device, opts.dtype, torch.get_num_threads(), device_name(device))
-    key = (command, rt.device, rt.dtype)
+    key = (rt.device, rt.dtype, rt.threads)  # a command that runs another (demo -> experiment) prints once
     if announce and key not in _announced and int(os.environ.get("RANK", "0")) == 0:
         _announced.add(key)
         where = rt.device if rt.device_name in ("CPU", rt.device) else f"{rt.device} ({rt.device_name})"

@@ -34,6 +34,7 @@ import torch
 from .config import opt
 from .errors import GradsaeError
 from .io import atomic_write_bytes, atomic_write_text, output_lock, read_json, write_json
+from .options import ModelOptions, start
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,11 @@ KINDS = ("activation difference", "covariance-adjusted", "isotropic")
 TAILS = ("left tail", "middle", "right tail")
 
 
-@dataclass
-class SensitivityConfig:
+@dataclass(kw_only=True)
+class SensitivityConfig(ModelOptions):
     """The g-SAE paper's sensitivity analyses: directional derivatives (Fig. 2), first-order vs norm (Fig. 3),
     derivatives along decoder directions by nearest-neighbour similarity (Table 2)."""
 
-    model: str = opt("smollm2", "model: 'smollm2', a Hugging Face id/folder, or a .gguf file")
     layers: list[int] = opt([3, 6, 9, 12, 15, 18, 21, 24, 27], "blocks whose output is analysed (Fig. 2)")
     fig3_layers: list[int] = opt([6, 9, 22], "blocks for the perturbation analysis (Fig. 3; one forward per "
                                  "perturbation, so fewer)")
@@ -63,12 +63,9 @@ class SensitivityConfig:
     latents_per_tail: int = opt(30, "Table 2 latents sampled from each part of the similarity histogram")
     seed: int = opt(0, "seed of the corpus sample, positions, directions and latents")
     out: str = opt("results/sensitivity", "results folder")
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto (CUDA when present)")
-    dtype: str = opt("float32", "model dtype")
-    threads: int = opt(0, "torch CPU threads (0 = torch's default)")
-    progress: bool = opt(True, "show progress bars")
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("sequences", "positions", "perturbations", "per_position", "latents_per_tail"):
             if getattr(self, name) < 1:
                 raise GradsaeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -346,10 +343,10 @@ def run(cfg: SensitivityConfig) -> SensitivityResults:
 
     out = Path(cfg.out)
     with output_lock(out):
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        rt = start(cfg, "sensitivity")
         conf = asdict(cfg)
-        conf.pop("progress")
+        for key in ("progress", "threads", "device"):  # how it runs, not what it computes
+            conf.pop(key)
         path = out / "sensitivity.json"
         res = SensitivityResults(conf)
         if path.exists():
@@ -357,7 +354,7 @@ def run(cfg: SensitivityConfig) -> SensitivityResults:
             if old.config != conf:
                 raise GradsaeError(f"{path} was written with other settings: use another --out or delete it")
             res = old
-        model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
         model.requires_grad_(False)
         L = n_layers(model)
         saes = [(s, load_sae(s, device=str(next(model.parameters()).device))) for s in cfg.sae]
@@ -399,7 +396,7 @@ def run(cfg: SensitivityConfig) -> SensitivityResults:
         atomic_write_text(out / "summary.md", summary_markdown(res))
         for fname, png in figures(res).items():
             atomic_write_bytes(out / fname, png)
-        write_json(out / "config.json", conf)
+        write_json(out / "config.json", {**conf, "runtime": rt.as_config()})
         print(summary_markdown(res))
         print(f"results: {out}/")
         return res

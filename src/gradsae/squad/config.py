@@ -12,6 +12,7 @@ from ..errors import GradsaeError
 from ..formats import DEFAULT_SAE
 from ..generate import parse_stop as split_stops
 from ..influence import InfluenceOptions, check_k
+from ..options import ModelOptions
 from . import data as sq
 
 METHODS = ("baseline", "gradsae")
@@ -20,10 +21,10 @@ TASKS = ("perturb", "steer", "stats")
 
 
 @dataclass(kw_only=True)
-class SquadConfig(InfluenceOptions):
-    """Fields shared by the SQuAD experiment commands (the scoring fields come from ``InfluenceOptions``)."""
+class SquadConfig(ModelOptions, InfluenceOptions):
+    """Fields shared by the SQuAD experiment commands (model and runtime from ``ModelOptions``, the scoring
+    fields from ``InfluenceOptions``)."""
 
-    model: str = opt("smollm2", "model: 'smollm2', a local folder, a .gguf file or a hub id")
     sae: str = opt(DEFAULT_SAE, "SAE folder/file or bundled name; a comma list runs a sweep; "
                    "'{layer}' in it is filled from --layers")
     layer: str = opt("", "splice layer (index or hook name); empty: the SAE's own hook")
@@ -53,14 +54,10 @@ class SquadConfig(InfluenceOptions):
     methods: list[str] = opt(["baseline", "gradsae"], "latent rankings: baseline (mean activation), gradsae")
     sets: list[str] = opt(["top", "bottom"], "which sets: top (TopK), bottom (BottomK)")
     batch_size: int = opt(8, "questions per batch when answering and scoring")
-    device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
-    dtype: str = opt("float32", "model dtype")
-    threads: int = opt(2, "torch CPU threads (per process); 0 leaves torch's default")
     out: str = opt("results/squad", "results folder (rerun the same command to resume)")
     retry_failed: bool = opt(False, "recompute examples recorded with an error")
     answers_from: str = opt("", "reuse the answer phase (filter + latent rankings) of another results folder made "
                             "with the same answer-affecting options, e.g. to try another steering rule")
-    progress: bool = opt(True, "show progress bars")
 
     def __post_init__(self):
         super().__post_init__()
@@ -71,7 +68,7 @@ class SquadConfig(InfluenceOptions):
         for k in self.ks:
             check_k(k)
         for name, v, lo in (("--limit", self.limit, 0), ("--max-new-tokens", self.max_new_tokens, 1),
-                            ("--batch-size", self.batch_size, 1), ("--threads", self.threads, 0)):
+                            ("--batch-size", self.batch_size, 1)):
             if not isinstance(v, int) or v < lo:
                 raise GradsaeError(f"{name} {v}: give an integer >= {lo}")
         if not (isinstance(self.min_f1, (int, float)) and math.isfinite(self.min_f1) and 0 <= self.min_f1 <= 1):

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
-
 from ..distributed import Dist
 from ..errors import GradsaeError
 from ..formats import DEFAULT_SAE
 from ..io import atomic_write_bytes, atomic_write_text, output_lock, read_json, write_json
+from ..options import Runtime, start
 from . import data as sq
 from .config import (ANSWER_FINGERPRINT, TASKS, ExperimentConfig, PerturbConfig, SquadConfig, StatsConfig,
                      SteerConfig, fingerprint, parse_clamp)
@@ -258,7 +257,7 @@ def _finalise(cfg: SquadConfig, tasks: Sequence[str], merged_cfg: dict, qas: Seq
 
 
 def _run_one(cfg: SquadConfig, tasks: Sequence[str], command: str, out: Path, sae_spec: str, layer,
-             model, tok, dist: Dist) -> dict | None:
+             model, tok, dist: Dist, rt: Runtime) -> dict | None:
     from ..formats import load_sae
     from ..model import model_name
     from ..splice import check_compatible
@@ -282,6 +281,7 @@ def _run_one(cfg: SquadConfig, tasks: Sequence[str], command: str, out: Path, sa
     if dist.rank == 0:
         merged_cfg["sae_resolved"] = sae_spec
         merged_cfg["layer_resolved"] = str(layer) if layer is not None else sae.cfg.hook_name
+        merged_cfg["runtime"] = rt.as_config()
         write_json(out / "config.json", merged_cfg)
         if cfg.answers_from:
             ks = list(cfg.ks) + list(getattr(cfg, "steer_ks", []) or [])
@@ -343,18 +343,17 @@ def _run(cfg: SquadConfig, tasks: Sequence[str], command: str, model=None, token
     for t in tasks:
         if t not in TASKS:
             raise GradsaeError(f"unknown task {t!r}: use perturb, steer and/or stats")
-    if cfg.threads and cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    rt = start(cfg, command)
     runs = _runs(cfg)
     out = Path(cfg.out)
     with Dist(cfg.device) as dist, (output_lock(out) if dist.rank == 0 else contextlib.nullcontext()):
         if model is None:
             from ..model import load_model
-            model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+            model, tokenizer = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
         results = []
         for tag, spec, layer in runs:
             sub = out / tag if tag else out
-            summary = _run_one(cfg, tasks, command, sub, spec, layer, model, tokenizer, dist)
+            summary = _run_one(cfg, tasks, command, sub, spec, layer, model, tokenizer, dist, rt)
             if summary is not None:
                 results.append({"tag": tag, "sae": spec, "layer": summary["layer"], "dir": tag or ".",
                                 "summary": summary})

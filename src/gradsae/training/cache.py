@@ -45,6 +45,7 @@ from ..corpus import SAMPLE, iter_documents, pack_sequences  # noqa: F401  (re-e
 from ..errors import GradsaeError
 from ..hooks import hook_name_for
 from ..io import output_lock, read_json, write_json
+from ..options import ModelOptions, Runtime, start
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,10 @@ FORMAT_VERSION = 1
 GRAD_TARGET = 2.0 ** 14  # the largest |grad| of a shard is scaled to about this (float16 max is 65504)
 
 
-@dataclass
-class CacheConfig:
+@dataclass(kw_only=True)
+class CacheConfig(ModelOptions):
     """Cache residual-stream activations (and the gradient of the summed next-token CE) as float16 shards."""
 
-    model: str = opt("smollm2", "model: 'smollm2', a Hugging Face id/folder, or a .gguf file")
     layers: list[int] = opt([9], "blocks whose output (blocks.L.hook_resid_post) is cached, comma-separated")
     data: list[str] = opt(list(DEFAULT_DATA), "corpus: .txt/.jsonl/.json files (optionally .gz) or folders, 'sample' (bundled text), "
                           "or hf:NAME for a Hugging Face dataset; comma-separated")
@@ -74,9 +74,6 @@ class CacheConfig:
     shuffle: bool = opt(True, "shuffle the packed sequences (seeded) so that any prefix of shards, e.g. of a "
                         "run stopped early, is a uniform sample of the corpus")
     seed: int = opt(0, "seed of the sequence shuffle")
-    device: str = opt("cpu", "cpu, cuda or auto")
-    dtype: str = opt("float32", "model dtype")
-    threads: int = opt(2, "torch CPU threads")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,10 +286,10 @@ def run(cfg: CacheConfig) -> Path:
     """Load the model and write (or resume) the cache; returns the cache folder."""
     from ..model import load_model
 
-    torch.set_num_threads(max(1, cfg.threads))
     _check(cfg)
-    model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    return write_cache(model, tok, cfg)
+    rt = start(cfg, "cache")
+    model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
+    return write_cache(model, tok, cfg, rt)
 
 
 def _check(cfg: CacheConfig) -> None:
@@ -304,8 +301,8 @@ def _check(cfg: CacheConfig) -> None:
         raise GradsaeError("--seqs-per-shard and --batch-size must be at least 1")
 
 
-def write_cache(model, tok, cfg: CacheConfig) -> Path:
-    """Write (or resume) the cache of ``model`` described by ``cfg``."""
+def write_cache(model, tok, cfg: CacheConfig, rt: Runtime | None = None) -> Path:
+    """Write (or resume) the cache of ``model`` described by ``cfg`` (``rt``: the runtime recorded in config.json)."""
     from ..hooks import resolve_layer
 
     _check(cfg)
@@ -313,10 +310,10 @@ def write_cache(model, tok, cfg: CacheConfig) -> Path:
     out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg)
     with output_lock(out):
         clean_temp(out)
-        return _write_locked(model, tok, cfg, out)
+        return _write_locked(model, tok, cfg, out, rt)
 
 
-def _write_locked(model, tok, cfg: CacheConfig, out: Path) -> Path:
+def _write_locked(model, tok, cfg: CacheConfig, out: Path, rt: Runtime | None) -> Path:
     from tqdm import tqdm
 
     from ..hooks import hidden_size
@@ -336,7 +333,7 @@ def _write_locked(model, tok, cfg: CacheConfig, out: Path) -> Path:
             raise GradsaeError(f"{out} holds a cache made with a different config ({', '.join(mismatch)}): "
                                "use another --out or delete that folder")
         done = {s["index"]: s for s in old["shards"]}
-    write_json(out / "config.json", asdict(cfg))
+    write_json(out / "config.json", {**asdict(cfg), **({"runtime": rt.as_config()} if rt else {})})
 
     n_shards = math.ceil(len(seqs) / cfg.seqs_per_shard)
     limit = min(n_shards, cfg.max_shards) if cfg.max_shards > 0 else n_shards
@@ -344,7 +341,8 @@ def _write_locked(model, tok, cfg: CacheConfig, out: Path) -> Path:
     per_seq = cfg.context_length - cfg.drop_first
     t0 = time.time()
     bar = tqdm(total=len(todo) * cfg.seqs_per_shard * cfg.context_length, unit="tok", unit_scale=True,
-               desc=f"cache L{','.join(map(str, cfg.layers))}", dynamic_ncols=True, mininterval=5)
+               desc=f"cache L{','.join(map(str, cfg.layers))}", dynamic_ncols=True, mininterval=5,
+               disable=not cfg.progress)
     dev = next(model.parameters()).device
 
     def manifest(complete: bool) -> dict:

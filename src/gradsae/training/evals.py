@@ -40,17 +40,17 @@ from ..errors import GradsaeError
 from ..formats import DEFAULT_GSAE
 from ..io import write_json
 from ..kvcache import cache_kwargs, returned_cache
+from ..options import ModelOptions, start
 from ..sae import SAE, densify
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class EvalConfig:
+@dataclass(kw_only=True)
+class EvalConfig(ModelOptions):
     """Evaluate an SAE on held-out cached tokens: NMSE, L0, CE/L_added, KL, dead latents, steering effect."""
 
     sae: str = opt(DEFAULT_GSAE, "SAE folder/file or bundled name")
-    model: str = opt("smollm2", "the model the SAE reads")
     cache: str = opt("", "activation cache (default: the folder `gradsae cache` writes with its defaults)")
     holdout_shards: int = opt(1, "evaluate on the last N shards of the cache (kept out of training)")
     n_seqs: int = opt(64, "held-out sequences for CE / KL (0: all)")
@@ -67,7 +67,6 @@ class EvalConfig:
                                  "activation in 5 consecutive batches)")
     plots: bool = opt(True, "write PNG plots")
     seed: int = opt(0, "seed for the samples of latents and contexts")
-    threads: int = opt(2, "torch CPU threads")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,13 +83,15 @@ def reconstruction_metrics(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
 
 
 def max_decoder_cosine(W_dec: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    """For each decoder row the largest cosine to another row. W_dec [C, D] -> [C]."""
+    """For each decoder row the largest cosine to another row (computed on W_dec's device). W_dec [C, D] -> [C]
+    on the CPU."""
     W = W_dec.float() / W_dec.float().norm(dim=-1, keepdim=True).clamp_min(1e-8)
     out = torch.empty(W.shape[0])
     for a in range(0, W.shape[0], chunk):
         sim = W[a:a + chunk] @ W.T
-        sim[torch.arange(sim.shape[0]), torch.arange(a, a + sim.shape[0])] = -2.0
-        out[a:a + chunk] = sim.max(-1).values
+        rows = torch.arange(sim.shape[0], device=W.device)
+        sim[rows, rows + a] = -2.0
+        out[a:a + chunk] = sim.max(-1).values.cpu()
     return out
 
 
@@ -146,9 +147,10 @@ def _encode_batches(sae: SAE, x: torch.Tensor, g: torch.Tensor | None, bs: int =
     """Yield (x_batch [n, D] float, x_hat [n, D], code) over x [N, D]."""
     from .grid import decode_sparse
 
+    dev = sae.W_dec.device
     for a in range(0, x.shape[0], bs):
-        xb = x[a:a + bs].float()
-        gb = None if g is None else g[a:a + bs]
+        xb = x[a:a + bs].to(dev).float()
+        gb = None if g is None else g[a:a + bs].to(dev)
         code = sae.encode_sparse(xb, gb)
         s = sae.cfg.norm_scaling_factor
         x_hat = decode_sparse(code, sae.W_dec, sae.b_dec)
@@ -159,9 +161,9 @@ def _encode_batches(sae: SAE, x: torch.Tensor, g: torch.Tensor | None, bs: int =
 
 def activation_metrics(sae: SAE, x: torch.Tensor, g: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
     """Reconstruction + sparsity on cached tokens. -> (metrics, firing counts [C])."""
-    counts = torch.zeros(sae.d_sae, dtype=torch.long)
+    counts = torch.zeros(sae.d_sae, dtype=torch.long, device=sae.W_dec.device)
     err = x2 = 0.0
-    xs_sum = torch.zeros(sae.d_in, dtype=torch.float64)
+    xs_sum = torch.zeros(sae.d_in, dtype=torch.float64, device=sae.W_dec.device)
     xx = 0.0
     cos, l0, l1, n = 0.0, 0.0, 0.0, 0
     for xb, xh, code in _encode_batches(sae, x, g):
@@ -180,7 +182,7 @@ def activation_metrics(sae: SAE, x: torch.Tensor, g: torch.Tensor | None) -> tup
                                     "mse": err / (n * sae.d_in), "cossim": cos / n},
          "sparsity": {"l0": l0 / n, "l1": l1 / n},
          "misc": {"dead_frac": float((counts == 0).float().mean()), "n_tokens": n}}
-    return m, counts
+    return m, counts.cpu()
 
 
 def model_metrics(model, sae: SAE, ids: torch.Tensor, grads: torch.Tensor | None, drop_first: int,
@@ -189,17 +191,18 @@ def model_metrics(model, sae: SAE, ids: torch.Tensor, grads: torch.Tensor | None
     from ..splice import Splice
 
     enc = GradAwareSAE(sae)
+    dev = next(model.parameters()).device
     ce_c, ce_s, kls = [], [], []
     for a in range(0, ids.shape[0], batch_size):
-        b = ids[a:a + batch_size]
+        b = ids[a:a + batch_size].to(dev)
         attn = torch.ones_like(b)
         with torch.no_grad():
             clean = model(input_ids=b, attention_mask=attn).logits
-            enc.grad_x = None if grads is None else grads[a:a + batch_size]
+            enc.grad_x = None if grads is None else grads[a:a + batch_size].to(dev)
             with Splice(model, enc, error="none", keep_first=drop_first):
                 spliced = model(input_ids=b, attention_mask=attn).logits
         c, s, k = next_token_ce_kl(clean, spliced, b, drop_first)
-        ce_c.append(c), ce_s.append(s), kls.append(k)
+        ce_c.append(c.cpu()), ce_s.append(s.cpu()), kls.append(k.cpu())
     ce_c, ce_s, kl = torch.cat(ce_c).mean(), torch.cat(ce_s).mean(), torch.cat(kls).mean()
     return {"model_performance_preservation": {"ce_loss_without_sae": float(ce_c), "ce_loss_with_sae": float(ce_s),
                                                "l_added": float((ce_s - ce_c) / ce_c)},
@@ -216,11 +219,12 @@ def steering_effect(model, sae: SAE, ids: torch.Tensor, alive: torch.Tensor, cfg
     if len(alive_idx) == 0:
         raise GradsaeError("no latent fires on the held-out tokens: the SAE looks broken (check it with NMSE)")
     lat = alive_idx[torch.randperm(len(alive_idx), generator=g)[:cfg.steer_latents]].sort().values
-    W = sae.W_dec[lat].float()
+    dev = next(model.parameters()).device
+    W = sae.W_dec[lat.to(sae.W_dec.device)].float().to(dev)
     dirs = W / W.norm(dim=-1, keepdim=True)  # [L, D]
     W_U = unembedding(model).float()
     assoc = (dirs @ W_U.T).topk(cfg.steer_top_n, dim=-1).indices  # [L, n]
-    alphas = torch.tensor(cfg.steer_alphas, dtype=torch.float32)
+    alphas = torch.tensor(cfg.steer_alphas, dtype=torch.float32, device=dev)
     A, Lc = len(alphas), len(lat)
     # rows: alpha-major, latent-minor
     delta = (alphas[:, None, None] * dirs[None]).reshape(A * Lc, -1)  # [R, D]
@@ -244,7 +248,7 @@ def steering_effect(model, sae: SAE, ids: torch.Tensor, alive: torch.Tensor, cfg
     handle = block(model, layer).register_forward_hook(hook)
     try:
         for s, p in zip(ctx_seq.tolist(), ctx_pos.tolist()):
-            prefix = ids[s:s + 1, :p]
+            prefix = ids[s:s + 1, :p].to(dev)
             with torch.no_grad():
                 state["delta"] = None
                 out = model(input_ids=prefix[:, :-1], attention_mask=torch.ones_like(prefix[:, :-1]), use_cache=True)
@@ -256,17 +260,18 @@ def steering_effect(model, sae: SAE, ids: torch.Tensor, alive: torch.Tensor, cfg
                     d = delta[a:a + 64]
                     state["delta"] = d
                     R = d.shape[0]
-                    logits = model(input_ids=last.expand(R, 1), attention_mask=torch.ones(R, p, dtype=torch.long),
+                    logits = model(input_ids=last.expand(R, 1),
+                                   attention_mask=torch.ones(R, p, dtype=torch.long, device=dev),
                                    use_cache=True, **cache_kwargs(model, _copy_cache(pkv, R))).logits[:, -1]
                     pa, po = steering_deltas(clean, logits.float().softmax(-1), assoc_r[a:a + 64])
-                    sums_a[a:a + 64] += pa
-                    sums_o[a:a + 64] += po
+                    sums_a[a:a + 64] += pa.cpu()
+                    sums_o[a:a + 64] += po.cpu()
                     state["delta"] = None
     finally:
         handle.remove()
     mean_a = (sums_a / len(ctx_seq)).reshape(A, Lc)  # per latent, averaged over contexts
     mean_o = (sums_o / len(ctx_seq)).reshape(A, Lc)
-    return {"alphas": alphas.tolist(), "n_latents": Lc, "n_contexts": len(ctx_seq), "top_n": cfg.steer_top_n,
+    return {"alphas": alphas.cpu().tolist(), "n_latents": Lc, "n_contexts": len(ctx_seq), "top_n": cfg.steer_top_n,
             "assoc_mean": mean_a.mean(1).tolist(), "other_mean": mean_o.mean(1).tolist(),
             "assoc_median": mean_a.median(1).values.tolist(),
             "latents": lat.tolist(), "assoc_per_latent": mean_a.tolist()}
@@ -333,14 +338,14 @@ def run(cfg: EvalConfig) -> dict:
     from ..formats import load_sae
     from ..model import load_model
 
-    torch.set_num_threads(max(1, cfg.threads))
-    sae = load_sae(cfg.sae, dtype="float32")  # float16 files are evaluated in float32 (CPU, tiny gradients)
-    model, _ = load_model(cfg.model)
+    rt = start(cfg, "eval")
+    sae = load_sae(cfg.sae, device=rt.device, dtype="float32")  # float16 files are evaluated in float32
+    model, _ = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
     cache = ActivationCache(cfg.cache or default_cache())
-    return evaluate(model, sae, cache, cfg)
+    return evaluate(model, sae, cache, cfg, runtime=rt.as_config())
 
 
-def evaluate(model, sae: SAE, cache, cfg: EvalConfig) -> dict:
+def evaluate(model, sae: SAE, cache, cfg: EvalConfig, runtime: dict | None = None) -> dict:
     """All metrics of the module docstring for ``sae`` on ``model`` and the held-out shards of ``cache``."""
     from ..model import cache_dir, model_name
     from ..splice import check_compatible
@@ -401,6 +406,7 @@ def evaluate(model, sae: SAE, cache, cfg: EvalConfig) -> dict:
     result = {
         "eval_type_id": "gradsae_core",
         "eval_config": asdict(cfg),
+        "runtime": runtime,
         "eval_id": str(uuid.uuid4()),
         "datetime_epoch_millis": int(time.time() * 1000),
         "sae_name": cfg.sae,

@@ -26,6 +26,7 @@ import torch
 from ..config import opt
 from ..errors import GradsaeError
 from ..io import JsonlLog, atomic_write_text, dumps, output_lock, write_json
+from ..options import ModelOptions, Runtime, start
 from ..sae import SAE, SAEConfig
 from .grid import (SAESpec, build_grid, check_memory, estimate_bytes, geometric_median, init_seed, local_loss, lr_at,
                    remove_parallel_grad)
@@ -35,12 +36,11 @@ log = logging.getLogger(__name__)
 DEFAULT_LAYER = 9  # the bundled SAEs' layer of SmolLM2
 
 
-@dataclass
-class TrainConfig:
+@dataclass(kw_only=True)
+class TrainConfig(ModelOptions):
     """Train TopK / g-SAE / E2E SAEs (a grid of them from one model pass per step) straight from a corpus,
     or from a `gradsae cache` folder."""
 
-    model: str = opt("smollm2", "model: 'smollm2', a Hugging Face id/folder, or a .gguf file (corpus source)")
     data: list[str] = opt(["sample"], "corpus: .txt/.jsonl/.json files (optionally .gz) or folders, 'sample' "
                           "(bundled text) or hf:NAME; comma-separated")
     text_field: str = opt("text", "field holding the text in .jsonl files and HF datasets")
@@ -87,9 +87,6 @@ class TrainConfig:
     log_every: int = opt(50, "steps between metric records in train_log.jsonl")
     max_steps: int = opt(0, "stop this invocation after about this many steps (0: run to the end); for tests")
     memory_limit_gb: float = opt(0.0, "refuse a grid estimated to need more than this (0: the free memory)")
-    threads: int = opt(2, "torch CPU threads per process")
-    device: str = opt("auto", "auto (cuda when present), cpu or cuda (cuda:LOCAL_RANK under torchrun)")
-    progress: bool = opt(True, "show a progress bar (tokens/s, ETA)")
     snapshot_tokens: list[int] = opt([], "also export every SAE to <out>/snapshots/<tokens>/ when the run passes "
                                      "these model-token counts (at the next checkpoint), e.g. 1000000,3000000: "
                                      "a curve over training tokens from one run")
@@ -109,8 +106,7 @@ def check_config(cfg: TrainConfig) -> None:
     bad(not (cfg.lr > 0 and math.isfinite(cfg.lr)), f"--lr {cfg.lr} must be a positive number, e.g. 5e-4")
     bad(not (cfg.epochs > 0 and math.isfinite(cfg.epochs)),
         f"--epochs {cfg.epochs} trains nothing: give a positive number of passes (e.g. 1 or 0.5), or --max-tokens")
-    for name in ("batch_size", "batch_tokens", "checkpoint_every", "log_every", "shuffle_batches", "threads",
-                 "context_length"):
+    for name in ("batch_size", "batch_tokens", "checkpoint_every", "log_every", "shuffle_batches", "context_length"):
         bad(getattr(cfg, name) < 1, f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1")
     bad(any(n <= 0 for n in cfg.snapshot_tokens),
         f"--snapshot-tokens {','.join(map(str, cfg.snapshot_tokens))} must be positive token counts, e.g. 1000000")
@@ -122,8 +118,7 @@ def check_config(cfg: TrainConfig) -> None:
     bad(cfg.drop_first >= cfg.context_length - 1, f"--drop-first {cfg.drop_first} leaves no tokens of a "
         f"{cfg.context_length}-token row: lower it")
     bad(cfg.dtype not in ("float32", "bfloat16"), f"unknown --dtype {cfg.dtype!r}: use float32 or bfloat16")
-    bad(not (cfg.device in ("auto", "cpu") or cfg.device.startswith("cuda")),
-        f"unknown --device {cfg.device!r}: use auto, cpu, cuda or cuda:N")
+    bad(cfg.device == "mps", "--device mps: training needs CUDA or the CPU (use --device auto)")
     bad(any(d < 1 for d in cfg.d_sae) or any(k < 1 for k in cfg.k), "--d-sae and --k must be at least 1")
     bad(cfg.cache and "e2e" in cfg.architectures,
         "E2E SAEs need the model's output, which a cache does not hold: train them from a corpus (--data)")
@@ -181,9 +176,6 @@ def _broadcast(params: list[torch.Tensor]) -> None:
 
 def _init_distributed(device: str) -> str:
     """Start the process group under torchrun (gloo on CPU, nccl on GPU); returns the device."""
-    from ..model import resolve_device
-
-    device = resolve_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         if device.startswith("cuda"):
@@ -284,8 +276,8 @@ def _setup_corpus(cfg: TrainConfig, device: str, rank: int, world: int) -> _Setu
 def run(cfg: TrainConfig) -> Path:
     """Train the grid; returns the results folder (one SAELens folder per SAE + logs + checkpoint)."""
     check_config(cfg)
-    torch.set_num_threads(max(1, cfg.threads))
-    device = _init_distributed(cfg.device)
+    rt = start(cfg, "train")
+    device = _init_distributed(rt.device)
     rank, world = _dist()
     setup = (_setup_cache if cfg.cache else _setup_corpus)(cfg, device, rank, world)
     specs = build_grid(setup.layers, cfg.architectures, cfg.k, cfg.beta, cfg.d_sae, cfg.seeds)
@@ -305,7 +297,7 @@ def run(cfg: TrainConfig) -> Path:
             from .cache import clean_temp
 
             clean_temp(out)
-        return _train(cfg, setup, specs, out, device, rank, world)
+        return _train(cfg, setup, specs, out, device, rank, world, rt)
 
 
 def _new_sae(cfg: TrainConfig, spec: SAESpec, D: int, meta: dict, device: str) -> SAE:
@@ -319,7 +311,7 @@ def _new_sae(cfg: TrainConfig, spec: SAESpec, D: int, meta: dict, device: str) -
 
 
 def _train(cfg: TrainConfig, setup: _Setup, specs: list[SAESpec], out: Path, device: str, rank: int,
-           world: int) -> Path:
+           world: int, rt: Runtime) -> Path:
     from tqdm import tqdm
 
     src, total, M = setup.source, setup.total, setup.source.fill_steps
@@ -361,7 +353,7 @@ def _train(cfg: TrainConfig, setup: _Setup, specs: list[SAESpec], out: Path, dev
     if rank == 0:
         write_json(out / "config.json", {**asdict(cfg), "layers": setup.layers, "steps": total, "world_size": world,
                                          "source": setup.meta["source"], "saes": [asdict(s) for s in specs],
-                                         "norm_scaling_factor": state.norm})
+                                         "norm_scaling_factor": state.norm, "runtime": rt.as_config()})
         _truncate_log(out / "train_log.jsonl", state.step)
     logf = JsonlLog(out / "train_log.jsonl") if rank == 0 else None
     bar = tqdm(total=total * src.tokens_per_step, initial=state.step * src.tokens_per_step, unit="tok",

@@ -1,0 +1,95 @@
+"""The shared runtime options: every command that runs a model or an SAE takes --device/--dtype/--threads from
+one dataclass, defaults to the GPU when there is one, and records the device it used."""
+import dataclasses
+import importlib
+import json
+
+import pytest
+import torch
+
+from gradsae import cli, options
+from gradsae.errors import GradsaeError
+from gradsae.options import ModelOptions, RuntimeOptions, resolve_device, start
+
+
+def _configs():
+    for name, (mod, cls_name, _, _) in cli.COMMANDS.items():
+        yield name, getattr(importlib.import_module(mod), cls_name)
+
+
+def test_every_command_that_loads_a_model_takes_the_shared_runtime_options():
+    loaders = [name for name, cls in _configs() if "model" in {f.name for f in dataclasses.fields(cls)}]
+    assert {"demo", "explain", "influence", "perturb", "steer", "stats", "experiment", "cache", "train", "eval",
+            "sensitivity", "dashboard"} <= set(loaders)
+    for name, cls in _configs():
+        if name in loaders:
+            assert issubclass(cls, ModelOptions), name
+            fields = {f.name: f for f in dataclasses.fields(cls)}
+            assert fields["device"].default == "auto", name
+            assert fields["threads"].default == 0, name
+        else:  # a command with no model must not pretend to have a device
+            assert "device" not in {f.name for f in dataclasses.fields(cls)}, name
+
+
+def test_no_command_stays_on_the_cpu_when_cuda_is_present(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for name, cls in _configs():
+        if issubclass(cls, RuntimeOptions):
+            default = next(f.default for f in dataclasses.fields(cls) if f.name == "device")
+            assert resolve_device(default) == "cuda", name
+
+
+def test_auto_under_torchrun_takes_the_local_rank(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("auto") == "cuda:1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu", ""])
+def test_a_bad_device_is_refused_when_the_config_is_built(device):
+    with pytest.raises(GradsaeError, match="--device"):
+        RuntimeOptions(device=device)
+
+
+def test_bad_dtype_and_threads_are_one_line_from_the_cli(capsys):
+    assert cli.main(["eval", "--threads", "-2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--threads -2" in err[0]
+    assert cli.main(["cache", "--layers", "1", "--device", "cuda:9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CUDA is not available" in err[0]  # refused before any model is loaded
+
+
+def test_start_applies_threads_and_announces_once(capsys, monkeypatch):
+    monkeypatch.setattr(options, "_announced", set())
+    n = torch.get_num_threads()
+    try:
+        rt = start(RuntimeOptions(device="cpu", threads=1), "test")
+        assert torch.get_num_threads() == 1
+        start(RuntimeOptions(device="cpu", threads=1), "other")
+    finally:
+        torch.set_num_threads(n)
+    err = capsys.readouterr().err
+    assert err.count("running on cpu") == 1
+    assert rt.as_config() == {"device_used": "cpu", "device_name": "CPU", "dtype_used": "float32",
+                              "threads_used": 1}
+
+
+def test_the_cache_records_the_device_it_ran_on(tmp_path):
+    from conftest import make_tiny
+    from gradsae.training.cache import CacheConfig, run
+
+    model, tok = make_tiny("llama")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"line {i}: the quick brown fox {i}" for i in range(30)))
+    out = run(CacheConfig(model=str(tmp_path / "m"), layers=[1], data=[str(corpus)], out=str(tmp_path / "cache"),
+                          context_length=16, seqs_per_shard=4, batch_size=4, max_tokens=128, progress=False))
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["device"] == "auto" and conf["runtime"]["device_used"] == "cpu"
+    assert conf["runtime"]["threads_used"] == torch.get_num_threads()
