@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo test test-fast docs clean
+.PHONY: install demo lint format test test-fast docs clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-peers.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,17 @@ install: $(STAMP)
 demo: install
 	$(BIN)/gradsae demo
 
-# The whole test suite (Chromium for the report test is installed if missing).
-test: install
+# ruff: lint and format, line length 120 (pyproject.toml [tool.ruff]); `make format` fixes what it can.
+lint: install
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+
+format: install
+	$(BIN)/ruff check --fix src tests benchmarks scripts
+	$(BIN)/ruff format src tests benchmarks scripts
+
+# The whole test suite, after the lint (Chromium for the browser tests is installed if missing).
+test: install lint
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser tests will fail"
 	$(BIN)/python -m pytest -q
 

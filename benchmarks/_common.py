@@ -1,4 +1,5 @@
 """Shared helpers for the benchmark scripts: SQuAD-style QA examples, tables, JSON output."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ def qa_examples(path: Path = DEV, n: int = 30, seed: int = 0) -> list[dict]:
             for qa in para["qas"]:
                 if qa.get("is_impossible"):
                     continue
-                out.append({"id": qa["id"], "context": para["context"], "question": qa["question"],
-                            "answers": [a["text"] for a in qa["answers"]]})
+                out.append(
+                    {
+                        "id": qa["id"],
+                        "context": para["context"],
+                        "question": qa["question"],
+                        "answers": [a["text"] for a in qa["answers"]],
+                    }
+                )
     random.Random(seed).shuffle(out)
     return out[:n]
 

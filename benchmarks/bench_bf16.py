@@ -7,6 +7,7 @@
 
     python benchmarks/bench_bf16.py --data TRAIN.jsonl.gz --heldout HELDOUT.jsonl.gz --steps 32
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ def main(argv=None) -> dict:
 
     fid = []
     for i in range(0, a.eval_rows, ROWS):
-        ids = held[i:i + ROWS]
+        ids = held[i : i + ROWS]
         x32, g32 = capture(model, ids, [LAYER], True, "float32")
         x16, g16 = capture(model, ids, [LAYER], True, "bfloat16")
         x32, x16 = x32[LAYER][:, 1:], x16[LAYER][:, 1:]
@@ -54,20 +55,44 @@ def main(argv=None) -> dict:
     root = Path(tempfile.mkdtemp(prefix="bench-bf16-"))
     rows = []
     for dtype in ("float32", "bfloat16"):
-        out = run(TrainConfig(data=a.data.split(","), layers=[LAYER], architectures=["topk"], k=[32], d_sae=[4096],
-                              batch_size=ROWS, context_length=T, max_tokens=a.steps * ROWS * T, dtype=dtype,
-                              out=str(root / dtype), log_every=a.steps, progress=False, device="cpu",
-                              threads=a.threads, warmup_steps=5))
+        out = run(
+            TrainConfig(
+                data=a.data.split(","),
+                layers=[LAYER],
+                architectures=["topk"],
+                k=[32],
+                d_sae=[4096],
+                batch_size=ROWS,
+                context_length=T,
+                max_tokens=a.steps * ROWS * T,
+                dtype=dtype,
+                out=str(root / dtype),
+                log_every=a.steps,
+                progress=False,
+                device="cpu",
+                threads=a.threads,
+                warmup_steps=5,
+            )
+        )
         sae = load_sae(out / "topk_k32")
         m, _ = activation_metrics(sae, x_eval, None)
         mm = model_metrics(model, sae, held, None, 1, ROWS)
         import json
+
         tps = json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["tokens_per_s"]
-        rows.append({"model pass": dtype, "train tokens/s": tps, "NMSE": m["reconstruction_quality"]["nmse"],
-                     "L_added": mm["model_performance_preservation"]["l_added"],
-                     "KL": mm["model_behavior_preservation"]["kl_div_with_sae"]})
-    print(f"inputs under bfloat16 vs float32: |x16 - x32| / |x32| = {inputs['x_rel_error']:.4f}, "
-          f"mean per-token cosine of dL/dx = {inputs['grad_cosine_per_token']:.4f}")
+        rows.append(
+            {
+                "model pass": dtype,
+                "train tokens/s": tps,
+                "NMSE": m["reconstruction_quality"]["nmse"],
+                "L_added": mm["model_performance_preservation"]["l_added"],
+                "KL": mm["model_behavior_preservation"]["kl_div_with_sae"],
+            }
+        )
+    print(
+        f"inputs under bfloat16 vs float32: |x16 - x32| / |x32| = {inputs['x_rel_error']:.4f}, "
+        f"mean per-token cosine of dL/dx = {inputs['grad_cosine_per_token']:.4f}"
+    )
     print(table(rows, ["model pass", "train tokens/s", "NMSE", "L_added", "KL"]))
     res = {"config": vars(a), "inputs": inputs, "rows": rows}
     write_json(a.out, res)

@@ -7,6 +7,7 @@ Each timing includes folding the batch into the dashboard state (``update_state`
 stops the forward after the SAE's block; the influence pass runs the whole model plus one backward pass from
 the next-token log-likelihood. Writes benchmarks/out/bench_dashboard.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,13 @@ def main():
     layer = check_compatible(model, sae, None)
     cfg = DashboardConfig(sae=args.sae, data=[args.data], max_tokens=args.tokens, context_length=args.context_length)
     rows = list(corpus_rows(cfg, tok, True))
-    batches = [(torch.stack([r for _, r in rows[i:i + args.batch_size]]),
-                torch.tensor([j for j, _ in rows[i:i + args.batch_size]])) for i in range(0, len(rows), args.batch_size)]
+    batches = [
+        (
+            torch.stack([r for _, r in rows[i : i + args.batch_size]]),
+            torch.tensor([j for j, _ in rows[i : i + args.batch_size]]),
+        )
+        for i in range(0, len(rows), args.batch_size)
+    ]
     n_tok = sum(b.numel() for b, _ in batches)
 
     def plain():
@@ -57,14 +63,19 @@ def main():
 
     plain()  # warm up
     res = []
-    for name, fn in (("plain forward", plain), ("dashboard, activations only", lambda: dash(False)),
-                     ("dashboard with influence", lambda: dash(True))):
+    for name, fn in (
+        ("plain forward", plain),
+        ("dashboard, activations only", lambda: dash(False)),
+        ("dashboard with influence", lambda: dash(True)),
+    ):
         best = min(_timed(fn) for _ in range(args.repeats))
         res.append({"pass": name, "tokens": n_tok, "seconds": best, "tok/s": n_tok / best})
     for r in res:
         r["x forward time"] = r["seconds"] / res[0]["seconds"]
-    print(f"{args.model} + {args.sae}, {n_tok} tokens in rows of {args.context_length}, batch {args.batch_size}, "
-          f"{args.threads} threads")
+    print(
+        f"{args.model} + {args.sae}, {n_tok} tokens in rows of {args.context_length}, batch {args.batch_size}, "
+        f"{args.threads} threads"
+    )
     print(table(res, ["pass", "tokens", "seconds", "tok/s", "x forward time"]))
     write_out(REPO / "benchmarks" / "out" / "bench_dashboard.json", {"args": vars(args), "results": res})
 

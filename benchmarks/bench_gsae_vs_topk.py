@@ -9,6 +9,7 @@ clean-model dL/dx) and with plain TopK selection (what generation uses).
     python benchmarks/bench_gsae_vs_topk.py --k 32 --beta 0.5,1,2  # the bundled pair + a small beta sweep
     python benchmarks/bench_gsae_vs_topk.py --k 16,32,64         # a k sweep (3x the training time)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,18 @@ def main(argv=None) -> dict:
     ks = [int(k) for k in a.k.split(",")]
     betas = [float(b) for b in a.beta.split(",")]
     cache_path = a.cache or str(default_cache())
-    tcfg = TrainConfig(cache=cache_path, out=a.train_out, architectures=["topk", "gsae"], k=ks, beta=betas,
-                       d_sae=[a.d_sae], epochs=a.epochs, batch_tokens=a.batch_size, seed=a.seed, threads=a.threads)
+    tcfg = TrainConfig(
+        cache=cache_path,
+        out=a.train_out,
+        architectures=["topk", "gsae"],
+        k=ks,
+        beta=betas,
+        d_sae=[a.d_sae],
+        epochs=a.epochs,
+        batch_tokens=a.batch_size,
+        seed=a.seed,
+        threads=a.threads,
+    )
     run_dir = train(tcfg)
     model, _ = load_model(a.model)
     cache = ActivationCache(cache_path)
@@ -54,30 +65,51 @@ def main(argv=None) -> dict:
     for k in ks:
         for name in [f"topk_k{k}"] + [f"gsae_k{k}_b{b:g}" for b in betas]:
             sae = load_sae(run_dir / name)
-            ecfg = EvalConfig(sae=str(run_dir / name), model=a.model, cache=cache_path,
-                              out=str(run_dir / name / "eval"), n_seqs=a.n_seqs, steer_latents=a.steer_latents,
-                              steer_contexts=a.steer_contexts, seed=a.seed, threads=a.threads)
+            ecfg = EvalConfig(
+                sae=str(run_dir / name),
+                model=a.model,
+                cache=cache_path,
+                out=str(run_dir / name / "eval"),
+                n_seqs=a.n_seqs,
+                steer_latents=a.steer_latents,
+                steer_contexts=a.steer_contexts,
+                seed=a.seed,
+                threads=a.threads,
+            )
             res = evaluate(model, sae, cache, ecfg)
             st = res["eval_result_metrics"].get("steering", {})
             for sel, m in res["eval_result_metrics_by_selection"].items():
-                rows.append({"k": k, "sae": name.split("_k")[0] + name[name.rfind("_b"):] * name.startswith("gsae"),
-                             "selection": sel,
-                             "l0": m["sparsity"]["l0"], "nmse": m["reconstruction_quality"]["nmse"],
-                             "l_added": m["model_performance_preservation"]["l_added"],
-                             "kl": m["model_behavior_preservation"]["kl_div_with_sae"],
-                             "dead_frac": m["misc"]["dead_frac"],
-                             "dead_frac_train": sae.cfg.metadata.get("dead_frac_train"),
-                             "steer_alphas": st.get("alphas"), "steer_assoc": st.get("assoc_mean"),
-                             "steer_other": st.get("other_mean")})
-    hdr = f"{'k':>3} {'SAE':<9} {'selection':<9} {'L0':>5} {'NMSE':>7} {'L_added':>8} {'KL':>7} {'dead':>6} " \
-          f"{'dead(train)':>11}  steering assoc / other per alpha"
+                rows.append(
+                    {
+                        "k": k,
+                        "sae": name.split("_k")[0] + name[name.rfind("_b") :] * name.startswith("gsae"),
+                        "selection": sel,
+                        "l0": m["sparsity"]["l0"],
+                        "nmse": m["reconstruction_quality"]["nmse"],
+                        "l_added": m["model_performance_preservation"]["l_added"],
+                        "kl": m["model_behavior_preservation"]["kl_div_with_sae"],
+                        "dead_frac": m["misc"]["dead_frac"],
+                        "dead_frac_train": sae.cfg.metadata.get("dead_frac_train"),
+                        "steer_alphas": st.get("alphas"),
+                        "steer_assoc": st.get("assoc_mean"),
+                        "steer_other": st.get("other_mean"),
+                    }
+                )
+    hdr = (
+        f"{'k':>3} {'SAE':<9} {'selection':<9} {'L0':>5} {'NMSE':>7} {'L_added':>8} {'KL':>7} {'dead':>6} "
+        f"{'dead(train)':>11}  steering assoc / other per alpha"
+    )
     print(hdr)
     for r in rows:
-        steer = "  ".join(f"{al:g}:{sa:.4f}/{so:.4f}" for al, sa, so in
-                          zip(r["steer_alphas"] or [], r["steer_assoc"] or [], r["steer_other"] or []))
+        steer = "  ".join(
+            f"{al:g}:{sa:.4f}/{so:.4f}"
+            for al, sa, so in zip(r["steer_alphas"] or [], r["steer_assoc"] or [], r["steer_other"] or [])
+        )
         dt = r["dead_frac_train"]
-        print(f"{r['k']:>3} {r['sae']:<9} {r['selection']:<9} {r['l0']:5.1f} {r['nmse']:7.4f} {r['l_added']:8.4f} "
-              f"{r['kl']:7.4f} {r['dead_frac']:6.3f} {dt if dt is None else round(dt, 3)!s:>11}  {steer}")
+        print(
+            f"{r['k']:>3} {r['sae']:<9} {r['selection']:<9} {r['l0']:5.1f} {r['nmse']:7.4f} {r['l_added']:8.4f} "
+            f"{r['kl']:7.4f} {r['dead_frac']:6.3f} {dt if dt is None else round(dt, 3)!s:>11}  {steer}"
+        )
     result = {"config": vars(a), "train_dir": str(run_dir), "cache": cache_path, "rows": rows}
     write_json(a.out, result)
     print(f"-> {a.out}")

@@ -9,6 +9,7 @@ how saturated the target is.
 
     python benchmarks/bench_influence_fidelity.py --n 30
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,13 @@ def main() -> None:
     ap.add_argument("--target", default="logprob")
     ap.add_argument("--exact-latents", type=int, default=40)
     ap.add_argument("--ig-steps", type=int, default=16)
-    ap.add_argument("--error", default="none", choices=["none", "keep"],
-                    help="SAE error term: none (the model sees only the reconstruction; targets stay far from "
-                         "saturation) or keep (the model's own output; many targets near p = 1)")
+    ap.add_argument(
+        "--error",
+        default="none",
+        choices=["none", "keep"],
+        help="SAE error term: none (the model sees only the reconstruction; targets stay far from "
+        "saturation) or keep (the model's own output; many targets near p = 1)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/out/influence_fidelity.json")
     args = ap.parse_args()
@@ -56,12 +61,17 @@ def main() -> None:
         ig = influence(model, tok, sae, e, method="ig", ig_steps=args.ig_steps, **kw)[0]
         idx = torch.as_tensor(exact.meta["ablated"])
         ex_s, gr_s, ig_s, base = exact.scores[idx], grad.scores[idx], ig.scores[idx], grad.baseline[idx]
-        row = {"id": ex["id"], "latents": int(idx.numel()), "p(Y)": float(torch.tensor(exact.target_value).exp()),
-               "rho_grad": float(spearmanr(gr_s, ex_s).statistic), "rho_ig": float(spearmanr(ig_s, ex_s).statistic),
-               "rho_base": float(spearmanr(base, ex_s).statistic),
-               "top10_grad": top_overlap(grad.scores, exact.scores, idx),
-               "top10_ig": top_overlap(ig.scores, exact.scores, idx),
-               "top10_base": top_overlap(grad.baseline, exact.scores, idx)}
+        row = {
+            "id": ex["id"],
+            "latents": int(idx.numel()),
+            "p(Y)": float(torch.tensor(exact.target_value).exp()),
+            "rho_grad": float(spearmanr(gr_s, ex_s).statistic),
+            "rho_ig": float(spearmanr(ig_s, ex_s).statistic),
+            "rho_base": float(spearmanr(base, ex_s).statistic),
+            "top10_grad": top_overlap(grad.scores, exact.scores, idx),
+            "top10_ig": top_overlap(ig.scores, exact.scores, idx),
+            "top10_base": top_overlap(grad.baseline, exact.scores, idx),
+        }
         rows.append(row)
         # first-order error by activation quartile (within this example)
         q = torch.quantile(base, torch.tensor([0.25, 0.5, 0.75]))
@@ -71,27 +81,57 @@ def main() -> None:
             if (bucket == b).any():
                 per_bucket[b].append(float(err[bucket == b].median()))
         sat.append((row["p(Y)"], row["rho_grad"]))
-        print(f"[{i + 1}/{args.n}] {ex['id'][:10]} latents={row['latents']} rho grad={row['rho_grad']:.3f} "
-              f"ig={row['rho_ig']:.3f} base={row['rho_base']:.3f}  ({time.perf_counter() - t0:.0f}s)", flush=True)
-    summary = {k: mean([r[k] for r in rows]) for k in ("rho_grad", "rho_ig", "rho_base", "top10_grad", "top10_ig",
-                                                        "top10_base")}
-    buckets = [{"activation quartile": f"Q{b + 1}", "median rel. error grad vs exact": mean(per_bucket[b])}
-               for b in range(4)]
+        print(
+            f"[{i + 1}/{args.n}] {ex['id'][:10]} latents={row['latents']} rho grad={row['rho_grad']:.3f} "
+            f"ig={row['rho_ig']:.3f} base={row['rho_base']:.3f}  ({time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
+    summary = {
+        k: mean([r[k] for r in rows])
+        for k in ("rho_grad", "rho_ig", "rho_base", "top10_grad", "top10_ig", "top10_base")
+    }
+    buckets = [
+        {"activation quartile": f"Q{b + 1}", "median rel. error grad vs exact": mean(per_bucket[b])} for b in range(4)
+    ]
     saturation = []
     for lo, hi in ((0.0, 0.1), (0.1, 0.5), (0.5, 0.9), (0.9, 1.01)):
         rs = [r for p, r in sat if lo <= p < hi]
-        saturation.append({"p(Y)": f"[{lo:g}, {min(hi, 1):g}" + (")" if hi <= 1 else "]"), "examples": len(rs),
-                           "mean rho_grad": mean(rs)})
+        saturation.append(
+            {
+                "p(Y)": f"[{lo:g}, {min(hi, 1):g}" + (")" if hi <= 1 else "]"),
+                "examples": len(rs),
+                "mean rho_grad": mean(rs),
+            }
+        )
     print("\nFidelity against exact ablation (mean over examples)")
-    print(table([{"method": m, "Spearman": summary[f"rho_{k}"], "top-10 overlap": summary[f"top10_{k}"]}
-                 for m, k in (("GradSAE grad x act", "grad"), ("integrated gradients", "ig"),
-                              ("Baseline (mean activation)", "base"))], ["method", "Spearman", "top-10 overlap"]))
+    print(
+        table(
+            [
+                {"method": m, "Spearman": summary[f"rho_{k}"], "top-10 overlap": summary[f"top10_{k}"]}
+                for m, k in (
+                    ("GradSAE grad x act", "grad"),
+                    ("integrated gradients", "ig"),
+                    ("Baseline (mean activation)", "base"),
+                )
+            ],
+            ["method", "Spearman", "top-10 overlap"],
+        )
+    )
     print("\nFirst-order error by activation size")
     print(table(buckets, ["activation quartile", "median rel. error grad vs exact"]))
     print("\nBy target saturation")
     print(table(saturation, ["p(Y)", "examples", "mean rho_grad"]))
-    write_out(args.out, {"args": vars(args), "summary": summary, "buckets": buckets, "saturation": saturation,
-                         "examples": rows, "seconds": round(time.perf_counter() - t0, 1)})
+    write_out(
+        args.out,
+        {
+            "args": vars(args),
+            "summary": summary,
+            "buckets": buckets,
+            "saturation": saturation,
+            "examples": rows,
+            "seconds": round(time.perf_counter() - t0, 1),
+        },
+    )
 
 
 if __name__ == "__main__":

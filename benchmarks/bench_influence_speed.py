@@ -8,6 +8,7 @@ Times are medians of --repeats runs, reported as ratios measured in the same pro
 
     python benchmarks/bench_influence_speed.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,24 +59,37 @@ def main() -> None:
     plain()  # warm-up
     scored()
     t_plain, t_grad = timed(plain, args.repeats), timed(scored, args.repeats)
-    rows = [{"what": "plain forward+backward", "seconds": t_plain, "tokens/s": tokens / t_plain, "ratio": 1.0},
-            {"what": "GradSAE grad x act", "seconds": t_grad, "tokens/s": tokens / t_grad, "ratio": t_grad / t_plain}]
+    rows = [
+        {"what": "plain forward+backward", "seconds": t_plain, "tokens/s": tokens / t_plain, "ratio": 1.0},
+        {"what": "GradSAE grad x act", "seconds": t_grad, "tokens/s": tokens / t_grad, "ratio": t_grad / t_plain},
+    ]
     print(f"batch of {args.batch} examples, {tokens} tokens, layer {sae.layer}")
     print(table(rows, ["what", "seconds", "tokens/s", "ratio"]))
 
-    sub = exs[:args.exact_examples]
+    sub = exs[: args.exact_examples]
     t_g = timed(lambda: influence(model, tok, sae, sub, batch_size=1), 1)
     t0 = time.perf_counter()
     ex = influence(model, tok, sae, sub, method="exact", exact_batch=32)
     t_e = time.perf_counter() - t0
     n_lat = sum(r.meta["exact_latents_ablated"] for r in ex)
-    rows2 = [{"method": "grad x act", "seconds": t_g, "latents scored": sae.d_sae * len(sub)},
-             {"method": "exact ablation", "seconds": t_e, "latents scored": n_lat}]
+    rows2 = [
+        {"method": "grad x act", "seconds": t_g, "latents scored": sae.d_sae * len(sub)},
+        {"method": "exact ablation", "seconds": t_e, "latents scored": n_lat},
+    ]
     print(f"\n{len(sub)} examples: exact ablation of every active latent vs one backward")
     print(table(rows2, ["method", "seconds", "latents scored"]))
     print(f"grad x act is {t_e / t_g:.0f}x faster than exact ablation")
-    write_out(args.out, {"args": vars(args), "tokens": tokens, "forward_backward": rows, "exact": rows2,
-                         "grad_vs_plain_ratio": t_grad / t_plain, "exact_vs_grad_speedup": t_e / t_g})
+    write_out(
+        args.out,
+        {
+            "args": vars(args),
+            "tokens": tokens,
+            "forward_backward": rows,
+            "exact": rows2,
+            "grad_vs_plain_ratio": t_grad / t_plain,
+            "exact_vs_grad_speedup": t_e / t_g,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ does, until EOS or ``--max-new-tokens`` (their limit is 50).
 
     python benchmarks/bench_perturb_speed.py [--n 3] [--stop auto|none] [--out benchmarks/out/perturb_speed.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,15 +39,22 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--sae", default="smollm2/topk/L9")
     ap.add_argument("--data", default=str(DEV), help="SQuAD JSON (default: the shared dev subset)")
-    ap.add_argument("--fewshot-data", default=str(DEV.parent / "train-v1.1-notre-dame.json"),
-                    help="SQuAD JSON with the few-shot exemplars")
+    ap.add_argument(
+        "--fewshot-data",
+        default=str(DEV.parent / "train-v1.1-notre-dame.json"),
+        help="SQuAD JSON with the few-shot exemplars",
+    )
     ap.add_argument("--n", type=int, default=3, help="kept examples to time")
     ap.add_argument("--scan", type=int, default=40, help="questions to answer while looking for kept ones")
     ap.add_argument("--min-f1", type=float, default=0.9, help="correct-sample filter (0 keeps everything)")
     ap.add_argument("--ks", default="1,10,20,30,50%")
     ap.add_argument("--max-new-tokens", type=int, default=16)
-    ap.add_argument("--stop", default="auto", help="decoding rule of the timed runs: auto (newline etc.) or none "
-                    "(EOS or --max-new-tokens, as the authors' code)")
+    ap.add_argument(
+        "--stop",
+        default="auto",
+        help="decoding rule of the timed runs: auto (newline etc.) or none "
+        "(EOS or --max-new-tokens, as the authors' code)",
+    )
     ap.add_argument("--error", default="keep", choices=["none", "keep"], help="SAE error term (all three runs)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/out/perturb_speed.json")
@@ -58,20 +66,27 @@ def main() -> None:
     qas = sq.load_questions(args.data, limit=args.scan)
     ctx_text, pairs = sq.fewshot_exemplars(args.fewshot_data, exclude_contexts=[q.context for q in qas])
     builder = sq.PromptBuilder("fewshot", tok, ctx_text, pairs)
-    cfg = PerturbConfig(sae=args.sae, model=args.model, data=args.data, min_f1=args.min_f1,
-                           ks=args.ks.split(","), max_new_tokens=args.max_new_tokens, error=args.error)
+    cfg = PerturbConfig(
+        sae=args.sae,
+        model=args.model,
+        data=args.data,
+        min_f1=args.min_f1,
+        ks=args.ks.split(","),
+        max_new_tokens=args.max_new_tokens,
+        error=args.error,
+    )
     ctx = phases.RunContext(cfg, model, tok, sae, None, builder)  # finds kept examples with the usual stops
     tctx = phases.RunContext(dataclasses.replace(cfg, stop=args.stop), model, tok, sae, None, builder)  # timed runs
 
     kept: list[tuple[phases.AnswerRecord, str]] = []
     for i in range(0, len(qas), 8):
-        chunk = qas[i:i + 8]
+        chunk = qas[i : i + 8]
         for q, r in zip(chunk, phases.answer_batch(ctx, chunk)):
             if r.kept:
                 kept.append((r, builder(q.context, q.question)))
         if len(kept) >= args.n:
             break
-    kept = kept[:args.n]
+    kept = kept[: args.n]
     if not kept:
         raise SystemExit(f"no question among the first {args.scan} was answered with F1 >= {args.min_f1}")
 
@@ -93,10 +108,12 @@ def main() -> None:
             for lat in distinct:
                 batch = encode_prompts(tok, [prompt])
                 t0 = time.perf_counter()
-                with Splice(model, sae, error=args.error,
-                            edits=[RowEdit(zero=list(lat), at="all")] if lat else None) as s:
-                    gen = greedy_generate(model, tok, batch, args.max_new_tokens, tctx.stop, splice=s,
-                                          use_cache=use_cache)
+                with Splice(
+                    model, sae, error=args.error, edits=[RowEdit(zero=list(lat), at="all")] if lat else None
+                ) as s:
+                    gen = greedy_generate(
+                        model, tok, batch, args.max_new_tokens, tctx.stop, splice=s, use_cache=use_cache
+                    )
                 dt = time.perf_counter() - t0
                 if use_cache:
                     dt_cached += dt
@@ -104,27 +121,65 @@ def main() -> None:
                     dt_off += dt
                     preds[lat] = tctx.answer(gen.texts[0])
                     new_tokens.append(len(gen.tokens[0]))
-        same = all(ours["cells"][key]["prediction"] == preds[lat] for key, lat in variants.items()) and \
-            ours["control"]["prediction"] == preds[()]
+        same = (
+            all(ours["cells"][key]["prediction"] == preds[lat] for key, lat in variants.items())
+            and ours["control"]["prediction"] == preds[()]
+        )
         agree_all &= same
         t_ours += dt_ours
         t_off += dt_off
         t_cached += dt_cached
-        rows.append({"id": rec.id, "prompt_tokens": len(tok(prompt)["input_ids"]), "cells": len(variants),
-                     "rows": len(distinct),
-                     "mean_new_tokens": round(sum(new_tokens) / len(new_tokens), 2), "ours_s": dt_ours, "official_s": dt_off, "cached_b1_s": dt_cached,
-                     "speedup": dt_off / dt_ours, "identical": same})
-        print(f"{rec.id}: ours {dt_ours:.1f}s, official {dt_off:.1f}s, batch-1 cached {dt_cached:.1f}s, "
-              f"identical={same}", flush=True)
+        rows.append(
+            {
+                "id": rec.id,
+                "prompt_tokens": len(tok(prompt)["input_ids"]),
+                "cells": len(variants),
+                "rows": len(distinct),
+                "mean_new_tokens": round(sum(new_tokens) / len(new_tokens), 2),
+                "ours_s": dt_ours,
+                "official_s": dt_off,
+                "cached_b1_s": dt_cached,
+                "speedup": dt_off / dt_ours,
+                "identical": same,
+            }
+        )
+        print(
+            f"{rec.id}: ours {dt_ours:.1f}s, official {dt_off:.1f}s, batch-1 cached {dt_cached:.1f}s, identical={same}",
+            flush=True,
+        )
 
-    total = {"ours_s": t_ours, "official_s": t_off, "cached_b1_s": t_cached, "speedup_vs_official": t_off / t_ours,
-             "speedup_vs_cached_b1": t_cached / t_ours, "identical_predictions": agree_all, "n_examples": len(rows)}
+    total = {
+        "ours_s": t_ours,
+        "official_s": t_off,
+        "cached_b1_s": t_cached,
+        "speedup_vs_official": t_off / t_ours,
+        "speedup_vs_cached_b1": t_cached / t_ours,
+        "identical_predictions": agree_all,
+        "n_examples": len(rows),
+    }
     print()
-    print(table(rows, ["id", "prompt_tokens", "cells", "rows", "mean_new_tokens", "ours_s", "official_s", "cached_b1_s", "speedup",
-                       "identical"]))
-    print(f"\ntotal: ours {t_ours:.1f}s vs official (no KV cache, one variant at a time) {t_off:.1f}s -> "
-          f"{t_off / t_ours:.1f}x faster; vs batch-1 with KV cache {t_cached:.1f}s -> {t_cached / t_ours:.1f}x; "
-          f"identical predictions: {agree_all}")
+    print(
+        table(
+            rows,
+            [
+                "id",
+                "prompt_tokens",
+                "cells",
+                "rows",
+                "mean_new_tokens",
+                "ours_s",
+                "official_s",
+                "cached_b1_s",
+                "speedup",
+                "identical",
+            ],
+        )
+    )
+    print(
+        f"\ntotal: ours {t_ours:.1f}s vs official (no KV cache, one variant at a time) {t_off:.1f}s -> "
+        f"{t_off / t_ours:.1f}x faster; vs batch-1 with KV cache {t_cached:.1f}s -> {t_cached / t_ours:.1f}x; "
+        f"identical predictions: {agree_all}"
+    )
     write_out(args.out, {"config": vars(args), "sae": args.sae, "rows": rows, "total": total})
 
 

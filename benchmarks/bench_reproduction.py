@@ -11,6 +11,7 @@ results folder (default benchmarks/out/reproduction/) resumes if the run is inte
 command. Extra ``gradsae experiment`` flags can be passed after ``--``, e.g. ``-- --at newest --inject score
 --clamp 0,50`` for the authors' steering rule.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,24 @@ def main() -> None:
     from gradsae.cli import main as cli_main
     from gradsae.squad.tables import verdict_word
 
-    argv = ["experiment", "--model", args.model, "--sae", args.sae, "--data", args.data, "--limit", str(args.limit),
-            "--out", args.out, "--fewshot-data", str(DEV.parent / "train-v1.1-notre-dame.json"),
-            "--threads", str(args.threads), *args.extra]
+    argv = [
+        "experiment",
+        "--model",
+        args.model,
+        "--sae",
+        args.sae,
+        "--data",
+        args.data,
+        "--limit",
+        str(args.limit),
+        "--out",
+        args.out,
+        "--fewshot-data",
+        str(DEV.parent / "train-v1.1-notre-dame.json"),
+        "--threads",
+        str(args.threads),
+        *args.extra,
+    ]
     print("gradsae " + " ".join(argv), flush=True)
     t0 = time.perf_counter()
     rc = cli_main(argv)
@@ -48,20 +64,31 @@ def main() -> None:
     secs = time.perf_counter() - t0
     out = Path(args.out)
     sweep = out / "sweep.json"
-    summaries = ([r["summary"] for r in json.loads(sweep.read_text())["runs"]] if sweep.exists()
-                 else [json.loads((out / "summary.json").read_text())])
+    summaries = (
+        [r["summary"] for r in json.loads(sweep.read_text())["runs"]]
+        if sweep.exists()
+        else [json.loads((out / "summary.json").read_text())]
+    )
     print("\n==== verdicts ====")
     for s in summaries:
         d = s["data"]
         plain = d.get("unspliced") or {}
-        print(f"{s['sae']}: {d['n_kept']} of {d['n_answered']} answered questions kept "
-              f"(unedited EM {d['unedited']['em']:.1f} / F1 {d['unedited']['f1']:.1f}; without the SAE "
-              f"{plain.get('n_kept', '?')} correct); "
-              f"failed {s['failed']['answer']}/{s['failed']['perturb']}/{s['failed']['steer']}")
+        print(
+            f"{s['sae']}: {d['n_kept']} of {d['n_answered']} answered questions kept "
+            f"(unedited EM {d['unedited']['em']:.1f} / F1 {d['unedited']['f1']:.1f}; without the SAE "
+            f"{plain.get('n_kept', '?')} correct); "
+            f"failed {s['failed']['answer']}/{s['failed']['perturb']}/{s['failed']['steer']}"
+        )
         for k, v in s["rq"].items():
             print(f"  {k.upper()} {verdict_word(v).upper()}: {v['text']}")
-    write_out(args.json, {"command": "python benchmarks/bench_reproduction.py " + " ".join(sys.argv[1:]),
-                          "seconds": round(secs, 1), "summaries": summaries})
+    write_out(
+        args.json,
+        {
+            "command": "python benchmarks/bench_reproduction.py " + " ".join(sys.argv[1:]),
+            "seconds": round(secs, 1),
+            "summaries": summaries,
+        },
+    )
 
 
 if __name__ == "__main__":

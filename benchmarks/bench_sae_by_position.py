@@ -7,6 +7,7 @@ loss on the prompt, per bucket (CE with the SAE spliced minus clean CE).
 
     python benchmarks/bench_sae_by_position.py [--n 8] [--sae smollm2/topk/L9]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,9 @@ def main() -> None:
     model, tok = load_model(args.model)
     sae = load_sae(args.sae)
     qas = sq.load_questions(args.data, limit=args.n)
-    builder = make_prompt_builder(PerturbConfig(data=args.data, fewshot_data=str(DEV.parent / "train-v1.1-notre-dame.json")),
-                                  tok, qas)
+    builder = make_prompt_builder(
+        PerturbConfig(data=args.data, fewshot_data=str(DEV.parent / "train-v1.1-notre-dame.json")), tok, qas
+    )
     err = {b: [] for b in BUCKETS}
     norm = {b: [] for b in BUCKETS}
     dce = {b: [] for b in BUCKETS}
@@ -59,7 +61,7 @@ def main() -> None:
         x = next(iter(cap.acts.values()))[0].float()  # [T, D]
         with torch.no_grad():
             x_hat = sae.decode(sae.encode(x))
-        nmse = ((x - x_hat) ** 2).sum(-1) / (x ** 2).sum(-1).clamp_min(1e-12)  # [T]
+        nmse = ((x - x_hat) ** 2).sum(-1) / (x**2).sum(-1).clamp_min(1e-12)  # [T]
         clean = token_ce(model, ids)
         with Splice(model, sae, error="none"):
             spliced = token_ce(model, ids)
@@ -75,15 +77,24 @@ def main() -> None:
     rows = []
     for b in BUCKETS:
         if err[b]:
-            rows.append({"positions": f"{b[0]}–{min(b[1], max(lengths)) - 1}", "tokens": len(err[b]),
-                         "median NMSE": float(torch.tensor(err[b]).median()),
-                         "mean NMSE": float(torch.tensor(err[b]).mean()),
-                         "mean |x|": float(torch.tensor(norm[b]).mean()),
-                         "mean CE clean": float(torch.tensor(ce0[b]).mean()) if ce0[b] else None,
-                         "mean ΔCE (error none)": float(torch.tensor(dce[b]).mean()) if dce[b] else None})
+            rows.append(
+                {
+                    "positions": f"{b[0]}–{min(b[1], max(lengths)) - 1}",
+                    "tokens": len(err[b]),
+                    "median NMSE": float(torch.tensor(err[b]).median()),
+                    "mean NMSE": float(torch.tensor(err[b]).mean()),
+                    "mean |x|": float(torch.tensor(norm[b]).mean()),
+                    "mean CE clean": float(torch.tensor(ce0[b]).mean()) if ce0[b] else None,
+                    "mean ΔCE (error none)": float(torch.tensor(dce[b]).mean()) if dce[b] else None,
+                }
+            )
     print(f"{len(qas)} few-shot prompts of {min(lengths)}–{max(lengths)} tokens, {args.sae}")
-    print(table(rows, ["positions", "tokens", "median NMSE", "mean NMSE", "mean |x|", "mean CE clean",
-                       "mean ΔCE (error none)"]))
+    print(
+        table(
+            rows,
+            ["positions", "tokens", "median NMSE", "mean NMSE", "mean |x|", "mean CE clean", "mean ΔCE (error none)"],
+        )
+    )
     write_out(args.out, {"args": vars(args), "prompt_lengths": lengths, "rows": rows})
 
 

@@ -19,6 +19,7 @@ decoder max-cosine mean, and the steering effect (Δp on each latent's associate
 its specificity (probability added to all other tokens, lower is better) at every α. Figures: density CDFs,
 decoder max-cosine histograms, steering over α (PNG beside the JSON).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,15 +65,24 @@ def find_saes(run: Path) -> list[Path]:
 def _same_eval(ev: dict, args) -> bool:
     """An eval.json made on the same held-out cache and settings as this benchmark would make."""
     c = ev.get("eval_config", {})
-    return (Path(str(c.get("cache", ""))).expanduser().resolve() == Path(args.heldout).expanduser().resolve()
-            and c.get("holdout_shards") == args.holdout_shards and c.get("n_seqs") == args.n_seqs
-            and c.get("steer_latents") == args.steer_latents)
+    return (
+        Path(str(c.get("cache", ""))).expanduser().resolve() == Path(args.heldout).expanduser().resolve()
+        and c.get("holdout_shards") == args.holdout_shards
+        and c.get("n_seqs") == args.n_seqs
+        and c.get("steer_latents") == args.steer_latents
+    )
 
 
 def group_key(ev: dict, meta: dict) -> tuple:
     c = ev["sae_cfg"]
-    return (c["hook_name"], c["architecture"], c["k"], c["d_sae"], c.get("beta") if c["architecture"] == "gsae" else None,
-            meta.get("model_tokens"))
+    return (
+        c["hook_name"],
+        c["architecture"],
+        c["k"],
+        c["d_sae"],
+        c.get("beta") if c["architecture"] == "gsae" else None,
+        meta.get("model_tokens"),
+    )
 
 
 def main() -> None:
@@ -102,9 +112,17 @@ def main() -> None:
             elif beside.exists() and _same_eval(json.loads(beside.read_text()), args):
                 ev = json.loads(beside.read_text())
             else:
-                ev = run_eval(EvalConfig(sae=str(folder), cache=args.heldout, holdout_shards=args.holdout_shards,
-                                         n_seqs=args.n_seqs, steer_latents=args.steer_latents, out=str(out),
-                                         threads=args.threads))
+                ev = run_eval(
+                    EvalConfig(
+                        sae=str(folder),
+                        cache=args.heldout,
+                        holdout_shards=args.holdout_shards,
+                        n_seqs=args.n_seqs,
+                        steer_latents=args.steer_latents,
+                        out=str(out),
+                        threads=args.threads,
+                    )
+                )
             meta = load_sae(folder).cfg.metadata or {}
             evals.append((ev, meta, str(folder)))
 
@@ -114,8 +132,16 @@ def main() -> None:
     rows = []
     for key, members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
         hook, arch, k, d_sae, beta, tokens = key
-        row = {"hook": hook, "architecture": arch, "k": k, "d_sae": d_sae, "beta": beta, "train_tokens": tokens,
-               "seeds": sorted(m.get("seed") for _, m, _ in members), "folders": [f for _, _, f in members]}
+        row = {
+            "hook": hook,
+            "architecture": arch,
+            "k": k,
+            "d_sae": d_sae,
+            "beta": beta,
+            "train_tokens": tokens,
+            "seeds": sorted(m.get("seed") for _, m, _ in members),
+            "folders": [f for _, _, f in members],
+        }
         for name, (path, _) in METRICS.items():
             vals = [v for v in (_get(ev, path) for ev, _, _ in members) if v is not None]
             row[name] = mean_ci(vals) if vals else None
@@ -124,8 +150,9 @@ def main() -> None:
             row["alphas"] = st[0]["alphas"]
             row["steer_assoc"] = [mean_ci([s["assoc_mean"][i] for s in st]) for i in range(len(row["alphas"]))]
             row["steer_other"] = [mean_ci([s["other_mean"][i] for s in st]) for i in range(len(row["alphas"]))]
-        row["distributions"] = next((d["distributions"] for d in members[0][0].get("eval_result_details", [])
-                                     if "distributions" in d), None)
+        row["distributions"] = next(
+            (d["distributions"] for d in members[0][0].get("eval_result_details", []) if "distributions" in d), None
+        )
         rows.append(row)
 
     def fmt(mc):
@@ -138,14 +165,21 @@ def main() -> None:
     print("| layer | arch | k | tokens | seeds | " + " | ".join(cols) + " |")
     print("|---|---|---|---|---|" + "---|" * len(cols))
     for r in rows:
-        print(f"| {r['hook'].split('.')[1]} | {r['architecture']} | {r['k']} | {r['train_tokens']} | "
-              f"{len(r['seeds'])} | " + " | ".join(fmt(r[c]) for c in cols) + " |")
+        print(
+            f"| {r['hook'].split('.')[1]} | {r['architecture']} | {r['k']} | {r['train_tokens']} | "
+            f"{len(r['seeds'])} | " + " | ".join(fmt(r[c]) for c in cols) + " |"
+        )
     if any("alphas" in r for r in rows):
         print("\nsteering: Δp on associated tokens / probability added to other tokens, per α")
         for r in rows:
             if "alphas" in r:
-                print(f"  layer {r['hook'].split('.')[1]} {r['architecture']} k={r['k']}: " + "  ".join(
-                    f"α={a:g}: {fmt(sa)} / {fmt(so)}" for a, sa, so in zip(r["alphas"], r["steer_assoc"], r["steer_other"])))
+                print(
+                    f"  layer {r['hook'].split('.')[1]} {r['architecture']} k={r['k']}: "
+                    + "  ".join(
+                        f"α={a:g}: {fmt(sa)} / {fmt(so)}"
+                        for a, sa, so in zip(r["alphas"], r["steer_assoc"], r["steer_other"])
+                    )
+                )
     verdicts = compare(rows)
     for v in verdicts:
         print(v)
@@ -163,7 +197,7 @@ def compare(rows: list[dict]) -> list[str]:
     for (hook, k, tokens), archs in by.items():
         names = sorted(archs)
         for i, a in enumerate(names):
-            for b in names[i + 1:]:
+            for b in names[i + 1 :]:
                 for metric, (_, lower) in METRICS.items():
                     if lower is None or archs[a][metric] is None or archs[b][metric] is None:
                         continue
@@ -200,10 +234,12 @@ def plot(rows: list[dict], stem: Path) -> None:
         axes[0].step(edges[1:], (d["dead"] + np.cumsum(counts)) / total, where="post", label=label[id(r)])
         cedges = np.array(d["max_cos_edges"])
         axes[1].step(cedges[:-1], np.array(d["max_cos_counts"]), where="post", label=label[id(r)])
-    axes[0].set(xlabel="log10 activation density", ylabel="fraction of latents (CDF, dead at left)",
-                title="density CDF (§4.3)")
-    axes[1].set(xlabel="max cosine to another decoder row", ylabel="latents", title="decoder cosines (§4.4)",
-                xlim=(0, 1))
+    axes[0].set(
+        xlabel="log10 activation density", ylabel="fraction of latents (CDF, dead at left)", title="density CDF (§4.3)"
+    )
+    axes[1].set(
+        xlabel="max cosine to another decoder row", ylabel="latents", title="decoder cosines (§4.4)", xlim=(0, 1)
+    )
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()

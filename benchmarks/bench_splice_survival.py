@@ -16,6 +16,7 @@ compares the kept set with a ``gradsae perturb --error none`` results folder of 
 Per-SAE results are cached in ``--out-root`` too (a rerun skips SAEs already measured); the table is printed
 and written as JSON, with a Wilson 95% interval for each fraction.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ def _answers(ctx, qas, batch_size: int, spliced: bool) -> dict[str, float]:
 
     f1s = {}
     for i in range(0, len(qas), batch_size):
-        chunk = qas[i:i + batch_size]
+        chunk = qas[i : i + batch_size]
         texts, _ = ctx.generate([ctx.builder(q.context, q.question) for q in chunk], spliced=spliced)
         for q, raw in zip(chunk, texts):
             f1s[q.id] = sq.em_f1(ctx.answer(raw), q.answers)[1]
@@ -109,12 +110,21 @@ def main() -> None:
         f1 = _answers(ctx, plain, cfg.batch_size, spliced=True)
         kept = sorted(q.id for q in plain if sq.is_correct(f1[q.id], cfg.min_f1))
         meta = sae.cfg.metadata or {}
-        row = {"sae": spec, "layer": sae.cfg.hook_name, "k": sae.cfg.k, "d_sae": sae.d_sae,
-               "architecture": sae.cfg.architecture, "train_tokens": meta.get("model_tokens") or meta.get("train_tokens"),
-               "questions": len(qas), "plain": len(plain), "kept_of_plain": len(kept),
-               "fraction": round(len(kept) / len(plain), 3) if plain else None,
-               "ci95": wilson(len(kept), len(plain)), "kept_ids": kept,
-               "seconds": round(time.perf_counter() - t0, 1)}
+        row = {
+            "sae": spec,
+            "layer": sae.cfg.hook_name,
+            "k": sae.cfg.k,
+            "d_sae": sae.d_sae,
+            "architecture": sae.cfg.architecture,
+            "train_tokens": meta.get("model_tokens") or meta.get("train_tokens"),
+            "questions": len(qas),
+            "plain": len(plain),
+            "kept_of_plain": len(kept),
+            "fraction": round(len(kept) / len(plain), 3) if plain else None,
+            "ci95": wilson(len(kept), len(plain)),
+            "kept_ids": kept,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         atomic_write_text(cached, json.dumps(row))
         rows.append(row)
         print(f"{spec}: {len(kept)} of {len(plain)} ({row['seconds']} s)", flush=True)
@@ -123,11 +133,16 @@ def main() -> None:
         from gradsae.squad.records import read_records
 
         ans = [r for (task, _), r in read_records(Path(args.check)).items() if task == "answer" and r.ok]
-        ref = sorted(r.id for r in ans if r.unspliced is not None and sq.is_correct(r.unspliced.f1, cfg.min_f1)
-                     and sq.is_correct(r.f1, cfg.min_f1))
+        ref = sorted(
+            r.id
+            for r in ans
+            if r.unspliced is not None and sq.is_correct(r.unspliced.f1, cfg.min_f1) and sq.is_correct(r.f1, cfg.min_f1)
+        )
         same = ref == rows[0]["kept_ids"]
-        print(f"check against {args.check}: perturb kept {len(ref)}, this benchmark {len(rows[0]['kept_ids'])}: "
-              f"{'identical sets' if same else 'DIFFERENT sets'}")
+        print(
+            f"check against {args.check}: perturb kept {len(ref)}, this benchmark {len(rows[0]['kept_ids'])}: "
+            f"{'identical sets' if same else 'DIFFERENT sets'}"
+        )
         if not same:
             sys.exit(1)
 
@@ -135,8 +150,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ci = r["ci95"]
-        print(f"| {r['sae']} | {r['layer']} | {r['k']} | {r['d_sae']} | {r['train_tokens']} | {r['plain']} | "
-              f"{r['kept_of_plain']} | {r['fraction']} [{ci[0]}, {ci[1]}] |" if ci else f"| {r['sae']} | … | 0 |")
+        print(
+            f"| {r['sae']} | {r['layer']} | {r['k']} | {r['d_sae']} | {r['train_tokens']} | {r['plain']} | "
+            f"{r['kept_of_plain']} | {r['fraction']} [{ci[0]}, {ci[1]}] |"
+            if ci
+            else f"| {r['sae']} | … | 0 |"
+        )
     write_out(args.json, {"args": vars(args), "rows": rows})
     plot_curve(rows, Path(args.json).with_suffix(".png"))
 
@@ -151,8 +170,9 @@ def plot_curve(rows: list[dict], path: Path) -> None:
     lines: dict[str, list[dict]] = {}
     for r in rows:
         if r["train_tokens"] and r["ci95"]:
-            lines.setdefault(f"{r['layer'].split('.')[1] if '.' in r['layer'] else r['layer']} "
-                             f"{r['architecture']} k={r['k']}", []).append(r)
+            lines.setdefault(
+                f"{r['layer'].split('.')[1] if '.' in r['layer'] else r['layer']} {r['architecture']} k={r['k']}", []
+            ).append(r)
     if not lines:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -163,8 +183,13 @@ def plot_curve(rows: list[dict], path: Path) -> None:
         err = [[r["fraction"] - r["ci95"][0] for r in rs], [r["ci95"][1] - r["fraction"] for r in rs]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"layer {label}")
     ax.axhline(0.5, color="grey", ls="--", lw=1, label="target (half)")
-    ax.set(xscale="log", xlabel="training tokens", ylim=(0, 1),
-           ylabel="kept of the plain model's correct answers", title="reconstruction-only splice (--error none)")
+    ax.set(
+        xscale="log",
+        xlabel="training tokens",
+        ylim=(0, 1),
+        ylabel="kept of the plain model's correct answers",
+        title="reconstruction-only splice (--error none)",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -8,6 +8,7 @@
     python benchmarks/bench_train_speed.py                 # SmolLM2, layer 9, real cache if present
     python benchmarks/bench_train_speed.py --synthetic     # training part on random data only (no model)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,11 @@ def bench_cache(model_spec: str, layer: int, n_seq: int, T: int, reps: int) -> l
 
     rows = []
     base = _time(plain, reps)
-    for name, fn in (("plain forward", plain),
-                     ("cache x only", lambda: compute_batch(model, ids, [layer], False, 1)),
-                     ("cache x + dL/dx", lambda: compute_batch(model, ids, [layer], True, 1))):
+    for name, fn in (
+        ("plain forward", plain),
+        ("cache x only", lambda: compute_batch(model, ids, [layer], False, 1)),
+        ("cache x + dL/dx", lambda: compute_batch(model, ids, [layer], True, 1)),
+    ):
         t = base if name == "plain forward" else _time(fn, reps)
         rows.append({"what": name, "tokens_per_s": ids.numel() / t, "time_vs_plain_forward": t / base})
     return rows
@@ -69,8 +72,9 @@ def bench_train(x: torch.Tensor, g: torch.Tensor, d_sae: int, k: int, batch: int
                 i = next(it)
                 for p in sae.parameters():
                     p.grad = None
-                loss, _ = local_loss(sae, spec, x[i].float(), g[i] if arch == "gsae" else None, dead, 1.0,
-                                     1 / 32, 256, decoder)
+                loss, _ = local_loss(
+                    sae, spec, x[i].float(), g[i] if arch == "gsae" else None, dead, 1.0, 1 / 32, 256, decoder
+                )
                 loss.backward()
 
             t = _time(step, steps)
@@ -117,8 +121,12 @@ def main(argv=None) -> dict:
     for r in rows:
         rel = r.get("time_vs_plain_forward", r.get("time_vs_topk_sparse"))
         print(f"{r['what']:<34} {r['tokens_per_s']:10.0f} {rel:14.2f}")
-    result = {"config": vars(a), "train_data": source, "rows": rows,
-              "note": "relative time: cache rows vs the plain forward; train rows vs TopK with the sparse decoder"}
+    result = {
+        "config": vars(a),
+        "train_data": source,
+        "rows": rows,
+        "note": "relative time: cache rows vs the plain forward; train rows vs TopK with the sparse decoder",
+    }
     write_json(a.out, result)
     print(f"-> {a.out}")
     return result

@@ -14,6 +14,7 @@ Rows, all in one run so that the ratios are taken under the same machine load:
     python benchmarks/bench_train_stream.py --data PATH/wiki-00.jsonl.gz --steps 32
     python benchmarks/bench_train_stream.py --no-sparsify --grid 4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,6 +65,7 @@ def bench_parts(model, batches: list[torch.Tensor], reps: int) -> tuple[list[dic
             loss.backward()
             opt.step()
             sae.set_decoder_norm_to_unit_norm()
+
         steps[arch] = _per_s(step, reps, ROWS * T)
         rows.append({"what": f"SAE step {arch} (8 x 127 tokens)", "tokens_per_s": steps[arch]})
     return rows, steps
@@ -72,9 +74,22 @@ def bench_parts(model, batches: list[torch.Tensor], reps: int) -> tuple[list[dic
 def bench_stream(model_spec: str, data: list[str], steps: int, out: Path, **kw) -> float:
     from gradsae.training.train import TrainConfig, run
 
-    cfg = TrainConfig(model=model_spec, data=data, layers=[LAYER], d_sae=[D_SAE], k=kw.pop("k", [K]),
-                      batch_size=ROWS, context_length=T, max_tokens=steps * ROWS * T, out=str(out),
-                      log_every=steps, checkpoint_every=10 ** 9, progress=False, device="cpu", **kw)
+    cfg = TrainConfig(
+        model=model_spec,
+        data=data,
+        layers=[LAYER],
+        d_sae=[D_SAE],
+        k=kw.pop("k", [K]),
+        batch_size=ROWS,
+        context_length=T,
+        max_tokens=steps * ROWS * T,
+        out=str(out),
+        log_every=steps,
+        checkpoint_every=10**9,
+        progress=False,
+        device="cpu",
+        **kw,
+    )
     run(cfg)
     import json
 
@@ -86,13 +101,33 @@ def bench_cache(model, tok, data: list[str], steps: int, root: Path) -> tuple[fl
     from gradsae.training.train import TrainConfig, run
 
     t = time.perf_counter()
-    cfg = CacheConfig(model="smollm2", layers=[LAYER], data=data, out=str(root / "cache"), context_length=T,
-                      grad=False, batch_size=ROWS, seqs_per_shard=ROWS * 4, max_tokens=(steps + 1) * ROWS * (T - 1))
+    cfg = CacheConfig(
+        model="smollm2",
+        layers=[LAYER],
+        data=data,
+        out=str(root / "cache"),
+        context_length=T,
+        grad=False,
+        batch_size=ROWS,
+        seqs_per_shard=ROWS * 4,
+        max_tokens=(steps + 1) * ROWS * (T - 1),
+    )
     write_cache(model, tok, cfg)
     cache_tps = (steps + 1) * ROWS * T / (time.perf_counter() - t)
-    tcfg = TrainConfig(cache=str(root / "cache"), out=str(root / "cache-run"), architectures=["topk"], k=[K],
-                       d_sae=[D_SAE], batch_tokens=ROWS * (T - 1), max_tokens=steps * ROWS * (T - 1),
-                       holdout_shards=0, log_every=steps, checkpoint_every=10 ** 9, progress=False, device="cpu")
+    tcfg = TrainConfig(
+        cache=str(root / "cache"),
+        out=str(root / "cache-run"),
+        architectures=["topk"],
+        k=[K],
+        d_sae=[D_SAE],
+        batch_tokens=ROWS * (T - 1),
+        max_tokens=steps * ROWS * (T - 1),
+        holdout_shards=0,
+        log_every=steps,
+        checkpoint_every=10**9,
+        progress=False,
+        device="cpu",
+    )
     run(tcfg)
     import json
 
@@ -108,8 +143,16 @@ def bench_sparsify(model, batches: list[torch.Tensor], root: Path) -> float | No
     import io
 
     def fit(bs):
-        cfg = TrainConfig(SaeConfig(num_latents=D_SAE, k=K), batch_size=ROWS, layers=[LAYER], optimizer="adam",
-                          lr=5e-4, log_to_wandb=False, save_every=10 ** 9, save_dir=str(root / "sparsify"))
+        cfg = TrainConfig(
+            SaeConfig(num_latents=D_SAE, k=K),
+            batch_size=ROWS,
+            layers=[LAYER],
+            optimizer="adam",
+            lr=5e-4,
+            log_to_wandb=False,
+            save_every=10**9,
+            save_dir=str(root / "sparsify"),
+        )
         ds = [{"input_ids": b[i]} for b in bs for i in range(b.shape[0])]
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             tr = Trainer(cfg, ds, model)
@@ -143,12 +186,16 @@ def main(argv=None) -> dict:
     rows, sae_steps = bench_parts(model, batches[:4], a.reps)
     root = Path(tempfile.mkdtemp(prefix="bench-train-stream-"))
     runs = {}
-    for name, kw in (("stream TopK (float32)", dict(architectures=["topk"], dtype="float32")),
-                     ("stream TopK (bfloat16)", dict(architectures=["topk"], dtype="bfloat16")),
-                     ("stream TopK + g-SAE (float32)", dict(architectures=["topk", "gsae"], dtype="float32")),
-                     ("stream TopK + g-SAE (bfloat16)", dict(architectures=["topk", "gsae"], dtype="bfloat16")),
-                     (f"stream grid of {a.grid} TopK (bfloat16)", dict(architectures=["topk"], dtype="bfloat16",
-                                                                        seeds=list(range(a.grid))))):
+    for name, kw in (
+        ("stream TopK (float32)", dict(architectures=["topk"], dtype="float32")),
+        ("stream TopK (bfloat16)", dict(architectures=["topk"], dtype="bfloat16")),
+        ("stream TopK + g-SAE (float32)", dict(architectures=["topk", "gsae"], dtype="float32")),
+        ("stream TopK + g-SAE (bfloat16)", dict(architectures=["topk", "gsae"], dtype="bfloat16")),
+        (
+            f"stream grid of {a.grid} TopK (bfloat16)",
+            dict(architectures=["topk"], dtype="bfloat16", seeds=list(range(a.grid))),
+        ),
+    ):
         runs[name] = bench_stream("smollm2", data, a.steps, root / name.replace(" ", "_"), threads=a.threads, **kw)
         rows.append({"what": name, "tokens_per_s": runs[name]})
     cache_tps, cache_train = bench_cache(model, tok, data, a.steps, root)
@@ -164,18 +211,24 @@ def main(argv=None) -> dict:
         "stream TopK bf16 / sparsify": (runs["stream TopK (bfloat16)"] / sp) if sp else None,
         "stream TopK fp32 / sparsify": (runs["stream TopK (float32)"] / sp) if sp else None,
         "SAE step time g-SAE / TopK": sae_steps["topk"] / sae_steps["gsae"],
-        "stream TopK bf16 / (model pass bf16 + 1 SAE step) limit": runs["stream TopK (bfloat16)"] / (
-            1 / (1 / model_bf16 + 1 / sae_steps["topk"])),
+        "stream TopK bf16 / (model pass bf16 + 1 SAE step) limit": runs["stream TopK (bfloat16)"]
+        / (1 / (1 / model_bf16 + 1 / sae_steps["topk"])),
         f"grid of {a.grid}: measured / (1 model pass + {a.grid} SAE steps)": runs[
-            f"stream grid of {a.grid} TopK (bfloat16)"] / grid_pred,
+            f"stream grid of {a.grid} TopK (bfloat16)"
+        ]
+        / grid_pred,
     }
     for r in rows:
         r["vs_sparsify"] = r["tokens_per_s"] / sp if sp else None
     print(table(rows, ["what", "tokens_per_s", "vs_sparsify"]))
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}" if v is not None else f"{k}: n/a")
-    result = {"config": {**vars(a), "layer": LAYER, "d_sae": D_SAE, "k": K, "rows": ROWS, "context": T},
-              "rows": rows, "ratios": ratios, "torch_threads": torch.get_num_threads()}
+    result = {
+        "config": {**vars(a), "layer": LAYER, "d_sae": D_SAE, "k": K, "rows": ROWS, "context": T},
+        "rows": rows,
+        "ratios": ratios,
+        "torch_threads": torch.get_num_threads(),
+    }
     write_json(a.out, result)
     print(f"-> {a.out}")
     return result

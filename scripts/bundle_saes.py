@@ -11,6 +11,7 @@ text, and write each folder's card from the numbers just measured and the SAE's 
 Each destination ``src/gradsae/bundled/saes/<name>`` is rebuilt beside the old one and swapped in at the end
 (a kill leaves the old folder in place). The eval's full results folder (plots included) goes to ``--eval-root``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,22 @@ def train_command(train_config: dict) -> str:
     defaults = TrainConfig()
     parts = ["gradsae train"]
     for f in dataclasses.fields(TrainConfig):
-        if f.name in ("out", "cache", "threads", "device", "progress", "max_steps", "checkpoint_every",
-                      "log_every", "memory_limit_gb", "snapshot_tokens") or f.name not in train_config:
+        if (
+            f.name
+            in (
+                "out",
+                "cache",
+                "threads",
+                "device",
+                "progress",
+                "max_steps",
+                "checkpoint_every",
+                "log_every",
+                "memory_limit_gb",
+                "snapshot_tokens",
+            )
+            or f.name not in train_config
+        ):
             continue
         v = train_config[f.name]
         if v == getattr(defaults, f.name):
@@ -63,26 +78,33 @@ def card(name: str, meta: dict, cfg, ev: dict, heldout: str, bundle_cmd: str) ->
     m = ev["eval_result_metrics"]
     tc = meta.get("train_config", {})
     layer = meta.get("layer")
-    rows = [("L0", m["sparsity"]["l0"]), ("NMSE", m["reconstruction_quality"]["nmse"]),
-            ("explained variance", m["reconstruction_quality"]["explained_variance"]),
-            ("CE clean", m["model_performance_preservation"]["ce_loss_without_sae"]),
-            ("CE with SAE spliced", m["model_performance_preservation"]["ce_loss_with_sae"]),
-            ("L_added", m["model_performance_preservation"]["l_added"]),
-            ("KL(clean ‖ SAE)", m["model_behavior_preservation"]["kl_div_with_sae"]),
-            ("dead fraction (no activation on the held-out tokens)", m["misc"]["dead_frac"]),
-            (f"dead fraction at the end of training (no activation in the last {meta.get('dead_tokens')} "
-             "training tokens)", meta.get("dead_frac_train")),
-            ("dead fraction at the end of training (none in 5 consecutive batches)",
-             meta.get("dead_frac_train_5batches")),
-            ("decoder max-cosine, mean", m["decoder"]["max_cos_mean"])]
+    rows = [
+        ("L0", m["sparsity"]["l0"]),
+        ("NMSE", m["reconstruction_quality"]["nmse"]),
+        ("explained variance", m["reconstruction_quality"]["explained_variance"]),
+        ("CE clean", m["model_performance_preservation"]["ce_loss_without_sae"]),
+        ("CE with SAE spliced", m["model_performance_preservation"]["ce_loss_with_sae"]),
+        ("L_added", m["model_performance_preservation"]["l_added"]),
+        ("KL(clean ‖ SAE)", m["model_behavior_preservation"]["kl_div_with_sae"]),
+        ("dead fraction (no activation on the held-out tokens)", m["misc"]["dead_frac"]),
+        (
+            f"dead fraction at the end of training (no activation in the last {meta.get('dead_tokens')} "
+            "training tokens)",
+            meta.get("dead_frac_train"),
+        ),
+        ("dead fraction at the end of training (none in 5 consecutive batches)", meta.get("dead_frac_train_5batches")),
+        ("decoder max-cosine, mean", m["decoder"]["max_cos_mean"]),
+    ]
     by_sel = ev.get("eval_result_metrics_by_selection", {})
     extra = ""
     if "gradient" in by_sel:
         g = by_sel["gradient"]
-        extra = (f"\nWith the g-SAE's own gradient-aware selection (the model's ∇ₓL at each token): NMSE "
-                 f"{g['reconstruction_quality']['nmse']:.4f}, L_added "
-                 f"{g['model_performance_preservation']['l_added']:.4f}, KL "
-                 f"{g['model_behavior_preservation']['kl_div_with_sae']:.4f}.\n")
+        extra = (
+            f"\nWith the g-SAE's own gradient-aware selection (the model's ∇ₓL at each token): NMSE "
+            f"{g['reconstruction_quality']['nmse']:.4f}, L_added "
+            f"{g['model_performance_preservation']['l_added']:.4f}, KL "
+            f"{g['model_behavior_preservation']['kl_div_with_sae']:.4f}.\n"
+        )
     data = ", ".join(_rel(p) for p in tc.get("data", []))
     table = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows)
     return f"""# `{name}`: {cfg.architecture} SAE on SmolLM2-135M-Instruct, layer {layer}
@@ -142,8 +164,16 @@ def main() -> None:
         cfg_json = tmp / "cfg.json"
         atomic_write_text(cfg_json, cfg_json.read_text().replace(str(REPO.parent.resolve()) + "/", "../"))
         ev_out = Path(args.eval_root) / name.replace("/", "-")
-        ev = run_eval(EvalConfig(sae=str(tmp), cache=args.heldout, holdout_shards=args.holdout_shards,
-                                 out=str(ev_out), steer_latents=args.steer_latents, threads=args.threads))
+        ev = run_eval(
+            EvalConfig(
+                sae=str(tmp),
+                cache=args.heldout,
+                holdout_shards=args.holdout_shards,
+                out=str(ev_out),
+                steer_latents=args.steer_latents,
+                threads=args.threads,
+            )
+        )
         ev["sae_name"] = ev["eval_config"]["sae"] = name
         atomic_write_text(tmp / "eval.json", json.dumps(ev, indent=1))
         sae = load_sae(tmp)
@@ -155,8 +185,11 @@ def main() -> None:
             dst.rename(old)
         tmp.rename(dst)
         shutil.rmtree(old, ignore_errors=True)
-        print(f"{name}: NMSE {ev['eval_result_metrics']['reconstruction_quality']['nmse']:.4f}, L_added "
-              f"{ev['eval_result_metrics']['model_performance_preservation']['l_added']:.4f} -> {dst}", flush=True)
+        print(
+            f"{name}: NMSE {ev['eval_result_metrics']['reconstruction_quality']['nmse']:.4f}, L_added "
+            f"{ev['eval_result_metrics']['model_performance_preservation']['l_added']:.4f} -> {dst}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -1,42 +1,88 @@
-"""Print the package's import graph (function-level imports included) and its cycles: the source of
-the import list in ARCHITECTURE.md. Run from the repository root: python scripts/import_graph.py"""
-import ast, pathlib, collections
-root = pathlib.Path("src/gradsae")
-mods = {}
-for p in sorted(root.rglob("*.py")):
-    rel = p.relative_to(root).with_suffix("")
-    name = ".".join(rel.parts)
-    if name.endswith("__init__"): name = name[:-9] or "__init__"
-    if name in ("__main__",): continue
-    mods[name] = p
-deps = collections.defaultdict(set)
-for name, p in mods.items():
-    pkg = name.split(".")[:-1] if not p.name == "__init__.py" else name.split(".")
-    for node in ast.walk(ast.parse(p.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            base = pkg[: len(pkg) - (node.level - 1)] if node.level > 1 else pkg
-            target = ".".join(base + ([node.module] if node.module else []))
-            cands = [target] + [f"{target}.{a.name}" for a in node.names] if target else [a.name for a in node.names]
-            for c in cands:
-                c = c.strip(".")
-                if c in mods and c != name: deps[name].add(c)
-        elif isinstance(node, ast.Import):
-            for a in node.names:
-                if a.name.startswith("gradsae."):
-                    c = a.name[8:]
-                    if c in mods: deps[name].add(c)
-for name in sorted(mods):
-    if name in ("__init__",): continue
-    d = sorted(deps[name] - {"__init__"})
-    print(f"{name:22s} -> {', '.join(d) if d else '(nothing)'}")
-# cycles
-def cyc():
-    out=set()
-    def dfs(n, path):
-        for m in deps[n]:
-            if m in path: out.add(tuple(path[path.index(m):]+[m])); continue
-            dfs(m, path+[m]) if len(path)<12 else None
-    for n in mods: dfs(n,[n])
-    return out
-cs = {frozenset(c) for c in cyc()}
-print("cycles:", [sorted(c) for c in cs] or "none")
+"""The package's import graph (function-level imports included) and its cycles: the import list in
+ARCHITECTURE.md, which a test keeps equal to the code.
+
+    python scripts/import_graph.py            # print it
+    python scripts/import_graph.py --write    # rewrite the block between the markers in ARCHITECTURE.md
+"""
+
+from __future__ import annotations
+
+import ast
+import collections
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- import-graph: begin -->", "<!-- import-graph: end -->"
+
+
+def module_deps(root: pathlib.Path = REPO / "src" / "gradsae") -> dict[str, set[str]]:
+    """Module name (``squad.run``) -> the package modules it imports, at any depth of the file."""
+    mods = {}
+    for p in sorted(root.rglob("*.py")):
+        name = ".".join(p.relative_to(root).with_suffix("").parts)
+        if name.endswith("__init__"):
+            name = name[:-9] or "__init__"
+        if name != "__main__":
+            mods[name] = p
+    deps: dict[str, set[str]] = collections.defaultdict(set)
+    for name, p in mods.items():
+        pkg = name.split(".") if p.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = pkg[: len(pkg) - (node.level - 1)] if node.level > 1 else pkg
+                target = ".".join(base + ([node.module] if node.module else []))
+                cands = (
+                    [target] + [f"{target}.{a.name}" for a in node.names] if target else [a.name for a in node.names]
+                )
+                deps[name].update(c.strip(".") for c in cands if c.strip(".") in mods and c.strip(".") != name)
+            elif isinstance(node, ast.Import):
+                deps[name].update(
+                    a.name[8:] for a in node.names if a.name.startswith("gradsae.") and a.name[8:] in mods
+                )
+    return {name: deps[name] - {"__init__"} for name in mods if name != "__init__"}
+
+
+def cycles(deps: dict[str, set[str]]) -> list[list[str]]:
+    """The sets of modules that import each other (directly or through others), each sorted."""
+    found = set()
+
+    def dfs(n: str, path: list[str]) -> None:
+        for m in deps.get(n, ()):
+            if m in path:
+                found.add(frozenset(path[path.index(m) :]))
+            elif len(path) < 12:
+                dfs(m, path + [m])
+
+    for n in deps:
+        dfs(n, [n])
+    return sorted(sorted(c) for c in found)
+
+
+def render(deps: dict[str, set[str]]) -> str:
+    lines = [f"{name:22s} -> {', '.join(sorted(d)) if d else '(nothing)'}" for name, d in sorted(deps.items())]
+    cyc = cycles(deps)
+    lines.append("cycles: " + ("; ".join(" <-> ".join(c) for c in cyc) if cyc else "none"))
+    return "\n".join(lines)
+
+
+def documented(text: str) -> str:
+    """The import list as ARCHITECTURE.md has it (between the markers, inside a code fence)."""
+    block = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    return block.strip().removeprefix("```").removesuffix("```").strip()
+
+
+def main() -> None:
+    graph = render(module_deps())
+    if sys.argv[1:] == ["--write"]:
+        path = REPO / "ARCHITECTURE.md"
+        text = path.read_text()
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        path.write_text(f"{head}{BEGIN}\n```\n{graph}\n```\n{END}{tail}")
+    else:
+        print(graph)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,6 @@
 """Headless Chromium for the page tests (same flags as tests/test_report.py), plus a harness page that drives
 a page inside an iframe with real DOM events and writes what it saw into its own DOM for --dump-dom."""
+
 from __future__ import annotations
 
 import html
@@ -26,12 +27,25 @@ def chrome(tmp_path, *args, timeout=120, fresh_profile=False):
     exe = chromium()
     if exe is None:
         pytest.fail("chromium not found: apt-get update && apt-get install -y chromium (make test does this)")
-    profile = (tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}" if fresh_profile
-               else tmp_path / "profile")
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-dev-shm-usage", "--mute-audio", f"--user-data-dir={profile}", "--allow-file-access-from-files",
-           "--enable-logging=stderr", "--v=0", *args]
+    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}" if fresh_profile else tmp_path / "profile"
+    cmd = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--mute-audio",
+        f"--user-data-dir={profile}",
+        "--allow-file-access-from-files",
+        "--enable-logging=stderr",
+        "--v=0",
+        *args,
+    ]
     env = dict(os.environ, HOME=str(tmp_path))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny randomly initialised models of each architecture with a byte-level tokenizer
 (no downloads), random SAEs, and the real bundled SmolLM2 for the slow tests."""
+
 from __future__ import annotations
 
 import functools
@@ -39,8 +40,15 @@ def tiny_config(arch: str, vocab: int):
     common = dict(vocab_size=vocab, bos_token_id=256, eos_token_id=257, pad_token_id=258)
     if arch == "gpt2":
         return AutoConfig.for_model("gpt2", n_embd=D_MODEL, n_layer=3, n_head=4, n_positions=512, **common)
-    kw = dict(hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=512, **common)
+    kw = dict(
+        hidden_size=D_MODEL,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        **common,
+    )
     if arch == "gemma2":
         kw.update(head_dim=16, sliding_window=64, query_pre_attn_scalar=16)
     return AutoConfig.for_model(arch, **kw)

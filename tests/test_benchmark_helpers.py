@@ -1,4 +1,5 @@
 """Pure helpers of the benchmark scripts whose numbers the README quotes: intervals and verdicts."""
+
 import sys
 from pathlib import Path
 

@@ -1,6 +1,7 @@
 """The SAEs shipped in the package: they load by short name, have the documented shapes, fit the size
 budget, their cards quote their eval.json, and (slow) they reconstruct held-out SmolLM2 activations with
 NMSE no worse than the card's value."""
+
 import json
 import re
 from pathlib import Path
@@ -13,9 +14,14 @@ from gradsae import bundled_saes, load_sae
 
 # name -> (layer, architecture, k): three TopK layers spread over depth as the GradSAE paper's 9/20/31 of 42
 # (Table 4), and a TopK / g-SAE / E2E trio trained on the same tokens at one layer (the g-SAE comparison)
-EXPECTED = {"smollm2/topk/L6": (6, "topk", 128), "smollm2/topk/L14": (14, "topk", 128),
-            "smollm2/topk/L22": (22, "topk", 128), "smollm2/topk-k32/L14": (14, "topk", 32),
-            "smollm2/gsae/L14": (14, "gsae", 32), "smollm2/e2e/L14": (14, "e2e", 32)}
+EXPECTED = {
+    "smollm2/topk/L6": (6, "topk", 128),
+    "smollm2/topk/L14": (14, "topk", 128),
+    "smollm2/topk/L22": (22, "topk", 128),
+    "smollm2/topk-k32/L14": (14, "topk", 32),
+    "smollm2/gsae/L14": (14, "gsae", 32),
+    "smollm2/e2e/L14": (14, "e2e", 32),
+}
 NAMES = tuple(EXPECTED)
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,9 +66,11 @@ def test_card_quotes_its_eval_json(name):
     folder = _folder(name)
     card = (folder / "README.md").read_text()
     ev = json.loads((folder / "eval.json").read_text())["eval_result_metrics"]
-    for key, val in (("NMSE", ev["reconstruction_quality"]["nmse"]),
-                     ("L_added", ev["model_performance_preservation"]["l_added"]),
-                     ("dead fraction", ev["misc"]["dead_frac"])):
+    for key, val in (
+        ("NMSE", ev["reconstruction_quality"]["nmse"]),
+        ("L_added", ev["model_performance_preservation"]["l_added"]),
+        ("dead fraction", ev["misc"]["dead_frac"]),
+    ):
         m = re.search(rf"\| {re.escape(key)}[^|]*\| *([-0-9.e]+) *\|", card)
         assert m, f"card of {name} has no {key} row"
         assert float(m.group(1)) == pytest.approx(val, rel=5e-3, abs=5e-4), key
@@ -83,11 +91,12 @@ def _heldout_activations(layers, rows=32, T=128):
     if not WIKI04.exists():
         pytest.skip("the held-out corpus (../shared/data/wikipedia) is not available here")
     model, tok = load_model("smollm2")
-    ids = torch.from_numpy(np.stack(list(itertools.islice(
-        iter_token_rows(iter_documents([str(WIKI04)]), tok, T, True), rows)))).long()
+    ids = torch.from_numpy(
+        np.stack(list(itertools.islice(iter_token_rows(iter_documents([str(WIKI04)]), tok, T, True), rows)))
+    ).long()
     xs = {l: [] for l in layers}
     for a in range(0, len(ids), 8):
-        b = ids[a:a + 8]
+        b = ids[a : a + 8]
         with ResidualCapture(model, sorted(layers), stop=True) as cap:
             cap.run(input_ids=b, attention_mask=torch.ones_like(b))
         for l in layers:

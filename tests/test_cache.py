@@ -1,4 +1,5 @@
 """Activation cache: round trip against a direct forward/backward, float16 gradient scaling, resume."""
+
 import json
 
 import numpy as np
@@ -6,16 +7,32 @@ import pytest
 import torch
 
 from conftest import make_tiny
-from gradsae.training.cache import (ActivationCache, CacheConfig, cache_from_arrays, pack_sequences, pow2_scale,
-                           summed_next_token_ce, to_float16, write_cache)
+from gradsae.training.cache import (
+    ActivationCache,
+    CacheConfig,
+    cache_from_arrays,
+    pack_sequences,
+    pow2_scale,
+    summed_next_token_ce,
+    to_float16,
+    write_cache,
+)
 from gradsae.errors import GradsaeError
 
 
 def _cfg(tmp_path, **kw):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7}" for i in range(60)))
-    base = dict(model="tiny", layers=[0, 2], data=[str(corpus)], out=str(tmp_path / "cache"), context_length=16,
-                seqs_per_shard=4, batch_size=4, max_tokens=500)
+    base = dict(
+        model="tiny",
+        layers=[0, 2],
+        data=[str(corpus)],
+        out=str(tmp_path / "cache"),
+        context_length=16,
+        seqs_per_shard=4,
+        batch_size=4,
+        max_tokens=500,
+    )
     base.update(kw)
     return CacheConfig(**base)
 
@@ -36,6 +53,7 @@ def test_round_trip_matches_direct_gradient(tmp_path):
             z = (o if isinstance(o, torch.Tensor) else o[0]).detach().requires_grad_(True)
             h["z"] = z
             return z if isinstance(o, torch.Tensor) else (z, *o[1:])
+
         handle = model.model.layers[layer].register_forward_hook(hook)
         with torch.enable_grad():
             out_ = model(input_ids=ids, attention_mask=torch.ones_like(ids))
@@ -119,6 +137,7 @@ def test_temp_names_are_unique_per_write(tmp_path, monkeypatch):
     import tempfile
 
     from gradsae.training import cache as cache_mod
+
     seen = []
     real = tempfile.mkstemp
 
@@ -126,6 +145,7 @@ def test_temp_names_are_unique_per_write(tmp_path, monkeypatch):
         fd, name = real(*a, **kw)
         seen.append(name)
         return fd, name
+
     monkeypatch.setattr(cache_mod.tempfile, "mkstemp", spy)
     for _ in range(2):
         cache_mod._save_npy(tmp_path / "a.npy", np.arange(6, dtype=np.float16))

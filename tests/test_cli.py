@@ -1,4 +1,5 @@
 """The command line: help lists the commands, bad input prints one clear line."""
+
 import subprocess
 import sys
 

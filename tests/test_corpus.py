@@ -1,4 +1,5 @@
 """The one corpus reader: file kinds, gzip, folders, the bundled sample, and one-line errors."""
+
 import gzip
 import json
 
@@ -28,12 +29,15 @@ def test_sample_corpus_is_bundled():
     assert len(docs) == 15 and all(len(d.split()) > 50 for d in docs)
 
 
-@pytest.mark.parametrize("setup, match", [
-    (lambda p: (p / "x.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00garbage"), "gzip"),
-    (lambda p: (p / "x.txt").write_bytes(b"caf\xe9\n"), "not UTF-8"),
-    (lambda p: (p / "x.jsonl").write_text('{"text": 3}\n'), "no string field"),
-    (lambda p: (p / "x.jsonl").write_text('{"text": \n'), "malformed JSON"),
-])
+@pytest.mark.parametrize(
+    "setup, match",
+    [
+        (lambda p: (p / "x.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00garbage"), "gzip"),
+        (lambda p: (p / "x.txt").write_bytes(b"caf\xe9\n"), "not UTF-8"),
+        (lambda p: (p / "x.jsonl").write_text('{"text": 3}\n'), "no string field"),
+        (lambda p: (p / "x.jsonl").write_text('{"text": \n'), "malformed JSON"),
+    ],
+)
 def test_bad_files_one_line(tmp_path, setup, match):
     setup(tmp_path)
     with pytest.raises(GradsaeError, match=match):

@@ -1,5 +1,6 @@
 """The GPU path: the streaming trainer, influence and one perturbation batch on CUDA, each compared with
 the CPU. Skipped when no GPU is present."""
+
 import pytest
 import torch
 
@@ -26,10 +27,23 @@ def test_streaming_trainer_on_cuda(tmp_path):
         torch.testing.assert_close(g_gpu[l].cpu(), g_cpu[l], rtol=1e-2, atol=1e-4)
     outs = {}
     for device in ("cpu", "cuda"):
-        cfg = TrainConfig(model=str(tmp_path / "m"), data=[str(corpus)], out=str(tmp_path / device), layers=[1],
-                          architectures=["topk", "gsae", "e2e"], k=[4], d_sae=[32], batch_size=4, context_length=16,
-                          max_tokens=4 * 16 * 8, shuffle_batches=4, device=device, threads=1, progress=False,
-                          warmup_steps=1)
+        cfg = TrainConfig(
+            model=str(tmp_path / "m"),
+            data=[str(corpus)],
+            out=str(tmp_path / device),
+            layers=[1],
+            architectures=["topk", "gsae", "e2e"],
+            k=[4],
+            d_sae=[32],
+            batch_size=4,
+            context_length=16,
+            max_tokens=4 * 16 * 8,
+            shuffle_batches=4,
+            device=device,
+            threads=1,
+            progress=False,
+            warmup_steps=1,
+        )
         outs[device] = run(cfg)
     for name in ("topk_k4", "gsae_k4_b0.5", "e2e_k4"):
         cpu, gpu = load_sae(outs["cpu"] / name), load_sae(outs["cuda"] / name)
@@ -61,6 +75,7 @@ def test_one_perturbation_batch_on_cuda():
     for device in ("cpu", "cuda"):
         m, s = model.to(device), sae.to(device)
         with Splice(m, s, error="none", edits=edits) as sp:
-            res[device] = greedy_generate(m, tok, encode_prompts(tok, prompts, device=device), max_new_tokens=6,
-                                          stop=(), splice=sp).tokens
+            res[device] = greedy_generate(
+                m, tok, encode_prompts(tok, prompts, device=device), max_new_tokens=6, stop=(), splice=sp
+            ).tokens
     assert res["cuda"] == res["cpu"]

@@ -1,6 +1,7 @@
 """Dashboards: the heaps and reservoirs against brute force on toy tensors, the influence definition, merging
 across ranks, resuming after a crash, the JSON round trip, escaping, and (marked ``browser``) the page in
 headless Chromium: it renders, its search finds a latent, corpus text with <script> stays text."""
+
 import html
 import json
 import math
@@ -10,10 +11,30 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from gradsae.dashboard import (HIST_BINS, N_BANDS, SCHEMA, BatchEvidence, DashboardConfig, DashboardMeta,
-                               DashboardState, DEFINITIONS, HIST_LO, HIST_PER_DECADE, Heap, batch_evidence,
-                               build_state, card_data, dashboard_from_json, finalize, heap_push, hist_bin,
-                               merge_states, mix_key, moved_logprobs, update_state)
+from gradsae.dashboard import (
+    HIST_BINS,
+    N_BANDS,
+    SCHEMA,
+    BatchEvidence,
+    DashboardConfig,
+    DashboardMeta,
+    DashboardState,
+    DEFINITIONS,
+    HIST_LO,
+    HIST_PER_DECADE,
+    Heap,
+    batch_evidence,
+    build_state,
+    card_data,
+    dashboard_from_json,
+    finalize,
+    heap_push,
+    hist_bin,
+    merge_states,
+    mix_key,
+    moved_logprobs,
+    update_state,
+)
 from gradsae.dashboard_html import render_cards, render_dashboard_page, script_json
 
 from conftest import make_tiny, random_sae
@@ -37,7 +58,9 @@ def new_state(C=6, n_top=3, n_band=2, n_infl=2, left=2, right=1, P=3):
 def test_heap_keeps_the_top_n_with_ties_broken_by_token_id():
     h = Heap.empty(1, 3, {"x": ((), torch.int32, -1)})
     h = heap_push(h, torch.tensor([[1.0, 5.0, 3.0]]), torch.tensor([[10, 11, 12]]), {"x": torch.tensor([[0, 1, 2]])})
-    h = heap_push(h, torch.tensor([[5.0, 4.0, -math.inf]]), torch.tensor([[3, 20, 99]]), {"x": torch.tensor([[3, 4, 5]])})
+    h = heap_push(
+        h, torch.tensor([[5.0, 4.0, -math.inf]]), torch.tensor([[3, 20, 99]]), {"x": torch.tensor([[3, 4, 5]])}
+    )
     assert h.score.tolist() == [[5.0, 5.0, 4.0]]
     assert h.gid.tolist() == [[3, 11, 20]]  # the tie at 5.0 goes to the lower token id
     assert h.data["x"].tolist() == [[3, 1, 4]]
@@ -59,7 +82,9 @@ def test_update_matches_brute_force():
         want = [(float(mx[b]), b * T + int(arg[b])) for b in order if mx[b] > 0]
         got = [(s, g) for s, g in zip(st.top.score[c].tolist(), st.top.gid[c].tolist()) if math.isfinite(s)]
         assert [g for _, g in got] == [g for _, g in want]
-        torch.testing.assert_close(torch.tensor([s for s, _ in got]), torch.tensor([s for s, _ in want]), check_dtype=False)
+        torch.testing.assert_close(
+            torch.tensor([s for s, _ in got]), torch.tensor([s for s, _ in want]), check_dtype=False
+        )
         for j, (_, gid) in enumerate(got):  # window = ids and activations around the maximum
             b, t = divmod(gid, T)
             for o in range(-2, 2):
@@ -82,16 +107,21 @@ def test_update_matches_brute_force():
 def test_mix_key_is_deterministic_and_spread():
     g = torch.arange(10000)
     k1, k2 = mix_key(0, g, torch.zeros_like(g)), mix_key(0, g, torch.zeros_like(g))
-    assert torch.equal(k1, k2) and k1.min() >= 0 and k1.max() < 2 ** 31
+    assert torch.equal(k1, k2) and k1.min() >= 0 and k1.max() < 2**31
     assert not torch.equal(k1, mix_key(1, g, torch.zeros_like(g)))
-    assert abs(float((k1 < 2 ** 30).float().mean()) - 0.5) < 0.03  # roughly uniform
+    assert abs(float((k1 < 2**30).float().mean()) - 0.5) < 0.03  # roughly uniform
 
 
 def test_merge_of_two_halves_equals_one_pass():
     a = update_state(new_state(), toy_batch(seed=1, rows=torch.tensor([0, 2, 4])), left=2, right=1, seed=3)
     b = update_state(new_state(), toy_batch(seed=2, rows=torch.tensor([1, 3, 5])), left=2, right=1, seed=3)
-    one = update_state(update_state(new_state(), toy_batch(seed=1, rows=torch.tensor([0, 2, 4])), left=2, right=1, seed=3),
-                       toy_batch(seed=2, rows=torch.tensor([1, 3, 5])), left=2, right=1, seed=3)
+    one = update_state(
+        update_state(new_state(), toy_batch(seed=1, rows=torch.tensor([0, 2, 4])), left=2, right=1, seed=3),
+        toy_batch(seed=2, rows=torch.tensor([1, 3, 5])),
+        left=2,
+        right=1,
+        seed=3,
+    )
     for m in (merge_states(a, b), merge_states(b, a)):
         for k, v in one.tensors().items():
             torch.testing.assert_close(m.tensors()[k], v, msg=k)
@@ -123,24 +153,40 @@ def test_influence_is_grad_times_act_of_next_token_loglik():
     H = sae.encode(Z.detach())
     Hl = H.clone().requires_grad_(True)
     (dH,) = torch.autograd.grad(sae.decode(Hl), Hl, grad_outputs=dZ)
-    want = (H * dH)
+    want = H * dH
     want[:, :1] = 0
     torch.testing.assert_close(ev.g, want, atol=1e-4, rtol=1e-3)
     assert ev.H[:, 0].abs().sum() == 0 and ev.pred.shape == (2, 12, 3)
-    torch.testing.assert_close(ev.next_logp[:, :-1], logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1).detach(),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        ev.next_logp[:, :-1], logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1).detach(), atol=1e-4, rtol=1e-4
+    )
 
 
 # ---- on a tiny model through the corpus reader ---------------------------------------------------
+
 
 def _cfg(tmp_path, **kw):
     corpus = tmp_path / "corpus.txt"
     if not corpus.exists():
         lines = [f"Line {i}: the quick brown fox {i % 7} jumps over {EVIL} the lazy dog number {i}." for i in range(60)]
         corpus.write_text("\n".join(lines))
-    base = dict(sae="tiny", data=[str(corpus)], max_tokens=48 * 14, influence_tokens=48 * 6, context_length=48,
-                batch_size=3, n_top=4, n_band=1, n_influence=3, left=5, right=2, n_predictions=3,
-                checkpoint_every=1, progress=False, seed=1)
+    base = dict(
+        sae="tiny",
+        data=[str(corpus)],
+        max_tokens=48 * 14,
+        influence_tokens=48 * 6,
+        context_length=48,
+        batch_size=3,
+        n_top=4,
+        n_band=1,
+        n_influence=3,
+        left=5,
+        right=2,
+        n_predictions=3,
+        checkpoint_every=1,
+        progress=False,
+        seed=1,
+    )
     base.update(kw)
     return DashboardConfig(**base)
 
@@ -194,10 +240,23 @@ def tiny_dashboard(tmp_path_factory, tiny_pair):
     tmp = tmp_path_factory.mktemp("dash")
     cfg = _cfg(tmp)
     st = build_state(cfg, model, tok, sae, 1)
-    meta = DashboardMeta(schema=SCHEMA, model="tiny-llama", sae=EVIL, hook="blocks.1.hook_resid_post", d_sae=64,
-                         data=cfg.data, n_tokens=0, n_influence_tokens=0, left=cfg.left, right=cfg.right,
-                         hist_lo_log10=HIST_LO, hist_per_decade=HIST_PER_DECADE, seconds=0.0, config=asdict(cfg),
-                         definitions=DEFINITIONS)
+    meta = DashboardMeta(
+        schema=SCHEMA,
+        model="tiny-llama",
+        sae=EVIL,
+        hook="blocks.1.hook_resid_post",
+        d_sae=64,
+        data=cfg.data,
+        n_tokens=0,
+        n_influence_tokens=0,
+        left=cfg.left,
+        right=cfg.right,
+        hist_lo_log10=HIST_LO,
+        hist_per_decade=HIST_PER_DECADE,
+        seconds=0.0,
+        config=asdict(cfg),
+        definitions=DEFINITIONS,
+    )
     return finalize(st, model, tok, sae, meta, n_promoted=4, n_neighbours=3)
 
 
@@ -254,6 +313,7 @@ def test_script_json_cannot_close_the_block():
 
 # ---- headless Chromium ----------------------------------------------------------------------------
 
+
 @pytest.mark.browser
 def test_dashboard_page_renders_searches_and_keeps_script_as_text(tmp_path, tiny_pair):
     from chromium import chrome, drive
@@ -261,16 +321,32 @@ def test_dashboard_page_renders_searches_and_keeps_script_as_text(tmp_path, tiny
     model, tok, sae = tiny_pair
     cfg = _cfg(tmp_path, left=24, right=4)
     st = build_state(cfg, model, tok, sae, 1)
-    meta = DashboardMeta(schema=SCHEMA, model="tiny-llama", sae="tiny", hook="blocks.1.hook_resid_post", d_sae=64,
-                         data=cfg.data, n_tokens=0, n_influence_tokens=0, left=cfg.left, right=cfg.right,
-                         hist_lo_log10=HIST_LO, hist_per_decade=HIST_PER_DECADE, seconds=0.0, config=asdict(cfg),
-                         definitions=DEFINITIONS)
+    meta = DashboardMeta(
+        schema=SCHEMA,
+        model="tiny-llama",
+        sae="tiny",
+        hook="blocks.1.hook_resid_post",
+        d_sae=64,
+        data=cfg.data,
+        n_tokens=0,
+        n_influence_tokens=0,
+        left=cfg.left,
+        right=cfg.right,
+        hist_lo_log10=HIST_LO,
+        hist_per_decade=HIST_PER_DECADE,
+        seconds=0.0,
+        config=asdict(cfg),
+        definitions=DEFINITIONS,
+    )
     d = finalize(st, model, tok, sae, meta)
     alive = [r.latent for r in d.latents if r.count]
     target = alive[len(alive) // 2]
     page = tmp_path / "dashboard.html"
     page.write_text(render_dashboard_page(d))
-    out = drive(tmp_path, page, f"""
+    out = drive(
+        tmp_path,
+        page,
+        f"""
       out.ready = d.body.getAttribute("data-ready"); out.err = d.body.getAttribute("data-js-error");
       out.before = d.getElementById("count").textContent;
       var q = d.getElementById("q"); q.value = "{target}"; q.dispatchEvent(new w.Event("input"));
@@ -282,7 +358,8 @@ def test_dashboard_page_renders_searches_and_keeps_script_as_text(tmp_path, tiny
         function (c) {{ return c.textContent.indexOf("<script>") >= 0; }}).length;
       q.value = "zzzz-no-such-token"; q.dispatchEvent(new w.Event("input"));
       out.none = d.getElementById("count").textContent;
-    """)
+    """,
+    )
     assert out["ready"] == "1" and out["err"] is None
     assert out["before"] == str(len(alive))
     assert out["visible"] == [str(target)] and out["count"] == "1" and out["none"] == "0"
@@ -290,12 +367,19 @@ def test_dashboard_page_renders_searches_and_keeps_script_as_text(tmp_path, tiny
     assert out["withScriptText"] > 0 and out["scripts"] == 2
 
     shot = tmp_path / "dashboard.png"
-    res = chrome(tmp_path, f"--screenshot={shot}", "--window-size=1200,1400", "--hide-scrollbars",
-                 "--virtual-time-budget=3000", page.resolve().as_uri())
+    res = chrome(
+        tmp_path,
+        f"--screenshot={shot}",
+        "--window-size=1200,1400",
+        "--hide-scrollbars",
+        "--virtual-time-budget=3000",
+        page.resolve().as_uri(),
+    )
     assert res.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---- the command, end to end on a tiny model saved to disk ----------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
@@ -306,14 +390,36 @@ def tiny_dir(tmp_path_factory):
     model.save_pretrained(tmp / "m")
     tok.save_pretrained(tmp / "m")
     save_saelens(random_sae(d_sae=64, arch="topk", k=6, layer=1, bias=0.2), tmp / "sae")
-    (tmp / "corpus.txt").write_text("\n".join(f"Line {i}: the fox {i % 7} jumps over {EVIL} the dog." for i in range(80)))
+    (tmp / "corpus.txt").write_text(
+        "\n".join(f"Line {i}: the fox {i % 7} jumps over {EVIL} the dog." for i in range(80))
+    )
     return tmp
 
 
 def _dash_args(d, out, *more):
-    return ["dashboard", "--model", str(d / "m"), "--sae", str(d / "sae"), "--data", str(d / "corpus.txt"),
-            "--max-tokens", str(48 * 16), "--influence-tokens", str(48 * 6), "--context-length", "48",
-            "--batch-size", "2", "--checkpoint-every", "1", "--no-progress", "--out", str(out), *more]
+    return [
+        "dashboard",
+        "--model",
+        str(d / "m"),
+        "--sae",
+        str(d / "sae"),
+        "--data",
+        str(d / "corpus.txt"),
+        "--max-tokens",
+        str(48 * 16),
+        "--influence-tokens",
+        str(48 * 6),
+        "--context-length",
+        "48",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+        *more,
+    ]
 
 
 def _without_timing(obj):
@@ -336,8 +442,12 @@ def test_kill_9_and_rerun_gives_the_same_dashboard(tiny_dir):
     assert (tiny_dir / "clean" / "dashboard.html").exists()
     out = tiny_dir / "killed"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    p = subprocess.Popen([sys.executable, "-m", "gradsae", *_dash_args(tiny_dir, out)], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "gradsae", *_dash_args(tiny_dir, out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     state = out / "state" / "rank0.safetensors"
     t0 = time.time()
     while not state.exists() and p.poll() is None and time.time() - t0 < 120:
@@ -362,19 +472,53 @@ def test_explain_and_influence_show_cards(tiny_dir):
     try:
         assert find_dashboard(str(tiny_dir / "sae")) == tiny_dir / "sae" / "dashboard.json"
         common = ["--model", str(tiny_dir / "m"), "--sae", str(tiny_dir / "sae")]
-        assert main(["influence", *common, "--prompt", "the fox", "--output", " jumps", "--top", "4",
-                     "--out", str(tiny_dir / "inf.json")]) == 0
+        assert (
+            main(
+                [
+                    "influence",
+                    *common,
+                    "--prompt",
+                    "the fox",
+                    "--output",
+                    " jumps",
+                    "--top",
+                    "4",
+                    "--out",
+                    str(tiny_dir / "inf.json"),
+                ]
+            )
+            == 0
+        )
         ex = json.loads((tiny_dir / "inf.json").read_text())["examples"][0]
         listed = {r["latent"] for r in ex["top"]}
         assert listed and listed <= {int(c) for c in ex["cards"]}
         assert all(ex["cards"][str(c)]["latent"] == c for c in listed)
         page = tiny_dir / "explain.html"
-        assert main(["explain", "the fox", "--output", " jumps", *common, "--top", "3", "--mask-k", "",
-                     "--html", str(page)]) == 0
+        assert (
+            main(
+                ["explain", "the fox", "--output", " jumps", *common, "--top", "3", "--mask-k", "", "--html", str(page)]
+            )
+            == 0
+        )
         html_text = page.read_text()
         assert html_text.count('class="gd-card"') >= 1 and EVIL not in html_text
-        assert main(["influence", *common, "--prompt", "x", "--output", "y", "--dashboard", "none",
-                     "--out", str(tiny_dir / "inf2.json")]) == 0
+        assert (
+            main(
+                [
+                    "influence",
+                    *common,
+                    "--prompt",
+                    "x",
+                    "--output",
+                    "y",
+                    "--dashboard",
+                    "none",
+                    "--out",
+                    str(tiny_dir / "inf2.json"),
+                ]
+            )
+            == 0
+        )
         assert "cards" not in json.loads((tiny_dir / "inf2.json").read_text())["examples"][0]
         assert main(["influence", *common, "--prompt", "x", "--dashboard", str(tiny_dir / "missing.json")]) == 2
     finally:
@@ -395,14 +539,33 @@ def test_bundled_saes_ship_dashboards_and_explain_shows_their_cards(tmp_path):
         assert path is not None and path.parent == folder, spec
         total += path.stat().st_size
         d = load_dashboard(path)
-        assert d.meta.d_sae == 4096 and d.meta.n_tokens > 10_000 and d.meta.hook == f"blocks.{spec[14:]}.hook_resid_post"
+        assert (
+            d.meta.d_sae == 4096 and d.meta.n_tokens > 10_000 and d.meta.hook == f"blocks.{spec[14:]}.hook_resid_post"
+        )
         alive = [r for r in d.latents if r.count]
         assert len(alive) > 1000 and all(r.top for r in alive)
         assert sum(1 for r in alive if r.influence) > 500
     assert total <= 10e6  # issue 11: at most 10 MB of bundled dashboards
     page = tmp_path / "explain.html"
-    assert main(["explain", "The capital of France is", "--output", " Paris", "--top", "3", "--mask-k", "",
-                 "--html", str(page), "--json", str(tmp_path / "explain.json")]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "The capital of France is",
+                "--output",
+                " Paris",
+                "--top",
+                "3",
+                "--mask-k",
+                "",
+                "--html",
+                str(page),
+                "--json",
+                str(tmp_path / "explain.json"),
+            ]
+        )
+        == 0
+    )
     cards = json.loads((tmp_path / "explain.json").read_text())["cards"]
     assert len(cards) >= 3 and page.read_text().count('class="gd-card"') == len(cards)
 
@@ -418,18 +581,35 @@ def test_torchrun_two_ranks_write_the_same_dashboard(tiny_dir):
     assert main(_dash_args(tiny_dir, one)) == 0
     two = tiny_dir / "two-ranks"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "gradsae", *_dash_args(tiny_dir, two)], capture_output=True, text=True, env=env,
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "gradsae",
+            *_dash_args(tiny_dir, two),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     a = _without_timing(json.loads((one / "dashboard.json").read_text()))
     b = _without_timing(json.loads((two / "dashboard.json").read_text()))
-    assert sorted((two / "state").glob("rank*.safetensors")) == [two / "state" / "rank0.safetensors",
-                                                                 two / "state" / "rank1.safetensors"]
+    assert sorted((two / "state").glob("rank*.safetensors")) == [
+        two / "state" / "rank0.safetensors",
+        two / "state" / "rank1.safetensors",
+    ]
     # same contexts and counts; activations agree to the rounding of the file (batches differ per rank)
     for ra, rb in zip(a["latents"], b["latents"]):
         assert (ra["count"], ra["hist"]) == (rb["count"], rb["hist"])
-        assert [(c["row"], c["pos"], c["ids"]) for c in ra["top"]] == [(c["row"], c["pos"], c["ids"]) for c in rb["top"]]
+        assert [(c["row"], c["pos"], c["ids"]) for c in ra["top"]] == [
+            (c["row"], c["pos"], c["ids"]) for c in rb["top"]
+        ]
         assert [(c["row"], c["pos"]) for c in ra["influence"]] == [(c["row"], c["pos"]) for c in rb["influence"]]
         assert [(c["row"], c["pos"]) for c in ra["bands"]] == [(c["row"], c["pos"]) for c in rb["bands"]]
     assert a["meta"]["n_tokens"] == b["meta"]["n_tokens"]

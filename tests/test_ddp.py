@@ -1,5 +1,6 @@
 """Scale-out: `gradsae train` under torch.distributed.run with 2 CPU processes (gloo, DDP) reaches the
 same SAEs as one process."""
+
 import os
 import subprocess
 import sys
@@ -11,9 +12,36 @@ from gradsae.training.cache import cache_from_arrays
 
 
 def _train(cache, out, nproc):
-    args = ["-m", "gradsae", "train", "--cache", str(cache), "--out", str(out), "--architectures", "topk,gsae",
-            "--k", "3", "--beta", "1", "--d-sae", "64", "--batch-tokens", "256", "--epochs", "0.5", "--lr", "3e-3",
-            "--threads", "1", "--device", "cpu", "--no-progress", "--log-every", "5"]
+    args = [
+        "-m",
+        "gradsae",
+        "train",
+        "--cache",
+        str(cache),
+        "--out",
+        str(out),
+        "--architectures",
+        "topk,gsae",
+        "--k",
+        "3",
+        "--beta",
+        "1",
+        "--d-sae",
+        "64",
+        "--batch-tokens",
+        "256",
+        "--epochs",
+        "0.5",
+        "--lr",
+        "3e-3",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--log-every",
+        "5",
+    ]
     if nproc > 1:
         args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] + args
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -46,11 +74,42 @@ def test_streaming_under_two_processes(tmp_path):
     tok.save_pretrained(tmp_path / "m")
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"doc {i}: pack my box with five dozen liquor jugs {i * 7}" for i in range(100)))
-    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gradsae", "train",
-            "--model", str(tmp_path / "m"), "--data", str(corpus), "--layers", "1", "--architectures", "topk,gsae",
-            "--k", "4", "--d-sae", "32", "--batch-size", "4", "--context-length", "16", "--max-tokens", "512",
-            "--shuffle-batches", "2", "--out", str(tmp_path / "two"), "--threads", "1", "--device", "cpu",
-            "--no-progress"]
+    args = [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "gradsae",
+        "train",
+        "--model",
+        str(tmp_path / "m"),
+        "--data",
+        str(corpus),
+        "--layers",
+        "1",
+        "--architectures",
+        "topk,gsae",
+        "--k",
+        "4",
+        "--d-sae",
+        "32",
+        "--batch-size",
+        "4",
+        "--context-length",
+        "16",
+        "--max-tokens",
+        "512",
+        "--shuffle-batches",
+        "2",
+        "--out",
+        str(tmp_path / "two"),
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable] + args, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

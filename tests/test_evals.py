@@ -1,5 +1,6 @@
 """Evals: metric functions on hand-made tensors, the KV-cached steering effect against a brute-force
 forward pass, and a full evaluate() on a tiny model and cache."""
+
 import json
 
 import numpy as np
@@ -8,8 +9,16 @@ import torch
 
 from conftest import make_tiny, random_sae
 from gradsae.training.cache import ActivationCache, CacheConfig, write_cache
-from gradsae.training.evals import (EvalConfig, GradAwareSAE, evaluate, max_decoder_cosine, next_token_ce_kl,
-                           reconstruction_metrics, steering_deltas, steering_effect)
+from gradsae.training.evals import (
+    EvalConfig,
+    GradAwareSAE,
+    evaluate,
+    max_decoder_cosine,
+    next_token_ce_kl,
+    reconstruction_metrics,
+    steering_deltas,
+    steering_effect,
+)
 from gradsae.hooks import block, join_output, split_output, unembedding
 
 
@@ -19,8 +28,16 @@ def tiny_setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("ev")
     corpus = d / "c.txt"
     corpus.write_text("\n".join(f"row {i}: pack my box with five dozen liquor jugs {i * 3}" for i in range(30)))
-    cfg = CacheConfig(model="tiny", layers=[1], data=[str(corpus)], out=str(d / "cache"), context_length=16,
-                      seqs_per_shard=4, batch_size=4, max_tokens=300)
+    cfg = CacheConfig(
+        model="tiny",
+        layers=[1],
+        data=[str(corpus)],
+        out=str(d / "cache"),
+        context_length=16,
+        seqs_per_shard=4,
+        batch_size=4,
+        max_tokens=300,
+    )
     return model, tok, ActivationCache(write_cache(model, tok, cfg)), d
 
 
@@ -46,8 +63,9 @@ def test_ce_kl_and_steering_deltas():
 
 def test_max_decoder_cosine():
     W = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
-    torch.testing.assert_close(max_decoder_cosine(W, chunk=2), torch.tensor([0.7071, 0.7071, 0.7071]),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        max_decoder_cosine(W, chunk=2), torch.tensor([0.7071, 0.7071, 0.7071]), atol=1e-4, rtol=0
+    )
 
 
 def test_steering_effect_matches_brute_force(tiny_setup):
@@ -77,10 +95,11 @@ def test_steering_effect_matches_brute_force(tiny_setup):
         Z = Z.clone()
         Z[:, -1] += delta["v"]
         return join_output(Z, rest)
+
     h = block(model, 1).register_forward_hook(hook)
     try:
         for s, p in zip(seqs.tolist(), pos.tolist()):
-            prefix = ids[s:s + 1, :p]
+            prefix = ids[s : s + 1, :p]
             with torch.no_grad():
                 delta["v"] = None
                 clean = model(input_ids=prefix).logits[0, -1].softmax(-1)
@@ -111,16 +130,30 @@ def test_grad_aware_sae_in_splice_uses_cached_gradient(tiny_setup):
 def test_evaluate_writes_saebench_style_json_and_plots(tiny_setup):
     model, _, cache, d = tiny_setup
     sae = random_sae(arch="gsae", k=8, layer=1)
-    cfg = EvalConfig(sae="toy", out=str(d / "eval"), holdout_shards=2, n_seqs=4, batch_size=4,
-                     steer_latents=4, steer_contexts=2, steer_alphas=[4.0, 16.0])
+    cfg = EvalConfig(
+        sae="toy",
+        out=str(d / "eval"),
+        holdout_shards=2,
+        n_seqs=4,
+        batch_size=4,
+        steer_latents=4,
+        steer_contexts=2,
+        steer_alphas=[4.0, 16.0],
+    )
     res = evaluate(model, sae, cache, cfg)
     on_disk = json.loads((d / "eval" / "eval.json").read_text())
-    assert on_disk["eval_result_metrics"]["reconstruction_quality"]["nmse"] == \
-        res["eval_result_metrics"]["reconstruction_quality"]["nmse"]
+    assert (
+        on_disk["eval_result_metrics"]["reconstruction_quality"]["nmse"]
+        == res["eval_result_metrics"]["reconstruction_quality"]["nmse"]
+    )
     assert set(res["eval_result_metrics_by_selection"]) == {"gradient", "topk"}
     m = res["eval_result_metrics"]
-    for section, key in (("sparsity", "l0"), ("model_performance_preservation", "l_added"),
-                         ("model_behavior_preservation", "kl_div_with_sae"), ("misc", "dead_frac")):
+    for section, key in (
+        ("sparsity", "l0"),
+        ("model_performance_preservation", "l_added"),
+        ("model_behavior_preservation", "kl_div_with_sae"),
+        ("misc", "dead_frac"),
+    ):
         assert key in m[section]
     assert m["sparsity"]["l0"] <= 8
     assert len(m["steering"]["assoc_mean"]) == 2
@@ -154,8 +187,16 @@ def test_dead_latents_by_both_rules_are_reported(tiny_setup):
     model, _, cache, d = tiny_setup
     sae = random_sae(arch="topk", k=4, layer=1)
     sae.cfg.metadata.update({"dead_frac_train": 0.25, "dead_frac_train_5batches": 0.5})  # as `gradsae train` writes
-    cfg = EvalConfig(sae="toy", out=str(d / "eval5"), holdout_shards=2, n_seqs=2, batch_size=2, steer_latents=0,
-                     plots=False, dead_batch_tokens=4)
+    cfg = EvalConfig(
+        sae="toy",
+        out=str(d / "eval5"),
+        holdout_shards=2,
+        n_seqs=2,
+        batch_size=2,
+        steer_latents=0,
+        plots=False,
+        dead_batch_tokens=4,
+    )
     misc = evaluate(model, sae, cache, cfg)["eval_result_metrics"]["misc"]
     x, _ = cache.load(1, [len(cache.shards) - 2, len(cache.shards) - 1])
     _, tail = activation_metrics(sae, x[-20:], None)  # the last 5 batches of 4 tokens

@@ -1,4 +1,5 @@
 """The SQuAD experiments on a tiny model: filter, perturbation and steering edits, resume, failures, summary."""
+
 import json
 
 import pytest
@@ -23,9 +24,9 @@ KS = ["1", "50%"]
 
 # ---- pure functions ---------------------------------------------------------------------------
 
+
 def test_partner_same_context_never_same_question_and_seeded():
-    kept = [("a", "c1", "Who?"), ("b", "c1", "When?"), ("c", "c1", "Who?"), ("d", "c2", "Where?"),
-            ("e", "c1", "Why?")]
+    kept = [("a", "c1", "Who?"), ("b", "c1", "When?"), ("c", "c1", "Who?"), ("d", "c2", "Where?"), ("e", "c1", "Why?")]
     for seed in range(20):
         p = pick_partner("a", "c1", kept, "Who?", seed)
         assert p in ("b", "e")  # same context, not itself, not the same question text ("c")
@@ -40,7 +41,7 @@ def test_intervals_and_cells():
     assert hi == pytest.approx(100.0) and 65 < lo < 75  # Wilson for 10/10: [72.2, 100]
     assert wilson_ci(0, 0) == (None, None)
     lo, hi = mean_ci([1.0, 2.0, 3.0])
-    assert (lo + hi) / 2 == pytest.approx(2.0) and hi - 2.0 == pytest.approx(4.303 / 3 ** 0.5, rel=1e-3)
+    assert (lo + hi) / 2 == pytest.approx(2.0) and hi - 2.0 == pytest.approx(4.303 / 3**0.5, rel=1e-3)
     c = cell([Cell(em=1.0, f1=1.0, k=1), Cell(em=0.0, f1=0.5, k=3)])
     assert c["em"] == 50.0 and c["f1"] == 75.0 and c["n"] == 2 and c["k_mean"] == 2.0
     assert overlap([1, 2, 3, 4], [2, 4, 9]) == 0.5 and overlap([], [1]) is None
@@ -49,9 +50,17 @@ def test_intervals_and_cells():
 def test_latent_stats_on_hand_made_sets():
     def rec(i, ctx, btop, gtop, n_last=4):
         mk = lambda ids: [[c, 1.0, 1.0] for c in ids]  # noqa: E731
-        return {"id": i, "context_id": ctx, "n_active_last": n_last, "n_active_any": 10,
-                "sets": {"baseline": {"top": mk(btop), "bottom": mk(btop[::-1])},
-                         "gradsae": {"top": mk(gtop), "bottom": mk(gtop[::-1])}}}
+        return {
+            "id": i,
+            "context_id": ctx,
+            "n_active_last": n_last,
+            "n_active_any": 10,
+            "sets": {
+                "baseline": {"top": mk(btop), "bottom": mk(btop[::-1])},
+                "gradsae": {"top": mk(gtop), "bottom": mk(gtop[::-1])},
+            },
+        }
+
     rs = [rec("a", "c", [1, 2, 3], [1, 5, 6]), rec("b", "c", [1, 2, 7], [8, 9, 6])]
     st = latent_stats([AnswerRecord.from_json({"task": "answer", **r}) for r in rs])  # K = 50% of 4 = 2
     assert st["k50_mean"] == 2 and st["active_last_mean"] == 4
@@ -64,8 +73,7 @@ def test_latent_stats_on_hand_made_sets():
 
 # ---- tiny-model fixtures ------------------------------------------------------------------------
 
-CONTEXTS = ["The river Olm runs past the mill.", "Nora keeps bees near the old barn.",
-            "A red kite nests on the tower."]
+CONTEXTS = ["The river Olm runs past the mill.", "Nora keeps bees near the old barn.", "A red kite nests on the tower."]
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +85,23 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("exp")
     sae = random_sae(d_sae=128, layer=1)
     sae.save(root / "sae")
-    rows = [{"id": f"c{c}q{q}", "context": ctx, "question": f"Question {q} about it?", "answers": ["placeholder"]}
-            for c, ctx in enumerate(CONTEXTS) for q in range(3)]
+    rows = [
+        {"id": f"c{c}q{q}", "context": ctx, "question": f"Question {q} about it?", "answers": ["placeholder"]}
+        for c, ctx in enumerate(CONTEXTS)
+        for q in range(3)
+    ]
     probe = root / "probe.jsonl"
     probe.write_text("\n".join(json.dumps(r) for r in rows))
-    base = dict(sae=str(root / "sae"), template="plain", max_new_tokens=5, limit=0, progress=False, batch_size=3,
-                ks=KS, threads=0)
+    base = dict(
+        sae=str(root / "sae"),
+        template="plain",
+        max_new_tokens=5,
+        limit=0,
+        progress=False,
+        batch_size=3,
+        ks=KS,
+        threads=0,
+    )
     run_stats(StatsConfig(data=str(probe), min_f1=0.0, out=str(root / "probe"), **base), model=model, tokenizer=tok)
     preds = {r["id"]: r["prediction"] for r in _records(root / "probe").values() if r["task"] == "answer"}
     wrong = {"c0q1", "c2q2"}
@@ -91,8 +110,7 @@ def setup(tmp_path_factory):
     data = root / "data.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     usable = {i for i, p in preds.items() if i not in wrong and p.strip() and sq.normalize_answer(p)}
-    return dict(model=model, tok=tok, sae=sae, root=root, data=str(data), base={**base, "data": str(data)},
-                kept=usable)
+    return dict(model=model, tok=tok, sae=sae, root=root, data=str(data), base={**base, "data": str(data)}, kept=usable)
 
 
 def _records(folder):
@@ -132,6 +150,7 @@ def _ctx(setup, **kw):
 
 def test_masking_an_empty_set_reproduces_the_unedited_prediction(setup):
     from gradsae.splice import RowEdit
+
     ctx = _ctx(setup)
     prompt = ctx.builder(CONTEXTS[0], "Question 0 about it?")
     plain, _ = ctx.generate([prompt])
@@ -149,6 +168,7 @@ class _Spy:
         def decode(h):
             self.calls.append(h.detach().clone())
             return self._orig(h)
+
         self.sae.decode = decode
         return self
 
@@ -186,9 +206,20 @@ def test_steering_zeroes_own_set_and_injects_partner_values(setup, at):
     kept = [r for (t, _), r in sorted(recs.items()) if t == "answer" and r["kept"]]
     a = next(r for r in kept if any(o["context_id"] == r["context_id"] and o["id"] != r["id"] for o in kept))
     b = next(o for o in kept if o["context_id"] == a["context_id"] and o["id"] != a["id"])
-    cfg = SteerConfig(**{**setup["base"], "methods": ["gradsae"], "sets": ["top"], "ks": ["10"], "at": at,
-                         "max_new_tokens": 3, "stop": "none"})
-    ctx = phases.RunContext(cfg, setup["model"], setup["tok"], setup["sae"], None, sq.PromptBuilder("plain", setup["tok"]))
+    cfg = SteerConfig(
+        **{
+            **setup["base"],
+            "methods": ["gradsae"],
+            "sets": ["top"],
+            "ks": ["10"],
+            "at": at,
+            "max_new_tokens": 3,
+            "stop": "none",
+        }
+    )
+    ctx = phases.RunContext(
+        cfg, setup["model"], setup["tok"], setup["sae"], None, sq.PromptBuilder("plain", setup["tok"])
+    )
     prompt = ctx.builder(next(c for c in CONTEXTS if sq._context_id(c) == a["context_id"]), a["question"])
     own = [e[0] for e in a["sets"]["gradsae"]["top"][:10]]
     inj = {e[0]: e[2] for e in b["sets"]["gradsae"]["top"][:10]}  # --inject activation: mean activation
@@ -236,6 +267,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(setup, monkeypatch):
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(ctx, rec, prompt)
+
     monkeypatch.setattr(ex, "perturb_example", interrupt_on_third)
     with pytest.raises(KeyboardInterrupt):
         run_perturb(_cfg(PerturbConfig, setup, "resumed"), model=setup["model"], tokenizer=setup["tok"])
@@ -260,6 +292,7 @@ def test_a_failing_example_is_recorded_and_counted(setup, monkeypatch):
         if rec.id == victim:
             raise RuntimeError("boom")
         return real(ctx, rec, prompt)
+
     monkeypatch.setattr(ex, "perturb_example", flaky)
     s = run_perturb(_cfg(PerturbConfig, setup, "fail"), model=setup["model"], tokenizer=setup["tok"])
     assert s["failed"]["perturb"] == 1 and s["perturbation"]["n"] == s["data"]["n_kept"] - 1
@@ -269,8 +302,9 @@ def test_a_failing_example_is_recorded_and_counted(setup, monkeypatch):
     monkeypatch.setattr(ex, "perturb_example", real)
     s2 = run_perturb(_cfg(PerturbConfig, setup, "fail"), model=setup["model"], tokenizer=setup["tok"])
     assert s2["failed"]["perturb"] == 1
-    s3 = run_perturb(_cfg(PerturbConfig, setup, "fail", retry_failed=True), model=setup["model"],
-                     tokenizer=setup["tok"])
+    s3 = run_perturb(
+        _cfg(PerturbConfig, setup, "fail", retry_failed=True), model=setup["model"], tokenizer=setup["tok"]
+    )
     assert s3["failed"]["perturb"] == 0 and s3["perturbation"]["n"] == s3["data"]["n_kept"]
 
 
@@ -281,8 +315,16 @@ def test_resume_refuses_different_options(setup):
 
 
 def test_layer_sweep_writes_one_folder_per_layer_and_a_combined_table(setup):
-    cfg = ExperimentConfig(**{**setup["base"], "out": str(setup["root"] / "sweep"), "layers": [0, 1],
-                              "tasks": ["perturb"], "ks": ["1"], "limit": 3})
+    cfg = ExperimentConfig(
+        **{
+            **setup["base"],
+            "out": str(setup["root"] / "sweep"),
+            "layers": [0, 1],
+            "tasks": ["perturb"],
+            "ks": ["1"],
+            "limit": 3,
+        }
+    )
     res = run_all(cfg, model=setup["model"], tokenizer=setup["tok"])
     assert [r["tag"] for r in res["runs"]] == ["L0", "L1"]
     assert {r["summary"]["layer"] for r in res["runs"]} == {"0", "1"}
@@ -306,14 +348,15 @@ def test_smollm2_perturb_on_the_dev_file(smollm2, tmp_path):
     """The real thing, small: bundled SmolLM2 + bundled SAE, 4 dev questions, few-shot prompt."""
     from gradsae.formats import bundled_saes
     from gradsae.squad.data import DEFAULT_DATA, PromptBuilder
-    from pathlib import Path
+
     model, tok = smollm2
     chat = PromptBuilder("chat", tok)("Ctx.", "Q?")
     assert chat.startswith("<|im_start|>") and chat.endswith("<|im_start|>assistant\n")
     if DEFAULT_SAE not in bundled_saes():
         pytest.skip(f"bundled SAE {DEFAULT_SAE} not present")
-    cfg = PerturbConfig(data=DEFAULT_DATA, limit=4, ks=["1", "50%"], sets=["top"], progress=False,
-                        out=str(tmp_path / "p"))
+    cfg = PerturbConfig(
+        data=DEFAULT_DATA, limit=4, ks=["1", "50%"], sets=["top"], progress=False, out=str(tmp_path / "p")
+    )
     s = run_perturb(cfg, model=model, tokenizer=tok)
     assert s["data"]["n_answered"] == 4 and s["failed"]["answer"] == 0
     assert s["perturbation"]["n"] == s["data"]["n_kept"]
@@ -327,37 +370,57 @@ def test_answers_from_reuses_the_answer_phase(setup, monkeypatch):
     gives the same steering result as a run that answers itself, and refuses a mismatched source."""
     src = _cfg(PerturbConfig, setup, "ans_src")
     run_perturb(src, model=setup["model"], tokenizer=setup["tok"])
-    own = ex.run_steer(_cfg(SteerConfig, setup, "ans_own", inject="score", clamp="0,50"), model=setup["model"],
-                       tokenizer=setup["tok"])
+    own = ex.run_steer(
+        _cfg(SteerConfig, setup, "ans_own", inject="score", clamp="0,50"), model=setup["model"], tokenizer=setup["tok"]
+    )
     calls = []
     real = ex.answer_batch
     monkeypatch.setattr(ex, "answer_batch", lambda ctx, qs: (calls.append(len(qs)), real(ctx, qs))[1])
-    reused = ex.run_steer(_cfg(SteerConfig, setup, "ans_reuse", inject="score", clamp="0,50",
-                               answers_from=src.out), model=setup["model"], tokenizer=setup["tok"])
+    reused = ex.run_steer(
+        _cfg(SteerConfig, setup, "ans_reuse", inject="score", clamp="0,50", answers_from=src.out),
+        model=setup["model"],
+        tokenizer=setup["tok"],
+    )
     assert calls == []  # nothing answered again
     assert reused["steering"] == own["steering"] and reused["data"] == own["data"]
     with pytest.raises(GradsaeError, match="min_f1"):
-        ex.run_steer(_cfg(SteerConfig, setup, "ans_bad", min_f1=0.5, answers_from=src.out), model=setup["model"],
-                     tokenizer=setup["tok"])
+        ex.run_steer(
+            _cfg(SteerConfig, setup, "ans_bad", min_f1=0.5, answers_from=src.out),
+            model=setup["model"],
+            tokenizer=setup["tok"],
+        )
     with pytest.raises(GradsaeError, match="K=7"):
-        ex.run_steer(_cfg(SteerConfig, setup, "ans_bad2", ks=["7"], answers_from=src.out), model=setup["model"],
-                     tokenizer=setup["tok"])
+        ex.run_steer(
+            _cfg(SteerConfig, setup, "ans_bad2", ks=["7"], answers_from=src.out),
+            model=setup["model"],
+            tokenizer=setup["tok"],
+        )
     with pytest.raises(GradsaeError, match="no config.json"):
-        ex.run_steer(_cfg(SteerConfig, setup, "ans_bad3", answers_from=str(setup["root"])), model=setup["model"],
-                     tokenizer=setup["tok"])
+        ex.run_steer(
+            _cfg(SteerConfig, setup, "ans_bad3", answers_from=str(setup["root"])),
+            model=setup["model"],
+            tokenizer=setup["tok"],
+        )
 
 
 def test_steering_without_kv_cache(setup):
     """--no-kv-cache re-runs the sequence each step: with --at last it must give what the cached loop gives;
     --at newest (the authors' rule) then runs too."""
     kw = dict(inject="score", clamp="0,50", steer_ks=["1"], sets=["top"])
-    cached = ex.run_steer(_cfg(SteerConfig, setup, "kv_on", at="last", **kw), model=setup["model"],
-                          tokenizer=setup["tok"])
-    uncached = ex.run_steer(_cfg(SteerConfig, setup, "kv_off", at="last", kv_cache=False, **kw),
-                            model=setup["model"], tokenizer=setup["tok"])
+    cached = ex.run_steer(
+        _cfg(SteerConfig, setup, "kv_on", at="last", **kw), model=setup["model"], tokenizer=setup["tok"]
+    )
+    uncached = ex.run_steer(
+        _cfg(SteerConfig, setup, "kv_off", at="last", kv_cache=False, **kw),
+        model=setup["model"],
+        tokenizer=setup["tok"],
+    )
     assert uncached["steering"] == cached["steering"] and cached["steering"]["n"] > 0
-    newest = ex.run_steer(_cfg(SteerConfig, setup, "kv_newest", at="newest", kv_cache=False, **kw),
-                          model=setup["model"], tokenizer=setup["tok"])
+    newest = ex.run_steer(
+        _cfg(SteerConfig, setup, "kv_newest", at="newest", kv_cache=False, **kw),
+        model=setup["model"],
+        tokenizer=setup["tok"],
+    )
     assert newest["steering"]["n"] == cached["steering"]["n"]
 
 
@@ -366,8 +429,16 @@ def test_results_folders_get_an_html_report(setup):
     rebuilds it without a model and refuses a folder without results in one line."""
     from gradsae.cli import main as cli_main
 
-    cfg = ExperimentConfig(**{**setup["base"], "out": str(setup["root"] / "rep"), "layers": [0, 1],
-                              "tasks": ["perturb"], "ks": ["1"], "limit": 3})
+    cfg = ExperimentConfig(
+        **{
+            **setup["base"],
+            "out": str(setup["root"] / "rep"),
+            "layers": [0, 1],
+            "tasks": ["perturb"],
+            "ks": ["1"],
+            "limit": 3,
+        }
+    )
     run_all(cfg, model=setup["model"], tokenizer=setup["tok"])
     for sub in ("L0", "L1", "."):
         page = (setup["root"] / "rep" / sub / "report.html").read_text()

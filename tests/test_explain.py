@@ -1,5 +1,6 @@
 """``gradsae explain``: the library call on a tiny model, the masking rows, the command end to end (tiny
 model saved to disk), errors; one slow test on the bundled SmolLM2."""
+
 import json
 
 import pytest
@@ -44,6 +45,7 @@ def test_masking_rows_match_separate_runs(tiny):
     unedited, answers = mask_answers(model, tok, sae, PROMPT, {"none": [], "three": top}, max_new_tokens=5)
     assert answers["none"] == unedited
     from gradsae import RowEdit
+
     with Splice(model, sae, edits=[RowEdit(zero=top, at="all")]) as s:
         alone = greedy_generate(model, tok, encode_prompts(tok, [PROMPT]), max_new_tokens=5, splice=s).texts[0]
     assert answers["three"] == alone.strip()
@@ -72,9 +74,28 @@ def test_command_end_to_end(tmp_path, tiny, capsys):
     tok.save_pretrained(tmp_path / "model")
     sae.save(tmp_path / "sae")
     html, js = tmp_path / "out.html", tmp_path / "out.json"
-    code = main(["explain", "Q: <b>who</b>?\nA:", "--output", "abc", "--model", str(tmp_path / "model"),
-                 "--sae", str(tmp_path / "sae"), "--top", "4", "--mask-k", "1", "--max-new-tokens", "4",
-                 "--html", str(html), "--json", str(js)])
+    code = main(
+        [
+            "explain",
+            "Q: <b>who</b>?\nA:",
+            "--output",
+            "abc",
+            "--model",
+            str(tmp_path / "model"),
+            "--sae",
+            str(tmp_path / "sae"),
+            "--top",
+            "4",
+            "--mask-k",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--html",
+            str(html),
+            "--json",
+            str(js),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "latent" in out and "promotes" in out and "GradSAE top 1" in out
@@ -102,10 +123,13 @@ def test_explain_on_smollm2(smollm2, tmp_path):
     if DEFAULT_SAE in bundled_saes():
         sae = load_sae(DEFAULT_SAE)
     else:
-        sae = SAE.init_random(SAEConfig(d_in=576, d_sae=2304, architecture="topk", k=32,
-                                        hook_name="blocks.9.hook_resid_post"), seed=0)
-    prompt = ("Context: The Halvard Bridge crosses the River Meln. It was opened in 1934.\n"
-              "Question: In what year was the Halvard Bridge opened?\nAnswer:")
+        sae = SAE.init_random(
+            SAEConfig(d_in=576, d_sae=2304, architecture="topk", k=32, hook_name="blocks.9.hook_resid_post"), seed=0
+        )
+    prompt = (
+        "Context: The Halvard Bridge crosses the River Meln. It was opened in 1934.\n"
+        "Question: In what year was the Halvard Bridge opened?\nAnswer:"
+    )
     inf, view = explain(model, tok, sae, prompt, " 1934", top=5, mask_k=["10"], max_new_tokens=6)
     assert view["tokens"][-1].strip() in ("1934", "4", "34") and len(view["top"]) == 5
     assert view["per_token"]["values"] and len(view["per_token"]["values"][0]) == len(view["tokens"])

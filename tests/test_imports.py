@@ -1,10 +1,21 @@
 """No import circles (function-level imports included) among the experiment, influence and report modules."""
+
 import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gradsae"
-MINE = ("gradsae.squad", "gradsae.report", "gradsae.explain", "gradsae.influence", "gradsae.plots",
-        "gradsae.distributed", "gradsae.io", "gradsae.config", "gradsae.cli", "gradsae.demo")
+MINE = (
+    "gradsae.squad",
+    "gradsae.report",
+    "gradsae.explain",
+    "gradsae.influence",
+    "gradsae.plots",
+    "gradsae.distributed",
+    "gradsae.io",
+    "gradsae.config",
+    "gradsae.cli",
+    "gradsae.demo",
+)
 
 
 def _graph() -> dict[str, set[str]]:
@@ -18,7 +29,7 @@ def _graph() -> dict[str, set[str]]:
         pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, ast.ImportFrom):
-                base = pkg.split(".")[:len(pkg.split(".")) - node.level + 1] if node.level else []
+                base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1] if node.level else []
                 target = ".".join(base + ([node.module] if node.module else []))
                 names = [target] + [f"{target}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):

@@ -1,4 +1,5 @@
 """GradSAE influence: the math on hand-made tensors, and the plumbing on toy and tiny models."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -6,13 +7,13 @@ import torch
 from torch import nn
 
 from gradsae import SAE, GradsaeError, SAEConfig
-from gradsae.influence import (Example, aggregate, bottom_latents, influence, resolve_k, target_from_logits,
-                               top_latents)
+from gradsae.influence import Example, aggregate, bottom_latents, influence, resolve_k, target_from_logits, top_latents
 
 from conftest import byte_tokenizer, make_tiny, random_sae
 
 
 # ---- pure functions -------------------------------------------------------------------------
+
 
 def test_targets_on_hand_made_logits():
     logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]]))  # [1, 2, 3], already normalised
@@ -21,7 +22,8 @@ def test_targets_on_hand_made_logits():
     assert target_from_logits(logits, ids, mask, "prob").item() == pytest.approx(0.4)
     assert target_from_logits(logits, ids, mask, "first").item() == pytest.approx(0.5)
     assert target_from_logits(logits + 1.0, ids, mask, "logit").item() == pytest.approx(
-        (torch.log(torch.tensor(0.5)) + torch.log(torch.tensor(0.8)) + 2).item())
+        (torch.log(torch.tensor(0.5)) + torch.log(torch.tensor(0.8)) + 2).item()
+    )
     # a padded (masked) first slot: 'first' is the first *real* output token
     m2 = torch.tensor([[0, 1]])
     assert target_from_logits(logits, ids, m2, "first").item() == pytest.approx(0.8)
@@ -55,6 +57,7 @@ def test_top_and_bottom_selection():
 
 
 # ---- a linear toy LM: first order is exact ----------------------------------------------------
+
 
 class LinearToyLM(nn.Module):
     """Embedding -> one identity 'block' (where the SAE splices) -> causal running mean -> linear head.
@@ -97,8 +100,9 @@ def test_grad_times_act_equals_exact_ablation_on_linear_toy(positions):
     pos = exact.scores > 0
     assert pos.any()
     torch.testing.assert_close(grad.scores[pos], exact.scores[pos], rtol=1e-4, atol=1e-6)
-    ig = influence(model, tok, sae, ex, target="logit", aggregation="mean", positions=positions, method="ig",
-                   ig_steps=4)[0]
+    ig = influence(
+        model, tok, sae, ex, target="logit", aggregation="mean", positions=positions, method="ig", ig_steps=4
+    )[0]
     torch.testing.assert_close(ig.scores, grad.scores, rtol=1e-4, atol=1e-6)  # linear: the path is flat
 
 

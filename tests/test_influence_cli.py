@@ -1,4 +1,5 @@
 """``gradsae influence`` end to end on a tiny model saved to disk."""
+
 import json
 
 import pytest
@@ -20,9 +21,27 @@ def tiny_dir(tmp_path):
 @pytest.mark.parametrize("method", ["grad", "exact", "ig"])
 def test_influence_command_writes_json_and_prints_table(tiny_dir, capsys, method):
     out = tiny_dir / f"inf-{method}.json"
-    rc = main(["influence", "--model", str(tiny_dir / "m"), "--sae", str(tiny_dir / "sae"), "--prompt",
-               "the cat sat on the", "--output", "mat", "--method", method, "--ig-steps", "3", "--top", "5",
-               "--out", str(out)])
+    rc = main(
+        [
+            "influence",
+            "--model",
+            str(tiny_dir / "m"),
+            "--sae",
+            str(tiny_dir / "sae"),
+            "--prompt",
+            "the cat sat on the",
+            "--output",
+            "mat",
+            "--method",
+            method,
+            "--ig-steps",
+            "3",
+            "--top",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "latent" in printed and "promotes" in printed
@@ -35,8 +54,22 @@ def test_influence_command_writes_json_and_prints_table(tiny_dir, capsys, method
 def test_influence_input_file_and_errors(tiny_dir, capsys):
     inp = tiny_dir / "in.jsonl"
     inp.write_text('{"prompt": "hello", "output": "world", "id": "a"}\n{"prompt": "abc", "output": "def"}\n')
-    assert main(["influence", "--model", str(tiny_dir / "m"), "--sae", str(tiny_dir / "sae"), "--input", str(inp),
-                 "--out", str(tiny_dir / "o.json")]) == 0
+    assert (
+        main(
+            [
+                "influence",
+                "--model",
+                str(tiny_dir / "m"),
+                "--sae",
+                str(tiny_dir / "sae"),
+                "--input",
+                str(inp),
+                "--out",
+                str(tiny_dir / "o.json"),
+            ]
+        )
+        == 0
+    )
     data = json.loads((tiny_dir / "o.json").read_text())
     assert [e["id"] for e in data["examples"]] == ["a", "1"]
     inp.write_text('{"prompt": "hello"\n')

@@ -1,4 +1,5 @@
 """The real bundled SmolLM2 and model-loading errors."""
+
 import importlib.util
 
 import pytest
@@ -45,6 +46,7 @@ def test_bad_model_specs(tmp_path):
 
 
 # ---- bad model specs and devices (issue 13) --------------------------------------------------
+
 
 def test_device_must_be_known():
     from gradsae.model import resolve_device

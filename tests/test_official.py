@@ -2,12 +2,12 @@
 is the probability of the LAST generated token containing '[' with the mean over the positions their forward
 pass had; TopK/BottomK candidates are all latents; 50% = n_active_last // 2; the correct-sample filter also
 needs a '[' token."""
+
 import pytest
 import torch
 
 from gradsae import GradsaeError, Splice
-from gradsae.influence import (Example, Influence, bracket_index, influence, resolve_k, target_from_logits,
-                               top_latents)
+from gradsae.influence import Example, Influence, bracket_index, influence, resolve_k, target_from_logits, top_latents
 from gradsae.squad import data as sq
 from gradsae.squad import phases
 from gradsae.squad.config import PerturbConfig
@@ -35,7 +35,7 @@ def test_bracket_index_is_the_last_token_with_a_bracket(tiny):
     _, tok, _ = tiny
     ids = tok(OUTPUT, add_special_tokens=False)["input_ids"]
     m = bracket_index(tok, ids)
-    assert tok.decode([ids[m]]) == "[" and "[" not in tok.decode(ids[m + 1:])
+    assert tok.decode([ids[m]]) == "[" and "[" not in tok.decode(ids[m + 1 :])
     assert m == OUTPUT.rindex("[")  # byte tokenizer: one token per character
     assert bracket_index(tok, tok("no opener", add_special_tokens=False)["input_ids"]) is None
 
@@ -45,7 +45,7 @@ def test_bracket_target_equals_the_authors_step_and_ignores_later_tokens(tiny):
     grad × act over exactly those positions: the scores must not depend on tokens after the last '['."""
     model, tok, sae = tiny
     full = influence(model, tok, sae, [Example(PROMPT, OUTPUT)], target="bracket", keep_per_token=0)[0]
-    cut = OUTPUT[:OUTPUT.rindex("[") + 1]  # everything up to and including the last '['
+    cut = OUTPUT[: OUTPUT.rindex("[") + 1]  # everything up to and including the last '['
     short = influence(model, tok, sae, [Example(PROMPT, cut)], target="bracket", keep_per_token=0)[0]
     torch.testing.assert_close(full.scores, short.scores, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(full.baseline, short.baseline, rtol=1e-4, atol=1e-7)
@@ -60,9 +60,21 @@ def test_bracket_target_equals_the_authors_step_and_ignores_later_tokens(tiny):
 
 def test_topk_candidates_are_all_latents_not_only_those_active_last():
     scores = torch.tensor([0.0, 5.0, 1.0, 3.0])
-    inf = Influence(id="x", prompt="", output="", token_ids=[], tokens=[], n_prompt=0, scores=scores,
-                    baseline=torch.zeros(4), active_last=torch.tensor([2, 3]), active_any=3,
-                    per_token_latents=torch.tensor([], dtype=torch.long), per_token=None, target_value=0.0)
+    inf = Influence(
+        id="x",
+        prompt="",
+        output="",
+        token_ids=[],
+        tokens=[],
+        n_prompt=0,
+        scores=scores,
+        baseline=torch.zeros(4),
+        active_last=torch.tensor([2, 3]),
+        active_any=3,
+        per_token_latents=torch.tensor([], dtype=torch.long),
+        per_token=None,
+        target_value=0.0,
+    )
     assert inf.top(2).tolist() == [1, 3]  # latent 1 is not active at the last position, and still ranks first
     assert top_latents(scores, 10).tolist() == [1, 3, 2]
 

@@ -1,5 +1,6 @@
 """The shared runtime options: every command that runs a model or an SAE takes --device/--dtype/--threads from
 one dataclass, defaults to the GPU when there is one, and records the device it used."""
+
 import dataclasses
 import importlib
 import json
@@ -19,8 +20,20 @@ def _configs():
 
 def test_every_command_that_loads_a_model_takes_the_shared_runtime_options():
     loaders = [name for name, cls in _configs() if "model" in {f.name for f in dataclasses.fields(cls)}]
-    assert {"demo", "explain", "influence", "perturb", "steer", "stats", "experiment", "cache", "train", "eval",
-            "sensitivity", "dashboard"} <= set(loaders)
+    assert {
+        "demo",
+        "explain",
+        "influence",
+        "perturb",
+        "steer",
+        "stats",
+        "experiment",
+        "cache",
+        "train",
+        "eval",
+        "sensitivity",
+        "dashboard",
+    } <= set(loaders)
     for name, cls in _configs():
         if name in loaders:
             assert issubclass(cls, ModelOptions), name
@@ -75,8 +88,7 @@ def test_start_applies_threads_and_announces_once(capsys, monkeypatch):
         torch.set_num_threads(n)
     err = capsys.readouterr().err
     assert err.count("running on cpu") == 1
-    assert rt.as_config() == {"device_used": "cpu", "device_name": "CPU", "dtype_used": "float32",
-                              "threads_used": 1}
+    assert rt.as_config() == {"device_used": "cpu", "device_name": "CPU", "dtype_used": "float32", "threads_used": 1}
 
 
 def test_the_cache_records_the_device_it_ran_on(tmp_path):
@@ -88,8 +100,19 @@ def test_the_cache_records_the_device_it_ran_on(tmp_path):
     tok.save_pretrained(tmp_path / "m")
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"line {i}: the quick brown fox {i}" for i in range(30)))
-    out = run(CacheConfig(model=str(tmp_path / "m"), layers=[1], data=[str(corpus)], out=str(tmp_path / "cache"),
-                          context_length=16, seqs_per_shard=4, batch_size=4, max_tokens=128, progress=False))
+    out = run(
+        CacheConfig(
+            model=str(tmp_path / "m"),
+            layers=[1],
+            data=[str(corpus)],
+            out=str(tmp_path / "cache"),
+            context_length=16,
+            seqs_per_shard=4,
+            batch_size=4,
+            max_tokens=128,
+            progress=False,
+        )
+    )
     conf = json.loads((out / "config.json").read_text())
     assert conf["device"] == "auto" and conf["runtime"]["device_used"] == "cpu"
     assert conf["runtime"]["threads_used"] == torch.get_num_threads()

@@ -5,6 +5,7 @@ packages save (their training checkpoints included) loads in gradsae with the sa
 with one line saying why. The files are made by the packages themselves on tiny random SAEs.
 `make test` installs the packages (requirements-peers.txt, --no-deps so the CPU torch stays).
 """
+
 import json
 
 import pytest
@@ -18,8 +19,10 @@ try:
     from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKSAE
     from dictionary_learning.trainers.top_k import AutoEncoderTopK
 except ImportError as e:  # fail loudly: these tests are the point of issue 13
-    pytest.fail(f"peer package missing ({e}): pip install --no-deps -r requirements-peers.txt (make test does it)",
-                pytrace=False)
+    pytest.fail(
+        f"peer package missing ({e}): pip install --no-deps -r requirements-peers.txt (make test does it)",
+        pytrace=False,
+    )
 
 from gradsae.formats import DEFAULT_GSAE, DEFAULT_SAE
 from gradsae import SAE, GradsaeError, SAEConfig, load_sae
@@ -47,10 +50,22 @@ def randomize(module, seed=0, scale=0.3):
 # gradsae writes -> sae-lens reads
 # ---------------------------------------------------------------------------------------------
 
+
 def gradsae_sae(arch, nsf=None, seed=1):
     k = K if arch in ("topk", "batchtopk", "gsae", "e2e") else None
-    sae = SAE.init_random(SAEConfig(d_in=D, d_sae=C, architecture=arch, k=k, beta=0.7, norm_scaling_factor=nsf,
-                                    hook_name="blocks.2.hook_resid_post", model_name="tiny"), seed=seed)
+    sae = SAE.init_random(
+        SAEConfig(
+            d_in=D,
+            d_sae=C,
+            architecture=arch,
+            k=k,
+            beta=0.7,
+            norm_scaling_factor=nsf,
+            hook_name="blocks.2.hook_resid_post",
+            model_name="tiny",
+        ),
+        seed=seed,
+    )
     g = torch.Generator().manual_seed(seed + 10)
     with torch.no_grad():
         sae.b_enc.copy_(torch.randn(C, generator=g) * 0.3)
@@ -119,12 +134,15 @@ def test_convert_output_loads_in_saelens(tmp_path):
 # sae-lens writes -> gradsae reads
 # ---------------------------------------------------------------------------------------------
 
+
 def lens_inference(kind, **cfg):
-    classes = {"standard": (sae_lens.StandardSAE, sae_lens.StandardSAEConfig),
-               "topk": (sae_lens.TopKSAE, sae_lens.TopKSAEConfig),
-               "jumprelu": (sae_lens.JumpReLUSAE, sae_lens.JumpReLUSAEConfig),
-               "gated": (sae_lens.GatedSAE, sae_lens.GatedSAEConfig),
-               "abstopk": (sae_lens.AbsTopKSAE, sae_lens.AbsTopKSAEConfig)}
+    classes = {
+        "standard": (sae_lens.StandardSAE, sae_lens.StandardSAEConfig),
+        "topk": (sae_lens.TopKSAE, sae_lens.TopKSAEConfig),
+        "jumprelu": (sae_lens.JumpReLUSAE, sae_lens.JumpReLUSAEConfig),
+        "gated": (sae_lens.GatedSAE, sae_lens.GatedSAEConfig),
+        "abstopk": (sae_lens.AbsTopKSAE, sae_lens.AbsTopKSAEConfig),
+    }
     cls, cfg_cls = classes[kind]
     sae = cls(cfg_cls(d_in=D, d_sae=C, **cfg))
     sae = randomize(sae)
@@ -140,9 +158,16 @@ def assert_same(ours, lens, x, encode=None):
     torch.testing.assert_close(ours.decode(h_ref), lens.decode(h_ref), **TOL)
 
 
-@pytest.mark.parametrize("kind,cfg", [("standard", {}), ("standard", {"apply_b_dec_to_input": False}),
-                                      ("topk", {"k": K}), ("topk", {"k": K, "rescale_acts_by_decoder_norm": True}),
-                                      ("jumprelu", {})])
+@pytest.mark.parametrize(
+    "kind,cfg",
+    [
+        ("standard", {}),
+        ("standard", {"apply_b_dec_to_input": False}),
+        ("topk", {"k": K}),
+        ("topk", {"k": K, "rescale_acts_by_decoder_norm": True}),
+        ("jumprelu", {}),
+    ],
+)
 def test_saelens_inference_saes_load_identically(tmp_path, kind, cfg):
     lens = lens_inference(kind, **cfg)
     lens.cfg.metadata.hook_name = "blocks.3.hook_resid_post"
@@ -153,12 +178,16 @@ def test_saelens_inference_saes_load_identically(tmp_path, kind, cfg):
 
 
 def lens_training(kind, **cfg):
-    classes = {"standard": (sae_lens.StandardTrainingSAE, sae_lens.StandardTrainingSAEConfig),
-               "topk": (sae_lens.TopKTrainingSAE, sae_lens.TopKTrainingSAEConfig),
-               "batchtopk": (sae_lens.BatchTopKTrainingSAE, sae_lens.BatchTopKTrainingSAEConfig),
-               "matryoshka_batchtopk": (sae_lens.MatryoshkaBatchTopKTrainingSAE,
-                                        sae_lens.MatryoshkaBatchTopKTrainingSAEConfig),
-               "jumprelu": (sae_lens.JumpReLUTrainingSAE, sae_lens.JumpReLUTrainingSAEConfig)}
+    classes = {
+        "standard": (sae_lens.StandardTrainingSAE, sae_lens.StandardTrainingSAEConfig),
+        "topk": (sae_lens.TopKTrainingSAE, sae_lens.TopKTrainingSAEConfig),
+        "batchtopk": (sae_lens.BatchTopKTrainingSAE, sae_lens.BatchTopKTrainingSAEConfig),
+        "matryoshka_batchtopk": (
+            sae_lens.MatryoshkaBatchTopKTrainingSAE,
+            sae_lens.MatryoshkaBatchTopKTrainingSAEConfig,
+        ),
+        "jumprelu": (sae_lens.JumpReLUTrainingSAE, sae_lens.JumpReLUTrainingSAEConfig),
+    }
     cls, cfg_cls = classes[kind]
     sae = randomize(cls(cfg_cls(d_in=D, d_sae=C, **cfg)))
     if hasattr(sae, "topk_threshold"):
@@ -166,15 +195,18 @@ def lens_training(kind, **cfg):
     return sae
 
 
-@pytest.mark.parametrize("kind,cfg", [
-    ("standard", {}),
-    ("topk", {"k": K}),  # training TopK defaults to rescale_acts_by_decoder_norm=True
-    ("topk", {"k": K, "rescale_acts_by_decoder_norm": False}),
-    ("batchtopk", {"k": K}),
-    ("batchtopk", {"k": K, "rescale_acts_by_decoder_norm": False}),
-    ("matryoshka_batchtopk", {"k": K, "matryoshka_widths": [10, C]}),
-    ("jumprelu", {}),
-])
+@pytest.mark.parametrize(
+    "kind,cfg",
+    [
+        ("standard", {}),
+        ("topk", {"k": K}),  # training TopK defaults to rescale_acts_by_decoder_norm=True
+        ("topk", {"k": K, "rescale_acts_by_decoder_norm": False}),
+        ("batchtopk", {"k": K}),
+        ("batchtopk", {"k": K, "rescale_acts_by_decoder_norm": False}),
+        ("matryoshka_batchtopk", {"k": K, "matryoshka_widths": [10, C]}),
+        ("jumprelu", {}),
+    ],
+)
 def test_saelens_training_checkpoints_load_as_saelens_runs_them(tmp_path, kind, cfg):
     """A training checkpoint (save_model of a *TrainingSAE) gives what sae-lens's own inference export runs."""
     train = lens_training(kind, **cfg)
@@ -209,6 +241,7 @@ def test_saelens_unsupported_architectures_refused(tmp_path, kind, why):
 # ---------------------------------------------------------------------------------------------
 # sparsify writes -> gradsae reads
 # ---------------------------------------------------------------------------------------------
+
 
 def sparsify_coder(seed=0):
     coder = sparsify.SparseCoder(D, sparsify.SparseCoderConfig(num_latents=C, k=K))
@@ -250,6 +283,7 @@ def test_sparsify_transcoder_refused(tmp_path):
 # dictionary_learning writes -> gradsae reads
 # ---------------------------------------------------------------------------------------------
 
+
 def dl_module(name):
     if name == "AutoEncoder":
         ae = dl_dict.AutoEncoder(D, C)
@@ -277,8 +311,14 @@ def dl_module(name):
 def dl_save(ae, folder, cls_name, submodule="resid_post_layer_4", checkpoint=False):
     """What dictionary_learning.training.trainSAE writes: config.json, ae.pt or checkpoints/ae_<step>.pt."""
     folder.mkdir(parents=True, exist_ok=True)
-    trainer = {"dict_class": cls_name, "activation_dim": D, "dict_size": C, "layer": 4, "lm_name": "tiny",
-               "submodule_name": submodule}
+    trainer = {
+        "dict_class": cls_name,
+        "activation_dim": D,
+        "dict_size": C,
+        "layer": 4,
+        "lm_name": "tiny",
+        "submodule_name": submodule,
+    }
     if hasattr(ae, "k"):
         trainer["k"] = int(ae.k)
     (folder / "config.json").write_text(json.dumps({"trainer": trainer}))
@@ -291,8 +331,14 @@ def dl_save(ae, folder, cls_name, submodule="resid_post_layer_4", checkpoint=Fal
     return folder
 
 
-DL_CLASSES = ["AutoEncoder", "AutoEncoderNew", "JumpReluAutoEncoder", "AutoEncoderTopK", "BatchTopKSAE",
-              "MatryoshkaBatchTopKSAE"]
+DL_CLASSES = [
+    "AutoEncoder",
+    "AutoEncoderNew",
+    "JumpReluAutoEncoder",
+    "AutoEncoderTopK",
+    "BatchTopKSAE",
+    "MatryoshkaBatchTopKSAE",
+]
 
 
 @pytest.mark.parametrize("cls_name", DL_CLASSES)

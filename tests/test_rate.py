@@ -1,16 +1,24 @@
 """Blind rating: Wilson intervals, sampling and blinding of the page, scoring several raters, bad input, and
 (marked ``browser``) clicking answers in headless Chromium changes the stored ratings and the export."""
+
 import json
 import re
 from dataclasses import asdict
 
 import pytest
 
-from gradsae.dashboard import (DEFINITIONS, HIST_LO, HIST_PER_DECADE, SCHEMA, DashboardConfig, DashboardMeta,
-                               build_state, finalize)
+from gradsae.dashboard import (
+    DEFINITIONS,
+    HIST_LO,
+    HIST_PER_DECADE,
+    SCHEMA,
+    DashboardConfig,
+    DashboardMeta,
+    build_state,
+    finalize,
+)
 from gradsae.errors import GradsaeError
-from gradsae.rate import (KEY_SCHEMA, RATINGS_SCHEMA, RateConfig, build_rating, key_path, render_rating_page, run,
-                          score_ratings, wilson)
+from gradsae.rate import KEY_SCHEMA, RATINGS_SCHEMA, RateConfig, key_path, run, score_ratings, wilson
 
 from conftest import make_tiny, random_sae
 
@@ -33,15 +41,39 @@ def dash_dirs(tmp_path_factory):
     model, tok = make_tiny("llama")
     corpus = tmp / "corpus.txt"
     corpus.write_text("\n".join(f"Row {i}: {EVIL} fox {i % 5} and dog {i}." for i in range(40)))
-    cfg = DashboardConfig(sae="tiny", data=[str(corpus)], max_tokens=48 * 10, influence_tokens=0, context_length=48,
-                          batch_size=5, n_top=5, left=6, right=2, progress=False)
+    cfg = DashboardConfig(
+        sae="tiny",
+        data=[str(corpus)],
+        max_tokens=48 * 10,
+        influence_tokens=0,
+        context_length=48,
+        batch_size=5,
+        n_top=5,
+        left=6,
+        right=2,
+        progress=False,
+    )
     dirs = []
     for name, seed in (("saeA", 0), ("saeB", 1)):
         sae = random_sae(d_sae=32, arch="topk", k=6, layer=1, bias=0.3, seed=seed)
         st = build_state(cfg, model, tok, sae, 1)
-        meta = DashboardMeta(schema=SCHEMA, model="tiny", sae=name, hook="blocks.1.hook_resid_post", d_sae=32,
-                             data=cfg.data, n_tokens=0, n_influence_tokens=0, left=6, right=2, hist_lo_log10=HIST_LO,
-                             hist_per_decade=HIST_PER_DECADE, seconds=0.0, config=asdict(cfg), definitions=DEFINITIONS)
+        meta = DashboardMeta(
+            schema=SCHEMA,
+            model="tiny",
+            sae=name,
+            hook="blocks.1.hook_resid_post",
+            d_sae=32,
+            data=cfg.data,
+            n_tokens=0,
+            n_influence_tokens=0,
+            left=6,
+            right=2,
+            hist_lo_log10=HIST_LO,
+            hist_per_decade=HIST_PER_DECADE,
+            seconds=0.0,
+            config=asdict(cfg),
+            definitions=DEFINITIONS,
+        )
         d = tmp / name
         d.mkdir()
         (d / "dashboard.json").write_text(json.dumps(finalize(st, model, tok, sae, meta).to_json()))
@@ -78,11 +110,21 @@ def test_score_combines_raters_and_unblinds(dash_dirs, tmp_path, capsys):
     items = list(key["items"])
     by_sae = {s: [i for i in items if key["items"][i]["sae"] == s] for s in dash_dirs}
     a, b = dash_dirs
-    r1 = {"schema": RATINGS_SCHEMA, "page": key["page"], "rater": "ann",
-          "ratings": {**{i: {"answer": "yes", "note": ""} for i in by_sae[a]},
-                      **{i: {"answer": "no", "note": "x"} for i in by_sae[b]}}}
-    r2 = {"schema": RATINGS_SCHEMA, "page": key["page"], "rater": "bob",
-          "ratings": {by_sae[a][0]: {"answer": "maybe", "note": ""}, by_sae[b][0]: {"answer": None, "note": "skip"}}}
+    r1 = {
+        "schema": RATINGS_SCHEMA,
+        "page": key["page"],
+        "rater": "ann",
+        "ratings": {
+            **{i: {"answer": "yes", "note": ""} for i in by_sae[a]},
+            **{i: {"answer": "no", "note": "x"} for i in by_sae[b]},
+        },
+    }
+    r2 = {
+        "schema": RATINGS_SCHEMA,
+        "page": key["page"],
+        "rater": "bob",
+        "ratings": {by_sae[a][0]: {"answer": "maybe", "note": ""}, by_sae[b][0]: {"answer": None, "note": "skip"}},
+    }
     f1, f2 = tmp_path / "r1.json", tmp_path / "r2.json"
     f1.write_text(json.dumps(r1))
     f2.write_text(json.dumps(r2))
@@ -118,7 +160,10 @@ def test_clicking_answers_stores_and_exports_them(dash_dirs, tmp_path):
 
     out, key = _build(dash_dirs, tmp_path)
     storage = f"gradsae-rate:{key['page']}"
-    res = drive(tmp_path, out, f"""
+    res = drive(
+        tmp_path,
+        out,
+        f"""
       if (out.loads === 1) {{
         out.ready = d.body.getAttribute("data-ready");
         out.before = w.localStorage.getItem("{storage}");
@@ -139,13 +184,16 @@ def test_clicking_answers_stores_and_exports_them(dash_dirs, tmp_path):
                        !d.querySelector('input[name="item-003"]:checked');
         out.restoredNote = d.querySelector('input.rt-note[data-item="item-002"]').value;
       }}
-    """)
+    """,
+    )
     assert res["ready"] == "1" and res["before"] is None and res["progress"] == "2"
     assert res["stored"]["ratings"]["item-001"]["answer"] == "maybe"
     ex = res["exported"]
     assert ex["schema"] == RATINGS_SCHEMA and ex["page"] == key["page"] and ex["rater"] == "ann"
-    assert ex["ratings"] == {"item-001": {"answer": "maybe", "note": ""},
-                             "item-002": {"answer": "no", "note": f"{EVIL} plural nouns"}}
+    assert ex["ratings"] == {
+        "item-001": {"answer": "maybe", "note": ""},
+        "item-002": {"answer": "no", "note": f"{EVIL} plural nouns"},
+    }
     assert res["loads"] == 2 and res["restored"] and res["restoredNote"] == f"{EVIL} plural nouns"
     # the exported file scores
     f = tmp_path / "ratings.json"

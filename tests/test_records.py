@@ -1,5 +1,6 @@
 """Typed SQuAD records: the one examples.jsonl reader (rank shards, success beats error), JSON round trips,
 and results folders written by earlier versions still read (or refused with their version named)."""
+
 import json
 import shutil
 from pathlib import Path
@@ -8,15 +9,35 @@ import pytest
 
 from gradsae.formats import DEFAULT_SAE
 from gradsae import GradsaeError
-from gradsae.squad.records import (AnswerRecord, Cell, CellKey, EditRecord, LatentSet, RankedLatent, RecordLog,
-                                   merge_shards, read_records, record_from_json)
+from gradsae.squad.records import (
+    AnswerRecord,
+    Cell,
+    CellKey,
+    EditRecord,
+    LatentSet,
+    RankedLatent,
+    RecordLog,
+    merge_shards,
+    read_records,
+    record_from_json,
+)
 
 OLD = Path(__file__).parent / "data" / "results_v1"
 
 
 def _answer(qid, **kw):
-    return AnswerRecord(id=qid, context_id="c", question=f"{qid}?", golds=["x"], prediction="x", raw=" x", em=1.0,
-                        f1=1.0, kept=True, **kw)
+    return AnswerRecord(
+        id=qid,
+        context_id="c",
+        question=f"{qid}?",
+        golds=["x"],
+        prediction="x",
+        raw=" x",
+        em=1.0,
+        f1=1.0,
+        kept=True,
+        **kw,
+    )
 
 
 def _lines(path, recs):
@@ -26,8 +47,14 @@ def _lines(path, recs):
 def test_reader_merges_shards_and_a_success_beats_an_error(tmp_path):
     err = AnswerRecord(id="a", context_id="c", error="RuntimeError: boom", traceback="...")
     _lines(tmp_path / "examples.jsonl", [_answer("a", seconds=1.0), _answer("b"), err])
-    _lines(tmp_path / "examples.rank1.jsonl", [AnswerRecord(id="b", context_id="c", error="E: later error"),
-                                               _answer("c"), EditRecord(task="perturb", id="c", error="E: x")])
+    _lines(
+        tmp_path / "examples.rank1.jsonl",
+        [
+            AnswerRecord(id="b", context_id="c", error="E: later error"),
+            _answer("c"),
+            EditRecord(task="perturb", id="c", error="E: x"),
+        ],
+    )
     _lines(tmp_path / "examples.rank0.jsonl", [EditRecord(task="perturb", id="c", rows=1, cells={})])
     recs = read_records(tmp_path)
     assert set(recs) == {("answer", "a"), ("answer", "b"), ("answer", "c"), ("perturb", "c")}
@@ -57,17 +84,31 @@ def test_merge_shards_appends_what_main_lacks_and_removes_the_shards(tmp_path):
 
 
 def test_typed_records_round_trip():
-    sets = LatentSet({"gradsae": {"top": [RankedLatent(3, 0.5, 1.25)], "bottom": [RankedLatent(7, 0.01, 0.2)]},
-                      "baseline": {"top": [RankedLatent(3, 1.25, 1.25)], "bottom": []}})
-    a = _answer("q1", n_active_last=4, n_active_any=9, sets=sets, unspliced=Cell(prediction="y", em=0.0, f1=0.5),
-                seconds=0.25)
-    p = EditRecord(task="perturb", id="q1", rows=2, seconds=1.5,
-                   cells={CellKey("gradsae", "top", "50%"): Cell(prediction="z", em=0.0, f1=0.0, k=2)},
-                   control=Cell(prediction="x", em=1.0, f1=1.0, agree=True))
-    s = EditRecord(task="steer", id="q1", partner="q2", rows=3,
-                   cells={CellKey("baseline", "bottom", "1"): Cell(prediction="w", em=0.0, f1=0.25, own_f1=1.0, k=1,
-                                                                   overlap=0.5)},
-                   control=Cell(prediction="x", em=0.0, f1=0.0))
+    sets = LatentSet(
+        {
+            "gradsae": {"top": [RankedLatent(3, 0.5, 1.25)], "bottom": [RankedLatent(7, 0.01, 0.2)]},
+            "baseline": {"top": [RankedLatent(3, 1.25, 1.25)], "bottom": []},
+        }
+    )
+    a = _answer(
+        "q1", n_active_last=4, n_active_any=9, sets=sets, unspliced=Cell(prediction="y", em=0.0, f1=0.5), seconds=0.25
+    )
+    p = EditRecord(
+        task="perturb",
+        id="q1",
+        rows=2,
+        seconds=1.5,
+        cells={CellKey("gradsae", "top", "50%"): Cell(prediction="z", em=0.0, f1=0.0, k=2)},
+        control=Cell(prediction="x", em=1.0, f1=1.0, agree=True),
+    )
+    s = EditRecord(
+        task="steer",
+        id="q1",
+        partner="q2",
+        rows=3,
+        cells={CellKey("baseline", "bottom", "1"): Cell(prediction="w", em=0.0, f1=0.25, own_f1=1.0, k=1, overlap=0.5)},
+        control=Cell(prediction="x", em=0.0, f1=0.0),
+    )
     none = EditRecord(task="steer", id="q3", partner=None, cells={}, seconds=0.0)
     err = EditRecord(task="perturb", id="q4", error="RuntimeError: boom", traceback="tb")
     for r in (a, p, s, none, err, AnswerRecord(id="q5", context_id="c", error="E", traceback="tb")):
@@ -122,8 +163,15 @@ def test_report_reads_a_results_folder_written_by_the_previous_layout(tmp_path, 
     assert len(err) == 1 and "summary/9" in err[0] and "summary/1" in err[0]
 
 
-@pytest.mark.parametrize("content", ["[1, 2]", '{"schema": "gradsae.experiments.summary/1", "data": 5}',
-                                     "{not json", '{"schema": "gradsae.experiments.summary/1", "rq": []}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[1, 2]",
+        '{"schema": "gradsae.experiments.summary/1", "data": 5}',
+        "{not json",
+        '{"schema": "gradsae.experiments.summary/1", "rq": []}',
+    ],
+)
 def test_report_on_a_malformed_summary_is_one_line(tmp_path, capsys, content):
     from gradsae.cli import main
 

@@ -1,5 +1,6 @@
 """The HTML report: escaping, layout of Table 1, self-containment, the results-folder path, and (marked
 ``browser``) a headless-Chromium render with a screenshot."""
+
 import json
 import os
 import re
@@ -8,8 +9,15 @@ import shutil
 import pytest
 
 from gradsae.influence import Example, influence, promoted_tokens
-from gradsae.report import (attach_records, json_for_script, render_example, render_report,
-                            render_table1, report_from_folder, write_report)
+from gradsae.report import (
+    attach_records,
+    json_for_script,
+    render_example,
+    render_report,
+    render_table1,
+    report_from_folder,
+    write_report,
+)
 
 from chromium import chrome
 from conftest import make_tiny, random_sae
@@ -20,36 +28,94 @@ KS = ["1", "10", "50%"]
 
 
 def _cell(em, f1, n=8):
-    return {"em": em, "f1": f1, "em_ci": [max(0, em - 20), min(100, em + 10)], "f1_ci": [max(0, f1 - 15), min(100, f1 + 8)],
-            "n": n, "k_mean": 3.0}
+    return {
+        "em": em,
+        "f1": f1,
+        "em_ci": [max(0, em - 20), min(100, em + 10)],
+        "f1_ci": [max(0, f1 - 15), min(100, f1 + 8)],
+        "n": n,
+        "k_mean": 3.0,
+    }
 
 
 def fake_summary():
     """A summary.json with the schema of docs/experiments.md; GradSAE TopK hurts more than the Baseline's."""
-    pert = {"baseline": {"top": {k: _cell(90.0 - i, 92.0 - i) for i, k in enumerate(KS)},
-                         "bottom": {k: _cell(100.0, 100.0) for k in KS}},
-            "gradsae": {"top": {k: _cell(60.0 - 10 * i, 70.0 - 10 * i) for i, k in enumerate(KS)},
-                        "bottom": {k: _cell(97.5, 99.0) for k in KS}}}
-    steer = {m: {s: {k: dict(_cell(12.5 if (m, s) == ("gradsae", "top") else 0.0, 15.0 if (m, s) == ("gradsae", "top") else 0.0, 6),
-                                 own_f1=40.0, overlap=30.0) for k in KS} for s in ("top", "bottom")}
-             for m in ("baseline", "gradsae")}
+    pert = {
+        "baseline": {
+            "top": {k: _cell(90.0 - i, 92.0 - i) for i, k in enumerate(KS)},
+            "bottom": {k: _cell(100.0, 100.0) for k in KS},
+        },
+        "gradsae": {
+            "top": {k: _cell(60.0 - 10 * i, 70.0 - 10 * i) for i, k in enumerate(KS)},
+            "bottom": {k: _cell(97.5, 99.0) for k in KS},
+        },
+    }
+    steer = {
+        m: {
+            s: {
+                k: dict(
+                    _cell(
+                        12.5 if (m, s) == ("gradsae", "top") else 0.0, 15.0 if (m, s) == ("gradsae", "top") else 0.0, 6
+                    ),
+                    own_f1=40.0,
+                    overlap=30.0,
+                )
+                for k in KS
+            }
+            for s in ("top", "bottom")
+        }
+        for m in ("baseline", "gradsae")
+    }
     return {
-        "schema": "gradsae.experiments.summary/1", "tasks": ["perturb", "steer", "stats"],
-        "model": "tiny-llama", "sae": EVIL, "layer": "blocks.1.hook_resid_post", "d_sae": 256, "ks": KS,
-        "methods": ["baseline", "gradsae"], "sets": ["top", "bottom"],
-        "data": {"path": "sample_qa.json", "n_examples": 12, "n_answered": 12, "n_kept": 8, "min_f1": 0.9,
-                 "unedited": {"em": 60.0, "f1": 66.0, "n": 12}},
-        "failed": {"answer": 0, "perturb": 1, "steer": 0,
-                   "errors": [{"task": "perturb", "id": "q9", "error": f"RuntimeError: {EVIL}"}]},
+        "schema": "gradsae.experiments.summary/1",
+        "tasks": ["perturb", "steer", "stats"],
+        "model": "tiny-llama",
+        "sae": EVIL,
+        "layer": "blocks.1.hook_resid_post",
+        "d_sae": 256,
+        "ks": KS,
+        "methods": ["baseline", "gradsae"],
+        "sets": ["top", "bottom"],
+        "data": {
+            "path": "sample_qa.json",
+            "n_examples": 12,
+            "n_answered": 12,
+            "n_kept": 8,
+            "min_f1": 0.9,
+            "unedited": {"em": 60.0, "f1": 66.0, "n": 12},
+        },
+        "failed": {
+            "answer": 0,
+            "perturb": 1,
+            "steer": 0,
+            "errors": [{"task": "perturb", "id": "q9", "error": f"RuntimeError: {EVIL}"}],
+        },
         "perturbation": {"n": 8, "control": {"em": 100.0, "f1": 100.0, "n": 8, "agree": 8}, "cells": pert},
-        "steering": {"n": 6, "n_without_partner": 2, "inject": "activation", "at": "all", "clamp": None, "ks": KS,
-                     "unsteered": _cell(0.0, 3.0, 6), "cells": steer},
-        "stats": {"n": 8, "active_last_mean": 40.5, "active_any_mean": 120.0, "k50_mean": 20.0,
-                  "cross_top_overlap": 25.0, "cross_bottom_overlap": 1.0,
-                  "inner": {"baseline": {"top": 90.0, "bottom": 91.0}, "gradsae": {"top": 50.0, "bottom": 0.5}},
-                  "n_context_pairs": 10},
-        "rq": {"rq1": {"holds": True, "text": "TopK hurts more than BottomK"},
-               "rq2": {"holds": False, "text": EVIL}, "rq3": {"holds": None, "text": "not run"}},
+        "steering": {
+            "n": 6,
+            "n_without_partner": 2,
+            "inject": "activation",
+            "at": "all",
+            "clamp": None,
+            "ks": KS,
+            "unsteered": _cell(0.0, 3.0, 6),
+            "cells": steer,
+        },
+        "stats": {
+            "n": 8,
+            "active_last_mean": 40.5,
+            "active_any_mean": 120.0,
+            "k50_mean": 20.0,
+            "cross_top_overlap": 25.0,
+            "cross_bottom_overlap": 1.0,
+            "inner": {"baseline": {"top": 90.0, "bottom": 91.0}, "gradsae": {"top": 50.0, "bottom": 0.5}},
+            "n_context_pairs": 10,
+        },
+        "rq": {
+            "rq1": {"holds": True, "text": "TopK hurts more than BottomK"},
+            "rq2": {"holds": False, "text": EVIL},
+            "rq3": {"holds": None, "text": "not run"},
+        },
         "timing": {"seconds": 12.0, "answer": 3.0},
     }
 
@@ -64,21 +130,47 @@ def example():
     top = [int(c) for c in inf.top(5)] + [int(c) for c in inf.bottom(5)]
     ex = inf.to_json(top=5, promoted=promoted_tokens(model, tok, sae, top, n=4))
     assert ex["per_token"] and len(ex["per_token"]["values"][0]) == len(ex["tokens"])
-    ex.update(question=EVIL, golds=[EVIL, "Bob"],
-              perturb={"control": {"prediction": EVIL, "f1": 1.0},
-                       "cells": {f"{m}/{s}/{k}": {"prediction": f"{EVIL}{m}{k}", "em": 0.0, "f1": 0.5, "k": 2}
-                                 for m in ("baseline", "gradsae") for s in ("top", "bottom") for k in KS}},
-              steer={"partner": "q2", "partner_question": EVIL, "partner_golds": ["x"],
-                     "unsteered": {"em": 0.0, "f1": 0.0},
-                     "cells": {"gradsae/top/10": {"prediction": EVIL, "f1": 1.0, "own_f1": 0.0, "k": 10}}})
+    ex.update(
+        question=EVIL,
+        golds=[EVIL, "Bob"],
+        perturb={
+            "control": {"prediction": EVIL, "f1": 1.0},
+            "cells": {
+                f"{m}/{s}/{k}": {"prediction": f"{EVIL}{m}{k}", "em": 0.0, "f1": 0.5, "k": 2}
+                for m in ("baseline", "gradsae")
+                for s in ("top", "bottom")
+                for k in KS
+            },
+        },
+        steer={
+            "partner": "q2",
+            "partner_question": EVIL,
+            "partner_golds": ["x"],
+            "unsteered": {"em": 0.0, "f1": 0.0},
+            "cells": {"gradsae/top/10": {"prediction": EVIL, "f1": 1.0, "own_f1": 0.0, "k": 10}},
+        },
+    )
     return ex
 
 
 def test_every_data_string_is_escaped(example):
-    page = render_report(fake_summary(), [example], config={"seed": EVIL, "nested": {"x": EVIL}},
-                         sae_eval={"nmse": 0.1, "note": EVIL},
-                         answers=[{"task": "answer", "id": EVIL, "question": EVIL, "golds": [EVIL],
-                                   "prediction": EVIL, "f1": 1.0, "kept": True}])
+    page = render_report(
+        fake_summary(),
+        [example],
+        config={"seed": EVIL, "nested": {"x": EVIL}},
+        sae_eval={"nmse": 0.1, "note": EVIL},
+        answers=[
+            {
+                "task": "answer",
+                "id": EVIL,
+                "question": EVIL,
+                "golds": [EVIL],
+                "prediction": EVIL,
+                "f1": 1.0,
+                "kept": True,
+            }
+        ],
+    )
     assert EVIL not in page and "<b>Bob</b>" not in page and "q1<i>" not in page
     assert EVIL_ESC in page
     # the only script elements: one JSON data block per example and the page's own script
@@ -133,8 +225,17 @@ def test_example_section_has_tokens_latents_and_answers(example):
 
 
 def test_example_without_per_token():
-    ex = {"id": "x", "prompt": "p", "output": "o", "tokens": ["p", " o"], "n_prompt": 1, "top": [], "bottom": [],
-          "per_token": None, "meta": {}}
+    ex = {
+        "id": "x",
+        "prompt": "p",
+        "output": "o",
+        "tokens": ["p", " o"],
+        "n_prompt": 1,
+        "top": [],
+        "bottom": [],
+        "per_token": None,
+        "meta": {},
+    }
     sec = render_example(ex)
     assert "no per-token influence" in sec and len(re.findall(r'class="t( ans)?"', sec)) == 2
 
@@ -145,14 +246,39 @@ def test_report_from_folder(tmp_path, example):
     (folder / "summary.json").write_text(json.dumps(fake_summary()))
     (folder / "config.json").write_text(json.dumps({"seed": 1, "template": "fewshot"}))
     ex = {k: v for k, v in example.items() if k not in ("perturb", "steer", "question", "golds")}
-    recs = [{"task": "answer", "id": ex["id"], "question": "Who?", "golds": ["Bob"], "prediction": "Bob",
-             "f1": 1.0, "kept": True},
-            {"task": "answer", "id": "q2", "question": "Partner?", "golds": ["Ann"], "prediction": "Ann",
-             "f1": 1.0, "kept": True},
-            {"task": "perturb", "id": ex["id"], "control": {"prediction": "Bob"},
-             "cells": {"gradsae/top/1": {"prediction": "Carl", "f1": 0.0, "k": 1}}},
-            {"task": "steer", "id": ex["id"], "partner": "q2", "unsteered": {"em": 0, "f1": 0},
-             "cells": {"gradsae/top/1": {"prediction": "Ann", "f1": 1.0, "k": 1}}}]
+    recs = [
+        {
+            "task": "answer",
+            "id": ex["id"],
+            "question": "Who?",
+            "golds": ["Bob"],
+            "prediction": "Bob",
+            "f1": 1.0,
+            "kept": True,
+        },
+        {
+            "task": "answer",
+            "id": "q2",
+            "question": "Partner?",
+            "golds": ["Ann"],
+            "prediction": "Ann",
+            "f1": 1.0,
+            "kept": True,
+        },
+        {
+            "task": "perturb",
+            "id": ex["id"],
+            "control": {"prediction": "Bob"},
+            "cells": {"gradsae/top/1": {"prediction": "Carl", "f1": 0.0, "k": 1}},
+        },
+        {
+            "task": "steer",
+            "id": ex["id"],
+            "partner": "q2",
+            "unsteered": {"em": 0, "f1": 0},
+            "cells": {"gradsae/top/1": {"prediction": "Ann", "f1": 1.0, "k": 1}},
+        },
+    ]
     (folder / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"task": "ans')
     path = report_from_folder(folder, [ex])
     page = path.read_text()
@@ -168,13 +294,16 @@ def test_report_from_folder(tmp_path, example):
 
 def test_sweep_summary_renders_one_section_per_run():
     s = fake_summary()
-    sweep = {"schema": "gradsae.experiments.sweep/1",
-             "runs": [{"tag": "L6", "summary": s}, {"tag": "L9", "summary": s}]}
+    sweep = {
+        "schema": "gradsae.experiments.sweep/1",
+        "runs": [{"tag": "L6", "summary": s}, {"tag": "L9", "summary": s}],
+    }
     page = render_report(sweep, [])
     assert 'id="run-L6"' in page and 'id="run-L9"' in page
 
 
 # ---- headless Chromium ---------------------------------------------------------------------------
+
 
 def _chrome(tmp_path, *args, timeout=120):
     return chrome(tmp_path, *args, timeout=timeout, fresh_profile=True)
@@ -182,15 +311,20 @@ def _chrome(tmp_path, *args, timeout=120):
 
 @pytest.mark.browser
 def test_report_renders_in_headless_chromium(tmp_path, example):
-    report = write_report(tmp_path / "report.html", fake_summary(), [example, dict(example, id="second")],
-                          config={"seed": 0}, sae_eval={"nmse": 0.12})
+    report = write_report(
+        tmp_path / "report.html",
+        fake_summary(),
+        [example, dict(example, id="second")],
+        config={"seed": 0},
+        sae_eval={"nmse": 0.12},
+    )
     url = report.resolve().as_uri()
     dom = _chrome(tmp_path, "--virtual-time-budget=5000", "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
     out = dom.stdout
     # the page's script ran to the end and reported no error
     assert re.search(r'<body[^>]*data-ready="1"', out), out[:500]
-    assert not re.search(r'<body[^>]*data-js-error', out)
+    assert not re.search(r"<body[^>]*data-js-error", out)
     for sid in ("config", "table1", "plots", "stats", "rq", "sae-eval", "examples", "ex-q1_i_", "ex-second"):
         assert f'id="{sid}"' in out, sid
     # JS coloured the tokens of the first latent and kept data escaped
@@ -199,8 +333,14 @@ def test_report_renders_in_headless_chromium(tmp_path, example):
     assert not [ln for ln in console if "Uncaught" in ln or "rror" in ln], console
 
     shot = tmp_path / "report.png"
-    res = _chrome(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", "--hide-scrollbars",
-                  "--virtual-time-budget=5000", url)
+    res = _chrome(
+        tmp_path,
+        f"--screenshot={shot}",
+        "--window-size=1280,2000",
+        "--hide-scrollbars",
+        "--virtual-time-budget=5000",
+        url,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert shot.exists() and shot.stat().st_size > 20_000
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -208,7 +348,7 @@ def test_report_renders_in_headless_chromium(tmp_path, example):
     broken = tmp_path / "broken.html"
     broken.write_text(re.sub(r'(class="ex-data">)\{', r"\1{oops", report.read_text(), count=1))
     bad = _chrome(tmp_path, "--virtual-time-budget=5000", "--dump-dom", broken.resolve().as_uri())
-    assert re.search(r'<body[^>]*data-js-error="1"', bad.stdout) and not re.search(r'<body[^>]*data-ready', bad.stdout)
+    assert re.search(r'<body[^>]*data-js-error="1"', bad.stdout) and not re.search(r"<body[^>]*data-ready", bad.stdout)
 
     keep = os.environ.get("GRADSAE_KEEP_SCREENSHOT")
     if keep:
@@ -218,8 +358,13 @@ def test_report_renders_in_headless_chromium(tmp_path, example):
 def test_sae_eval_in_saebench_layout_shows_the_metrics_first():
     from gradsae.report import render_sae_eval
 
-    html = render_sae_eval({"eval_result_metrics": {"nmse": 0.123456, "l0": 32.0, "steering": {"assoc": 0.4}},
-                            "eval_config": {"sae": EVIL}, "eval_result_details": [{"x": list(range(40))}]})
+    html = render_sae_eval(
+        {
+            "eval_result_metrics": {"nmse": 0.123456, "l0": 32.0, "steering": {"assoc": 0.4}},
+            "eval_config": {"sae": EVIL},
+            "eval_result_details": [{"x": list(range(40))}],
+        }
+    )
     assert html.index("nmse") < html.index("<details>") < html.index("eval_config.sae")
     assert "0.1235" in html and "steering.assoc" in html and EVIL not in html and "40 items" in html
     assert render_sae_eval(None) == ""

@@ -1,4 +1,5 @@
 """Every SAE format: write from random tensors in that format's own layout, load, compare to a direct formula."""
+
 import json
 
 import numpy as np
@@ -41,9 +42,19 @@ def check(sae, ref_h):
 
 def test_saelens_v6(tmp_path):
     save_file({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, tmp_path / "sae_weights.safetensors")
-    (tmp_path / "cfg.json").write_text(json.dumps({
-        "architecture": "standard", "d_in": D, "d_sae": C, "dtype": "float32", "apply_b_dec_to_input": True,
-        "normalize_activations": "none", "metadata": {"model_name": "m", "hook_name": "blocks.3.hook_resid_post"}}))
+    (tmp_path / "cfg.json").write_text(
+        json.dumps(
+            {
+                "architecture": "standard",
+                "d_in": D,
+                "d_sae": C,
+                "dtype": "float32",
+                "apply_b_dec_to_input": True,
+                "normalize_activations": "none",
+                "metadata": {"model_name": "m", "hook_name": "blocks.3.hook_resid_post"},
+            }
+        )
+    )
     sae = load_sae(tmp_path)
     assert sae.cfg.architecture == "relu" and sae.layer == 3 and sae.cfg.model_name == "m"
     check(sae, relu_ref(X))
@@ -52,24 +63,56 @@ def test_saelens_v6(tmp_path):
 def test_saelens_v6_topk_and_jumprelu(tmp_path):
     (tmp_path / "a").mkdir()
     save_file({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, tmp_path / "a/sae_weights.safetensors")
-    (tmp_path / "a/cfg.json").write_text(json.dumps({"architecture": "topk", "k": 5, "d_in": D, "d_sae": C,
-                                                    "apply_b_dec_to_input": True, "metadata": {"hook_name": "blocks.1.hook_resid_post"}}))
+    (tmp_path / "a/cfg.json").write_text(
+        json.dumps(
+            {
+                "architecture": "topk",
+                "k": 5,
+                "d_in": D,
+                "d_sae": C,
+                "apply_b_dec_to_input": True,
+                "metadata": {"hook_name": "blocks.1.hook_resid_post"},
+            }
+        )
+    )
     sae = load_sae(tmp_path / "a")
     check(sae, topk_ref(X, 5))
     assert (sae.encode(X) != 0).sum(-1).max() <= 5
     (tmp_path / "b").mkdir()
-    save_file({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec, "threshold": thr},
-              tmp_path / "b/sae_weights.safetensors")
-    (tmp_path / "b/cfg.json").write_text(json.dumps({"architecture": "jumprelu", "d_in": D, "d_sae": C,
-                                                    "apply_b_dec_to_input": False, "metadata": {"hook_name": "blocks.1.hook_resid_post"}}))
+    save_file(
+        {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec, "threshold": thr},
+        tmp_path / "b/sae_weights.safetensors",
+    )
+    (tmp_path / "b/cfg.json").write_text(
+        json.dumps(
+            {
+                "architecture": "jumprelu",
+                "d_in": D,
+                "d_sae": C,
+                "apply_b_dec_to_input": False,
+                "metadata": {"hook_name": "blocks.1.hook_resid_post"},
+            }
+        )
+    )
     check(load_sae(tmp_path / "b"), jump_ref(X))
 
 
 def test_saelens_old_flat_cfg(tmp_path):
     save_file({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, tmp_path / "sae_weights.safetensors")
-    (tmp_path / "cfg.json").write_text(json.dumps({
-        "hook_point": "blocks.5.hook_resid_pre", "hook_point_layer": 5, "activation_fn_str": "topk",
-        "activation_fn_kwargs": {"k": 7}, "d_in": D, "d_sae": C, "apply_b_dec_to_input": True, "model_name": "gpt2"}))
+    (tmp_path / "cfg.json").write_text(
+        json.dumps(
+            {
+                "hook_point": "blocks.5.hook_resid_pre",
+                "hook_point_layer": 5,
+                "activation_fn_str": "topk",
+                "activation_fn_kwargs": {"k": 7},
+                "d_in": D,
+                "d_sae": C,
+                "apply_b_dec_to_input": True,
+                "model_name": "gpt2",
+            }
+        )
+    )
     sae = load_sae(tmp_path)
     assert sae.cfg.architecture == "topk" and sae.cfg.k == 7
     assert sae.layer == 4  # resid_pre of block 5 is the output of block 4
@@ -79,8 +122,14 @@ def test_saelens_old_flat_cfg(tmp_path):
 def test_gemma_scope_npz(tmp_path):
     folder = tmp_path / "layer_9" / "width_16k" / "average_l0_88"
     folder.mkdir(parents=True)
-    np.savez(folder / "params.npz", W_enc=W_enc.numpy(), b_enc=b_enc.numpy(), W_dec=W_dec.numpy(),
-             b_dec=b_dec.numpy(), threshold=thr.numpy())
+    np.savez(
+        folder / "params.npz",
+        W_enc=W_enc.numpy(),
+        b_enc=b_enc.numpy(),
+        W_dec=W_dec.numpy(),
+        b_dec=b_dec.numpy(),
+        threshold=thr.numpy(),
+    )
     sae = load_sae(folder)
     assert sae.cfg.architecture == "jumprelu" and not sae.cfg.apply_b_dec_to_input and sae.layer == 9
     check(sae, jump_ref(X, apply=False))
@@ -90,11 +139,25 @@ def test_gemma_scope_npz(tmp_path):
 def test_sparsify_folder(tmp_path):
     folder = tmp_path / "layers.6"
     folder.mkdir()
-    save_file({"encoder.weight": W_enc.T.contiguous(), "encoder.bias": b_enc, "W_dec": W_dec, "b_dec": b_dec},
-              folder / "sae.safetensors")
-    (folder / "cfg.json").write_text(json.dumps({"activation": "topk", "expansion_factor": 3, "normalize_decoder": True,
-                                                 "num_latents": C, "k": 4, "multi_topk": False, "skip_connection": False,
-                                                 "transcode": False, "d_in": D}))
+    save_file(
+        {"encoder.weight": W_enc.T.contiguous(), "encoder.bias": b_enc, "W_dec": W_dec, "b_dec": b_dec},
+        folder / "sae.safetensors",
+    )
+    (folder / "cfg.json").write_text(
+        json.dumps(
+            {
+                "activation": "topk",
+                "expansion_factor": 3,
+                "normalize_decoder": True,
+                "num_latents": C,
+                "k": 4,
+                "multi_topk": False,
+                "skip_connection": False,
+                "transcode": False,
+                "d_in": D,
+            }
+        )
+    )
     sae = load_sae(folder)
     assert sae.cfg.architecture == "topk" and sae.cfg.k == 4 and sae.layer == 6
     check(sae, topk_ref(X, 4))
@@ -105,19 +168,41 @@ def test_sparsify_folder(tmp_path):
 @pytest.mark.parametrize("dict_class", ["AutoEncoder", "AutoEncoderTopK", "JumpReluAutoEncoder"])
 def test_dictionary_learning(tmp_path, dict_class):
     if dict_class == "AutoEncoder":
-        sd = {"encoder.weight": W_enc.T.contiguous(), "encoder.bias": b_enc, "decoder.weight": W_dec.T.contiguous(), "bias": b_dec}
+        sd = {
+            "encoder.weight": W_enc.T.contiguous(),
+            "encoder.bias": b_enc,
+            "decoder.weight": W_dec.T.contiguous(),
+            "bias": b_dec,
+        }
         ref = relu_ref(X)
     elif dict_class == "AutoEncoderTopK":
-        sd = {"encoder.weight": W_enc.T.contiguous(), "encoder.bias": b_enc, "decoder.weight": W_dec.T.contiguous(),
-              "b_dec": b_dec, "k": torch.tensor(6), "threshold": torch.tensor(-1.0)}
+        sd = {
+            "encoder.weight": W_enc.T.contiguous(),
+            "encoder.bias": b_enc,
+            "decoder.weight": W_dec.T.contiguous(),
+            "b_dec": b_dec,
+            "k": torch.tensor(6),
+            "threshold": torch.tensor(-1.0),
+        }
         ref = topk_ref(X, 6)
     else:
         sd = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec, "threshold": thr}
         ref = jump_ref(X)
     torch.save(sd, tmp_path / "ae.pt")
-    (tmp_path / "config.json").write_text(json.dumps({"trainer": {"dict_class": dict_class, "activation_dim": D,
-                                                                  "dict_size": C, "k": 6 if "TopK" in dict_class else None,
-                                                                  "layer": 2, "lm_name": "x"}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "trainer": {
+                    "dict_class": dict_class,
+                    "activation_dim": D,
+                    "dict_size": C,
+                    "k": 6 if "TopK" in dict_class else None,
+                    "layer": 2,
+                    "lm_name": "x",
+                }
+            }
+        )
+    )
     sae = load_sae(tmp_path)
     assert sae.layer == 2
     check(sae, ref)
@@ -169,6 +254,7 @@ def test_gsae_without_grad_equals_topk():
 
 # ---- bad input -------------------------------------------------------------------------------
 
+
 def test_malformed_json(tmp_path):
     save_file({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, tmp_path / "sae_weights.safetensors")
     (tmp_path / "cfg.json").write_text("{not json")
@@ -201,8 +287,10 @@ def test_shape_mismatch_between_cfg_and_weights(tmp_path):
 
 
 def test_wrong_weight_shape(tmp_path):
-    save_file({"W_enc": torch.randn(D, C + 1), "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec},
-              tmp_path / "sae_weights.safetensors")
+    save_file(
+        {"W_enc": torch.randn(D, C + 1), "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec},
+        tmp_path / "sae_weights.safetensors",
+    )
     (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "standard"}))
     with pytest.raises(GradsaeError, match="W_enc .* has shape"):
         load_sae(tmp_path)
@@ -232,9 +320,12 @@ def test_saelens_registry_needs_package(monkeypatch):
 
 # ---- bad input, one line each (issue 13) -----------------------------------------------------
 
+
 def write_lens(folder, cfg, **extra):
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec, **extra}, folder / "sae_weights.safetensors")
+    save_file(
+        {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec, **extra}, folder / "sae_weights.safetensors"
+    )
     (folder / "cfg.json").write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
     return folder
 
@@ -263,8 +354,14 @@ def test_threshold_of_the_wrong_length(tmp_path):
         load_sae(write_lens(tmp_path / "s", {"architecture": "jumprelu"}, threshold=torch.rand(7)))
     folder = tmp_path / "layer_3" / "width_1k" / "x"
     folder.mkdir(parents=True)
-    np.savez(folder / "params.npz", W_enc=W_enc.numpy(), b_enc=b_enc.numpy(), W_dec=W_dec.numpy(),
-             b_dec=b_dec.numpy(), threshold=np.ones(C + 2, dtype=np.float32))
+    np.savez(
+        folder / "params.npz",
+        W_enc=W_enc.numpy(),
+        b_enc=b_enc.numpy(),
+        W_dec=W_dec.numpy(),
+        b_dec=b_dec.numpy(),
+        threshold=np.ones(C + 2, dtype=np.float32),
+    )
     with pytest.raises(GradsaeError, match=r"threshold .* has shape"):
         load_sae(folder)
 
@@ -323,22 +420,39 @@ def test_raw_pickle_refused_without_torch_warning(tmp_path, capfd):
 
 def test_gradsae_folder_written_before_folding_still_loads(tmp_path):
     """Folders from gradsae < issue 13 kept the scaling factor as a runtime setting."""
-    write_lens(tmp_path, {"architecture": "topk", "k": 5, "d_in": D, "d_sae": C, "apply_b_dec_to_input": True,
-                          "normalize_activations": "expected_average_only_in",
-                          "metadata": {"gradsae": {"architecture": "topk", "norm_scaling_factor": 0.5}}})
+    write_lens(
+        tmp_path,
+        {
+            "architecture": "topk",
+            "k": 5,
+            "d_in": D,
+            "d_sae": C,
+            "apply_b_dec_to_input": True,
+            "normalize_activations": "expected_average_only_in",
+            "metadata": {"gradsae": {"architecture": "topk", "norm_scaling_factor": 0.5}},
+        },
+    )
     sae = load_sae(tmp_path)
     assert sae.cfg.norm_scaling_factor == 0.5
     torch.testing.assert_close(sae.encode(X), topk_ref(X * 0.5, 5))
 
 
 def test_gemma_scope_mlp_and_attention_keep_their_hooks(tmp_path):
-    for release, hook in (("gemma-scope-2b-pt-mlp", "blocks.12.hook_mlp_out"),
-                          ("gemma-scope-2b-pt-att-canonical", "blocks.12.attn.hook_z"),
-                          ("gemma-scope-2b-pt-res", "blocks.12.hook_resid_post")):
+    for release, hook in (
+        ("gemma-scope-2b-pt-mlp", "blocks.12.hook_mlp_out"),
+        ("gemma-scope-2b-pt-att-canonical", "blocks.12.attn.hook_z"),
+        ("gemma-scope-2b-pt-res", "blocks.12.hook_resid_post"),
+    ):
         folder = tmp_path / release / "layer_12" / "width_16k" / "average_l0_50"
         folder.mkdir(parents=True)
-        np.savez(folder / "params.npz", W_enc=W_enc.numpy(), b_enc=b_enc.numpy(), W_dec=W_dec.numpy(),
-                 b_dec=b_dec.numpy(), threshold=thr.numpy())
+        np.savez(
+            folder / "params.npz",
+            W_enc=W_enc.numpy(),
+            b_enc=b_enc.numpy(),
+            W_dec=W_dec.numpy(),
+            b_dec=b_dec.numpy(),
+            threshold=thr.numpy(),
+        )
         assert load_sae(folder).cfg.hook_name == hook
 
 
@@ -360,10 +474,12 @@ def test_convert_refuses_existing_file_folder_and_bad_dtype(tmp_path, capsys):
 
     SAE.init_random(SAEConfig(d_in=D, d_sae=C, architecture="topk", k=3)).save(tmp_path / "a")
     (tmp_path / "file").write_text("x")
-    cases = [([str(tmp_path / "a"), str(tmp_path / "file")], "is a file"),
-             ([str(tmp_path / "a"), str(tmp_path / "a")], "already holds files"),
-             ([str(tmp_path / "a"), str(tmp_path / "new"), "--dtype", "float8"], "--dtype 'float8'"),
-             ([str(tmp_path / "a"), str(tmp_path / "new2"), "--hook-name", "nonsense"], "not a hook name")]
+    cases = [
+        ([str(tmp_path / "a"), str(tmp_path / "file")], "is a file"),
+        ([str(tmp_path / "a"), str(tmp_path / "a")], "already holds files"),
+        ([str(tmp_path / "a"), str(tmp_path / "new"), "--dtype", "float8"], "--dtype 'float8'"),
+        ([str(tmp_path / "a"), str(tmp_path / "new2"), "--hook-name", "nonsense"], "not a hook name"),
+    ]
     for args, msg in cases:
         assert main(["convert", *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -378,8 +494,14 @@ def test_gemma_scope_layer_read_through_a_hub_cache_symlink(tmp_path):
     """Hugging Face caches keep params.npz in blobs/ and symlink it from snapshots/<rev>/layer_L/..."""
     blob = tmp_path / "blobs" / "abc123"
     blob.parent.mkdir()
-    np.savez(blob.with_suffix(".npz"), W_enc=W_enc.numpy(), b_enc=b_enc.numpy(), W_dec=W_dec.numpy(),
-             b_dec=b_dec.numpy(), threshold=thr.numpy())
+    np.savez(
+        blob.with_suffix(".npz"),
+        W_enc=W_enc.numpy(),
+        b_enc=b_enc.numpy(),
+        W_dec=W_dec.numpy(),
+        b_dec=b_dec.numpy(),
+        threshold=thr.numpy(),
+    )
     link = tmp_path / "models--google--gemma-scope-2b-pt-mlp" / "snapshots" / "r1" / "layer_7" / "width_16k" / "x"
     link.mkdir(parents=True)
     (link / "params.npz").symlink_to(blob.with_suffix(".npz"))

@@ -1,5 +1,6 @@
 """The bundled sample data (written for this project): valid SQuAD 1.1, enough contexts and questions,
 answer spans that match their offsets, and few-shot exemplars that never reuse an evaluation context."""
+
 import json
 from importlib import resources
 
@@ -31,7 +32,7 @@ def test_answer_spans_match_their_offsets(name):
             for a in qa["answers"]:
                 start = a["answer_start"]
                 assert a["text"].strip() == a["text"] and a["text"], qa["id"]
-                assert ctx[start:start + len(a["text"])] == a["text"], (qa["id"], a)
+                assert ctx[start : start + len(a["text"])] == a["text"], (qa["id"], a)
                 n += 1
     assert n > 0
 
@@ -47,8 +48,9 @@ def test_sample_has_enough_contexts_and_questions():
 
 
 def test_ids_unique_across_both_files():
-    ids = [qa["id"] for name in ("sample_qa.json", "fewshot.json")
-           for par in _paragraphs(_load(name)) for qa in par["qas"]]
+    ids = [
+        qa["id"] for name in ("sample_qa.json", "fewshot.json") for par in _paragraphs(_load(name)) for qa in par["qas"]
+    ]
     assert len(ids) == len(set(ids))
 
 

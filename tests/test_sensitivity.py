@@ -1,18 +1,25 @@
 """Sensitivity analyses (g-SAE §2.3/§2.4/§4.4): the pure pieces on toy tensors, the ΔL probe against the
 gradient on a tiny model, and one small run of the command on the bundled model."""
+
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from gradsae.formats import DEFAULT_SAE, load_sae
 from gradsae.errors import GradsaeError
-from gradsae.sensitivity import (SensitivityConfig, capture_with_grads, nearest_cosine, perturbation_effects,
-                                 random_directions, tail_latents, uniform_norms)
+from gradsae.sensitivity import (
+    SensitivityConfig,
+    capture_with_grads,
+    nearest_cosine,
+    perturbation_effects,
+    random_directions,
+    tail_latents,
+    uniform_norms,
+)
 
-from conftest import make_tiny, random_sae
+from conftest import make_tiny
 
 
 def test_random_directions_kinds():
@@ -47,7 +54,12 @@ def test_nearest_cosine_and_tails():
     assert sim[0] == pytest.approx(1.0, abs=1e-5)
     parts = tail_latents(sim, 5, g)
     assert all(len(v) == 5 for v in parts.values())
-    assert sim[parts["left tail"]].max() < sim[parts["middle"]].min() <= sim[parts["middle"]].max() < sim[parts["right tail"]].min()
+    assert (
+        sim[parts["left tail"]].max()
+        < sim[parts["middle"]].min()
+        <= sim[parts["middle"]].max()
+        < sim[parts["right tail"]].min()
+    )
 
 
 def test_perturbation_effect_matches_gradient_to_first_order():
@@ -65,9 +77,15 @@ def test_perturbation_effect_matches_gradient_to_first_order():
     assert grads[1][0, -1].abs().sum() == 0 and grads[1][0, -2].abs().sum() > 0
 
 
-@pytest.mark.parametrize("kw, match", [({"sequences": 0}, "--sequences"), ({"scales": [0.1, float("nan")]}, "--scales"),
-                                       ({"layers": [], "fig3_layers": [], "sae": []}, "nothing to do"),
-                                       ({"out": " "}, "--out")])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"sequences": 0}, "--sequences"),
+        ({"scales": [0.1, float("nan")]}, "--scales"),
+        ({"layers": [], "fig3_layers": [], "sae": []}, "nothing to do"),
+        ({"out": " "}, "--out"),
+    ],
+)
 def test_config_rejects_bad_values(kw, match):
     with pytest.raises(GradsaeError, match=match):
         SensitivityConfig(**kw)
@@ -77,12 +95,25 @@ def test_config_rejects_bad_values(kw, match):
 def test_command_on_bundled_model(tmp_path):
     from gradsae.sensitivity import run
 
-    cfg = SensitivityConfig(layers=[3, 20], fig3_layers=[load_sae(DEFAULT_SAE).layer], sae=[DEFAULT_SAE], sequences=4, positions=256,
-                            scales=[0.01, 1.0], perturbations=16, per_position=8, latents_per_tail=5,
-                            context_length=32, out=str(tmp_path / "s"), progress=False, device="cpu")
+    cfg = SensitivityConfig(
+        layers=[3, 20],
+        fig3_layers=[load_sae(DEFAULT_SAE).layer],
+        sae=[DEFAULT_SAE],
+        sequences=4,
+        positions=256,
+        scales=[0.01, 1.0],
+        perturbations=16,
+        per_position=8,
+        latents_per_tail=5,
+        context_length=32,
+        out=str(tmp_path / "s"),
+        progress=False,
+        device="cpu",
+    )
     res = run(cfg)
-    assert {(r.layer, r.kind) for r in res.directional} == {(l, k) for l in (3, 20) for k in
-                                                           ("activation difference", "isotropic", "covariance-adjusted")}
+    assert {(r.layer, r.kind) for r in res.directional} == {
+        (l, k) for l in (3, 20) for k in ("activation difference", "isotropic", "covariance-adjusted")
+    }
     assert [r.scale for r in res.fig3] == [0.01, 1.0] and all(-1 <= r.rho_norm <= 1 for r in res.fig3)
     # first-order estimates are accurate for small perturbations
     assert res.fig3[0].first_order_rel_error < 0.2

@@ -1,4 +1,5 @@
 """The splice on tiny random Llama / Gemma 2 / Qwen2 / GPT-2 models."""
+
 import pytest
 import torch
 
@@ -6,7 +7,7 @@ from gradsae import GradsaeError, RowEdit, Splice, encode_prompts, greedy_genera
 from gradsae.hooks import decoder_layers, parse_hook_name, resolve_layer
 from gradsae.splice import LatentEdits, ResidualCapture
 
-from conftest import make_tiny, random_sae
+from conftest import random_sae
 
 PROMPTS = ["the cat sat on", "a b c d e f g"]
 
@@ -235,8 +236,12 @@ def test_shared_trunk_gives_identical_generations(tiny, error):
     model, tok = tiny
     long = "one prompt for all rows, longer than Gemma 2's sliding window of 64 positions in the tiny model"
     batch = encode_prompts(tok, [long]).repeat(4)
-    rows = [None, RowEdit(zero=list(range(0, 256, 2)), at="all"), RowEdit(set={3: 5.0}, at="last"),
-            RowEdit(zero=list(range(1, 256, 3)), at="all")]
+    rows = [
+        None,
+        RowEdit(zero=list(range(0, 256, 2)), at="all"),
+        RowEdit(set={3: 5.0}, at="last"),
+        RowEdit(zero=list(range(1, 256, 3)), at="all"),
+    ]
     keep = torch.ones(4, 256)
     keep[3, :40] = 0
 

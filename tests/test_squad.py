@@ -1,16 +1,28 @@
 """SQuAD data, prompts, answer extraction and the official SQuAD 1.1 metrics on hand-worked cases."""
+
 import json
 
 import pytest
 
 from gradsae import GradsaeError
-from gradsae.squad.data import (PromptBuilder, em_f1, evaluate, exact_match, extract_answer, f1, fewshot_exemplars,
-                           is_correct, load_questions, normalize_answer)
+from gradsae.squad.data import (
+    PromptBuilder,
+    em_f1,
+    evaluate,
+    exact_match,
+    extract_answer,
+    f1,
+    fewshot_exemplars,
+    is_correct,
+    load_questions,
+    normalize_answer,
+)
 
 from conftest import byte_tokenizer
 
 
 # ---- metrics ----------------------------------------------------------------------------------
+
 
 def test_normalisation_articles_punctuation_case_whitespace():
     assert normalize_answer("The  Denver Broncos!") == "denver broncos"
@@ -50,9 +62,10 @@ def test_correct_sample_filter_threshold():
 
 # ---- answer extraction ------------------------------------------------------------------------
 
+
 def test_extraction_rules():
     assert extract_answer("  Paris\nQuestion: next") == "Paris"
-    assert extract_answer('Sure. Result = [[ Denver Broncos ]]\n', "bracket") == "Denver Broncos"
+    assert extract_answer("Sure. Result = [[ Denver Broncos ]]\n", "bracket") == "Denver Broncos"
     assert extract_answer("Result = [Denver]", "bracket") == "Denver"
     assert extract_answer("no brackets here", "bracket") == "no brackets here"
     assert extract_answer("The answer is: 1858.", "regex", r"answer is: (.*)\.") == "1858"
@@ -63,21 +76,55 @@ def test_extraction_rules():
 
 # ---- data ---------------------------------------------------------------------------------------
 
+
 def _squad(tmp_path, version="v2.0"):
-    data = {"version": version, "data": [
-        {"title": "T1", "paragraphs": [
-            {"context": "Alpha context.", "qas": [
-                {"id": "a1", "question": "q a1?", "answers": [{"text": "Alpha", "answer_start": 0}]},
-                {"id": "a2", "question": "q a2?", "answers": [], "is_impossible": True,
-                 "plausible_answers": [{"text": "x", "answer_start": 0}]},
-                {"id": "a3", "question": "q a3?", "answers": [{"text": "context", "answer_start": 6},
-                                                              {"text": "context", "answer_start": 6}]}]},
-            {"context": "Beta context.", "qas": [
-                {"id": "b1", "question": "q b1?", "answers": [{"text": "Beta", "answer_start": 0}]}]}]},
-        {"title": "T2", "paragraphs": [
-            {"context": "Gamma.", "qas": [
-                {"id": "c1", "question": "q c1?", "answers": [{"text": "Gamma", "answer_start": 0}]},
-                {"id": "c2", "question": "q c2?", "answers": [{"text": "G", "answer_start": 0}]}]}]}]}
+    data = {
+        "version": version,
+        "data": [
+            {
+                "title": "T1",
+                "paragraphs": [
+                    {
+                        "context": "Alpha context.",
+                        "qas": [
+                            {"id": "a1", "question": "q a1?", "answers": [{"text": "Alpha", "answer_start": 0}]},
+                            {
+                                "id": "a2",
+                                "question": "q a2?",
+                                "answers": [],
+                                "is_impossible": True,
+                                "plausible_answers": [{"text": "x", "answer_start": 0}],
+                            },
+                            {
+                                "id": "a3",
+                                "question": "q a3?",
+                                "answers": [
+                                    {"text": "context", "answer_start": 6},
+                                    {"text": "context", "answer_start": 6},
+                                ],
+                            },
+                        ],
+                    },
+                    {
+                        "context": "Beta context.",
+                        "qas": [{"id": "b1", "question": "q b1?", "answers": [{"text": "Beta", "answer_start": 0}]}],
+                    },
+                ],
+            },
+            {
+                "title": "T2",
+                "paragraphs": [
+                    {
+                        "context": "Gamma.",
+                        "qas": [
+                            {"id": "c1", "question": "q c1?", "answers": [{"text": "Gamma", "answer_start": 0}]},
+                            {"id": "c2", "question": "q c2?", "answers": [{"text": "G", "answer_start": 0}]},
+                        ],
+                    }
+                ],
+            },
+        ],
+    }
     p = tmp_path / "squad.json"
     p.write_text(json.dumps(data))
     return p
@@ -102,9 +149,11 @@ def test_shuffle_is_seeded_and_keeps_contexts_together(tmp_path):
 
 def test_jsonl_and_errors(tmp_path):
     p = tmp_path / "d.jsonl"
-    p.write_text('{"id": "x", "context": "C", "question": "Q?", "answers": ["A"]}\n'
-                 '{"context": "C", "question": "Q2?", "answers": {"text": ["B"], "answer_start": [0]}}\n'
-                 '{"context": "D", "question": "Q3?", "answers": []}\n')
+    p.write_text(
+        '{"id": "x", "context": "C", "question": "Q?", "answers": ["A"]}\n'
+        '{"context": "C", "question": "Q2?", "answers": {"text": ["B"], "answer_start": [0]}}\n'
+        '{"context": "D", "question": "Q3?", "answers": []}\n'
+    )
     qs = load_questions(str(p))
     assert [q.answers for q in qs] == [["A"], ["B"]] and qs[0].context_id == qs[1].context_id
     with pytest.raises(GradsaeError, match="not found"):
@@ -120,8 +169,10 @@ def test_fewshot_never_uses_an_evaluation_context(tmp_path):
     data = json.loads(p.read_text())
     # give both paragraphs of T1 five questions
     for par in data["data"][0]["paragraphs"]:
-        par["qas"] = [{"id": f"{par['context'][:2]}{i}", "question": f"q{i}?", "answers": [{"text": "A", "answer_start": 0}]}
-                      for i in range(5)]
+        par["qas"] = [
+            {"id": f"{par['context'][:2]}{i}", "question": f"q{i}?", "answers": [{"text": "A", "answer_start": 0}]}
+            for i in range(5)
+        ]
     p.write_text(json.dumps(data))
     ctx, pairs = fewshot_exemplars(str(p))
     assert ctx == "Alpha context." and len(pairs) == 5
@@ -136,9 +187,13 @@ def test_templates():
     b = PromptBuilder("fewshot", tok, "Ctx0", [("q1?", "a1"), ("q2?", "a2")])
     s = b("My context", "My question?")
     assert s.startswith("Answer each question") and "Ctx0" in s and "Question: q2?\nAnswer: a2" in s
-    assert s.endswith("Context: My context\nQuestion: My question?\nAnswer:") and b.default_stop == ("\n", "Question", "Context")
+    assert s.endswith("Context: My context\nQuestion: My question?\nAnswer:") and b.default_stop == (
+        "\n",
+        "Question",
+        "Context",
+    )
     o = PromptBuilder("official", tok)
-    assert 'Result = [[ label ]]' in o("C", "Q") and o.default_extract == "bracket" and o.default_stop == ()
+    assert "Result = [[ label ]]" in o("C", "Q") and o.default_extract == "bracket" and o.default_stop == ()
     assert PromptBuilder("Q: {question} C: {context} A:", tok)("c", "q") == "Q: q C: c A:"
     with pytest.raises(GradsaeError, match="template"):
         PromptBuilder("nonsense", tok)
@@ -148,6 +203,7 @@ def test_templates():
 
 def test_bundled_dev_file_loads():
     from pathlib import Path
+
     root = Path(__file__).resolve().parents[1]  # the shared SQuAD files beside the checkout, when present
     dev = root / "../shared/data/squad/dev-v2.0-first5.json"
     train = root / "../shared/data/squad/train-v1.1-notre-dame.json"

@@ -1,5 +1,6 @@
 """Bad input to the SQuAD, influence, explain and report commands ends in one line (exit status 2) with nothing
 written; verdicts follow from the statistics; the unspliced model's score is shown; defaults work anywhere."""
+
 import base64
 import dataclasses
 import errno
@@ -37,13 +38,27 @@ def _one_line_error(capsys, *parts):
 
 # ---- command-line values -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, says", [
-    (["--ks", "0"], "K='0'"), (["--ks=-50%"], "K='-50%'"), (["--ks", "0%"], "K='0%'"),
-    (["--ks", "150%"], "K='150%'"), (["--ks", ""], "--ks is empty"), (["--ks", "nan%"], "K='nan%'"),
-    (["--ks", "inf%"], "K='inf%'"), (["--min-f1", "5"], "--min-f1 5"), (["--max-new-tokens", "-2"], "--max-new-tokens -2"),
-    (["--limit", "-3"], "--limit -3"), (["--batch-size", "-4"], "--batch-size -4"), (["--batch-size", "0"], "--batch-size 0"),
-    (["--out", ""], "--out is empty"), (["--methods", "random"], "'random'"), (["--ig-steps", "0"], "--ig-steps 0"),
-])
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--ks", "0"], "K='0'"),
+        (["--ks=-50%"], "K='-50%'"),
+        (["--ks", "0%"], "K='0%'"),
+        (["--ks", "150%"], "K='150%'"),
+        (["--ks", ""], "--ks is empty"),
+        (["--ks", "nan%"], "K='nan%'"),
+        (["--ks", "inf%"], "K='inf%'"),
+        (["--min-f1", "5"], "--min-f1 5"),
+        (["--max-new-tokens", "-2"], "--max-new-tokens -2"),
+        (["--limit", "-3"], "--limit -3"),
+        (["--batch-size", "-4"], "--batch-size -4"),
+        (["--batch-size", "0"], "--batch-size 0"),
+        (["--out", ""], "--out is empty"),
+        (["--methods", "random"], "'random'"),
+        (["--ig-steps", "0"], "--ig-steps 0"),
+    ],
+)
 def test_bad_experiment_values_are_one_line(tmp_path, monkeypatch, capsys, args, says):
     monkeypatch.chdir(tmp_path)
     assert main(["perturb", *args]) == 2
@@ -51,8 +66,10 @@ def test_bad_experiment_values_are_one_line(tmp_path, monkeypatch, capsys, args,
     assert list(tmp_path.iterdir()) == []  # nothing written, not even a results folder
 
 
-@pytest.mark.parametrize("args, says", [(["--clamp", "1,nan"], "--clamp"), (["--steer-ks", "0"], "K='0'"),
-                                        (["--at", "first"], "invalid choice")])
+@pytest.mark.parametrize(
+    "args, says",
+    [(["--clamp", "1,nan"], "--clamp"), (["--steer-ks", "0"], "K='0'"), (["--at", "first"], "invalid choice")],
+)
 def test_bad_steering_values(tmp_path, monkeypatch, capsys, args, says):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) if "choice" in says else _nothing():
@@ -69,8 +86,15 @@ class _nothing:
         return False
 
 
-@pytest.mark.parametrize("args, says", [(["--batch-size", "-1"], "--batch-size -1"), (["--ig-steps", "0"], "--ig-steps 0"),
-                                        (["--out", "FOLDER"], "names a folder"), (["--out", "new/"], "names a folder")])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--batch-size", "-1"], "--batch-size -1"),
+        (["--ig-steps", "0"], "--ig-steps 0"),
+        (["--out", "FOLDER"], "names a folder"),
+        (["--out", "new/"], "names a folder"),
+    ],
+)
 def test_bad_influence_values(tmp_path, monkeypatch, capsys, args, says):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "FOLDER").mkdir()
@@ -79,9 +103,16 @@ def test_bad_influence_values(tmp_path, monkeypatch, capsys, args, says):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["FOLDER"]
 
 
-@pytest.mark.parametrize("args, says", [(["hi", "--output", "   "], "is blank"), (["   "], "empty prompt"),
-                                        (["hi", "--html", "   "], "--html"), (["hi", "--mask-k", "0"], "K='0'"),
-                                        (["hi", "--top", "0"], "--top 0")])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["hi", "--output", "   "], "is blank"),
+        (["   "], "empty prompt"),
+        (["hi", "--html", "   "], "--html"),
+        (["hi", "--mask-k", "0"], "K='0'"),
+        (["hi", "--top", "0"], "--top 0"),
+    ],
+)
 def test_bad_explain_values(tmp_path, monkeypatch, capsys, args, says):
     monkeypatch.chdir(tmp_path)
     assert main(["explain", *args]) == 2
@@ -93,8 +124,15 @@ def test_device_defaults_to_auto_and_data_defaults_are_bundled():
     from gradsae.explain import ExplainConfig
     from gradsae.influence_cli import InfluenceConfig
 
-    for cfg in (PerturbConfig(), SteerConfig(), StatsConfig(), ExperimentConfig(), InfluenceConfig(),
-                ExplainConfig(prompt="x"), DemoConfig()):
+    for cfg in (
+        PerturbConfig(),
+        SteerConfig(),
+        StatsConfig(),
+        ExperimentConfig(),
+        InfluenceConfig(),
+        ExplainConfig(prompt="x"),
+        DemoConfig(),
+    ):
         assert cfg.device == "auto", type(cfg).__name__
         for f in dataclasses.fields(cfg):
             assert "../shared" not in str(getattr(cfg, f.name)), (type(cfg).__name__, f.name)
@@ -104,6 +142,7 @@ def test_device_defaults_to_auto_and_data_defaults_are_bundled():
 
 
 # ---- data files --------------------------------------------------------------------------------
+
 
 def _squad(tmp_path, qa, context="Paris is in France."):
     p = tmp_path / "d.json"
@@ -119,22 +158,30 @@ def test_answers_as_a_string_is_one_gold_answer(tmp_path):
     assert sq.load_questions(str(p))[0].answers == ["France"]
 
 
-@pytest.mark.parametrize("qa, context, says", [
-    ({"id": "a", "answers": ["x"]}, "C", 'missing field "question"'),
-    ({"id": "a", "question": 5, "answers": ["x"]}, "C", 'field "question" is a int'),
-    ({"id": "a", "question": "Q?", "answers": ["x"]}, ["C"], 'field "context" is a list'),
-    ({"id": "a", "question": "Q?", "answers": [{"text": 3}]}, "C", "an answer is a int"),
-    ({"id": "a", "question": "Q?", "answers": 7}, "C", '"answers" is a int'),
-])
+@pytest.mark.parametrize(
+    "qa, context, says",
+    [
+        ({"id": "a", "answers": ["x"]}, "C", 'missing field "question"'),
+        ({"id": "a", "question": 5, "answers": ["x"]}, "C", 'field "question" is a int'),
+        ({"id": "a", "question": "Q?", "answers": ["x"]}, ["C"], 'field "context" is a list'),
+        ({"id": "a", "question": "Q?", "answers": [{"text": 3}]}, "C", "an answer is a int"),
+        ({"id": "a", "question": "Q?", "answers": 7}, "C", '"answers" is a int'),
+    ],
+)
 def test_squad_json_with_missing_fields_or_wrong_types(tmp_path, qa, context, says):
     with pytest.raises(GradsaeError, match=re.escape(says)):
         sq.load_questions(_squad(tmp_path, qa, context))
 
 
-@pytest.mark.parametrize("line, says", [('{"context": 1, "question": "Q", "answers": ["a"]}', '"context" is a int'),
-                                        ('{"context": "C", "question": ["Q"], "answers": ["a"]}', '"question" is a list'),
-                                        ('{"context": "C", "question": "Q", "answers": [1]}', "an answer is a int"),
-                                        ('[1, 2]', "expected a JSON object")])
+@pytest.mark.parametrize(
+    "line, says",
+    [
+        ('{"context": 1, "question": "Q", "answers": ["a"]}', '"context" is a int'),
+        ('{"context": "C", "question": ["Q"], "answers": ["a"]}', '"question" is a list'),
+        ('{"context": "C", "question": "Q", "answers": [1]}', "an answer is a int"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
 def test_jsonl_with_non_string_fields(tmp_path, line, says):
     p = tmp_path / "d.jsonl"
     p.write_text(line + "\n")
@@ -159,6 +206,7 @@ def test_non_utf8_data_and_missing_paths(tmp_path, monkeypatch, capsys):
 
 # ---- the command line itself --------------------------------------------------------------------
 
+
 def test_ctrl_c_while_importing_is_a_clean_exit(monkeypatch, capsys):
     import gradsae.cli as cli
 
@@ -170,13 +218,19 @@ def test_ctrl_c_while_importing_is_a_clean_exit(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and "interrupted" in err
     # and the CLI module itself loads without torch, so the first second is spent in our code
-    out = subprocess.run([sys.executable, "-c", "import sys, gradsae.cli; print('torch' in sys.modules)"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, gradsae.cli; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.stdout.strip() == "False", out.stderr
 
 
-@pytest.mark.parametrize("code, says", [(errno.ENOSPC, "free some disk space"), (errno.EROFS, "choose a folder"),
-                                        (errno.EACCES, "choose a folder")])
+@pytest.mark.parametrize(
+    "code, says",
+    [(errno.ENOSPC, "free some disk space"), (errno.EROFS, "choose a folder"), (errno.EACCES, "choose a folder")],
+)
 def test_disk_full_or_read_only_output_is_one_line(tmp_path, monkeypatch, capsys, code, says):
     import gradsae.report as report
 
@@ -204,14 +258,27 @@ def test_report_csp_allows_only_its_own_script():
 
 # ---- verdicts and the unspliced model -----------------------------------------------------------
 
+
 def _pert(i, f1s):
     cells = {CellKey(m, s, "10"): Cell(prediction="p", em=float(v == 1), f1=v, k=10) for (m, s), v in f1s.items()}
-    return EditRecord(task="perturb", id=str(i), rows=5, cells=cells, control=Cell(prediction="p", em=1, f1=1, agree=True))
+    return EditRecord(
+        task="perturb", id=str(i), rows=5, cells=cells, control=Cell(prediction="p", em=1, f1=1, agree=True)
+    )
 
 
 def _summary(recs):
-    meta = {"ks": ["10"], "methods": ["baseline", "gradsae"], "sets": ["top", "bottom"], "model": "m", "sae": "s",
-            "layer": "l", "d_sae": 8, "data": "d", "min_f1": 0.9, "tasks": ["perturb"]}
+    meta = {
+        "ks": ["10"],
+        "methods": ["baseline", "gradsae"],
+        "sets": ["top", "bottom"],
+        "model": "m",
+        "sae": "s",
+        "layer": "l",
+        "d_sae": 8,
+        "data": "d",
+        "min_f1": 0.9,
+        "tasks": ["perturb"],
+    }
     return summarize({("perturb", r.id): r for r in recs}, [r.id for r in recs], meta)
 
 
@@ -224,12 +291,20 @@ def test_a_verdict_needs_enough_examples_and_separated_intervals():
     many = _summary([_pert(i, {**clear, ("gradsae", "top"): 0.2 + 0.05 * (i % 3)}) for i in range(3 * MIN_N)])
     assert many["rq"]["rq1"]["verdict"] == "holds" and many["rq"]["rq2"]["verdict"] == "holds"
     assert many["rq"]["rq1"]["n"] == 3 * MIN_N and "[" in many["rq"]["rq1"]["text"]
-    reverse = _summary([_pert(i, {**clear, ("gradsae", "top"): 1.0, ("baseline", "top"): 0.1 + 0.01 * (i % 5)})
-                        for i in range(3 * MIN_N)])
+    reverse = _summary(
+        [
+            _pert(i, {**clear, ("gradsae", "top"): 1.0, ("baseline", "top"): 0.1 + 0.01 * (i % 5)})
+            for i in range(3 * MIN_N)
+        ]
+    )
     assert reverse["rq"]["rq2"]["verdict"] == "does not hold" and reverse["rq"]["rq2"]["holds"] is False
     # differences of both signs: the interval spans 0
-    mixed = _summary([_pert(i, {**clear, ("gradsae", "top"): 0.0 if i % 2 else 1.0, ("baseline", "top"): 0.5})
-                      for i in range(len(noisy) * 2)])
+    mixed = _summary(
+        [
+            _pert(i, {**clear, ("gradsae", "top"): 0.0 if i % 2 else 1.0, ("baseline", "top"): 0.5})
+            for i in range(len(noisy) * 2)
+        ]
+    )
     assert mixed["rq"]["rq2"]["verdict"] == f"not enough evidence (n = {2 * MIN_N})"
     assert decide([], need_all=True) == (None, "not measured")
     assert paired([], CellKey("a", "b", "1"), CellKey("a", "c", "1"))["n"] == 0
@@ -251,16 +326,28 @@ def test_the_table_warns_when_the_splice_keeps_far_fewer_than_the_plain_model():
 
 # ---- runs into a folder (tiny model) ------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     model, tok = make_tiny("llama")
     root = tmp_path_factory.mktemp("robust")
     random_sae(d_sae=64, layer=1).save(root / "sae")
-    rows = [{"id": f"q{i}", "context": "The mill is by the river.", "question": f"Q{i}?", "answers": ["mill"]}
-            for i in range(3)]
+    rows = [
+        {"id": f"q{i}", "context": "The mill is by the river.", "question": f"Q{i}?", "answers": ["mill"]}
+        for i in range(3)
+    ]
     (root / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    base = dict(sae=str(root / "sae"), data=str(root / "d.jsonl"), template="plain", max_new_tokens=3, limit=0,
-                progress=False, ks=["1"], threads=0, min_f1=0.0)
+    base = dict(
+        sae=str(root / "sae"),
+        data=str(root / "d.jsonl"),
+        template="plain",
+        max_new_tokens=3,
+        limit=0,
+        progress=False,
+        ks=["1"],
+        threads=0,
+        min_f1=0.0,
+    )
     return model, tok, root, base
 
 
@@ -273,8 +360,9 @@ def test_a_second_writer_is_refused(tiny_run):
             run_stats(StatsConfig(out=str(root / "locked"), **base), model=model, tokenizer=tok)
 
 
-@pytest.mark.parametrize("name, content", [("config.json", '{"my": "settings"}'), ("summary.json", '{"x": 1}'),
-                                           ("config.json", "not json")])
+@pytest.mark.parametrize(
+    "name, content", [("config.json", '{"my": "settings"}'), ("summary.json", '{"x": 1}'), ("config.json", "not json")]
+)
 def test_a_foreign_file_in_out_is_never_overwritten(tiny_run, name, content):
     from gradsae.squad.run import run_stats
 
@@ -353,8 +441,9 @@ def test_with_the_error_term_kept_the_unspliced_answers_are_the_spliced_ones(tin
     cfg = StatsConfig(out="unused", **{**base, "error": "keep"})
     ctx = phases.RunContext(cfg, model, tok, load_sae(base["sae"]), None, sq.PromptBuilder("plain", tok))
     calls, real = [], ctx.generate
-    monkeypatch.setattr(ctx, "generate", lambda prompts, **kw: (calls.append(kw.get("spliced", True)),
-                                                                  real(prompts, **kw))[1])
+    monkeypatch.setattr(
+        ctx, "generate", lambda prompts, **kw: (calls.append(kw.get("spliced", True)), real(prompts, **kw))[1]
+    )
     recs = phases.answer_batch(ctx, sq.load_questions(base["data"]))
     assert calls == [True]  # one generation, through the splice
     assert all(r.unspliced.prediction == r.prediction and r.unspliced.f1 == r.f1 for r in recs)

@@ -1,4 +1,5 @@
 """Trainer: toy dictionary recovery, the g-SAE selection rule, kill-and-resume gives identical weights."""
+
 import pytest
 import torch
 
@@ -6,8 +7,7 @@ from gradsae import SAE, SAEConfig, load_sae
 from gradsae.training.cache import cache_from_arrays
 from gradsae.errors import GradsaeError
 from gradsae.sae import gsae_selection_score, topk_code
-from gradsae.training.grid import (build_grid, decode_dense, decode_sparse, geometric_median, lr_at,
-                                   remove_parallel_grad)
+from gradsae.training.grid import build_grid, decode_dense, decode_sparse, geometric_median, lr_at, remove_parallel_grad
 from gradsae.training.train import TrainConfig, run
 
 
@@ -31,9 +31,24 @@ def toy_cache(tmp_path_factory):
 
 
 def _cfg(cache, out, **kw):
-    base = dict(cache=str(cache), out=str(out), architectures=["topk"], k=[3], d_sae=[96], batch_tokens=256,
-                epochs=3, lr=3e-3, warmup_steps=10, holdout_shards=1, dead_tokens=4000, log_every=10,
-                checkpoint_every=1000, threads=1, device="cpu", progress=False)
+    base = dict(
+        cache=str(cache),
+        out=str(out),
+        architectures=["topk"],
+        k=[3],
+        d_sae=[96],
+        batch_tokens=256,
+        epochs=3,
+        lr=3e-3,
+        warmup_steps=10,
+        holdout_shards=1,
+        dead_tokens=4000,
+        log_every=10,
+        checkpoint_every=1000,
+        threads=1,
+        device="cpu",
+        progress=False,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -98,6 +113,7 @@ def test_selection_rule_on_hand_made_tensors():
 
 def test_sparse_and_dense_decoders_agree():
     from gradsae.sae import SparseCode
+
     W, b = torch.randn(50, 8), torch.randn(8)
     code = SparseCode(torch.rand(6, 4), torch.stack([torch.randperm(50)[:4] for _ in range(6)]))  # TopK: distinct
     torch.testing.assert_close(decode_sparse(code, W, b), decode_dense(code, W, b))

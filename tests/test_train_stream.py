@@ -3,6 +3,7 @@
 Checks the data path against direct computations (multi-layer capture, the early stop, the shuffle
 buffer, the resumable reader), E2E pieces against references, exact resume (in process and after
 kill -9 of a subprocess), the log without repeats, and one-line errors for bad input."""
+
 import json
 import os
 import signal
@@ -27,8 +28,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _corpus(path, n=200):
-    path.write_text("\n".join(f"doc {i}: the quick brown fox {i * 13} jumps over the lazy dog number {i}"
-                              for i in range(n)))
+    path.write_text(
+        "\n".join(f"doc {i}: the quick brown fox {i * 13} jumps over the lazy dog number {i}" for i in range(n))
+    )
     return path
 
 
@@ -46,16 +48,31 @@ def saved_models(tmp_path_factory):
 
 
 def _cfg(model_dir, corpus, out, **kw):
-    base = dict(model=str(model_dir), data=[str(corpus)], out=str(out), layers=[0, 2], architectures=["topk", "gsae"],
-                k=[4], d_sae=[32], batch_size=4, context_length=16, max_tokens=4 * 16 * 16, shuffle_batches=4,
-                device="cpu", threads=1, log_every=2, checkpoint_every=4, warmup_steps=2, progress=False)
+    base = dict(
+        model=str(model_dir),
+        data=[str(corpus)],
+        out=str(out),
+        layers=[0, 2],
+        architectures=["topk", "gsae"],
+        k=[4],
+        d_sae=[32],
+        batch_size=4,
+        context_length=16,
+        max_tokens=4 * 16 * 16,
+        shuffle_batches=4,
+        device="cpu",
+        threads=1,
+        log_every=2,
+        checkpoint_every=4,
+        warmup_steps=2,
+        progress=False,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 def _weights(folder):
-    return {p.relative_to(folder).as_posix(): load_sae(p.parent).state_dict()
-            for p in sorted(folder.rglob("cfg.json"))}
+    return {p.relative_to(folder).as_posix(): load_sae(p.parent).state_dict() for p in sorted(folder.rglob("cfg.json"))}
 
 
 def _assert_identical(a, b):
@@ -67,6 +84,7 @@ def _assert_identical(a, b):
 
 
 # ---- the data path ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_capture_matches_hidden_states_and_gradients(arch):
@@ -84,10 +102,13 @@ def test_capture_matches_hidden_states_and_gradients(arch):
         h = (o if isinstance(o, torch.Tensor) else o[0]).detach().requires_grad_(True)
         z["h"] = h
         return h if isinstance(o, torch.Tensor) else (h, *o[1:])
+
     handle = decoder_layers(model)[0].register_forward_hook(hook)
     with torch.enable_grad():
         logits = model(input_ids=ids).logits
-        torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="sum").backward()
+        torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"
+        ).backward()
     handle.remove()
     torch.testing.assert_close(grads[0], z["h"].grad, rtol=1e-4, atol=1e-6)
     assert emb.shape[-1] == acts[0].shape[-1]
@@ -120,8 +141,9 @@ def test_row_reader_resumes_and_cycles(tmp_path):
     assert np.array_equal(r2.rows(300), rest)
     # the same rows as the corpus module's packing
     from gradsae.corpus import iter_documents, iter_token_rows
+
     ref = np.stack(list(iter_token_rows(iter_documents([str(corpus)]), tok, 16, True)))
-    assert np.array_equal(np.concatenate([first, rest])[:len(ref)], ref)
+    assert np.array_equal(np.concatenate([first, rest])[: len(ref)], ref)
 
 
 def test_shuffle_buffer_is_a_seeded_permutation_of_the_fill(saved_models, tmp_path):
@@ -134,14 +156,19 @@ def test_shuffle_buffer_is_a_seeded_permutation_of_the_fill(saved_models, tmp_pa
     def source(seed):
         reader = RowReader([str(corpus)], "text", tok, 16, True)
         return CorpusSource(model, reader, [1], [], [], 4, 3, 1, seed, 0, 1, "cpu", "float32")
+
     steps = source(0).fill(0, 3)
     x = torch.cat([s.tokens[1].x for s in steps])
     reader = RowReader([str(corpus)], "text", tok, 16, True)
-    ref = torch.cat([capture(model, torch.from_numpy(reader.rows(4)), [1], False)[0][1][:, 1:].reshape(-1, 64)
-                     for _ in range(3)])
+    ref = torch.cat(
+        [capture(model, torch.from_numpy(reader.rows(4)), [1], False)[0][1][:, 1:].reshape(-1, 64) for _ in range(3)]
+    )
     assert x.shape == ref.shape == (3 * 4 * 15, 64)
     assert not torch.equal(x, ref)  # mixed ...
-    order = lambda t: t[torch.argsort(t[:, 0])]
+
+    def order(t):
+        return t[torch.argsort(t[:, 0])]
+
     torch.testing.assert_close(order(x), order(ref), rtol=0, atol=0)  # ... but the same tokens
     assert torch.equal(torch.cat([s.tokens[1].x for s in source(0).fill(0, 3)]), x)  # seeded
     assert not torch.equal(torch.cat([s.tokens[1].x for s in source(1).fill(0, 3)]), x)
@@ -157,6 +184,7 @@ def test_dead_latent_rules():
 
 
 # ---- E2E pieces ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_tail_from_clean_activation_gives_the_model_output(arch):
@@ -182,13 +210,14 @@ def test_torch_adam_follows_the_hand_written_trajectory():
         grad = torch.sin(p1 * t) + noise
         m = 0.9 * m + 0.1 * grad
         v = 0.999 * v + 0.001 * grad * grad
-        p1 = p1 - 1e-2 * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 6.25e-10)
+        p1 = p1 - 1e-2 * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 6.25e-10)
         p2.grad = torch.sin(p2.detach() * t) + noise
         opt.step()
     torch.testing.assert_close(p2.detach(), p1, rtol=1e-5, atol=1e-5)
 
 
 # ---- whole runs ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_grid_of_every_architecture_trains_on_every_model(saved_models, tmp_path, arch):
@@ -227,15 +256,48 @@ def test_resume_in_process_is_bit_identical_and_log_has_no_repeats(saved_models,
 
 def test_kill_9_during_a_run_then_rerun_is_bit_identical(saved_models, tmp_path):
     models, corpus = saved_models
-    args = ["--model", str(models["llama"]), "--data", str(corpus), "--layers", "1", "--architectures",
-            "topk,gsae", "--k", "4", "--d-sae", "32", "--batch-size", "4", "--context-length", "16",
-            "--max-tokens", str(4 * 16 * 120), "--shuffle-batches", "2", "--checkpoint-every", "2",
-            "--log-every", "1", "--device", "cpu", "--threads", "1", "--no-progress"]
+    args = [
+        "--model",
+        str(models["llama"]),
+        "--data",
+        str(corpus),
+        "--layers",
+        "1",
+        "--architectures",
+        "topk,gsae",
+        "--k",
+        "4",
+        "--d-sae",
+        "32",
+        "--batch-size",
+        "4",
+        "--context-length",
+        "16",
+        "--max-tokens",
+        str(4 * 16 * 120),
+        "--shuffle-batches",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--log-every",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "src"), "OMP_NUM_THREADS": "1"}
 
     def train(out, **popen):
-        return subprocess.Popen([sys.executable, "-m", "gradsae", "train", *args, "--out", str(out)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+        return subprocess.Popen(
+            [sys.executable, "-m", "gradsae", "train", *args, "--out", str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **popen,
+        )
 
     ref = train(tmp_path / "ref")
     assert ref.wait(timeout=300) == 0, ref.stderr.read()[-2000:]
@@ -263,33 +325,64 @@ def test_kill_9_during_a_run_then_rerun_is_bit_identical(saved_models, tmp_path)
 
 # ---- bad input: one line, exit 2 -------------------------------------------------------------------
 
-@pytest.mark.parametrize("flags,message", [
-    (["--lr", "-1"], "--lr -1.0 must be a positive number"),
-    (["--epochs", "0"], "--epochs 0.0 trains nothing"),
-    (["--batch-size", "0"], "--batch-size 0 must be at least 1"),
-    (["--checkpoint-every", "0"], "--checkpoint-every 0 must be at least 1"),
-    (["--log-every", "0"], "--log-every 0 must be at least 1"),
-    (["--architectures", "topk,nope"], "cannot train architecture 'nope'"),
-    (["--layers", "7"], "layer 7 is out of range"),
-    (["--memory-limit-gb", "0.0001"], "needs about"),
-    (["--data", "EMPTY"], "yields no tokens"),
-    (["--data", "BADGZ"], "corrupt or truncated gzip"),
-    (["--cache", "NOCACHE"], "no activation cache"),
-])
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--lr", "-1"], "--lr -1.0 must be a positive number"),
+        (["--epochs", "0"], "--epochs 0.0 trains nothing"),
+        (["--batch-size", "0"], "--batch-size 0 must be at least 1"),
+        (["--checkpoint-every", "0"], "--checkpoint-every 0 must be at least 1"),
+        (["--log-every", "0"], "--log-every 0 must be at least 1"),
+        (["--architectures", "topk,nope"], "cannot train architecture 'nope'"),
+        (["--layers", "7"], "layer 7 is out of range"),
+        (["--memory-limit-gb", "0.0001"], "needs about"),
+        (["--data", "EMPTY"], "yields no tokens"),
+        (["--data", "BADGZ"], "corrupt or truncated gzip"),
+        (["--cache", "NOCACHE"], "no activation cache"),
+    ],
+)
 def test_bad_input_gets_one_line_and_exit_2(saved_models, tmp_path, capsys, flags, message):
     from gradsae.cli import main
 
     models, corpus = saved_models
     (tmp_path / "empty.txt").write_text("\n   \n")
     (tmp_path / "bad.txt.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
-    flags = [{"EMPTY": str(tmp_path / "empty.txt"), "BADGZ": str(tmp_path / "bad.txt.gz"),
-              "NOCACHE": str(tmp_path / "nothing")}.get(f, f) for f in flags]
-    args = ["--model", str(models["gpt2"]), "--data", str(corpus), "--layers", "1", "--k", "4", "--d-sae", "32",
-            "--batch-size", "2", "--context-length", "16", "--max-tokens", "256", "--device", "cpu",
-            "--out", str(tmp_path / "o"), "--no-progress", *flags]
+    flags = [
+        {
+            "EMPTY": str(tmp_path / "empty.txt"),
+            "BADGZ": str(tmp_path / "bad.txt.gz"),
+            "NOCACHE": str(tmp_path / "nothing"),
+        }.get(f, f)
+        for f in flags
+    ]
+    args = [
+        "--model",
+        str(models["gpt2"]),
+        "--data",
+        str(corpus),
+        "--layers",
+        "1",
+        "--k",
+        "4",
+        "--d-sae",
+        "32",
+        "--batch-size",
+        "2",
+        "--context-length",
+        "16",
+        "--max-tokens",
+        "256",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+        *flags,
+    ]
     if "--data" in flags and args.count("--data") == 2:
         i = args.index("--data")
-        del args[i:i + 2]
+        del args[i : i + 2]
     assert main(["train", *args]) == 2
     err = capsys.readouterr().err
     lines = [l for l in err.splitlines() if l.strip()]
@@ -306,5 +399,5 @@ def test_resume_refuses_a_changed_config(saved_models, tmp_path):
 def test_a_grid_too_big_for_memory_is_refused_before_the_first_step(saved_models, tmp_path):
     models, corpus = saved_models
     with pytest.raises(GradsaeError, match=r"needs about \d+\.\d GiB but .* are available"):
-        run(_cfg(models["llama"], corpus, tmp_path / "big", d_sae=[2 ** 27]))  # ~0.5 TB of weights and Adam state
+        run(_cfg(models["llama"], corpus, tmp_path / "big", d_sae=[2**27]))  # ~0.5 TB of weights and Adam state
     assert not (tmp_path / "big" / "checkpoint.safetensors").exists()

@@ -3,6 +3,7 @@
 Data flow: model -> splice -> influence -> squad (perturbation, steering, statistics) -> report
 (see ARCHITECTURE.md). The names follow SAELens: ``SAE``, ``encode``, ``decode``, ``W_enc``, ``W_dec``.
 """
+
 from .errors import GradsaeError
 
 __version__ = "0.1.0"
@@ -10,16 +11,42 @@ __version__ = "0.1.0"
 # The rest is imported on first use (PEP 562), so `import gradsae.cli` stays light: the CLI starts at once and
 # a Ctrl-C in the first second is answered by the CLI's own handler, not a traceback from inside torch.
 _LAZY = {
-    "SAE": "sae", "SAEConfig": "sae", "load_model": "model", "load_sae": "formats", "bundled_saes": "formats",
-    "Splice": "splice", "RowEdit": "splice", "LatentEdits": "splice", "ResidualCapture": "splice",
-    "greedy_generate": "generate", "encode_prompts": "generate", "Batch": "generate", "Generation": "generate",
-    "hook_name_for": "hooks", "parse_hook_name": "hooks", "resolve_layer": "hooks",
+    "SAE": "sae",
+    "SAEConfig": "sae",
+    "load_model": "model",
+    "load_sae": "formats",
+    "bundled_saes": "formats",
+    "Splice": "splice",
+    "RowEdit": "splice",
+    "LatentEdits": "splice",
+    "ResidualCapture": "splice",
+    "greedy_generate": "generate",
+    "encode_prompts": "generate",
+    "Batch": "generate",
+    "Generation": "generate",
+    "hook_name_for": "hooks",
+    "parse_hook_name": "hooks",
+    "resolve_layer": "hooks",
 }
 
 __all__ = [
-    "SAE", "SAEConfig", "GradsaeError", "load_model", "load_sae", "bundled_saes", "Splice", "RowEdit",
-    "LatentEdits", "ResidualCapture", "greedy_generate", "encode_prompts", "Batch", "Generation",
-    "hook_name_for", "parse_hook_name", "resolve_layer",
+    "SAE",
+    "SAEConfig",
+    "GradsaeError",
+    "load_model",
+    "load_sae",
+    "bundled_saes",
+    "Splice",
+    "RowEdit",
+    "LatentEdits",
+    "ResidualCapture",
+    "greedy_generate",
+    "encode_prompts",
+    "Batch",
+    "Generation",
+    "hook_name_for",
+    "parse_hook_name",
+    "resolve_layer",
 ]
 
 

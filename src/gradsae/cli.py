@@ -1,5 +1,6 @@
 """The ``gradsae`` command line. Each command is a config dataclass plus a ``run(cfg)`` function in
 its own module; flags, saved configs and docs all come from that dataclass (see ``config.py``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,22 +13,87 @@ from .errors import GradsaeError
 
 # name -> (module, config class, run function, one-line help). Order is the order in --help.
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "demo": ("gradsae.demo", "DemoConfig", "run", "the main job on embedded defaults: influence, perturbation, steering, HTML report"),
+    "demo": (
+        "gradsae.demo",
+        "DemoConfig",
+        "run",
+        "the main job on embedded defaults: influence, perturbation, steering, HTML report",
+    ),
     "info": ("gradsae.demo", "InfoConfig", "info", "show the bundled model and SAEs, the cache folder and versions"),
-    "convert": ("gradsae.demo", "ConvertConfig", "convert", "read an SAE in any supported format and save it in SAELens format"),
+    "convert": (
+        "gradsae.demo",
+        "ConvertConfig",
+        "convert",
+        "read an SAE in any supported format and save it in SAELens format",
+    ),
     "explain": ("gradsae.explain", "ExplainConfig", "run", "top influential latents for one prompt (table or HTML)"),
-    "influence": ("gradsae.influence_cli", "InfluenceConfig", "run", "GradSAE influence scores for prompts (JSON + table)"),
-    "perturb": ("gradsae.squad.run", "PerturbConfig", "run_perturb", "SQuAD perturbation: mask TopK/BottomK latents (Table 1 upper)"),
-    "steer": ("gradsae.squad.run", "SteerConfig", "run_steer", "SQuAD local steering with a partner question's latents (Table 1 lower)"),
+    "influence": (
+        "gradsae.influence_cli",
+        "InfluenceConfig",
+        "run",
+        "GradSAE influence scores for prompts (JSON + table)",
+    ),
+    "perturb": (
+        "gradsae.squad.run",
+        "PerturbConfig",
+        "run_perturb",
+        "SQuAD perturbation: mask TopK/BottomK latents (Table 1 upper)",
+    ),
+    "steer": (
+        "gradsae.squad.run",
+        "SteerConfig",
+        "run_steer",
+        "SQuAD local steering with a partner question's latents (Table 1 lower)",
+    ),
     "stats": ("gradsae.squad.run", "StatsConfig", "run_stats", "latent statistics: active latents, overlaps (Table 3)"),
-    "experiment": ("gradsae.squad.run", "ExperimentConfig", "run_all", "perturb + steer + stats in one run, over layers/SAEs"),
-    "report": ("gradsae.report", "ReportConfig", "run", "rebuild the HTML report of a results folder (no model needed)"),
-    "cache": ("gradsae.training.cache", "CacheConfig", "run", "cache residual activations (and dL/dx) as float16 shards"),
-    "train": ("gradsae.training.train", "TrainConfig", "run", "train TopK / g-SAE / E2E SAEs straight from a corpus (or from a cache)"),
-    "eval": ("gradsae.training.evals", "EvalConfig", "run", "evaluate an SAE: NMSE, L_added, KL, dead latents, steering effect"),
-    "sensitivity": ("gradsae.sensitivity", "SensitivityConfig", "run", "g-SAE sensitivity analyses: directional derivatives, first-order vs norm, decoder tails"),
-    "dashboard": ("gradsae.dashboard", "DashboardConfig", "run", "per-latent dashboard: top/random/influence contexts, density, tokens (JSON + HTML)"),
-    "rate": ("gradsae.rate", "RateConfig", "run", "blind interpretability rating page for 2+ SAEs, and scoring of the ratings"),
+    "experiment": (
+        "gradsae.squad.run",
+        "ExperimentConfig",
+        "run_all",
+        "perturb + steer + stats in one run, over layers/SAEs",
+    ),
+    "report": (
+        "gradsae.report",
+        "ReportConfig",
+        "run",
+        "rebuild the HTML report of a results folder (no model needed)",
+    ),
+    "cache": (
+        "gradsae.training.cache",
+        "CacheConfig",
+        "run",
+        "cache residual activations (and dL/dx) as float16 shards",
+    ),
+    "train": (
+        "gradsae.training.train",
+        "TrainConfig",
+        "run",
+        "train TopK / g-SAE / E2E SAEs straight from a corpus (or from a cache)",
+    ),
+    "eval": (
+        "gradsae.training.evals",
+        "EvalConfig",
+        "run",
+        "evaluate an SAE: NMSE, L_added, KL, dead latents, steering effect",
+    ),
+    "sensitivity": (
+        "gradsae.sensitivity",
+        "SensitivityConfig",
+        "run",
+        "g-SAE sensitivity analyses: directional derivatives, first-order vs norm, decoder tails",
+    ),
+    "dashboard": (
+        "gradsae.dashboard",
+        "DashboardConfig",
+        "run",
+        "per-latent dashboard: top/random/influence contexts, density, tokens (JSON + HTML)",
+    ),
+    "rate": (
+        "gradsae.rate",
+        "RateConfig",
+        "run",
+        "blind interpretability rating page for 2+ SAEs, and scoring of the ratings",
+    ),
 }
 
 
@@ -51,9 +117,13 @@ def command_reference() -> str:
     """docs/cli.md: every command's description and options table, from the config dataclasses."""
     from .config import describe
 
-    out = ["# Command reference", "",
-           "Generated from the config dataclasses by `make docs` (`python -m gradsae.cli --reference`); "
-           "a test fails when this file is stale. Each results folder saves the same fields in config.json.", ""]
+    out = [
+        "# Command reference",
+        "",
+        "Generated from the config dataclasses by `make docs` (`python -m gradsae.cli --reference`); "
+        "a test fails when this file is stale. Each results folder saves the same fields in config.json.",
+        "",
+    ]
     for name, (mod, cls_name, _, help_) in COMMANDS.items():
         cls = getattr(importlib.import_module(mod), cls_name)
         doc = " ".join((cls.__doc__ or help_).split())
@@ -88,16 +158,25 @@ def _main(argv: list[str] | None) -> int:
         print(f"gradsae {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ngradsae {args.command}: interrupted; finished work is saved, rerun the same command to resume",
-              file=sys.stderr)
+        print(
+            f"\ngradsae {args.command}: interrupted; finished work is saved, rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     except OSError as e:  # read-only folder, disk full, a file vanished: the system's reason, in one line
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        fix = ("free some disk space" if e.errno == errno.ENOSPC else
-               "choose a folder you can write to (--out)" if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM)
-               else "check the path")
-        print(f"gradsae {args.command}: error: {e.strerror or e}{where}: {fix}; finished work is saved, rerun "
-              "the same command to resume", file=sys.stderr)
+        fix = (
+            "free some disk space"
+            if e.errno == errno.ENOSPC
+            else "choose a folder you can write to (--out)"
+            if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM)
+            else "check the path"
+        )
+        print(
+            f"gradsae {args.command}: error: {e.strerror or e}{where}: {fix}; finished work is saved, rerun "
+            "the same command to resume",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

@@ -3,6 +3,7 @@
 Declare fields with ``opt(default, "help text")``; ``add_dataclass_args`` turns them into argparse flags
 (``--field-name``), ``from_args`` builds the dataclass back, and ``asdict`` is what results folders save.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,11 +13,15 @@ import typing
 from dataclasses import MISSING, field
 from typing import Any
 
-from .errors import GradsaeError
 
-
-def opt(default: Any = MISSING, help: str = "", *, choices: tuple | None = None, short: str | None = None,
-        positional: bool = False):
+def opt(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    choices: tuple | None = None,
+    short: str | None = None,
+    positional: bool = False,
+):
     """A config field with its help text (and optionally choices / a short flag / positional)."""
     meta = {"help": help, "choices": choices, "short": short, "positional": positional}
     if isinstance(default, (list, dict, set)):
@@ -30,14 +35,6 @@ def _base_type(tp):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _base_type(args[0]) if len(args) == 1 else str
     return tp
-
-
-def _parse_bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
@@ -90,6 +87,7 @@ def _list_parser(inner):
             else:
                 out.append(p)
         return out
+
     parse.__name__ = f"comma-separated {getattr(inner, '__name__', 'str')} list"
     return parse
 
@@ -97,14 +95,6 @@ def _list_parser(inner):
 def from_args(cls, args: argparse.Namespace):
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in vars(args).items() if k in names})
-
-
-def from_dict(cls, d: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise GradsaeError(f"unknown config keys for {cls.__name__}: {', '.join(sorted(unknown))}")
-    return cls(**d)
 
 
 def describe(cls) -> str:
@@ -116,7 +106,11 @@ def describe(cls) -> str:
     hints = typing.get_type_hints(cls)
     rows = ["| option | type | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else "required")
+        default = (
+            f.default
+            if f.default is not MISSING
+            else (f.default_factory() if f.default_factory is not MISSING else "required")
+        )
         default = str(default).replace(pkg, "<gradsae>")
         tp = getattr(_base_type(hints[f.name]), "__name__", str(hints[f.name]))
         name = f"`{f.name}` (positional)" if f.metadata.get("positional") else f"`--{f.name.replace('_', '-')}`"

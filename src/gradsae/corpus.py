@@ -12,6 +12,7 @@ A corpus source is one of
 A hub dataset is only ever read when asked for with ``hf:``: a path that does not exist is an error, even
 when it looks like ``org/name``.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -39,15 +40,17 @@ def corpus_files(source: str) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and _kind(p) is not None)
         if not files:
-            raise GradsaeError(f"folder {path} has no .txt/.jsonl/.json files (optionally .gz): "
-                               "point --data at the corpus")
+            raise GradsaeError(
+                f"folder {path} has no .txt/.jsonl/.json files (optionally .gz): point --data at the corpus"
+            )
         return files
     if path.is_file():
         if _kind(path) is None:
             raise GradsaeError(f"{path}: unknown corpus file type: use .txt, .jsonl or .json (optionally .gz)")
         return [path]
-    raise GradsaeError(f"corpus {source!r} not found: check the path (a Hugging Face dataset is read only when "
-                       f"named as hf:{source})")
+    raise GradsaeError(
+        f"corpus {source!r} not found: check the path (a Hugging Face dataset is read only when named as hf:{source})"
+    )
 
 
 def _kind(path: Path) -> str | None:
@@ -96,8 +99,10 @@ def _docs_of_file(path: Path, text_field: str) -> Iterator[str]:
                 raise GradsaeError(f"{path} line {i}: malformed JSON ({e.msg}): fix the line") from None
             text = rec.get(text_field) if isinstance(rec, dict) else rec if isinstance(rec, str) else None
             if not isinstance(text, str):
-                raise GradsaeError(f"{path} line {i}: no string field {text_field!r}: pass --text-field "
-                                   "with the field that holds the text")
+                raise GradsaeError(
+                    f"{path} line {i}: no string field {text_field!r}: pass --text-field "
+                    "with the field that holds the text"
+                )
             if text.strip():
                 yield text
     else:  # .json
@@ -117,8 +122,10 @@ def _docs_of_file(path: Path, text_field: str) -> Iterator[str]:
             for item in obj:
                 text = item if isinstance(item, str) else item.get(text_field) if isinstance(item, dict) else None
                 if not isinstance(text, str):
-                    raise GradsaeError(f"{path}: a list item is neither a string nor has a string field "
-                                       f"{text_field!r}: pass --text-field or convert the file to .jsonl")
+                    raise GradsaeError(
+                        f"{path}: a list item is neither a string nor has a string field "
+                        f"{text_field!r}: pass --text-field or convert the file to .jsonl"
+                    )
                 yield text
         else:
             raise GradsaeError(f"{path}: expected SQuAD JSON or a list of texts: convert it to .txt or .jsonl")
@@ -147,8 +154,10 @@ def _iter_hf_dataset(spec: str, text_field: str) -> Iterator[str]:
     try:
         ds = load_dataset(name, split=split or "train", streaming=True)
     except Exception as e:  # offline, unknown name, ...
-        raise GradsaeError(f"cannot open Hugging Face dataset {name!r} ({type(e).__name__}): check the name "
-                           "and the network, or use a local copy") from None
+        raise GradsaeError(
+            f"cannot open Hugging Face dataset {name!r} ({type(e).__name__}): check the name "
+            "and the network, or use a local copy"
+        ) from None
     for rec in ds:
         text = rec.get(text_field)
         if not isinstance(text, str):
@@ -156,8 +165,9 @@ def _iter_hf_dataset(spec: str, text_field: str) -> Iterator[str]:
         yield text
 
 
-def iter_token_rows(docs: Iterator[str], tok, context_length: int, prepend_bos: bool,
-                    chunk_docs: int = 64) -> Iterator[np.ndarray]:
+def iter_token_rows(
+    docs: Iterator[str], tok, context_length: int, prepend_bos: bool, chunk_docs: int = 64
+) -> Iterator[np.ndarray]:
     """Stream packed rows: tokenise documents, join them with EOS, cut into rows of ``context_length``.
 
     Yields int32 [T] arrays; with ``prepend_bos`` each row is BOS + (T - 1) corpus tokens. The incomplete
@@ -177,9 +187,9 @@ def iter_token_rows(docs: Iterator[str], tok, context_length: int, prepend_bos: 
         nonlocal stream
         n = len(stream) // body
         for i in range(n):
-            r = stream[i * body:(i + 1) * body]
+            r = stream[i * body : (i + 1) * body]
             yield np.asarray(([bos] if prepend_bos else []) + r, dtype=np.int32)
-        stream = stream[n * body:]
+        stream = stream[n * body :]
 
     def flush():
         for ids in tok(batch, add_special_tokens=False)["input_ids"]:
@@ -198,8 +208,7 @@ def iter_token_rows(docs: Iterator[str], tok, context_length: int, prepend_bos: 
         yield from rows()
 
 
-def pack_sequences(docs: Iterator[str], tok, context_length: int, prepend_bos: bool,
-                   max_tokens: int = 0) -> np.ndarray:
+def pack_sequences(docs: Iterator[str], tok, context_length: int, prepend_bos: bool, max_tokens: int = 0) -> np.ndarray:
     """All packed rows of a corpus at once (see ``iter_token_rows``). -> int32 [S, T].
 
     ``max_tokens`` caps the number of corpus tokens (BOS not counted).
@@ -214,6 +223,7 @@ def pack_sequences(docs: Iterator[str], tok, context_length: int, prepend_bos: b
         out.append(row)
         n_tokens += body
     if not out:
-        raise GradsaeError(f"the corpus yields fewer than one sequence of {body} tokens: "
-                           "add data or lower --context-length")
+        raise GradsaeError(
+            f"the corpus yields fewer than one sequence of {body} tokens: add data or lower --context-length"
+        )
     return np.stack(out)

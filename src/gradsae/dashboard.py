@@ -21,6 +21,7 @@ same command after a crash resumes from it and ends with the same result.
 
 Shapes: B rows, T tokens per row, C latents, N heap size, W window length, P predictions kept.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,14 +36,15 @@ from typing import Iterator
 import torch
 
 from .config import opt
+from .distributed import Dist
 from .errors import GradsaeError
+from .formats import DEFAULT_SAE
+from .options import SAE_HELP, ModelOptions, start
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "gradsae.dashboard/1"
-from .distributed import Dist
-from .formats import DEFAULT_SAE
-from .options import SAE_HELP, ModelOptions, start
+
 # Histogram: fixed log-spaced edges so histograms from different ranks/resumes add up exactly.
 HIST_LO = -3.0  # log10 of the lowest edge
 HIST_PER_DECADE = 8
@@ -60,18 +62,26 @@ class DashboardConfig(ModelOptions):
     dashboard.html. Resumable (rerun the same command), mergeable across torchrun ranks."""
 
     sae: str = opt(DEFAULT_SAE, SAE_HELP)
-    data: list[str] = opt(["sample"], "corpus: files/folders (.txt, .jsonl, .json, optionally .gz), hf:NAME, "
-                                      "or 'sample' (the bundled sample text)")
+    data: list[str] = opt(
+        ["sample"],
+        "corpus: files/folders (.txt, .jsonl, .json, optionally .gz), hf:NAME, or 'sample' (the bundled sample text)",
+    )
     text_field: str = opt("text", "field holding the text in .jsonl/.json records")
     out: str = opt("dashboard", "output folder (dashboard.json, dashboard.html, state/)")
     max_tokens: int = opt(200_000, "corpus tokens read (whole rows of --context-length)")
-    influence_tokens: int = opt(20_000, "tokens (the first rows) that also get the influence pass (whole model + "
-                                        "one backward, several times the activation-only cost on a CPU); -1 = all, "
-                                        "0 = none")
+    influence_tokens: int = opt(
+        20_000,
+        "tokens (the first rows) that also get the influence pass (whole model + "
+        "one backward, several times the activation-only cost on a CPU); -1 = all, "
+        "0 = none",
+    )
     context_length: int = opt(128, "tokens per row (BOS included)")
     batch_size: int = opt(8, "rows per forward pass")
-    skip_first: int = opt(1, "positions at the start of each row left out of every statistic (BOS / "
-                             "attention sink, which SAEs are usually not trained on)")
+    skip_first: int = opt(
+        1,
+        "positions at the start of each row left out of every statistic (BOS / "
+        "attention sink, which SAEs are usually not trained on)",
+    )
     n_top: int = opt(8, "top-activating contexts kept per latent")
     n_band: int = opt(1, "random contexts kept per latent and half-decade activation band")
     n_influence: int = opt(5, "top-influence contexts kept per latent")
@@ -80,20 +90,27 @@ class DashboardConfig(ModelOptions):
     n_predictions: int = opt(5, "model's top next-token predictions kept at each influence maximum")
     n_promoted: int = opt(8, "promoted and suppressed tokens per latent")
     n_neighbours: int = opt(6, "decoder neighbours per latent")
-    error: str = opt("keep", "splice error term in the influence pass: keep (the model's own output; "
-                             "gradients through the reconstruction) or none (the model sees the reconstruction)",
-                     choices=("keep", "none"))
+    error: str = opt(
+        "keep",
+        "splice error term in the influence pass: keep (the model's own output; "
+        "gradients through the reconstruction) or none (the model sees the reconstruction)",
+        choices=("keep", "none"),
+    )
     layer: str = opt("", "block index or hook name; default: the SAE's own hook")
     checkpoint_every: int = opt(25, "batches between state checkpoints")
     html_latents: int = opt(0, "cards in dashboard.html: 0 = every latent that fired, N = the N most frequent")
     seed: int = opt(0, "seed of the random band samples")
-    render: str = opt("", "only (re)write OUT/dashboard.html from this dashboard.json(.gz) or SAE name (no model, "
-                          "no corpus), e.g. for the dashboards shipped with the bundled SAEs")
+    render: str = opt(
+        "",
+        "only (re)write OUT/dashboard.html from this dashboard.json(.gz) or SAE name (no model, "
+        "no corpus), e.g. for the dashboards shipped with the bundled SAEs",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Heaps: top-N per row of a [R, N] table, ties broken by the global token id (so merges are exact)
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Heap:
@@ -112,9 +129,11 @@ class Heap:
     @classmethod
     def empty(cls, rows: int, n: int, shapes: dict[str, tuple[tuple[int, ...], torch.dtype, float]]) -> "Heap":
         """``shapes``: name -> (trailing shape, dtype, fill value)."""
-        return cls(torch.full((rows, n), -math.inf, dtype=torch.float64),
-                   torch.full((rows, n), EMPTY_GID, dtype=torch.int64),
-                   {k: torch.full((rows, n, *s), fill, dtype=dt) for k, (s, dt, fill) in shapes.items()})
+        return cls(
+            torch.full((rows, n), -math.inf, dtype=torch.float64),
+            torch.full((rows, n), EMPTY_GID, dtype=torch.int64),
+            {k: torch.full((rows, n, *s), fill, dtype=dt) for k, (s, dt, fill) in shapes.items()},
+        )
 
 
 def heap_push(h: Heap, score: torch.Tensor, gid: torch.Tensor, data: dict[str, torch.Tensor]) -> Heap:
@@ -150,10 +169,6 @@ def hist_bin(act: torch.Tensor) -> torch.Tensor:
     return b.clamp(0, HIST_BINS - 1).long()
 
 
-def hist_edges() -> list[float]:
-    return [10 ** (HIST_LO + i / HIST_PER_DECADE) for i in range(HIST_BINS + 1)]
-
-
 def window_index(t: torch.Tensor, T: int, left: int, right: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions of a window around t [M] -> (clamped positions [M, W], valid mask [M, W])."""
     pos = t[:, None] + torch.arange(-left, right + 1, device=t.device)[None]
@@ -164,6 +179,7 @@ def window_index(t: torch.Tensor, T: int, left: int, right: int) -> tuple[torch.
 # ---------------------------------------------------------------------------------------------
 # State
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class DashboardState:
@@ -176,7 +192,8 @@ class DashboardState:
         rows_done: rows this state has seen (per rank: its own rows).
         count: [C] int64 tokens where the latent is active (> 0).
         act_sum: [C] float64 sum of its activations.
-        hist: [C, HIST_BINS] int64 activation histogram (log-spaced, see ``hist_edges``).
+        hist: [C, HIST_BINS] int64 activation histogram (log-spaced: bin i starts at
+            10 ** (HIST_LO + i / HIST_PER_DECADE)).
         top: Heap over C: data ``ids`` [W] int32, ``acts`` [W] float32.
         band: Heap over C * N_BANDS (row c * N_BANDS + band): score = -mix_key, data ``ids``, ``acts``,
             ``value`` [] float32.
@@ -200,13 +217,29 @@ class DashboardState:
     def new(cls, d_sae: int, n_top: int, n_band: int, n_influence: int, window: int, n_pred: int) -> "DashboardState":
         W, P, f32, i32 = window, n_pred, torch.float32, torch.int32
         ctx = {"ids": ((W,), i32, -1), "acts": ((W,), f32, 0.0)}
-        return cls(d_sae, 0, 0, 0, torch.zeros(d_sae, dtype=torch.int64), torch.zeros(d_sae, dtype=torch.float64),
-                   torch.zeros(d_sae, HIST_BINS, dtype=torch.int64),
-                   Heap.empty(d_sae, n_top, ctx),
-                   Heap.empty(d_sae * N_BANDS, n_band, {**ctx, "value": ((), f32, 0.0)}),
-                   Heap.empty(d_sae, n_influence, {**ctx, "infl": ((W,), f32, 0.0), "pred": ((P,), i32, -1),
-                                                   "pred_logp": ((P,), f32, 0.0), "next": ((), i32, -1),
-                                                   "next_logp": ((), f32, 0.0)}))
+        return cls(
+            d_sae,
+            0,
+            0,
+            0,
+            torch.zeros(d_sae, dtype=torch.int64),
+            torch.zeros(d_sae, dtype=torch.float64),
+            torch.zeros(d_sae, HIST_BINS, dtype=torch.int64),
+            Heap.empty(d_sae, n_top, ctx),
+            Heap.empty(d_sae * N_BANDS, n_band, {**ctx, "value": ((), f32, 0.0)}),
+            Heap.empty(
+                d_sae,
+                n_influence,
+                {
+                    **ctx,
+                    "infl": ((W,), f32, 0.0),
+                    "pred": ((P,), i32, -1),
+                    "pred_logp": ((P,), f32, 0.0),
+                    "next": ((), i32, -1),
+                    "next_logp": ((), f32, 0.0),
+                },
+            ),
+        )
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"count": self.count, "act_sum": self.act_sum, "hist": self.hist}
@@ -221,10 +254,16 @@ class DashboardState:
 
         from .io import atomic_write_bytes
 
-        meta = {"d_sae": self.d_sae, "n_tokens": self.n_tokens, "n_influence_tokens": self.n_influence_tokens,
-                "rows_done": self.rows_done, "fingerprint": fingerprint}
-        atomic_write_bytes(path, save({k: v.contiguous() for k, v in self.tensors().items()},
-                                      metadata={"state": json.dumps(meta)}))
+        meta = {
+            "d_sae": self.d_sae,
+            "n_tokens": self.n_tokens,
+            "n_influence_tokens": self.n_influence_tokens,
+            "rows_done": self.rows_done,
+            "fingerprint": fingerprint,
+        }
+        atomic_write_bytes(
+            path, save({k: v.contiguous() for k, v in self.tensors().items()}, metadata={"state": json.dumps(meta)})
+        )
 
     @classmethod
     def load(cls, path: Path, fingerprint: str | None = None) -> "DashboardState":
@@ -235,17 +274,33 @@ class DashboardState:
                 meta = json.loads(f.metadata()["state"])
                 t = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # truncated / foreign file
-            raise GradsaeError(f"{path}: unreadable dashboard state ({type(e).__name__}): delete it to start over") from None
+            raise GradsaeError(
+                f"{path}: unreadable dashboard state ({type(e).__name__}): delete it to start over"
+            ) from None
         if fingerprint is not None and meta["fingerprint"] != fingerprint:
-            raise GradsaeError(f"{path} was written with other settings (SAE, corpus, sizes or seed): use another "
-                               "--out, or delete its state/ folder to start over")
+            raise GradsaeError(
+                f"{path} was written with other settings (SAE, corpus, sizes or seed): use another "
+                "--out, or delete its state/ folder to start over"
+            )
 
         def heap(name):
             pre = f"{name}.data."
-            return Heap(t[f"{name}.score"], t[f"{name}.gid"], {k[len(pre):]: v for k, v in t.items() if k.startswith(pre)})
+            return Heap(
+                t[f"{name}.score"], t[f"{name}.gid"], {k[len(pre) :]: v for k, v in t.items() if k.startswith(pre)}
+            )
 
-        return cls(meta["d_sae"], meta["n_tokens"], meta["n_influence_tokens"], meta["rows_done"], t["count"],
-                   t["act_sum"], t["hist"], heap("top"), heap("band"), heap("infl"))
+        return cls(
+            meta["d_sae"],
+            meta["n_tokens"],
+            meta["n_influence_tokens"],
+            meta["rows_done"],
+            t["count"],
+            t["act_sum"],
+            t["hist"],
+            heap("top"),
+            heap("band"),
+            heap("infl"),
+        )
 
 
 def merge_states(a: DashboardState, b: DashboardState) -> DashboardState:
@@ -253,16 +308,24 @@ def merge_states(a: DashboardState, b: DashboardState) -> DashboardState:
     the heaps (ties broken by global token id); counts and histograms add."""
     if a.d_sae != b.d_sae or a.top.score.shape != b.top.score.shape or a.infl.score.shape != b.infl.score.shape:
         raise GradsaeError("cannot merge dashboard states built with different SAEs or sizes")
-    return DashboardState(a.d_sae, a.n_tokens + b.n_tokens, a.n_influence_tokens + b.n_influence_tokens,
-                          a.rows_done + b.rows_done, a.count + b.count, a.act_sum + b.act_sum, a.hist + b.hist,
-                          heap_push(a.top, b.top.score, b.top.gid, b.top.data),
-                          heap_push(a.band, b.band.score, b.band.gid, b.band.data),
-                          heap_push(a.infl, b.infl.score, b.infl.gid, b.infl.data))
+    return DashboardState(
+        a.d_sae,
+        a.n_tokens + b.n_tokens,
+        a.n_influence_tokens + b.n_influence_tokens,
+        a.rows_done + b.rows_done,
+        a.count + b.count,
+        a.act_sum + b.act_sum,
+        a.hist + b.hist,
+        heap_push(a.top, b.top.score, b.top.gid, b.top.data),
+        heap_push(a.band, b.band.score, b.band.gid, b.band.data),
+        heap_push(a.infl, b.infl.score, b.infl.gid, b.infl.data),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # One batch (pure tensor code, tested on toy tensors)
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class BatchEvidence:
@@ -300,8 +363,9 @@ def _row_max_candidates(X: torch.Tensor, rows: torch.Tensor, T: int):
     return score, b, t, gid
 
 
-def _windows(ids: torch.Tensor, X: torch.Tensor, b: torch.Tensor, t: torch.Tensor, c: torch.Tensor,
-             left: int, right: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _windows(
+    ids: torch.Tensor, X: torch.Tensor, b: torch.Tensor, t: torch.Tensor, c: torch.Tensor, left: int, right: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Window token ids [M, W] (-1 outside the row) and X[b, pos, c] [M, W] (0 outside) for M entries."""
     T = ids.shape[1]
     pos, valid = window_index(t, T, left, right)
@@ -349,8 +413,11 @@ def update_state(st: DashboardState, ev: BatchEvidence, *, left: int, right: int
         cand_score[rows_, slot] = -key[keep].double()
         cand_gid[rows_, slot] = pgid[keep]
         wid, wx = _windows(ids, H, bb[keep], tt[keep], cc[keep], left, right)
-        data = {"ids": torch.full((nr, R, W), -1, dtype=torch.int32), "acts": torch.zeros(nr, R, W),
-                "value": torch.zeros(nr, R)}
+        data = {
+            "ids": torch.full((nr, R, W), -1, dtype=torch.int32),
+            "acts": torch.zeros(nr, R, W),
+            "value": torch.zeros(nr, R),
+        }
         data["ids"][rows_, slot] = wid
         data["acts"][rows_, slot] = wx
         data["value"][rows_, slot] = act[keep].float()
@@ -364,10 +431,20 @@ def update_state(st: DashboardState, ev: BatchEvidence, *, left: int, right: int
         _, wx = _windows(ids, H, bf, tf, cf, left, right)
         nxt = torch.where(tf + 1 < T, ids[bf, (tf + 1).clamp(max=T - 1)], torch.full_like(tf, -1))
         P = st.infl.data["pred"].shape[2]
-        st.infl = heap_push(st.infl, score, gid, {
-            "ids": wid.view(C, B, W), "infl": wg.view(C, B, W), "acts": wx.view(C, B, W),
-            "pred": ev.pred[bf, tf].to(torch.int32).view(C, B, P), "pred_logp": ev.pred_logp[bf, tf].view(C, B, P),
-            "next": nxt.to(torch.int32).view(C, B), "next_logp": ev.next_logp[bf, tf].view(C, B)})
+        st.infl = heap_push(
+            st.infl,
+            score,
+            gid,
+            {
+                "ids": wid.view(C, B, W),
+                "infl": wg.view(C, B, W),
+                "acts": wx.view(C, B, W),
+                "pred": ev.pred[bf, tf].to(torch.int32).view(C, B, P),
+                "pred_logp": ev.pred_logp[bf, tf].view(C, B, P),
+                "next": nxt.to(torch.int32).view(C, B),
+                "next_logp": ev.next_logp[bf, tf].view(C, B),
+            },
+        )
     return st
 
 
@@ -375,8 +452,19 @@ def update_state(st: DashboardState, ev: BatchEvidence, *, left: int, right: int
 # The model side of one batch
 # ---------------------------------------------------------------------------------------------
 
-def batch_evidence(model, sae, layer: int, ids: torch.Tensor, rows: torch.Tensor, *, skip_first: int,
-                   influence: bool, error: str = "keep", n_pred: int = 5) -> BatchEvidence:
+
+def batch_evidence(
+    model,
+    sae,
+    layer: int,
+    ids: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    skip_first: int,
+    influence: bool,
+    error: str = "keep",
+    n_pred: int = 5,
+) -> BatchEvidence:
     """Latents (and, with ``influence``, grad x act on the rows' next-token log-likelihood) for ids [B, T].
 
     Activation-only batches stop the forward pass after block ``layer``; influence batches run the whole
@@ -396,8 +484,9 @@ def batch_evidence(model, sae, layer: int, ids: torch.Tensor, rows: torch.Tensor
     with Splice(model, sae, layer=layer, error=error, grad=True) as s:
         logits = model(input_ids=ids, use_cache=False).logits  # [B, T, V]
         V = logits.shape[-1]
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, V).float(), ids[:, 1:].reshape(-1).to(logits.device),
-                                                reduction="sum")
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, V).float(), ids[:, 1:].reshape(-1).to(logits.device), reduction="sum"
+        )
         (-nll).backward()  # target: Σ log p(next token); rows are independent
         Hl = s.latents
         g = (Hl.grad * Hl).detach().float()
@@ -413,13 +502,15 @@ def batch_evidence(model, sae, layer: int, ids: torch.Tensor, rows: torch.Tensor
     del logits, lg
     H[:, :skip_first] = 0
     g[:, :skip_first] = 0
-    return BatchEvidence(ids, rows, H.to(dev), n_tok, g.to(dev), top.indices.to(dev), pred_logp.to(dev),
-                         next_logp.to(dev))
+    return BatchEvidence(
+        ids, rows, H.to(dev), n_tok, g.to(dev), top.indices.to(dev), pred_logp.to(dev), next_logp.to(dev)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Records (dashboard.json)
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Context:
@@ -542,24 +633,29 @@ class Dashboard:
         return "" if i < 0 else self.tokens.get(int(i), f"<{i}>")
 
     def to_json(self) -> dict:
-        return {"schema": SCHEMA, "meta": asdict(self.meta), "tokens": {str(k): v for k, v in self.tokens.items()},
-                "latents": [asdict(r) for r in self.latents]}
+        return {
+            "schema": SCHEMA,
+            "meta": asdict(self.meta),
+            "tokens": {str(k): v for k, v in self.tokens.items()},
+            "latents": [asdict(r) for r in self.latents],
+        }
 
 
 DEFINITIONS = {
     "density": "share of counted tokens (positions after skip_first) where the latent is > 0",
     "top": "contexts (at most one per row) where the activation is highest",
     "bands": "a seeded random active token from each half-decade activation band (reservoir by hash key), with "
-             "its percentile among the latent's active tokens: the typical, weaker activations",
+    "its percentile among the latent's active tokens: the typical, weaker activations",
     "influence": "g[n, c] = H[n, c] * d(sum_m log p(x_{m+1} | x_<=m)) / dH[n, c] on the row (GradSAE grad x act "
-                 "on the next-token log-likelihood); contexts where g is largest, i.e. where the latent helps the "
-                 "model predict the text most",
+    "on the next-token log-likelihood); contexts where g is largest, i.e. where the latent helps the "
+    "model predict the text most",
     "dlogp": "first-order change of log p(v) at the chosen position from the latent's direct path (logit lens, "
-             "final norm treated as a positive scale): act * (s_v - sum_w p~_w s_w), s = W_U . W_dec[c], p~ the "
-             "model's top predictions renormalised; its sign and ranking are meaningful, its scale approximate",
+    "final norm treated as a positive scale): act * (s_v - sum_w p~_w s_w), s = W_U . W_dec[c], p~ the "
+    "model's top predictions renormalised; its sign and ranking are meaningful, its scale approximate",
     "promoted": "tokens with the largest W_U . W_dec[c] (suppressed: the smallest)",
     "neighbours": "latents whose decoder rows have the highest cosine similarity with W_dec[c]",
-    "hist": "counts of active tokens in log-spaced bins; bin i covers [10^(lo + i/per_decade), 10^(lo + (i+1)/per_decade))",
+    "hist": "counts of active tokens in log-spaced bins; bin i covers "
+    "[10^(lo + i/per_decade), 10^(lo + (i+1)/per_decade))",
 }
 
 
@@ -571,7 +667,9 @@ def _rl(xs, digits: int = 3) -> list[float]:
     return [float(f"{v:.{digits}g}") for v in xs]
 
 
-def moved_logprobs(act: torch.Tensor, s_tok: torch.Tensor, s_pred: torch.Tensor, pred_logp: torch.Tensor) -> torch.Tensor:
+def moved_logprobs(
+    act: torch.Tensor, s_tok: torch.Tensor, s_pred: torch.Tensor, pred_logp: torch.Tensor
+) -> torch.Tensor:
     """Direct-path first-order Δ log p of tokens at one position.
 
     Args:
@@ -595,8 +693,9 @@ def _percentile(hist_row: torch.Tensor, value: float) -> float:
     return 100.0 * below / total
 
 
-def finalize(st: DashboardState, model, tok, sae, meta: DashboardMeta, *, n_promoted: int = 8,
-             n_neighbours: int = 6) -> Dashboard:
+def finalize(
+    st: DashboardState, model, tok, sae, meta: DashboardMeta, *, n_promoted: int = 8, n_neighbours: int = 6
+) -> Dashboard:
     """Turn a state into records (weights-only parts computed here: promoted tokens and neighbours)."""
     from .hooks import unembedding
 
@@ -607,7 +706,7 @@ def finalize(st: DashboardState, model, tok, sae, meta: DashboardMeta, *, n_prom
     # promoted / suppressed, in chunks of latents ([C, V] would be large)
     pro_v, pro_i, sup_v, sup_i = [], [], [], []
     for s in range(0, C, 512):
-        logits = W_dec[s:s + 512] @ W_U.T
+        logits = W_dec[s : s + 512] @ W_U.T
         a, b = logits.topk(n_promoted, -1), (-logits).topk(n_promoted, -1)
         pro_v.append(a.values), pro_i.append(a.indices), sup_v.append(-b.values), sup_i.append(b.indices)
     pro_v, pro_i, sup_v, sup_i = (torch.cat(x) for x in (pro_v, pro_i, sup_v, sup_i))
@@ -631,16 +730,16 @@ def finalize(st: DashboardState, model, tok, sae, meta: DashboardMeta, *, n_prom
 
     def ctxs(h: Heap, row: int) -> list[tuple[int, float, int]]:
         """(slot, score, gid) of the filled slots of one heap row."""
-        return [(j, sc, g) for j, (sc, g) in enumerate(zip(h.score[row].tolist(), h.gid[row].tolist()))
-                if math.isfinite(sc)]
+        return [
+            (j, sc, g) for j, (sc, g) in enumerate(zip(h.score[row].tolist(), h.gid[row].tolist())) if math.isfinite(sc)
+        ]
 
     for c in range(C):
         top = []
         for j, sc, gid in ctxs(st.top, c):
             ids = st.top.data["ids"][c, j].tolist()
             used.update(ids)
-            top.append(Context(ids, _rl(st.top.data["acts"][c, j].tolist()), left, _r(sc), gid // T,
-                               gid % T))
+            top.append(Context(ids, _rl(st.top.data["acts"][c, j].tolist()), left, _r(sc), gid // T, gid % T))
         top_gids = {int(g) for g in st.top.gid[c].tolist()}
         bands = []
         for band in range(N_BANDS):
@@ -651,37 +750,76 @@ def finalize(st: DashboardState, model, tok, sae, meta: DashboardMeta, *, n_prom
                 ids = st.band.data["ids"][row, j].tolist()
                 used.update(ids)
                 v = float(st.band.data["value"][row, j])
-                bands.append(Context(ids, _rl(st.band.data["acts"][row, j].tolist()), left, _r(v), gid // T,
-                                     gid % T, percentile=round(_percentile(st.hist[c], v), 1)))
+                bands.append(
+                    Context(
+                        ids,
+                        _rl(st.band.data["acts"][row, j].tolist()),
+                        left,
+                        _r(v),
+                        gid // T,
+                        gid % T,
+                        percentile=round(_percentile(st.hist[c], v), 1),
+                    )
+                )
         bands.sort(key=lambda x: -x.value)
         infl = []
         for j, sc, gid in ctxs(ih, c):
             ids = ih.data["ids"][c, j].tolist()
             used.update(ids)
             P = pred.shape[2]
-            moves = [TokenMove(int(pred[c, j, p]), _r(float(ih.data["pred_logp"][c, j, p]), 3),
-                               _r(float(d_pred[c, j, p]), 3)) for p in range(P) if int(pred[c, j, p]) >= 0]
+            moves = [
+                TokenMove(
+                    int(pred[c, j, p]), _r(float(ih.data["pred_logp"][c, j, p]), 3), _r(float(d_pred[c, j, p]), 3)
+                )
+                for p in range(P)
+                if int(pred[c, j, p]) >= 0
+            ]
             moves.sort(key=lambda m: -abs(m.dlogp))
             used.update(m.id for m in moves)
             nx = int(nxt[c, j])
-            nmove = TokenMove(nx, _r(float(ih.data["next_logp"][c, j]), 3), _r(float(d_next[c, j]), 3)) if nx >= 0 else None
+            nmove = (
+                TokenMove(nx, _r(float(ih.data["next_logp"][c, j]), 3), _r(float(d_next[c, j]), 3)) if nx >= 0 else None
+            )
             if nx >= 0:
                 used.add(nx)
-            infl.append(InfluenceContext(ids, _rl(ih.data["acts"][c, j].tolist()), left, _r(sc), gid // T,
-                                         gid % T, infl=_rl(ih.data["infl"][c, j].tolist()),
-                                         act=_r(float(act_at[c, j])), next=nmove, moved=moves))
+            infl.append(
+                InfluenceContext(
+                    ids,
+                    _rl(ih.data["acts"][c, j].tolist()),
+                    left,
+                    _r(sc),
+                    gid // T,
+                    gid % T,
+                    infl=_rl(ih.data["infl"][c, j].tolist()),
+                    act=_r(float(act_at[c, j])),
+                    next=nmove,
+                    moved=moves,
+                )
+            )
         h = st.hist[c]
         nz = torch.nonzero(h).flatten()
         lo, hi = (int(nz[0]), int(nz[-1]) + 1) if nz.numel() else (0, 0)
         promoted = [TokenScore(int(i), _r(float(v), 3)) for v, i in zip(pro_v[c], pro_i[c])]
         suppressed = [TokenScore(int(i), _r(float(v), 3)) for v, i in zip(sup_v[c], sup_i[c])]
         used.update(t.id for t in promoted + suppressed)
-        records.append(LatentRecord(
-            latent=c, count=int(st.count[c]), density=_r(float(st.count[c]) / max(st.n_tokens, 1)),
-            mean_act=_r(float(mean[c])), max_act=top[0].value if top else 0.0, hist_lo=lo, hist=h[lo:hi].tolist(),
-            top=top, bands=bands, influence=infl, promoted=promoted, suppressed=suppressed,
-            neighbours=[Neighbour(int(i), _r(float(v), 3)) for v, i in zip(nb.values[c], nb.indices[c])],
-            max_influence=infl[0].value if infl else 0.0))
+        records.append(
+            LatentRecord(
+                latent=c,
+                count=int(st.count[c]),
+                density=_r(float(st.count[c]) / max(st.n_tokens, 1)),
+                mean_act=_r(float(mean[c])),
+                max_act=top[0].value if top else 0.0,
+                hist_lo=lo,
+                hist=h[lo:hi].tolist(),
+                top=top,
+                bands=bands,
+                influence=infl,
+                promoted=promoted,
+                suppressed=suppressed,
+                neighbours=[Neighbour(int(i), _r(float(v), 3)) for v, i in zip(nb.values[c], nb.indices[c])],
+                max_influence=infl[0].value if infl else 0.0,
+            )
+        )
     used.discard(-1)
     tokens = {i: tok.decode([i]) for i in sorted(used)}
     meta.n_tokens, meta.n_influence_tokens = st.n_tokens, st.n_influence_tokens
@@ -744,7 +882,9 @@ def load_dashboard(path: str | Path) -> Dashboard:
         raw = gzip.decompress(p.read_bytes()) if p.name.endswith(".gz") else p.read_bytes()
         obj = json.loads(raw)
     except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GradsaeError(f"{p}: unreadable dashboard ({type(e).__name__}): rebuild it with gradsae dashboard") from None
+        raise GradsaeError(
+            f"{p}: unreadable dashboard ({type(e).__name__}): rebuild it with gradsae dashboard"
+        ) from None
     return dashboard_from_json(obj, str(p))
 
 
@@ -782,23 +922,49 @@ def card_data(dash: Dashboard, c: int, n_contexts: int = 3) -> dict | None:
         return None
 
     def text(ctx: Context) -> dict:
-        return {"tokens": [dash.token(i) for i in ctx.ids if i >= 0],
-                "at": ctx.at - sum(1 for i in ctx.ids[:ctx.at] if i < 0), "value": ctx.value}
+        return {
+            "tokens": [dash.token(i) for i in ctx.ids if i >= 0],
+            "at": ctx.at - sum(1 for i in ctx.ids[: ctx.at] if i < 0),
+            "value": ctx.value,
+        }
 
-    return {"latent": r.latent, "density": r.density, "mean_act": r.mean_act, "max_act": r.max_act,
-            "top": [text(x) for x in r.top[:n_contexts]],
-            "influence": [dict(text(x), next=dash.token(x.next.id) if x.next else None) for x in r.influence[:n_contexts]],
-            "promoted": [dash.token(t.id) for t in r.promoted],
-            "suppressed": [dash.token(t.id) for t in r.suppressed],
-            "neighbours": [n.latent for n in r.neighbours]}
+    return {
+        "latent": r.latent,
+        "density": r.density,
+        "mean_act": r.mean_act,
+        "max_act": r.max_act,
+        "top": [text(x) for x in r.top[:n_contexts]],
+        "influence": [dict(text(x), next=dash.token(x.next.id) if x.next else None) for x in r.influence[:n_contexts]],
+        "promoted": [dash.token(t.id) for t in r.promoted],
+        "suppressed": [dash.token(t.id) for t in r.suppressed],
+        "neighbours": [n.latent for n in r.neighbours],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # The pass
 # ---------------------------------------------------------------------------------------------
 
-_RESULT_KEYS = ("sae", "model", "data", "text_field", "max_tokens", "influence_tokens", "context_length", "skip_first",
-                "n_top", "n_band", "n_influence", "left", "right", "n_predictions", "error", "layer", "seed", "dtype")
+_RESULT_KEYS = (
+    "sae",
+    "model",
+    "data",
+    "text_field",
+    "max_tokens",
+    "influence_tokens",
+    "context_length",
+    "skip_first",
+    "n_top",
+    "n_band",
+    "n_influence",
+    "left",
+    "right",
+    "n_predictions",
+    "error",
+    "layer",
+    "seed",
+    "dtype",
+)
 
 
 def fingerprint(cfg: DashboardConfig, world: int) -> str:
@@ -809,8 +975,16 @@ def fingerprint(cfg: DashboardConfig, world: int) -> str:
 
 
 def _check(cfg: DashboardConfig) -> None:
-    for name in ("max_tokens", "context_length", "batch_size", "n_top", "n_influence", "n_band", "n_predictions",
-                 "checkpoint_every"):
+    for name in (
+        "max_tokens",
+        "context_length",
+        "batch_size",
+        "n_top",
+        "n_influence",
+        "n_band",
+        "n_predictions",
+        "checkpoint_every",
+    ):
         if getattr(cfg, name) < 1:
             raise GradsaeError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: give at least 1")
     for name in ("left", "right", "skip_first", "n_promoted", "n_neighbours", "html_latents"):
@@ -820,15 +994,17 @@ def _check(cfg: DashboardConfig) -> None:
         raise GradsaeError(f"--skip-first {cfg.skip_first} leaves no tokens in rows of {cfg.context_length}: lower it")
 
 
-def corpus_rows(cfg: DashboardConfig, tok, prepend_bos: bool, rank: int = 0, world: int = 1,
-                skip: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+def corpus_rows(
+    cfg: DashboardConfig, tok, prepend_bos: bool, rank: int = 0, world: int = 1, skip: int = 0
+) -> Iterator[tuple[int, torch.Tensor]]:
     """(global row index, ids [T]) of this rank's rows within the budget, after its first ``skip`` rows."""
     from .corpus import iter_documents, iter_token_rows
 
     n_rows = max(1, cfg.max_tokens // cfg.context_length)
     mine = 0
-    for i, row in enumerate(iter_token_rows(iter_documents(cfg.data, cfg.text_field), tok, cfg.context_length,
-                                            prepend_bos)):
+    for i, row in enumerate(
+        iter_token_rows(iter_documents(cfg.data, cfg.text_field), tok, cfg.context_length, prepend_bos)
+    ):
         if i >= n_rows:
             break
         if i % world != rank:
@@ -839,8 +1015,18 @@ def corpus_rows(cfg: DashboardConfig, tok, prepend_bos: bool, rank: int = 0, wor
         yield i, torch.from_numpy(row.astype("int64"))
 
 
-def build_state(cfg: DashboardConfig, model, tok, sae, layer: int, *, rank: int = 0, world: int = 1,
-                state_path: Path | None = None, stop_after: int | None = None) -> DashboardState:
+def build_state(
+    cfg: DashboardConfig,
+    model,
+    tok,
+    sae,
+    layer: int,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    state_path: Path | None = None,
+    stop_after: int | None = None,
+) -> DashboardState:
     """Stream this rank's rows into a state, resuming from ``state_path`` when it exists and checkpointing
     into it every ``checkpoint_every`` batches. ``stop_after`` (tests) stops after that many batches."""
     from tqdm.auto import tqdm
@@ -855,9 +1041,14 @@ def build_state(cfg: DashboardConfig, model, tok, sae, layer: int, *, rank: int 
     n_rows = max(1, cfg.max_tokens // cfg.context_length)
     n_mine = len(range(rank, n_rows, world))
     infl_rows = n_rows if cfg.influence_tokens < 0 else cfg.influence_tokens // cfg.context_length
-    bar = tqdm(total=n_mine * cfg.context_length, initial=st.rows_done * cfg.context_length, unit="tok",
-               unit_scale=True, desc=f"dashboard{'' if world == 1 else f' rank {rank}'}",
-               disable=not cfg.progress or rank != 0)
+    bar = tqdm(
+        total=n_mine * cfg.context_length,
+        initial=st.rows_done * cfg.context_length,
+        unit="tok",
+        unit_scale=True,
+        desc=f"dashboard{'' if world == 1 else f' rank {rank}'}",
+        disable=not cfg.progress or rank != 0,
+    )
     prepend_bos = bool(getattr(sae.cfg, "prepend_bos", True))
     batch: list[tuple[int, torch.Tensor]] = []
     n_batches = 0
@@ -870,8 +1061,17 @@ def build_state(cfg: DashboardConfig, model, tok, sae, layer: int, *, rank: int 
                 continue
             ids = torch.stack([r[1] for r in part]).to(sae.W_dec.device)
             rows = torch.tensor([r[0] for r in part], dtype=torch.int64)
-            ev = batch_evidence(model, sae, layer, ids, rows, skip_first=cfg.skip_first,
-                                influence=part[0][0] < infl_rows, error=cfg.error, n_pred=cfg.n_predictions)
+            ev = batch_evidence(
+                model,
+                sae,
+                layer,
+                ids,
+                rows,
+                skip_first=cfg.skip_first,
+                influence=part[0][0] < infl_rows,
+                error=cfg.error,
+                n_pred=cfg.n_predictions,
+            )
             ev.ids, ev.rows = ev.ids.cpu(), rows
             for name in ("H", "g", "pred", "pred_logp", "next_logp"):
                 v = getattr(ev, name)
@@ -925,37 +1125,62 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
     lock_dir = out if ranks.world == 1 else out / "state" / f"rank{ranks.rank}"
     try:
         with output_lock(lock_dir):
-            st = build_state(cfg, model, tok, sae, layer, rank=ranks.rank, world=ranks.world,
-                             state_path=state_dir / f"rank{ranks.rank}.safetensors")
+            st = build_state(
+                cfg,
+                model,
+                tok,
+                sae,
+                layer,
+                rank=ranks.rank,
+                world=ranks.world,
+                state_path=state_dir / f"rank{ranks.rank}.safetensors",
+            )
         ranks.barrier()
         if ranks.rank != 0:
             return None
         for r in range(1, ranks.world):
-            st = merge_states(st, DashboardState.load(state_dir / f"rank{r}.safetensors", fingerprint(cfg, ranks.world)))
+            st = merge_states(
+                st, DashboardState.load(state_dir / f"rank{r}.safetensors", fingerprint(cfg, ranks.world))
+            )
     finally:
         ranks.close()
     if st.n_tokens == 0:
-        raise GradsaeError(f"the corpus {cfg.data} gave no rows of {cfg.context_length} tokens: add data or lower "
-                           "--context-length")
-    meta = DashboardMeta(schema=SCHEMA, model=model_name(model), sae=cfg.sae, hook=sae.cfg.hook_name or str(layer),
-                         d_sae=sae.d_sae, data=list(cfg.data), n_tokens=st.n_tokens,
-                         n_influence_tokens=st.n_influence_tokens, left=cfg.left, right=cfg.right,
-                         hist_lo_log10=HIST_LO, hist_per_decade=HIST_PER_DECADE,
-                         seconds=round(time.perf_counter() - t0, 1), config={**asdict(cfg), "runtime": rt.as_config()},
-                         definitions=DEFINITIONS)
+        raise GradsaeError(
+            f"the corpus {cfg.data} gave no rows of {cfg.context_length} tokens: add data or lower --context-length"
+        )
+    meta = DashboardMeta(
+        schema=SCHEMA,
+        model=model_name(model),
+        sae=cfg.sae,
+        hook=sae.cfg.hook_name or str(layer),
+        d_sae=sae.d_sae,
+        data=list(cfg.data),
+        n_tokens=st.n_tokens,
+        n_influence_tokens=st.n_influence_tokens,
+        left=cfg.left,
+        right=cfg.right,
+        hist_lo_log10=HIST_LO,
+        hist_per_decade=HIST_PER_DECADE,
+        seconds=round(time.perf_counter() - t0, 1),
+        config={**asdict(cfg), "runtime": rt.as_config()},
+        definitions=DEFINITIONS,
+    )
     dash = finalize(st, model, tok, sae, meta, n_promoted=cfg.n_promoted, n_neighbours=cfg.n_neighbours)
     with output_lock(out):
         # compact separators: an indented file of 4096 latents is three times larger
         atomic_write_text(out / "dashboard.json", json.dumps(dash.to_json(), ensure_ascii=False, separators=(",", ":")))
         write_dashboard_page(out / "dashboard.html", dash, max_latents=cfg.html_latents)
     alive = sum(1 for r in dash.latents if r.count)
-    print(f"dashboard: {st.n_tokens} tokens ({st.n_influence_tokens} with influence), {alive}/{sae.d_sae} latents "
-          f"active, {meta.seconds:.0f} s -> {out / 'dashboard.json'}, {out / 'dashboard.html'}")
+    print(
+        f"dashboard: {st.n_tokens} tokens ({st.n_influence_tokens} with influence), {alive}/{sae.d_sae} latents "
+        f"active, {meta.seconds:.0f} s -> {out / 'dashboard.json'}, {out / 'dashboard.html'}"
+    )
     return dash
 
 
-def shrink(dash: Dashboard, *, n_top: int = 5, n_bands: int = 2, n_influence: int = 3, n_moved: int = 3,
-           digits: int = 2) -> Dashboard:
+def shrink(
+    dash: Dashboard, *, n_top: int = 5, n_bands: int = 2, n_influence: int = 3, n_moved: int = 3, digits: int = 2
+) -> Dashboard:
     """A smaller copy for shipping: fewer contexts per latent, band samples below the 90th percentile only,
     values rounded to ``digits`` significant digits, and the token table cut to the ids still used."""
     import copy

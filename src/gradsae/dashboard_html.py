@@ -10,6 +10,7 @@ For other pages (explain, the experiment report): ``render_cards(dash, latents)`
 ``<style>`` block plus one compact card per latent) that can be pasted into any page whose CSP allows inline
 styles.
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,8 +30,13 @@ LOWER_PERCENTILE = 90  # band samples shown as "lower activations" lie below thi
 def env():
     import jinja2
 
-    e = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
-                           trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    e = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
     e.filters["tokstr"] = token_text
     e.filters["level"] = level
     e.filters["fmt"] = fmt
@@ -44,8 +50,13 @@ def asset(name: str) -> str:
 def script_json(obj: Any) -> str:
     """JSON safe inside ``<script type="application/json">``: no ``</script>``, ``<!--`` or line separators."""
     s = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return (s.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+    return (
+        s.replace("&", "\\u0026")
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
 
 
 def csp_hash(text: str) -> str:
@@ -54,8 +65,10 @@ def csp_hash(text: str) -> str:
 
 def csp(script: str, style: str) -> str:
     """Nothing from the network, no inline code but ours (by hash), no forms or frames."""
-    return (f"default-src 'none'; script-src {csp_hash(script)}; style-src {csp_hash(style)}; img-src data:; "
-            "base-uri 'none'; form-action 'none'")
+    return (
+        f"default-src 'none'; script-src {csp_hash(script)}; style-src {csp_hash(style)}; img-src data:; "
+        "base-uri 'none'; form-action 'none'"
+    )
 
 
 def token_text(t: str) -> str:
@@ -78,6 +91,7 @@ def fmt(x: float | None, digits: int = 3) -> str:
 
 def card_view(dash: Dashboard, r: LatentRecord, n_top: int = 8, n_bands: int = 6, n_influence: int = 5) -> dict:
     """The values the card macro draws for one latent (token ids resolved to text)."""
+
     def ctx(c, values, kind):
         toks = []
         # activations: one scale per latent (weaker contexts look weaker); influence: per context (g varies widely)
@@ -95,17 +109,31 @@ def card_view(dash: Dashboard, r: LatentRecord, n_top: int = 8, n_bands: int = 6
 
     edges_lo, per = dash.meta.hist_lo_log10, dash.meta.hist_per_decade
     hmax = max(r.hist, default=0)
-    hist = [{"h": (0 if hmax == 0 else max(1, round(40 * n / hmax))) if n else 0, "n": n,
-             "lo": 10 ** (edges_lo + (r.hist_lo + i) / per)} for i, n in enumerate(r.hist)]
+    hist = [
+        {
+            "h": (0 if hmax == 0 else max(1, round(40 * n / hmax))) if n else 0,
+            "n": n,
+            "lo": 10 ** (edges_lo + (r.hist_lo + i) / per),
+        }
+        for i, n in enumerate(r.hist)
+    ]
     return {
         "r": r,
         "top": [{"tokens": ctx(c, c.acts, "act"), "value": c.value} for c in r.top[:n_top]],
-        "bands": [{"tokens": ctx(c, c.acts, "act"), "value": c.value, "percentile": c.percentile}
-                  for c in [b for b in r.bands if (b.percentile or 0) < LOWER_PERCENTILE][:n_bands]],
-        "influence": [{"tokens": ctx(c, c.infl, "infl"), "value": c.value, "act": c.act,
-                       "next": {"text": dash.token(c.next.id), "logp": c.next.logp, "dlogp": c.next.dlogp} if c.next else None,
-                       "moved": [{"text": dash.token(m.id), "logp": m.logp, "dlogp": m.dlogp} for m in c.moved]}
-                      for c in r.influence[:n_influence]],
+        "bands": [
+            {"tokens": ctx(c, c.acts, "act"), "value": c.value, "percentile": c.percentile}
+            for c in [b for b in r.bands if (b.percentile or 0) < LOWER_PERCENTILE][:n_bands]
+        ],
+        "influence": [
+            {
+                "tokens": ctx(c, c.infl, "infl"),
+                "value": c.value,
+                "act": c.act,
+                "next": {"text": dash.token(c.next.id), "logp": c.next.logp, "dlogp": c.next.dlogp} if c.next else None,
+                "moved": [{"text": dash.token(m.id), "logp": m.logp, "dlogp": m.dlogp} for m in c.moved],
+            }
+            for c in r.influence[:n_influence]
+        ],
         "promoted": [dash.token(t.id) for t in r.promoted],
         "suppressed": [dash.token(t.id) for t in r.suppressed],
         "neighbours": r.neighbours,
@@ -122,12 +150,30 @@ def shown_latents(dash: Dashboard, max_latents: int = 0) -> list[LatentRecord]:
 def render_dashboard_page(dash: Dashboard, max_latents: int = 0, title: str = "") -> str:
     lats = shown_latents(dash, max_latents)
     js, css = asset("dashboard.js"), asset("dashboard.css")
-    index = [{"l": r.latent, "t": " ".join(dash.token(t.id) for t in r.promoted[:4]) + " | " +
-              " ".join(dash.token(c.ids[c.at]) for c in r.top[:4] if c.ids[c.at] >= 0)} for r in lats]
+    index = [
+        {
+            "l": r.latent,
+            "t": " ".join(dash.token(t.id) for t in r.promoted[:4])
+            + " | "
+            + " ".join(dash.token(c.ids[c.at]) for c in r.top[:4] if c.ids[c.at] >= 0),
+        }
+        for r in lats
+    ]
     n_dead = sum(1 for r in dash.latents if not r.count)
-    return env().get_template("dashboard.html.j2").render(
-        title=title or f"Dashboard — {dash.meta.sae}", meta=dash.meta, cards=[card_view(dash, r) for r in lats],
-        n_dead=n_dead, csp=csp(js, css), js=js, css=css, index_json=script_json(index))
+    return (
+        env()
+        .get_template("dashboard.html.j2")
+        .render(
+            title=title or f"Dashboard — {dash.meta.sae}",
+            meta=dash.meta,
+            cards=[card_view(dash, r) for r in lats],
+            n_dead=n_dead,
+            csp=csp(js, css),
+            js=js,
+            css=css,
+            index_json=script_json(index),
+        )
+    )
 
 
 def write_dashboard_page(path: str | Path, dash: Dashboard, max_latents: int = 0) -> Path:
@@ -143,8 +189,11 @@ def render_cards(dash: Dashboard, latents: Sequence[int], compact: bool = True) 
     text is escaped. ``compact`` shows 3 contexts of each kind instead of all.
     """
     n = 3 if compact else 8
-    views = [card_view(dash, r, n_top=n, n_bands=2 if compact else 6, n_influence=n)
-             for r in (dash.latent(c) for c in latents) if r is not None]
+    views = [
+        card_view(dash, r, n_top=n, n_bands=2 if compact else 6, n_influence=n)
+        for r in (dash.latent(c) for c in latents)
+        if r is not None
+    ]
     return env().get_template("cards.html.j2").render(css=asset("dashboard.css"), cards=views, meta=dash.meta)
 
 

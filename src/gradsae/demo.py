@@ -1,4 +1,5 @@
 """``gradsae demo`` (the main job on embedded defaults), ``gradsae info`` and ``gradsae convert``."""
+
 from __future__ import annotations
 
 import platform
@@ -22,13 +23,22 @@ class DemoConfig(ModelOptions):
     sae: str = opt(DEFAULT_SAE, SAE_HELP)
     data: str = opt(SAMPLE_QA, "questions: SQuAD JSON / JSONL (default: the bundled sample questions)")
     fewshot_data: str = opt(SAMPLE_FEWSHOT, "SQuAD JSON with the few-shot exemplar paragraph")
-    ks: list[str] = opt(["1", "10", "50%"], "K values for masking and steering (50%% = half the latents active "
-                                            "at the last prompt token)")
+    ks: list[str] = opt(
+        ["1", "10", "50%"],
+        "K values for masking and steering (50%% = half the latents active at the last prompt token)",
+    )
     examples: int = opt(6, "examples shown in detail (token heatmaps, latent tables)")
-    limit: int = opt(16, "questions used (the first N, whole contexts first; 0 = all 84); 16 keeps the demo "
-                                 "under 10 minutes on 2 CPU cores")
-    error: str = opt("keep", "SAE error term: keep (default here: the bundled SAE's reconstruction alone "
-                             "breaks SmolLM2's few-shot QA) or none (paper)", choices=("none", "keep"))
+    limit: int = opt(
+        16,
+        "questions used (the first N, whole contexts first; 0 = all 84); 16 keeps the demo "
+        "under 10 minutes on 2 CPU cores",
+    )
+    error: str = opt(
+        "keep",
+        "SAE error term: keep (default here: the bundled SAE's reconstruction alone "
+        "breaks SmolLM2's few-shot QA) or none (paper)",
+        choices=("none", "keep"),
+    )
     out: str = opt("results/demo", "results folder (rerun to resume)")
     quick: bool = opt(False, "a quick look: 12 questions, K = 1 and 50%%, no steering, 3 detailed examples")
     seed: int = opt(42, "random seed (steering partners)")
@@ -57,10 +67,21 @@ def run(cfg: DemoConfig) -> Path:
     rt = start(cfg, "demo")
     model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
     ecfg = ExperimentConfig(
-        model=cfg.model, sae=cfg.sae, data=cfg.data, fewshot_data=cfg.fewshot_data,
-        ks=["1", "50%"] if cfg.quick else list(cfg.ks), limit=12 if cfg.quick else cfg.limit, seed=cfg.seed,
-        device=rt.device, dtype=cfg.dtype, threads=cfg.threads, progress=cfg.progress, error=cfg.error, out=cfg.out,
-        tasks=["perturb", "stats"] if cfg.quick else ["perturb", "steer", "stats"])
+        model=cfg.model,
+        sae=cfg.sae,
+        data=cfg.data,
+        fewshot_data=cfg.fewshot_data,
+        ks=["1", "50%"] if cfg.quick else list(cfg.ks),
+        limit=12 if cfg.quick else cfg.limit,
+        seed=cfg.seed,
+        device=rt.device,
+        dtype=cfg.dtype,
+        threads=cfg.threads,
+        progress=cfg.progress,
+        error=cfg.error,
+        out=cfg.out,
+        tasks=["perturb", "stats"] if cfg.quick else ["perturb", "steer", "stats"],
+    )
     summary = run_all(ecfg, model, tok)
     if summary is None:  # a non-zero torchrun rank
         return Path(cfg.out)
@@ -88,12 +109,22 @@ def explain_kept(ecfg, model, tok, n: int) -> list[dict]:
     builder = make_prompt_builder(ecfg, tok, qas)
     sae = load_sae(ecfg.sae, device=str(next(model.parameters()).device))
     exs = [Example(builder(by_id[i].context, by_id[i].question), id=i) for i in kept if i in by_id]
-    res = influence(model, tok, sae, exs, ecfg.influence_options(), layer=ecfg.layer or None,
-                    max_new_tokens=ecfg.max_new_tokens, stop=resolve_stop(ecfg.stop, builder), batch_size=2)
+    res = influence(
+        model,
+        tok,
+        sae,
+        exs,
+        ecfg.influence_options(),
+        layer=ecfg.layer or None,
+        max_new_tokens=ecfg.max_new_tokens,
+        stop=resolve_stop(ecfg.stop, builder),
+        batch_size=2,
+    )
     views = []
     for r in res:
-        latents = sorted({int(c) for c in r.top(10)} | {int(c) for c in r.bottom(10)}
-                         | {int(c) for c in r.top(10, baseline=True)})
+        latents = sorted(
+            {int(c) for c in r.top(10)} | {int(c) for c in r.bottom(10)} | {int(c) for c in r.top(10, baseline=True)}
+        )
         views.append(r.to_json(top=10, promoted=promoted_tokens(model, tok, sae, latents)))
     return views
 
@@ -127,8 +158,10 @@ def info(cfg: InfoConfig) -> None:
     from .formats import bundled_saes, load_sae
     from .model import cache_dir
 
-    print(f"gradsae on Python {platform.python_version()}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}")
+    print(
+        f"gradsae on Python {platform.python_version()}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}"
+    )
     print(f"cache folder: {cache_dir()}")
     print("bundled SAEs (NMSE and L_added on held-out text, from each folder's eval.json; card: README.md):")
     for line in bundled_table(bundled_saes()):
@@ -147,10 +180,18 @@ def bundled_table(saes: dict[str, Path]) -> list[str]:
         sae = load_sae(folder)
         meta = sae.cfg.metadata or {}
         ev = read_json(folder / "eval.json")["eval_result_metrics"] if (folder / "eval.json").exists() else None
-        rows.append((name, sae.cfg.hook_name, sae.cfg.architecture, str(sae.cfg.k or "-"), str(sae.d_sae),
-                     str(meta.get("model_tokens") or meta.get("train_tokens") or "-"),
-                     f"{ev['reconstruction_quality']['nmse']:.4f}" if ev else "-",
-                     f"{ev['model_performance_preservation']['l_added']:.4f}" if ev else "-"))
+        rows.append(
+            (
+                name,
+                sae.cfg.hook_name,
+                sae.cfg.architecture,
+                str(sae.cfg.k or "-"),
+                str(sae.d_sae),
+                str(meta.get("model_tokens") or meta.get("train_tokens") or "-"),
+                f"{ev['reconstruction_quality']['nmse']:.4f}" if ev else "-",
+                f"{ev['model_performance_preservation']['l_added']:.4f}" if ev else "-",
+            )
+        )
     if len(rows) == 1:
         return ["(none)"]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -190,8 +231,10 @@ def convert(cfg: ConvertConfig) -> None:
     if cfg.hook_name:
         hook = canonical_hook_name(cfg.hook_name)
         if not hook.startswith("blocks."):
-            raise GradsaeError(f"--hook-name {cfg.hook_name!r} is not a hook name gradsae knows: use e.g. "
-                               "blocks.9.hook_resid_post or blocks.9.hook_mlp_out")
+            raise GradsaeError(
+                f"--hook-name {cfg.hook_name!r} is not a hook name gradsae knows: use e.g. "
+                "blocks.9.hook_resid_post or blocks.9.hook_mlp_out"
+            )
         sae.cfg.hook_name = hook
     # write beside the destination, then rename: an interrupted convert leaves no half folder at dst
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")

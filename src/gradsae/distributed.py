@@ -1,5 +1,6 @@
 """The one torch.distributed helper: a process group when launched by ``torchrun`` (WORLD_SIZE > 1), else a
 single process with the same interface, so callers never branch on "am I distributed"."""
+
 from __future__ import annotations
 
 import datetime
@@ -18,6 +19,7 @@ class Dist:
         self._own = False
         if self.enabled:
             import torch.distributed as dist
+
             if not dist.is_initialized():
                 # nccl for CUDA, gloo otherwise; a long timeout because rank 0 may merge and summarise for minutes
                 backend = "nccl" if str(device).startswith(("cuda", "auto")) and torch.cuda.is_available() else "gloo"
@@ -27,11 +29,13 @@ class Dist:
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist
+
             dist.barrier()
 
     def close(self) -> None:
         if self._own:
             import torch.distributed as dist
+
             dist.destroy_process_group()
             self._own = False
 

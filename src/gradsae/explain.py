@@ -8,6 +8,7 @@ the answer with the top-K latents zeroed (GradSAE's and the Baseline's, K from `
 Library: ``explain(model, tok, sae, prompt, output=None, ...) -> (Influence, view)`` where ``view`` is the
 dict ``report.render_example`` draws.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,8 +31,9 @@ class ExplainConfig(ScoringOptions, InfluenceOptions):
     prompt: str = opt(help="the prompt (plain text, as the model sees it)", positional=True)
     output: str = opt("", "the answer to explain; empty = the model's own greedy answer through the SAE splice")
     top: int = opt(10, "latents shown (top and bottom)")
-    mask_k: list[str] = opt(["1", "10"], "regenerate with the top K latents zeroed for these K (e.g. 1,10,50%%); "
-                                         "empty to skip")
+    mask_k: list[str] = opt(
+        ["1", "10"], "regenerate with the top K latents zeroed for these K (e.g. 1,10,50%%); empty to skip"
+    )
     promoted: int = opt(6, "tokens listed per latent (top of W_U · W_dec[c])")
     keep_per_token: int = opt(10, "latents whose per-token influence the HTML page can colour")
     max_new_tokens: int = opt(32, "tokens generated for the answer (and the masked answers)")
@@ -40,22 +42,46 @@ class ExplainConfig(ScoringOptions, InfluenceOptions):
     json: str = opt("", "write the view as JSON to this file")
 
 
-def mask_answers(model, tok, sae, prompt: str, sets: dict[str, Sequence[int]], *, layer=None, error="none",
-                 max_new_tokens: int = 32, stop: Sequence[str] = ("\n",)) -> tuple[str, dict[str, str]]:
+def mask_answers(
+    model,
+    tok,
+    sae,
+    prompt: str,
+    sets: dict[str, Sequence[int]],
+    *,
+    layer=None,
+    error="none",
+    max_new_tokens: int = 32,
+    stop: Sequence[str] = ("\n",),
+) -> tuple[str, dict[str, str]]:
     """The unedited answer and the answer with each latent set zeroed at every position (one batch:
     row 0 unedited, one row per distinct non-empty set). Returns (unedited, {name: answer})."""
     from .squad.phases import Variant, run_variants
 
     variants = {name: Variant(zero=tuple(sorted(int(c) for c in v))) for name, v in sets.items()}
-    run = run_variants(model, tok, sae, prompt, variants, layer=layer, error=error, max_new_tokens=max_new_tokens,
-                       stop=stop)
+    run = run_variants(
+        model, tok, sae, prompt, variants, layer=layer, error=error, max_new_tokens=max_new_tokens, stop=stop
+    )
     return run.control.strip(), {name: t.strip() for name, t in run.texts.items()}
 
 
-def explain(model, tok, sae, prompt: str, output: str | None = None, opts: InfluenceOptions | None = None, *,
-            top: int = 10, mask_k: Sequence[str | int] = ("1", "10"), promoted: int = 6, keep_per_token: int = 10,
-            layer=None, max_new_tokens: int = 32, stop: Sequence[str] = ("\n",),
-            **option_overrides) -> tuple[Influence, dict]:
+def explain(
+    model,
+    tok,
+    sae,
+    prompt: str,
+    output: str | None = None,
+    opts: InfluenceOptions | None = None,
+    *,
+    top: int = 10,
+    mask_k: Sequence[str | int] = ("1", "10"),
+    promoted: int = 6,
+    keep_per_token: int = 10,
+    layer=None,
+    max_new_tokens: int = 32,
+    stop: Sequence[str] = ("\n",),
+    **option_overrides,
+) -> tuple[Influence, dict]:
     """Influence of every latent on one answer, plus the answers with the top-K sets zeroed.
 
     ``opts`` (and keyword overrides of its fields, e.g. ``error="keep"``) say how influence is computed.
@@ -69,26 +95,41 @@ def explain(model, tok, sae, prompt: str, output: str | None = None, opts: Influ
     from .squad.data import em_f1
 
     if not prompt or not prompt.strip():
-        raise GradsaeError("empty prompt: give the text to explain, e.g. gradsae explain \"The capital of France is\"")
+        raise GradsaeError('empty prompt: give the text to explain, e.g. gradsae explain "The capital of France is"')
     if output is not None and not output.strip():
-        raise GradsaeError(f"--output {output!r} is blank: give the answer to explain, or leave it out to explain "
-                           "the model's own answer")
+        raise GradsaeError(
+            f"--output {output!r} is blank: give the answer to explain, or leave it out to explain "
+            "the model's own answer"
+        )
     opts = dataclasses.replace((opts or InfluenceOptions()).influence_options(), **option_overrides)
     for k in mask_k:
         check_k(k)  # before any model work
     t0 = time.perf_counter()
-    inf = influence(model, tok, sae, [Example(prompt, output or None, id="explain")], opts, layer=layer,
-                    keep_per_token=keep_per_token, max_new_tokens=max_new_tokens, stop=stop)[0]
-    shown = sorted({int(c) for c in inf.top(top)} | {int(c) for c in inf.bottom(top)}
-                   | {int(c) for c in inf.top(top, baseline=True)})
+    inf = influence(
+        model,
+        tok,
+        sae,
+        [Example(prompt, output or None, id="explain")],
+        opts,
+        layer=layer,
+        keep_per_token=keep_per_token,
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+    )[0]
+    shown = sorted(
+        {int(c) for c in inf.top(top)}
+        | {int(c) for c in inf.bottom(top)}
+        | {int(c) for c in inf.top(top, baseline=True)}
+    )
     view = inf.to_json(top=top, promoted=promoted_tokens(model, tok, sae, shown, n=promoted))
     if mask_k:
         sets = {}
         for k in mask_k:
             for m, base in (("gradsae", False), ("baseline", True)):
                 sets[f"{m}/top/{k}"] = [int(c) for c in inf.top(k, baseline=base)]
-        unedited, answers = mask_answers(model, tok, sae, prompt, sets, layer=layer, error=opts.error,
-                                         max_new_tokens=max_new_tokens, stop=stop)
+        unedited, answers = mask_answers(
+            model, tok, sae, prompt, sets, layer=layer, error=opts.error, max_new_tokens=max_new_tokens, stop=stop
+        )
         cells = {}
         for name, pred in answers.items():
             em, f1 = em_f1(pred, [inf.output]) if inf.output.strip() else (0.0, 0.0)
@@ -120,15 +161,21 @@ def run(cfg: ExplainConfig) -> dict:
     from .influence import check_k
     from .report import render_example_page
 
-    for flag, v, lo in (("--top", cfg.top, 1), ("--max-new-tokens", cfg.max_new_tokens, 1),
-                        ("--promoted", cfg.promoted, 0), ("--keep-per-token", cfg.keep_per_token, 0)):
+    for flag, v, lo in (
+        ("--top", cfg.top, 1),
+        ("--max-new-tokens", cfg.max_new_tokens, 1),
+        ("--promoted", cfg.promoted, 0),
+        ("--keep-per-token", cfg.keep_per_token, 0),
+    ):
         if v < lo:
             raise GradsaeError(f"{flag} {v}: give at least {lo}")
     if not cfg.prompt.strip():
-        raise GradsaeError("empty prompt: give the text to explain, e.g. gradsae explain \"The capital of France is\"")
+        raise GradsaeError('empty prompt: give the text to explain, e.g. gradsae explain "The capital of France is"')
     if cfg.output and not cfg.output.strip():
-        raise GradsaeError(f"--output {cfg.output!r} is blank: give the answer to explain, or leave it out to "
-                           "explain the model's own answer")
+        raise GradsaeError(
+            f"--output {cfg.output!r} is blank: give the answer to explain, or leave it out to "
+            "explain the model's own answer"
+        )
     for k in cfg.mask_k:
         check_k(k)
     for flag, path in (("--html", cfg.html), ("--json", cfg.json)):
@@ -143,9 +190,21 @@ def run(cfg: ExplainConfig) -> dict:
     rt = start(cfg, "explain")
     model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
     sae = load_sae(cfg.sae, device=str(next(model.parameters()).device))
-    inf, view = explain(model, tok, sae, cfg.prompt, cfg.output or None, top=cfg.top, mask_k=cfg.mask_k,
-                        promoted=cfg.promoted, keep_per_token=cfg.keep_per_token, layer=cfg.layer or None,
-                        max_new_tokens=cfg.max_new_tokens, stop=parse_stop(cfg.stop), opts=cfg.influence_options())
+    inf, view = explain(
+        model,
+        tok,
+        sae,
+        cfg.prompt,
+        cfg.output or None,
+        top=cfg.top,
+        mask_k=cfg.mask_k,
+        promoted=cfg.promoted,
+        keep_per_token=cfg.keep_per_token,
+        layer=cfg.layer or None,
+        max_new_tokens=cfg.max_new_tokens,
+        stop=parse_stop(cfg.stop),
+        opts=cfg.influence_options(),
+    )
     view["meta"].update(model=model_name(model), sae=cfg.sae, config=asdict(cfg), runtime=rt.as_config())
     promoted = {r["latent"]: r.get("promotes", []) for r in view["top"]}
     if dash is not None:  # each listed latent's dashboard card (HTML and JSON)

@@ -18,6 +18,7 @@ What cannot run identically in gradsae (per-token normalisation, gated, transcod
 one line; docs/formats.md lists every case. ``save_saelens`` writes what sae-lens runs (input scaling
 folded into the weights, g-SAE/e2e as topk, BatchTopK as jumprelu) and keeps gradsae's own metadata beside.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,6 +44,7 @@ DEFAULT_GSAE = "smollm2/gsae/L14"
 # Public entry points
 # ---------------------------------------------------------------------------------------------
 
+
 def load_sae(path_or_name: str | Path, device: str = "cpu", dtype: str | None = None) -> SAE:
     """Load an SAE from a folder/file of any supported format, a bundled name, or ``saelens:release/id``."""
     from .model import resolve_device
@@ -50,7 +52,7 @@ def load_sae(path_or_name: str | Path, device: str = "cpu", dtype: str | None = 
     device = resolve_device(device)  # "auto" -> cuda/cpu; an unknown device is one line, not a torch error
     spec = str(path_or_name)
     if spec.startswith("saelens:"):
-        sae = _load_from_saelens_registry(spec[len("saelens:"):], device)
+        sae = _load_from_saelens_registry(spec[len("saelens:") :], device)
     else:
         path = _resolve_path(spec)
         sae = _load_path(path)
@@ -65,7 +67,7 @@ def load_sae(path_or_name: str | Path, device: str = "cpu", dtype: str | None = 
 
 
 def bundled_saes() -> dict[str, Path]:
-    """Short name -> folder for every SAE shipped inside the package (e.g. ``smollm2/topk/L9``)."""
+    """Short name -> folder for every SAE shipped inside the package (e.g. ``smollm2/topk/L6``)."""
     out = {}
     if BUNDLED_DIR.is_dir():
         for cfg in sorted(BUNDLED_DIR.glob("**/cfg.json")):
@@ -75,8 +77,14 @@ def bundled_saes() -> dict[str, Path]:
 
 # gradsae architecture -> what sae-lens runs at inference for it (it has no g-SAE / e2e / BatchTopK
 # inference class): a g-SAE or e2e SAE without a gradient is plain TopK, a BatchTopK SAE runs as JumpReLU.
-_LENS_EXPORT = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk", "gsae": "topk", "e2e": "topk",
-                "batchtopk": "jumprelu"}
+_LENS_EXPORT = {
+    "relu": "standard",
+    "jumprelu": "jumprelu",
+    "topk": "topk",
+    "gsae": "topk",
+    "e2e": "topk",
+    "batchtopk": "jumprelu",
+}
 _LENS_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 EXTRA_FILE = "gradsae_extra.safetensors"
@@ -114,26 +122,36 @@ def save_saelens(sae: SAE, path: str | Path, dtype: str | None = None) -> Path:
         raise GradsaeError(f"cannot save as dtype {dtype!r}: use one of {', '.join(SAVE_DTYPES)}")
     c = sae.cfg
     if c.architecture not in _LENS_EXPORT:
-        raise GradsaeError(f"gradsae cannot write a {c.architecture!r} SAE in SAELens form: it writes "
-                           f"{', '.join(_LENS_EXPORT)}")
+        raise GradsaeError(
+            f"gradsae cannot write a {c.architecture!r} SAE in SAELens form: it writes {', '.join(_LENS_EXPORT)}"
+        )
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise GradsaeError(f"{path} is a file, not a folder: give a folder to save the SAE in")
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
-             for k, v in sae.state_dict().items()}
+    state = {
+        k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu() for k, v in sae.state_dict().items()
+    }
     s = c.norm_scaling_factor
     if s is not None:
-        state["W_enc"], state["W_dec"], state["b_dec"] = fold_input_scaling(state["W_enc"], state["W_dec"],
-                                                                           state["b_dec"], float(s))
+        state["W_enc"], state["W_dec"], state["b_dec"] = fold_input_scaling(
+            state["W_enc"], state["W_dec"], state["b_dec"], float(s)
+        )
     out_dtype = dtype or c.dtype
     lens = {k: state[k].to(getattr(torch, out_dtype)).contiguous() for k in _LENS_KEYS if k in state}
     extra = {k: v.contiguous() for k, v in state.items() if k not in _LENS_KEYS}
     arch = _LENS_EXPORT[c.architecture]
     if arch == "jumprelu" and "threshold" not in lens:
         raise GradsaeError(f"{sae.describe()} has no threshold: it cannot be written as a JumpReLU SAE")
-    ours = {**c.metadata, "architecture": c.architecture, "k": c.k, "beta": c.beta, "beta_mode": c.beta_mode,
-            "norm_scaling_factor": None, "folded_norm_scaling_factor": s}
+    ours = {
+        **c.metadata,
+        "architecture": c.architecture,
+        "k": c.k,
+        "beta": c.beta,
+        "beta_mode": c.beta_mode,
+        "norm_scaling_factor": None,
+        "folded_norm_scaling_factor": s,
+    }
     ours.pop("format", None)
     ours.pop("source", None)
     cfg = {
@@ -178,6 +196,7 @@ def _atomic_safetensors(tensors: dict[str, torch.Tensor], target: Path) -> None:
 # Detection
 # ---------------------------------------------------------------------------------------------
 
+
 def _resolve_path(spec: str) -> Path:
     path = Path(spec).expanduser()
     if path.exists():
@@ -186,8 +205,10 @@ def _resolve_path(spec: str) -> Path:
     if spec in bundled:
         return bundled[spec]
     hint = f" Bundled SAEs: {', '.join(bundled)}." if bundled else ""
-    raise GradsaeError(f"no SAE at {spec!r}: give a folder or file of a supported format, a bundled name, "
-                       f"or 'saelens:<release>/<sae_id>'.{hint}")
+    raise GradsaeError(
+        f"no SAE at {spec!r}: give a folder or file of a supported format, a bundled name, "
+        f"or 'saelens:<release>/<sae_id>'.{hint}"
+    )
 
 
 def _load_path(path: Path) -> SAE:
@@ -209,15 +230,22 @@ def _load_path(path: Path) -> SAE:
         return _load_dictionary_learning(path, path / "ae.pt")
     pts = sorted(p.name for p in path.iterdir() if re.match(r"ae_\d+\.pt$", p.name))
     if pts:
-        raise GradsaeError(f"{path} holds dictionary_learning checkpoints ({', '.join(pts[:4])}"
-                           f"{', ...' if len(pts) > 4 else ''}): point at one .pt file")
+        raise GradsaeError(
+            f"{path} holds dictionary_learning checkpoints ({', '.join(pts[:4])}"
+            f"{', ...' if len(pts) > 4 else ''}): point at one .pt file"
+        )
     if "params.npz" in names:
         return _load_gemma_scope(path / "params.npz")
-    subs = sorted(p.name for p in path.iterdir() if p.is_dir() and
-                  ({"cfg.json", "params.npz", "ae.pt"} & {q.name for q in p.iterdir()}))
+    subs = sorted(
+        p.name
+        for p in path.iterdir()
+        if p.is_dir() and ({"cfg.json", "params.npz", "ae.pt"} & {q.name for q in p.iterdir()})
+    )
     if subs:
-        raise GradsaeError(f"{path} holds several SAEs ({', '.join(subs[:6])}{', ...' if len(subs) > 6 else ''}): "
-                           "point at one of these sub-folders")
+        raise GradsaeError(
+            f"{path} holds several SAEs ({', '.join(subs[:6])}{', ...' if len(subs) > 6 else ''}): "
+            "point at one of these sub-folders"
+        )
     raise GradsaeError(
         f"{path} is not a known SAE folder (found: {', '.join(sorted(names)[:8]) or 'nothing'}): expected "
         "cfg.json+sae_weights.safetensors (SAELens), params.npz (Gemma Scope), cfg.json+sae.safetensors "
@@ -233,8 +261,10 @@ def _read_json(path: Path) -> dict:
     except UnicodeDecodeError:
         raise GradsaeError(f"{path} is not UTF-8 text: it is not an SAE config; regenerate the file") from None
     if not isinstance(raw, dict):
-        raise GradsaeError(f"{path} holds a JSON {type(raw).__name__}, not an object: an SAE config is "
-                           "{\"d_in\": ..., ...}; fix or regenerate the file")
+        raise GradsaeError(
+            f"{path} holds a JSON {type(raw).__name__}, not an object: an SAE config is "
+            '{"d_in": ..., ...}; fix or regenerate the file'
+        )
     return raw
 
 
@@ -254,8 +284,9 @@ def _whole(value, key: str, where) -> int:
     except ValueError:
         f = math.nan
     if not math.isfinite(f) or f != int(f):
-        raise GradsaeError(f"{where} has {key}={value!r}, which is not a whole number: set {key} to an integer, "
-                           f"e.g. \"{key}\": 32")
+        raise GradsaeError(
+            f'{where} has {key}={value!r}, which is not a whole number: set {key} to an integer, e.g. "{key}": 32'
+        )
     return int(f)
 
 
@@ -267,8 +298,10 @@ def _scaling_factor(value, where: Path) -> float | None:
     except (TypeError, ValueError):
         f = float("nan")
     if not (f == f and 0 < f < float("inf")):
-        raise GradsaeError(f"{where} has norm_scaling_factor={value!r}: it must be a positive finite number "
-                           "(the factor activations were multiplied by in training); fix or remove it")
+        raise GradsaeError(
+            f"{where} has norm_scaling_factor={value!r}: it must be a positive finite number "
+            "(the factor activations were multiplied by in training); fix or remove it"
+        )
     return f
 
 
@@ -276,22 +309,26 @@ def _scaling_factor(value, where: Path) -> float | None:
 # Orientation and building
 # ---------------------------------------------------------------------------------------------
 
+
 def _orient(t: torch.Tensor, rows: int, cols: int, name: str, where: Path) -> torch.Tensor:
     """Return t as [rows, cols], transposing if it is stored the other way round."""
     if tuple(t.shape) == (rows, cols):
         return t
     if tuple(t.shape) == (cols, rows):
         return t.T
-    raise GradsaeError(f"{name} in {where} has shape {tuple(t.shape)}, expected ({rows}, {cols}) or "
-                       f"({cols}, {rows}): the file does not belong to a d_in={rows if name == 'W_enc' else cols} SAE")
+    raise GradsaeError(
+        f"{name} in {where} has shape {tuple(t.shape)}, expected ({rows}, {cols}) or "
+        f"({cols}, {rows}): the file does not belong to a d_in={rows if name == 'W_enc' else cols} SAE"
+    )
 
 
 def _build(cfg: SAEConfig, W_enc, b_enc, W_dec, b_dec, where: Path, threshold=None) -> SAE:
     D, C = cfg.d_in, cfg.d_sae
     for name, t, shape in (("b_enc", b_enc, (C,)), ("b_dec", b_dec, (D,))):
         if tuple(t.shape) != shape:
-            raise GradsaeError(f"{name} in {where} has shape {tuple(t.shape)}, expected {shape}: "
-                               f"config says d_in={D}, d_sae={C}")
+            raise GradsaeError(
+                f"{name} in {where} has shape {tuple(t.shape)}, expected {shape}: config says d_in={D}, d_sae={C}"
+            )
     sae = SAE(cfg)
     with torch.no_grad():
         sae.W_enc.copy_(_orient(W_enc, D, C, "W_enc", where))
@@ -300,13 +337,17 @@ def _build(cfg: SAEConfig, W_enc, b_enc, W_dec, b_dec, where: Path, threshold=No
         sae.b_dec.copy_(b_dec)
         if hasattr(sae, "threshold"):
             if threshold is None:
-                raise GradsaeError(f"{where} has no threshold, which a {cfg.architecture} SAE needs: "
-                                   "the config and the weights belong to different SAE classes")
+                raise GradsaeError(
+                    f"{where} has no threshold, which a {cfg.architecture} SAE needs: "
+                    "the config and the weights belong to different SAE classes"
+                )
             if threshold.numel() == 1:
                 threshold = threshold.reshape(()).expand(C)
             if tuple(threshold.shape) != (C,):
-                raise GradsaeError(f"threshold in {where} has shape {tuple(threshold.shape)}, expected ({C},) "
-                                   "or a single value: the file is corrupt or belongs to another SAE")
+                raise GradsaeError(
+                    f"threshold in {where} has shape {tuple(threshold.shape)}, expected ({C},) "
+                    "or a single value: the file is corrupt or belongs to another SAE"
+                )
             sae.threshold.copy_(threshold)
     return sae
 
@@ -329,9 +370,14 @@ def _dims(b_enc: torch.Tensor, b_dec: torch.Tensor) -> tuple[int, int]:
 # sae-lens architecture -> (gradsae architecture, weight keys beyond W_enc/b_enc/W_dec/b_dec it must have).
 # "batchtopk" / "matryoshka_batchtopk" are sae-lens *training* checkpoints: at inference sae-lens turns them
 # into JumpReLU with threshold = topk_threshold (save_inference_model), so gradsae does the same.
-_SAELENS_ARCH = {"standard": ("relu", ()), "relu": ("relu", ()), "jumprelu": ("jumprelu", ("threshold",)),
-                 "topk": ("topk", ()), "batchtopk": ("jumprelu", ("topk_threshold",)),
-                 "matryoshka_batchtopk": ("jumprelu", ("topk_threshold",))}
+_SAELENS_ARCH = {
+    "standard": ("relu", ()),
+    "relu": ("relu", ()),
+    "jumprelu": ("jumprelu", ("threshold",)),
+    "topk": ("topk", ()),
+    "batchtopk": ("jumprelu", ("topk_threshold",)),
+    "matryoshka_batchtopk": ("jumprelu", ("topk_threshold",)),
+}
 _SAELENS_REFUSED = {
     "gated": "gated SAEs (b_gate, b_mag, r_mag) have no gradsae equivalent",
     "abstopk": "AbsTopK keeps negative latents, which gradsae's TopK does not",
@@ -339,7 +385,7 @@ _SAELENS_REFUSED = {
     "skip_transcoder": "a transcoder maps one hook to another; gradsae splices SAEs that reconstruct their input",
     "jumprelu_transcoder": "a transcoder maps one hook to another; gradsae splices SAEs that reconstruct their input",
     "jumprelu_skip_transcoder": "a transcoder maps one hook to another; gradsae splices SAEs that reconstruct "
-                                "their input",
+    "their input",
     "temporal": "temporal SAEs attend over earlier tokens, which gradsae's per-token splice cannot run",
     "matching_pursuit": "matching pursuit encodes iteratively, which gradsae does not implement",
 }
@@ -362,21 +408,28 @@ def _load_saelens(path: Path) -> SAE:
     if ours.get("architecture"):  # written by gradsae
         lens_arch = ours["architecture"]
     if lens_arch in _SAELENS_REFUSED:
-        raise GradsaeError(f"{path} is a sae-lens {lens_arch!r} SAE, which gradsae cannot run: "
-                           f"{_SAELENS_REFUSED[lens_arch]}")
+        raise GradsaeError(
+            f"{path} is a sae-lens {lens_arch!r} SAE, which gradsae cannot run: {_SAELENS_REFUSED[lens_arch]}"
+        )
     for key in ("W_enc", "b_enc", "W_dec", "b_dec"):
         if key not in w:
             raise GradsaeError(f"{path}/sae_weights.safetensors has no {key}: not a SAELens SAE file")
     D, C = _dims(w["b_enc"], w["b_dec"])
     for key, expect in (("d_in", D), ("d_sae", C)):
         if raw.get(key) is not None and _whole(raw[key], key, path / "cfg.json") != expect:
-            raise GradsaeError(f"{path}/cfg.json says {key}={raw[key]} but the weights have {expect}: "
-                               "the config and weights do not belong together")
+            raise GradsaeError(
+                f"{path}/cfg.json says {key}={raw[key]} but the weights have {expect}: "
+                "the config and weights do not belong together"
+            )
     hook = canonical_hook_name(str(flat.get("hook_name") or flat.get("hook_point") or ""))
-    common = dict(hook_name=hook, model_name=str(flat.get("model_name") or ""),
-                  context_size=flat.get("context_size"), prepend_bos=bool(flat.get("prepend_bos", True)),
-                  dataset_path=str(flat.get("dataset_path") or ""),
-                  apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)))
+    common = dict(
+        hook_name=hook,
+        model_name=str(flat.get("model_name") or ""),
+        context_size=flat.get("context_size"),
+        prepend_bos=bool(flat.get("prepend_bos", True)),
+        dataset_path=str(flat.get("dataset_path") or ""),
+        apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
+    )
     if ours.get("architecture") and "folded_norm_scaling_factor" in ours:
         return _load_gradsae_folder(path, raw, ours, w, D, C, common)
 
@@ -384,8 +437,10 @@ def _load_saelens(path: Path) -> SAE:
     gradsae_own = {"gsae": ("gsae", ()), "batchtopk": ("batchtopk", ("threshold",))} if ours else {}
     table = {**_SAELENS_ARCH, **gradsae_own}
     if lens_arch not in table:
-        raise GradsaeError(f"SAELens architecture {lens_arch!r} in {path} is not supported: gradsae reads "
-                           f"{', '.join(sorted(set(_SAELENS_ARCH) - {'relu'}))}")
+        raise GradsaeError(
+            f"SAELens architecture {lens_arch!r} in {path} is not supported: gradsae reads "
+            f"{', '.join(sorted(set(_SAELENS_ARCH) - {'relu'}))}"
+        )
     arch, needs = table[lens_arch]
     if lens_arch == "batchtopk" and not ours and "threshold" in w and "topk_threshold" not in w:
         needs = ("threshold",)
@@ -396,41 +451,54 @@ def _load_saelens(path: Path) -> SAE:
     foreign = sorted(set(w) - known)
     if missing or foreign or ("threshold" in w and arch in ("relu", "topk")):
         held = ", ".join(foreign) or ", ".join(k_ for k_ in ("threshold", "topk_threshold") if k_ in w) or "no "
-        raise GradsaeError(f"{path}/cfg.json names a {lens_arch!r} SAE but the weights hold {held.strip()}"
-                           f"{' and lack ' + ', '.join(missing) if missing else ''}: the config and the weights "
-                           "belong to different SAE classes")
+        raise GradsaeError(
+            f"{path}/cfg.json names a {lens_arch!r} SAE but the weights hold {held.strip()}"
+            f"{' and lack ' + ', '.join(missing) if missing else ''}: the config and the weights "
+            "belong to different SAE classes"
+        )
     if raw.get("finetuning_scaling_factor"):
-        raise GradsaeError(f"{path} uses finetuning_scaling_factor, which gradsae does not implement: "
-                           "fold it into W_dec with sae-lens and save again")
+        raise GradsaeError(
+            f"{path} uses finetuning_scaling_factor, which gradsae does not implement: "
+            "fold it into W_dec with sae-lens and save again"
+        )
     norm = raw.get("normalize_activations")
     nsf = _scaling_factor(ours.get("norm_scaling_factor"), path / "cfg.json")
     if norm in _PER_TOKEN_NORM:
-        raise GradsaeError(f"{path} {_PER_TOKEN_NORM[norm]} (normalize_activations={norm!r}); gradsae's SAEs apply "
-                           "no per-token normalisation, so it cannot run this SAE as trained")
+        raise GradsaeError(
+            f"{path} {_PER_TOKEN_NORM[norm]} (normalize_activations={norm!r}); gradsae's SAEs apply "
+            "no per-token normalisation, so it cannot run this SAE as trained"
+        )
     if norm not in (None, "none", "expected_average_only_in"):
-        raise GradsaeError(f"{path} has normalize_activations={norm!r}, which gradsae does not know: "
-                           "use none or expected_average_only_in")
+        raise GradsaeError(
+            f"{path} has normalize_activations={norm!r}, which gradsae does not know: "
+            "use none or expected_average_only_in"
+        )
     if norm == "expected_average_only_in" and nsf is None:
         nsf = _scaling_factor(flat.get("norm_scaling_factor"), path / "cfg.json")
         if nsf is None:
-            raise GradsaeError(f"{path} expects activations scaled by a dataset-wide constant "
-                               "(normalize_activations=expected_average_only_in) but stores no norm_scaling_factor: "
-                               "add the factor it was trained with to cfg.json as \"norm_scaling_factor\"")
+            raise GradsaeError(
+                f"{path} expects activations scaled by a dataset-wide constant "
+                "(normalize_activations=expected_average_only_in) but stores no norm_scaling_factor: "
+                'add the factor it was trained with to cfg.json as "norm_scaling_factor"'
+            )
     k_raw = raw.get("k")
     if k_raw is None:
         kwargs = raw.get("activation_fn_kwargs")
         k_raw = kwargs.get("k") if isinstance(kwargs, dict) else None
     k = _whole(k_raw, "k", path / "cfg.json") if k_raw is not None and arch in ("topk", "gsae", "batchtopk") else None
     if arch in ("topk", "gsae", "batchtopk") and k is None:
-        raise GradsaeError(f"{path}/cfg.json names a {lens_arch!r} SAE but has no k: "
-                           "add \"k\" (active latents per token)")
+        raise GradsaeError(
+            f'{path}/cfg.json names a {lens_arch!r} SAE but has no k: add "k" (active latents per token)'
+        )
     W_enc, b_enc, W_dec = w["W_enc"].float(), w["b_enc"].float(), w["W_dec"].float()
     W_dec = _orient(W_dec, C, D, "W_dec", path)
     W_enc = _orient(W_enc, D, C, "W_enc", path)
     if raw.get("rescale_acts_by_decoder_norm"):
         if lens_arch not in ("topk", "batchtopk", "matryoshka_batchtopk"):
-            raise GradsaeError(f"{path} sets rescale_acts_by_decoder_norm for a {lens_arch!r} SAE, which sae-lens "
-                               "only defines for TopK: fix the config")
+            raise GradsaeError(
+                f"{path} sets rescale_acts_by_decoder_norm for a {lens_arch!r} SAE, which sae-lens "
+                "only defines for TopK: fix the config"
+            )
         W_enc, b_enc, W_dec = fold_decoder_norm(W_enc, b_enc, W_dec)
     thr = w.get("threshold")
     if lens_arch in ("batchtopk", "matryoshka_batchtopk") and "topk_threshold" in w:
@@ -441,9 +509,17 @@ def _load_saelens(path: Path) -> SAE:
     source = {"format": "saelens", "source": str(path)}
     if lens_arch in ("batchtopk", "matryoshka_batchtopk") and "topk_threshold" in w:
         source["saelens_training_architecture"] = lens_arch
-    cfg = SAEConfig(d_in=D, d_sae=C, architecture=arch, k=k, norm_scaling_factor=nsf,
-                    beta=float(ours.get("beta", 0.0)), beta_mode=ours.get("beta_mode", "rms"),
-                    metadata={**extra, **source}, **common)
+    cfg = SAEConfig(
+        d_in=D,
+        d_sae=C,
+        architecture=arch,
+        k=k,
+        norm_scaling_factor=nsf,
+        beta=float(ours.get("beta", 0.0)),
+        beta_mode=ours.get("beta_mode", "rms"),
+        metadata={**extra, **source},
+        **common,
+    )
     sae = _build(cfg, W_enc, b_enc, W_dec, w["b_dec"].float(), path, thr)
     if "grad_scale" in w and hasattr(sae, "grad_scale"):
         sae.grad_scale.copy_(w["grad_scale"].float().reshape(()))
@@ -459,11 +535,22 @@ def _load_gradsae_folder(path: Path, raw: dict, ours: dict, w: dict, D: int, C: 
     W_enc, W_dec = _orient(W_enc, D, C, "W_enc", path), _orient(W_dec, C, D, "W_dec", path)
     if s is not None:  # inverse of fold_input_scaling
         W_enc, W_dec, b_dec = fold_input_scaling(W_enc, W_dec, b_dec, 1.0 / s)
-    meta = {k_: v for k_, v in ours.items() if k_ not in ("architecture", "k", "beta", "beta_mode",
-                                                         "norm_scaling_factor", "folded_norm_scaling_factor")}
-    cfg = SAEConfig(d_in=D, d_sae=C, architecture=arch, k=k, norm_scaling_factor=s,
-                    beta=float(ours.get("beta", 0.0)), beta_mode=ours.get("beta_mode", "rms"),
-                    metadata={**meta, "format": "saelens", "source": str(path)}, **common)
+    meta = {
+        k_: v
+        for k_, v in ours.items()
+        if k_ not in ("architecture", "k", "beta", "beta_mode", "norm_scaling_factor", "folded_norm_scaling_factor")
+    }
+    cfg = SAEConfig(
+        d_in=D,
+        d_sae=C,
+        architecture=arch,
+        k=k,
+        norm_scaling_factor=s,
+        beta=float(ours.get("beta", 0.0)),
+        beta_mode=ours.get("beta_mode", "rms"),
+        metadata={**meta, "format": "saelens", "source": str(path)},
+        **common,
+    )
     sae = _build(cfg, W_enc, w["b_enc"].float(), W_dec, b_dec, path, w.get("threshold"))
     extra_path = path / EXTRA_FILE
     if extra_path.exists():
@@ -471,16 +558,20 @@ def _load_gradsae_folder(path: Path, raw: dict, ours: dict, w: dict, D: int, C: 
         own = sae.state_dict()
         for name, t in extra.items():
             if name not in own or own[name].shape != t.shape:
-                raise GradsaeError(f"{extra_path} holds {name} {tuple(t.shape)}, which a {arch} SAE does not have: "
-                                   "the folder mixes files of two SAEs; save it again")
+                raise GradsaeError(
+                    f"{extra_path} holds {name} {tuple(t.shape)}, which a {arch} SAE does not have: "
+                    "the folder mixes files of two SAEs; save it again"
+                )
         sae.load_state_dict({**own, **extra})
     return sae
 
 
 def _load_gemma_scope(path: Path) -> SAE:
     if any("transcoder" in part for part in path.parts):
-        raise GradsaeError(f"{path} is a Gemma Scope transcoder: it maps one hook to another, and gradsae splices "
-                           "SAEs that reconstruct their input")
+        raise GradsaeError(
+            f"{path} is a Gemma Scope transcoder: it maps one hook to another, and gradsae splices "
+            "SAEs that reconstruct their input"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             w = {k: torch.from_numpy(np.asarray(z[k], dtype=np.float32)) for k in z.files}
@@ -491,9 +582,14 @@ def _load_gemma_scope(path: Path) -> SAE:
         raise GradsaeError(f"{path} lacks {', '.join(sorted(missing))}: not a Gemma Scope params.npz")
     D, C = _dims(w["b_enc"], w["b_dec"])
     # absolute, not resolve: hub caches symlink params.npz into blobs/, which would lose layer_L/
-    cfg = SAEConfig(d_in=D, d_sae=C, architecture="jumprelu", apply_b_dec_to_input=False,
-                    hook_name=gemma_scope_hook(path.absolute().parts),
-                    metadata={"format": "gemma_scope", "source": str(path)})
+    cfg = SAEConfig(
+        d_in=D,
+        d_sae=C,
+        architecture="jumprelu",
+        apply_b_dec_to_input=False,
+        hook_name=gemma_scope_hook(path.absolute().parts),
+        metadata={"format": "gemma_scope", "source": str(path)},
+    )
     return _build(cfg, w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], path, w["threshold"])
 
 
@@ -513,11 +609,23 @@ def _load_sparsify(path: Path) -> SAE:
         raise GradsaeError(f"{path}/cfg.json says d_in={raw['d_in']} but b_dec has {D}: config and weights differ")
     # sparsify names the folder after the module it hooked (layers.6, layers.6.mlp, ...)
     # (a folder name that is no hook, e.g. after renaming, leaves the hook to --layer)
-    hook = next((h for h in (canonical_hook_name(path.absolute().name), canonical_hook_name(str(raw.get("hook") or "")))
-                 if h.startswith("blocks.")), "")
-    cfg = SAEConfig(d_in=D, d_sae=C, architecture="topk", k=_whole(raw.get("k", 32), "k", path / "cfg.json"),
-                    apply_b_dec_to_input=True, hook_name=hook,
-                    metadata={"format": "sparsify", "source": str(path)})
+    hook = next(
+        (
+            h
+            for h in (canonical_hook_name(path.absolute().name), canonical_hook_name(str(raw.get("hook") or "")))
+            if h.startswith("blocks.")
+        ),
+        "",
+    )
+    cfg = SAEConfig(
+        d_in=D,
+        d_sae=C,
+        architecture="topk",
+        k=_whole(raw.get("k", 32), "k", path / "cfg.json"),
+        apply_b_dec_to_input=True,
+        hook_name=hook,
+        metadata={"format": "sparsify", "source": str(path)},
+    )
     return _build(cfg, w["encoder.weight"], w["encoder.bias"], w["W_dec"], w["b_dec"], path)
 
 
@@ -530,11 +638,18 @@ _DL_CLASSES = {
     "JumpReluAutoEncoder": ("jumprelu", {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"}),
     "MatryoshkaBatchTopKSAE": ("batchtopk", {"W_enc", "b_enc", "W_dec", "b_dec", "k", "threshold", "group_sizes"}),
 }
-_DL_TRAINER_CLASS = {"StandardTrainer": "AutoEncoder", "StandardTrainerAprilUpdate": "AutoEncoder",
-                     "TopKTrainer": "AutoEncoderTopK", "BatchTopKTrainer": "BatchTopKSAE",
-                     "JumpReluTrainer": "JumpReluAutoEncoder", "MatryoshkaBatchTopKTrainer": "MatryoshkaBatchTopKSAE"}
-_DL_REFUSED = {"GatedAutoEncoder": "gated SAEs have no gradsae equivalent",
-               "IdentityDict": "an identity dictionary is not an SAE"}
+_DL_TRAINER_CLASS = {
+    "StandardTrainer": "AutoEncoder",
+    "StandardTrainerAprilUpdate": "AutoEncoder",
+    "TopKTrainer": "AutoEncoderTopK",
+    "BatchTopKTrainer": "BatchTopKSAE",
+    "JumpReluTrainer": "JumpReluAutoEncoder",
+    "MatryoshkaBatchTopKTrainer": "MatryoshkaBatchTopKSAE",
+}
+_DL_REFUSED = {
+    "GatedAutoEncoder": "gated SAEs have no gradsae equivalent",
+    "IdentityDict": "an identity dictionary is not an SAE",
+}
 
 
 def _dl_config(folder: Path) -> tuple[dict, Path | None]:
@@ -551,14 +666,20 @@ def _dl_class_from_keys(keys: set[str], weights: Path) -> str:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise GradsaeError(f"{weights} could be {' or '.join(matches)} (same weights, different encoders) and no "
-                           "config.json names the class: put trainSAE's config.json beside it (or one level up "
-                           "for checkpoints/)")
+        raise GradsaeError(
+            f"{weights} could be {' or '.join(matches)} (same weights, different encoders) and no "
+            "config.json names the class: put trainSAE's config.json beside it (or one level up "
+            "for checkpoints/)"
+        )
     if {"decoder_bias", "r_mag", "gate_bias", "mag_bias"} <= keys:
-        raise GradsaeError(f"{weights} is a dictionary_learning GatedAutoEncoder, which gradsae cannot run: "
-                           f"{_DL_REFUSED['GatedAutoEncoder']}")
-    raise GradsaeError(f"{weights} holds {', '.join(sorted(keys)[:8])}: not a dictionary_learning SAE gradsae knows "
-                       f"({', '.join(_DL_CLASSES)})")
+        raise GradsaeError(
+            f"{weights} is a dictionary_learning GatedAutoEncoder, which gradsae cannot run: "
+            f"{_DL_REFUSED['GatedAutoEncoder']}"
+        )
+    raise GradsaeError(
+        f"{weights} holds {', '.join(sorted(keys)[:8])}: not a dictionary_learning SAE gradsae knows "
+        f"({', '.join(_DL_CLASSES)})"
+    )
 
 
 def _load_torch_state(weights: Path) -> dict:
@@ -570,11 +691,14 @@ def _load_torch_state(weights: Path) -> dict:
             warnings.simplefilter("ignore")
             sd = torch.load(weights, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as e:
-        raise GradsaeError(f"cannot read {weights} with weights_only=True ({type(e).__name__}): it is not a plain "
-                           "state dict of tensors; re-save it with torch.save(ae.state_dict(), ...)") from None
+        raise GradsaeError(
+            f"cannot read {weights} with weights_only=True ({type(e).__name__}): it is not a plain "
+            "state dict of tensors; re-save it with torch.save(ae.state_dict(), ...)"
+        ) from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise GradsaeError(f"{weights} is not a state dict of tensors: "
-                           "re-save it with torch.save(ae.state_dict(), ...)")
+        raise GradsaeError(
+            f"{weights} is not a state dict of tensors: re-save it with torch.save(ae.state_dict(), ...)"
+        )
     return sd
 
 
@@ -585,19 +709,24 @@ def _load_dictionary_learning(folder: Path, weights: Path) -> SAE:
     keys = set(sd)
     cls_name = tr.get("dict_class") or _DL_TRAINER_CLASS.get(str(tr.get("trainer_class")))
     if cls_name in _DL_REFUSED:
-        raise GradsaeError(f"dictionary_learning class {cls_name!r} in {cfg_path} cannot run in gradsae: "
-                           f"{_DL_REFUSED[cls_name]}")
+        raise GradsaeError(
+            f"dictionary_learning class {cls_name!r} in {cfg_path} cannot run in gradsae: {_DL_REFUSED[cls_name]}"
+        )
     if cls_name is None:
         cls_name = _dl_class_from_keys(keys, weights)
     if cls_name not in _DL_CLASSES:
-        raise GradsaeError(f"dictionary_learning class {cls_name!r} in {cfg_path} is not supported: gradsae reads "
-                           f"{', '.join(_DL_CLASSES)}")
+        raise GradsaeError(
+            f"dictionary_learning class {cls_name!r} in {cfg_path} is not supported: gradsae reads "
+            f"{', '.join(_DL_CLASSES)}"
+        )
     arch, want = _DL_CLASSES[cls_name]
     if keys != want:
         actual = [name for name, (_, w_) in _DL_CLASSES.items() if w_ == keys]
         held = f"{' or '.join(actual)}'s weights" if actual else f"the keys {', '.join(sorted(keys)[:8])}"
-        raise GradsaeError(f"{cfg_path or 'the config'} names {cls_name} but {weights} holds {held}: "
-                           "the config and the weights belong to different SAE classes")
+        raise GradsaeError(
+            f"{cfg_path or 'the config'} names {cls_name} but {weights} holds {held}: "
+            "the config and the weights belong to different SAE classes"
+        )
     if "W_enc" in sd:
         W_enc, b_enc, W_dec, b_dec = sd["W_enc"], sd["b_enc"], sd["W_dec"], sd["b_dec"]
     else:  # nn.Linear layout: encoder.weight [C, D], decoder.weight [D, C]
@@ -607,25 +736,36 @@ def _load_dictionary_learning(folder: Path, weights: Path) -> SAE:
     # AutoEncoderNew adds its decoder bias after decoding but subtracts nothing before encoding;
     # JumpReluAutoEncoder subtracts nothing either (its apply_b_dec_to_input defaults to False)
     apply = cls_name in ("AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE") or (
-        cls_name == "JumpReluAutoEncoder" and bool(tr.get("apply_b_dec_to_input", False)))
+        cls_name == "JumpReluAutoEncoder" and bool(tr.get("apply_b_dec_to_input", False))
+    )
     D, C = _dims(b_enc, b_dec)
     if tr.get("activation_dim") is not None and _whole(tr["activation_dim"], "activation_dim", cfg_path) != D:
-        raise GradsaeError(f"{cfg_path} says activation_dim={tr['activation_dim']} but the weights have {D}: "
-                           "the config and the weights do not belong together")
+        raise GradsaeError(
+            f"{cfg_path} says activation_dim={tr['activation_dim']} but the weights have {D}: "
+            "the config and the weights do not belong together"
+        )
     k = None
     if arch in ("topk", "batchtopk"):
         k = int(sd["k"].reshape(-1)[0]) if "k" in sd else _whole(tr.get("k"), "k", cfg_path or weights)
     layer = tr.get("layer")
     layer = _whole(layer, "layer", cfg_path) if layer is not None else None
-    cfg = SAEConfig(d_in=D, d_sae=C, architecture=arch, k=k, apply_b_dec_to_input=apply,
-                    hook_name=dictionary_learning_hook(tr.get("submodule_name"), layer),
-                    model_name=str(tr.get("lm_name") or ""),
-                    metadata={"format": "dictionary_learning", "dict_class": cls_name, "source": str(weights)})
+    cfg = SAEConfig(
+        d_in=D,
+        d_sae=C,
+        architecture=arch,
+        k=k,
+        apply_b_dec_to_input=apply,
+        hook_name=dictionary_learning_hook(tr.get("submodule_name"), layer),
+        model_name=str(tr.get("lm_name") or ""),
+        metadata={"format": "dictionary_learning", "dict_class": cls_name, "source": str(weights)},
+    )
     thr = sd.get("threshold")
     if arch == "batchtopk":
         if thr is None or thr.numel() != 1 or float(thr.reshape(-1)[0]) < 0:
-            raise GradsaeError(f"{weights} is a {cls_name} without a learned threshold (threshold < 0: training "
-                               "stopped before it was set), so it has no per-token inference form; train longer")
+            raise GradsaeError(
+                f"{weights} is a {cls_name} without a learned threshold (threshold < 0: training "
+                "stopped before it was set), so it has no per-token inference form; train longer"
+            )
     elif arch == "topk":
         thr = None  # AutoEncoderTopK encodes with TopK by default; its threshold is an optional alternative
     return _build(cfg, W_enc, b_enc, W_dec, b_dec, weights, thr)
@@ -634,8 +774,10 @@ def _load_dictionary_learning(folder: Path, weights: Path) -> SAE:
 def _load_from_saelens_registry(spec: str, device: str) -> SAE:
     release, _, sae_id = spec.partition("/")
     if not sae_id:
-        raise GradsaeError(f"'saelens:{spec}' needs the form saelens:<release>/<sae_id>, "
-                           "e.g. saelens:gemma-scope-9b-it-res-canonical/layer_9/width_131k/canonical")
+        raise GradsaeError(
+            f"'saelens:{spec}' needs the form saelens:<release>/<sae_id>, "
+            "e.g. saelens:gemma-scope-9b-it-res-canonical/layer_9/width_131k/canonical"
+        )
     try:
         from sae_lens import SAE as LensSAE  # type: ignore
     except ImportError:
@@ -643,8 +785,10 @@ def _load_from_saelens_registry(spec: str, device: str) -> SAE:
     try:
         loaded = LensSAE.from_pretrained(release, sae_id, device="cpu")
     except Exception as e:
-        raise GradsaeError(f"sae-lens could not load {release}/{sae_id} ({type(e).__name__}: {e}); "
-                           "check the names and that its hub is reachable") from None
+        raise GradsaeError(
+            f"sae-lens could not load {release}/{sae_id} ({type(e).__name__}: {e}); "
+            "check the names and that its hub is reachable"
+        ) from None
     lens = loaded[0] if isinstance(loaded, tuple) else loaded
     import tempfile
 

@@ -3,6 +3,7 @@
 Rows stop independently at EOS or at a stop string (default: newline); a spliced SAE and its edits stay
 in force at every step because ``Splice.offset`` is advanced to each step's absolute position.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -79,9 +80,17 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 
 @torch.no_grad()
-def greedy_generate(model, tokenizer, batch: Batch, max_new_tokens: int = 32, stop: Sequence[str] = ("\n",),
-                    splice=None, use_cache: bool = True, shared_prefix: int = 0,
-                    shared_trunk: bool = False) -> Generation:
+def greedy_generate(
+    model,
+    tokenizer,
+    batch: Batch,
+    max_new_tokens: int = 32,
+    stop: Sequence[str] = ("\n",),
+    splice=None,
+    use_cache: bool = True,
+    shared_prefix: int = 0,
+    shared_trunk: bool = False,
+) -> Generation:
     """Greedy-decode every row of ``batch``.
 
     Args:
@@ -115,8 +124,10 @@ def greedy_generate(model, tokenizer, batch: Batch, max_new_tokens: int = 32, st
         if not 0 < P < ids.shape[1]:
             raise GradsaeError(f"shared_prefix={P} must be between 1 and the prompt length - 1 ({ids.shape[1] - 1})")
         if not (mask[:, :P].all() and (ids[:, :P] == ids[:1, :P]).all()):
-            raise GradsaeError("shared_prefix: rows differ or are padded inside the prefix; use it only for rows "
-                               "that repeat one prompt")
+            raise GradsaeError(
+                "shared_prefix: rows differ or are padded inside the prefix; use it only for rows "
+                "that repeat one prompt"
+            )
         if splice is not None:
             splice.offset = 0
         out = model(input_ids=ids[:1, :P], attention_mask=mask[:1, :P], position_ids=cur_pos[:1, :P], use_cache=True)
@@ -134,8 +145,13 @@ def greedy_generate(model, tokenizer, batch: Batch, max_new_tokens: int = 32, st
     for step in range(max_new_tokens):
         if splice is not None:
             splice.offset = ids.shape[1] - cur_ids.shape[1]
-        kw = dict(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos, use_cache=use_cache,
-                  **cache_kwargs(model, past))
+        kw = dict(
+            input_ids=cur_ids,
+            attention_mask=mask,
+            position_ids=cur_pos,
+            use_cache=use_cache,
+            **cache_kwargs(model, past),
+        )
         if step == 0 and trunk:
             out = _prefill_shared_trunk(model, splice, kw)
         else:
@@ -184,15 +200,17 @@ def _prefill_shared_trunk(model, splice, kw: dict):
     L, B = splice.layer, kw["input_ids"].shape[0]
     cache_a, cache_b = new_cache(model), new_cache(model)
     if not hasattr(cache_a, "layers"):
-        raise GradsaeError("shared_trunk needs a transformers version whose DynamicCache has per-layer entries "
-                           "(>= 4.56); run without it")
+        raise GradsaeError(
+            "shared_trunk needs a transformers version whose DynamicCache has per-layer entries "
+            "(>= 4.56); run without it"
+        )
     one = {k: (v[:1] if torch.is_tensor(v) else v) for k, v in kw.items()}
     one.update(use_cache=True, **cache_kwargs(model, cache_a))
     with skip_trunk(model, L, run_trunk(model, L, **one), B):
         out = _forward_last(model, dict(kw, use_cache=True, **cache_kwargs(model, cache_b)))
-    for layer in cache_a.layers[:L + 1]:
+    for layer in cache_a.layers[: L + 1]:
         layer.batch_repeat_interleave(B)
-    cache_b.layers = list(cache_a.layers[:L + 1]) + list(cache_b.layers[L + 1:])
+    cache_b.layers = list(cache_a.layers[: L + 1]) + list(cache_b.layers[L + 1 :])
     set_returned_cache(out, cache_b)
     return out
 

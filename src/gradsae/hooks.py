@@ -18,6 +18,7 @@ residual stream.
 All of them resolve to ``resolve_layer(...) == L``: the output of decoder block L,
 which equals ``hidden_states[L + 1]`` from ``output_hidden_states=True``.
 """
+
 from __future__ import annotations
 
 import re
@@ -45,16 +46,20 @@ _OTHER_SITES = [
     (re.compile(r"^blocks\.(\d+)\.attn\.hook_z$"), "attn.hook_z"),
     (re.compile(r"^blocks\.(\d+)\.hook_resid_mid$"), "hook_resid_mid"),
     (re.compile(r"^blocks\.(\d+)\.(hook_mlp_in|mlp\.hook_post|mlp\.hook_pre|ln2\.hook_normalized)$"), None),
-    (re.compile(r"^mlp_out_layer_(\d+)$"), "hook_mlp_out"),          # dictionary_learning
-    (re.compile(r"^attn_out_layer_(\d+)$"), "hook_attn_out"),        # dictionary_learning
-    (re.compile(r"^(?:model\.)?layers\.(\d+)\.mlp$"), "hook_mlp_out"),     # sparsify / HF module paths
+    (re.compile(r"^mlp_out_layer_(\d+)$"), "hook_mlp_out"),  # dictionary_learning
+    (re.compile(r"^attn_out_layer_(\d+)$"), "hook_attn_out"),  # dictionary_learning
+    (re.compile(r"^(?:model\.)?layers\.(\d+)\.mlp$"), "hook_mlp_out"),  # sparsify / HF module paths
     (re.compile(r"^(?:model\.)?layers\.(\d+)\.self_attn$"), "hook_attn_out"),
     (re.compile(r"^(?:transformer\.)?h\.(\d+)\.mlp$"), "hook_mlp_out"),
     (re.compile(r"^(?:transformer\.)?h\.(\d+)\.attn$"), "hook_attn_out"),
 ]
 
-_SITE_WORDS = {"hook_mlp_out": "the MLP output", "hook_attn_out": "the attention output",
-               "attn.hook_z": "the attention heads' outputs before W_O", "hook_resid_mid": "the mid-block residual"}
+_SITE_WORDS = {
+    "hook_mlp_out": "the MLP output",
+    "hook_attn_out": "the attention output",
+    "attn.hook_z": "the attention heads' outputs before W_O",
+    "hook_resid_mid": "the mid-block residual",
+}
 
 
 def hook_name_for(layer: int, site: str = "hook_resid_post") -> str:
@@ -113,15 +118,6 @@ def dictionary_learning_hook(submodule_name: str | None, layer: int | None) -> s
     if submodule_name:
         return canonical_hook_name(str(submodule_name))
     return hook_name_for(int(layer)) if layer is not None else ""
-
-
-def is_residual(name: str) -> bool:
-    """True when ``name`` is the residual stream after a block (what the splice serves)."""
-    try:
-        parse_hook_name(name)
-        return True
-    except GradsaeError:
-        return False
 
 
 def parse_hook_name(name: str) -> int:

@@ -22,7 +22,8 @@ Choices and their defaults (paper text vs the authors' code, see docs/influence.
 =============  ==================  ===========================================================================
 option         default             alternatives
 =============  ==================  ===========================================================================
-target         ``logprob``         ``prob``, ``logit``, ``first`` (p of the first output token ≈ official code)
+target         ``logprob``         ``prob``, ``logit``, ``first`` (p of the first output token), ``bracket`` (p of
+                                   the token at the last output step containing ``[``: the authors' code)
 aggregation    ``relu-mean``       ``mean`` (signed mean, keep g_c > 0: the paper's text)
 positions      ``all``             ``prompt``
 =============  ==================  ===========================================================================
@@ -30,6 +31,7 @@ positions      ``all``             ``prompt``
 ``logprob`` is log p(Y|X, H) of the whole teacher-forced output. Per example it ranks latents exactly as
 ``prob`` does (∂p = p·∂log p, a positive per-example factor), but its scale does not collapse when p is small.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,25 +62,41 @@ class InfluenceOptions:
     """How influence is computed: the flags every scoring command shares (``gradsae influence``, ``explain``,
     the SQuAD experiments inherit them), passed whole to ``influence``."""
 
-    target: str = opt("logprob", "what p(Y|H) means: logprob (log p of the whole output), prob, logit, first "
-                      "(p of the first output token), bracket (the authors' code: p of the last output token "
-                      "that contains '[')", choices=TARGETS)
-    aggregation: str = opt("relu-mean", "per-token -> per-latent: relu-mean (authors' code), mean (paper text: "
-                           "signed mean, keep g_c > 0) or signed", choices=AGGREGATIONS)
+    target: str = opt(
+        "logprob",
+        "what p(Y|H) means: logprob (log p of the whole output), prob, logit, first "
+        "(p of the first output token), bracket (the authors' code: p of the last output token "
+        "that contains '[')",
+        choices=TARGETS,
+    )
+    aggregation: str = opt(
+        "relu-mean",
+        "per-token -> per-latent: relu-mean (authors' code), mean (paper text: signed mean, keep g_c > 0) or signed",
+        choices=AGGREGATIONS,
+    )
     positions: str = opt("all", "positions scored: all (prompt + output) or prompt", choices=POSITIONS)
     method: str = opt("grad", "grad (grad x act), exact (ablation) or ig (integrated gradients)", choices=METHODS)
-    error: str = opt("none", "splice error term: none (paper: the model sees the reconstruction) or keep",
-                     choices=ERRORS)
+    error: str = opt(
+        "none", "splice error term: none (paper: the model sees the reconstruction) or keep", choices=ERRORS
+    )
     ig_steps: int = opt(16, "integrated-gradient steps (--method ig)")
-    exact_latents: int = opt(0, "exact: ablate only the top-N by |grad|, top-N by activation and N random "
-                                "active latents (0 = every active latent)")
+    exact_latents: int = opt(
+        0,
+        "exact: ablate only the top-N by |grad|, top-N by activation and N random "
+        "active latents (0 = every active latent)",
+    )
     seed: int = opt(0, "seed (random candidates for --method exact)")
 
     def __post_init__(self):
         if self.exact_latents is None:  # the library's old spelling of "all"
             self.exact_latents = 0
-        for name, allowed in (("target", TARGETS), ("aggregation", AGGREGATIONS), ("positions", POSITIONS),
-                              ("method", METHODS), ("error", ERRORS)):
+        for name, allowed in (
+            ("target", TARGETS),
+            ("aggregation", AGGREGATIONS),
+            ("positions", POSITIONS),
+            ("method", METHODS),
+            ("error", ERRORS),
+        ):
             if getattr(self, name) not in allowed:
                 raise GradsaeError(f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
         if self.ig_steps < 1:
@@ -95,8 +113,10 @@ class InfluenceOptions:
 # Pure functions
 # ---------------------------------------------------------------------------------------------
 
-def target_from_logits(logits: torch.Tensor, out_ids: torch.Tensor, out_mask: torch.Tensor,
-                       target: str) -> torch.Tensor:
+
+def target_from_logits(
+    logits: torch.Tensor, out_ids: torch.Tensor, out_mask: torch.Tensor, target: str
+) -> torch.Tensor:
     """The scalar target per row.
 
     Args:
@@ -201,6 +221,7 @@ def bottom_latents(scores: torch.Tensor, k: int) -> torch.Tensor:
 # Data
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Example:
     """A prompt and (optionally) the output whose influence we explain; without one it is generated."""
@@ -264,17 +285,32 @@ class Influence:
         rank = self.baseline_rank()
 
         def rows(idx):
-            return [{"latent": int(c), "score": float(self.scores[c]), "mean_activation": float(self.baseline[c]),
-                     "baseline_rank": int(rank[c]), **({"promotes": promoted.get(int(c), [])} if promoted else {})}
-                    for c in idx]
+            return [
+                {
+                    "latent": int(c),
+                    "score": float(self.scores[c]),
+                    "mean_activation": float(self.baseline[c]),
+                    "baseline_rank": int(rank[c]),
+                    **({"promotes": promoted.get(int(c), [])} if promoted else {}),
+                }
+                for c in idx
+            ]
 
         return {
-            "id": self.id, "prompt": self.prompt, "output": self.output, "tokens": self.tokens,
-            "n_prompt": self.n_prompt, "target_value": self.target_value,
-            "n_active_last": self.n_active_last, "n_active_any": self.active_any,
-            "top": rows(top_latents(self.scores, top)), "bottom": rows(bottom_latents(self.scores, top)),
+            "id": self.id,
+            "prompt": self.prompt,
+            "output": self.output,
+            "tokens": self.tokens,
+            "n_prompt": self.n_prompt,
+            "target_value": self.target_value,
+            "n_active_last": self.n_active_last,
+            "n_active_any": self.active_any,
+            "top": rows(top_latents(self.scores, top)),
+            "bottom": rows(bottom_latents(self.scores, top)),
             "baseline_top": rows(top_latents(self.baseline, top)),
-            "per_token": None if self.per_token is None else {
+            "per_token": None
+            if self.per_token is None
+            else {
                 "latents": self.per_token_latents.tolist(),
                 "values": [[round(float(v), 6) for v in row] for row in self.per_token.T],
             },
@@ -299,20 +335,26 @@ class _Packed:
 
     def repeat(self, n: int) -> "_Packed":
         """Row 0 repeated n times (IG steps, batched ablations)."""
-        return _Packed(self.ids.expand(n, -1), self.mask.expand(n, -1), self.n_prompt * n, self.n_out * n,
-                       self.lengths * n, self.picks * n if self.picks is not None else None)
+        return _Packed(
+            self.ids.expand(n, -1),
+            self.mask.expand(n, -1),
+            self.n_prompt * n,
+            self.n_out * n,
+            self.lengths * n,
+            self.picks * n if self.picks is not None else None,
+        )
 
     def out_block(self, M: int):
         """Output ids and mask right-aligned in a [B, M] block (M = max output length); with ``picks`` the mask
         marks only each row's picked token."""
         B = self.ids.shape[0]
-        out_ids = self.ids[:, self.T - M:]
+        out_ids = self.ids[:, self.T - M :]
         out_mask = torch.zeros(B, M, dtype=torch.long, device=self.ids.device)
         for b, m in enumerate(self.n_out):
             if m and self.picks is not None:
                 out_mask[b, M - m + self.picks[b]] = 1
             elif m:
-                out_mask[b, M - m:] = 1
+                out_mask[b, M - m :] = 1
         return out_ids, out_mask
 
     def score_mask(self, positions: str, target: str) -> torch.Tensor:
@@ -333,6 +375,7 @@ class _Packed:
 # ---------------------------------------------------------------------------------------------
 # Plumbing
 # ---------------------------------------------------------------------------------------------
+
 
 def _join_ids(tok, prompt: str, output: str) -> tuple[list[int], list[int]]:
     p = tok(prompt, add_special_tokens=True)["input_ids"]
@@ -360,7 +403,7 @@ def token_texts(tok, ids: Sequence[int], max_pending: int = 8) -> list[str]:
     out: list[str] = []
     start = 0  # first token whose text is not shown yet
     for i in range(len(ids)):
-        piece = tok.decode([int(t) for t in ids[start:i + 1]])
+        piece = tok.decode([int(t) for t in ids[start : i + 1]])
         incomplete = piece.endswith("\ufffd") and i + 1 < len(ids) and i + 1 - start < max_pending
         if incomplete:
             out.append("")
@@ -383,10 +426,16 @@ def _pack(tok, pairs: Sequence[tuple[list[int], list[int]]], device, picks: list
     ids = torch.full((len(seqs), T), pad, dtype=torch.long)
     mask = torch.zeros(len(seqs), T, dtype=torch.long)
     for b, s in enumerate(seqs):
-        ids[b, T - len(s):] = torch.as_tensor(s)
-        mask[b, T - len(s):] = 1
-    return _Packed(ids.to(device), mask.to(device), [len(p) for p, _ in pairs], [len(o) for _, o in pairs],
-                   [len(s) for s in seqs], picks)
+        ids[b, T - len(s) :] = torch.as_tensor(s)
+        mask[b, T - len(s) :] = 1
+    return _Packed(
+        ids.to(device),
+        mask.to(device),
+        [len(p) for p, _ in pairs],
+        [len(o) for _, o in pairs],
+        [len(s) for s in seqs],
+        picks,
+    )
 
 
 def _forward_target(model, packed: _Packed, target: str, splice: Splice | None = None) -> torch.Tensor:
@@ -400,7 +449,7 @@ def _forward_target(model, packed: _Packed, target: str, splice: Splice | None =
         logits = model(**kw, logits_to_keep=M + 1).logits
     except TypeError:
         logits = model(**kw).logits
-    logits = logits[:, -(M + 1):-1].float()  # logits[:, j] predicts the j-th of the last M tokens
+    logits = logits[:, -(M + 1) : -1].float()  # logits[:, j] predicts the j-th of the last M tokens
     out_ids, out_mask = packed.out_block(M)
     return target_from_logits(logits, out_ids, out_mask, target)
 
@@ -416,24 +465,47 @@ def promoted_tokens(model, tok, sae: SAE, latents: Sequence[int], n: int = 8) ->
     return {int(c): [tok.decode([int(t)]) for t in row] for c, row in zip(idx.tolist(), top.tolist())}
 
 
-def generate_outputs(model, tok, sae: SAE, prompts: Sequence[str], *, layer=None, error: str = "none",
-                     max_new_tokens: int = 32, stop: Sequence[str] = ("\n",), batch_size: int = 8,
-                     keep_first: int = 0) -> list[list[int]]:
+def generate_outputs(
+    model,
+    tok,
+    sae: SAE,
+    prompts: Sequence[str],
+    *,
+    layer=None,
+    error: str = "none",
+    max_new_tokens: int = 32,
+    stop: Sequence[str] = ("\n",),
+    batch_size: int = 8,
+    keep_first: int = 0,
+) -> list[list[int]]:
     """Greedy answers through the splice, as token ids cut at the stop string."""
     device = sae.W_dec.device
     out: list[list[int]] = []
     for i in range(0, len(prompts), batch_size):
-        batch = encode_prompts(tok, prompts[i:i + batch_size], device=device)
+        batch = encode_prompts(tok, prompts[i : i + batch_size], device=device)
         with Splice(model, sae, layer=layer, error=error, keep_first=keep_first) as s:
             gen = greedy_generate(model, tok, batch, max_new_tokens=max_new_tokens, stop=stop, splice=s)
         out.extend(answer_ids(tok, t, stop) for t in gen.tokens)
     return out
 
 
-def influence(model, tok, sae: SAE, examples: Sequence[Example | tuple | str], opts: InfluenceOptions | None = None,
-              *, layer=None, batch_size: int = 4, exact_batch: int = 32, keep_per_token: int = 10,
-              max_new_tokens: int = 32, stop: Sequence[str] = ("\n",), output_ids: Sequence[list[int]] | None = None,
-              keep_first: int = 0, **option_overrides) -> list[Influence]:
+def influence(
+    model,
+    tok,
+    sae: SAE,
+    examples: Sequence[Example | tuple | str],
+    opts: InfluenceOptions | None = None,
+    *,
+    layer=None,
+    batch_size: int = 4,
+    exact_batch: int = 32,
+    keep_per_token: int = 10,
+    max_new_tokens: int = 32,
+    stop: Sequence[str] = ("\n",),
+    output_ids: Sequence[list[int]] | None = None,
+    keep_first: int = 0,
+    **option_overrides,
+) -> list[Influence]:
     """Score every latent for each example.
 
     Args:
@@ -463,9 +535,27 @@ def influence(model, tok, sae: SAE, examples: Sequence[Example | tuple | str], o
     t0 = time.perf_counter()
     pairs = []
     todo = [i for i, e in enumerate(exs) if e.output is None] if output_ids is None else []
-    generated = dict(zip(todo, generate_outputs(model, tok, sae, [exs[i].prompt for i in todo], layer=layer,
-                                                error=opts.error, max_new_tokens=max_new_tokens, stop=stop,
-                                                batch_size=batch_size, keep_first=keep_first))) if todo else {}
+    generated = (
+        dict(
+            zip(
+                todo,
+                generate_outputs(
+                    model,
+                    tok,
+                    sae,
+                    [exs[i].prompt for i in todo],
+                    layer=layer,
+                    error=opts.error,
+                    max_new_tokens=max_new_tokens,
+                    stop=stop,
+                    batch_size=batch_size,
+                    keep_first=keep_first,
+                ),
+            )
+        )
+        if todo
+        else {}
+    )
     for i, e in enumerate(exs):
         if output_ids is not None:
             pairs.append((tok(e.prompt, add_special_tokens=True)["input_ids"], list(output_ids[i])))
@@ -480,8 +570,10 @@ def influence(model, tok, sae: SAE, examples: Sequence[Example | tuple | str], o
         picks = [bracket_index(tok, o) for _, o in pairs]
         missing = [exs[i].id for i, m in enumerate(picks) if m is None]
         if missing:
-            raise GradsaeError(f"example {missing[0]!r}: no output token contains '[', so the 'bracket' target (the "
-                               "authors' answer opener) is undefined: use --template official, or another --target")
+            raise GradsaeError(
+                f"example {missing[0]!r}: no output token contains '[', so the 'bracket' target (the "
+                "authors' answer opener) is undefined: use --template official, or another --target"
+            )
     t_gen = time.perf_counter() - t0
     results: list[Influence] = []
     step = batch_size if opts.method == "grad" else 1
@@ -499,13 +591,29 @@ def influence(model, tok, sae: SAE, examples: Sequence[Example | tuple | str], o
             extra = r.pop("meta_extra", {})
             p, o = pairs[i]
             ids = p + o
-            results.append(Influence(
-                id=exs[i].id, prompt=exs[i].prompt, output=tok.decode(o, skip_special_tokens=True).strip(),
-                token_ids=ids, tokens=token_texts(tok, ids), n_prompt=len(p), **r,
-                meta={"target": opts.target, "aggregation": opts.aggregation, "positions": opts.positions,
-                      "method": opts.method, "error": opts.error, "layer": sae.cfg.hook_name if layer is None else layer,
-                      "ig_steps": opts.ig_steps if opts.method == "ig" else None, "seed": opts.seed,
-                      "keep_first": keep_first, **extra}))
+            results.append(
+                Influence(
+                    id=exs[i].id,
+                    prompt=exs[i].prompt,
+                    output=tok.decode(o, skip_special_tokens=True).strip(),
+                    token_ids=ids,
+                    tokens=token_texts(tok, ids),
+                    n_prompt=len(p),
+                    **r,
+                    meta={
+                        "target": opts.target,
+                        "aggregation": opts.aggregation,
+                        "positions": opts.positions,
+                        "method": opts.method,
+                        "error": opts.error,
+                        "layer": sae.cfg.hook_name if layer is None else layer,
+                        "ig_steps": opts.ig_steps if opts.method == "ig" else None,
+                        "seed": opts.seed,
+                        "keep_first": keep_first,
+                        **extra,
+                    },
+                )
+            )
     elapsed = time.perf_counter() - t0
     for r in results:
         r.meta["seconds_total"] = round(elapsed, 3)
@@ -523,8 +631,16 @@ class _RunSettings:
     exact_batch: int
 
 
-def _finish(g: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, packed: _Packed, aggregation: str,
-            keep: int, b: int, score: torch.Tensor | None = None) -> dict:
+def _finish(
+    g: torch.Tensor,
+    H: torch.Tensor,
+    mask: torch.Tensor,
+    packed: _Packed,
+    aggregation: str,
+    keep: int,
+    b: int,
+    score: torch.Tensor | None = None,
+) -> dict:
     """Per-example result from per-token g [T, C], activations H [T, C] and its mask [T]."""
     T = packed.T
     lo = T - packed.lengths[b]
@@ -534,13 +650,19 @@ def _finish(g: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, packed: _Packe
     active_last = torch.nonzero(H[last] > 0).flatten().cpu()
     keep_idx = top_latents(scores, keep)
     per_token = g[lo:, keep_idx].detach().cpu() if g is not None else None
-    return dict(scores=scores.detach().cpu(), baseline=baseline.detach().cpu(), active_last=active_last,
-                active_any=int(((H > 0) & mask[:, None]).any(0).sum()), per_token_latents=keep_idx.cpu(),
-                per_token=per_token)
+    return dict(
+        scores=scores.detach().cpu(),
+        baseline=baseline.detach().cpu(),
+        active_last=active_last,
+        active_any=int(((H > 0) & mask[:, None]).any(0).sum()),
+        per_token_latents=keep_idx.cpu(),
+        per_token=per_token,
+    )
 
 
-def _grad_scores(model, sae, packed: _Packed, opts: InfluenceOptions, run: _RunSettings,
-                 aggregation: str | None = None) -> list[dict]:
+def _grad_scores(
+    model, sae, packed: _Packed, opts: InfluenceOptions, run: _RunSettings, aggregation: str | None = None
+) -> list[dict]:
     mask = packed.score_mask(opts.positions, opts.target)
     with Splice(model, sae, layer=run.layer, error=opts.error, grad=True, keep_first=run.keep_first) as s:
         with torch.enable_grad():
@@ -597,8 +719,14 @@ def _exact_scores(model, sae, packed: _Packed, opts: InfluenceOptions, run: _Run
         full = _forward_target(model, packed, target, s)[0]
         H = s.latents[0].float()
     L = s.layer
-    trunk = run_trunk(model, L, input_ids=packed.ids, attention_mask=packed.mask,
-                      position_ids=position_ids(packed.mask), use_cache=False)
+    trunk = run_trunk(
+        model,
+        L,
+        input_ids=packed.ids,
+        attention_mask=packed.mask,
+        position_ids=position_ids(packed.mask),
+        use_cache=False,
+    )
     active = torch.nonzero(((H > 0) & mask[:, None]).any(0)).flatten()
     if n_cand is not None and active.numel() > 3 * n_cand:
         grad_res = _grad_scores(model, sae, packed, opts, dataclasses.replace(run, keep=1), aggregation="mean")[0]
@@ -613,11 +741,13 @@ def _exact_scores(model, sae, packed: _Packed, opts: InfluenceOptions, run: _Run
     n = float(mask.sum())
     scores = torch.zeros(sae.d_sae)
     for i in range(0, active.numel(), chunk):
-        lat = active[i:i + chunk].tolist()
+        lat = active[i : i + chunk].tolist()
         rows = [RowEdit(zero=[c], at=lo, until=hi) for c in lat]
         rep = packed.repeat(len(lat))
-        with skip_trunk(model, L, trunk, len(lat)), Splice(model, sae, layer=layer, error=error, edits=rows,
-                                                 keep_first=keep_first) as s:
+        with (
+            skip_trunk(model, L, trunk, len(lat)),
+            Splice(model, sae, layer=layer, error=error, edits=rows, keep_first=keep_first) as s,
+        ):
             tv = _forward_target(model, rep, target, s)
         scores[torch.as_tensor(lat)] = ((full - tv) / n).float().cpu()
     r = _finish(None, H, mask, packed, opts.aggregation, run.keep, 0, score=scores.to(H.device))

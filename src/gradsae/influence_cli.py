@@ -1,4 +1,5 @@
 """``gradsae influence``: GradSAE scores for one or many (prompt, output) pairs, as JSON and a table."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ class ScoringOptions(ModelOptions):
 
     sae: str = opt(DEFAULT_SAE, SAE_HELP)
     layer: str = opt("", "block index or hook name; default: the SAE's own hook")
-    dashboard: str = opt("", "dashboard.json with latent cards (default: the one next to a bundled SAE, if any; "
-                             "'none' = no cards)")
+    dashboard: str = opt(
+        "", "dashboard.json with latent cards (default: the one next to a bundled SAE, if any; 'none' = no cards)"
+    )
 
 
 @dataclass(kw_only=True)
@@ -31,7 +33,7 @@ class InfluenceConfig(ScoringOptions, InfluenceOptions):
 
     prompt: str = opt("", "the prompt (use --input for many)")
     output: str = opt("", "the output to explain; empty = generate it greedily through the splice")
-    input: str = opt("", "JSONL file with {\"prompt\": ..., \"output\": ..., \"id\": ...} per line")
+    input: str = opt("", 'JSONL file with {"prompt": ..., "output": ..., "id": ...} per line')
     batch_size: int = opt(4, "examples per forward+backward")
     top: int = opt(10, "latents shown per example")
     max_new_tokens: int = opt(32, "when generating the output")
@@ -43,7 +45,7 @@ def load_examples(cfg: InfluenceConfig) -> list[Example]:
     if cfg.input:
         path = Path(cfg.input)
         if not path.exists():
-            raise GradsaeError(f"no input file at {path}: give a JSONL file with one {{\"prompt\": ...}} per line")
+            raise GradsaeError(f'no input file at {path}: give a JSONL file with one {{"prompt": ...}} per line')
         for n, line in enumerate(read_text_file(path).splitlines(), 1):
             if not line.strip():
                 continue
@@ -52,28 +54,31 @@ def load_examples(cfg: InfluenceConfig) -> list[Example]:
             except json.JSONDecodeError as e:
                 raise GradsaeError(f"malformed JSON on line {n} of {path} ({e.msg}): one object per line") from None
             if not isinstance(rec, dict) or "prompt" not in rec:
-                raise GradsaeError(f"line {n} of {path} has no \"prompt\" field")
+                raise GradsaeError(f'line {n} of {path} has no "prompt" field')
             for key in ("prompt", "output"):
                 if rec.get(key) is not None and not isinstance(rec[key], str):
-                    raise GradsaeError(f"line {n} of {path}: \"{key}\" is a {type(rec[key]).__name__}, not text")
+                    raise GradsaeError(f'line {n} of {path}: "{key}" is a {type(rec[key]).__name__}, not text')
             exs.append(Example(rec["prompt"], rec.get("output"), id=str(rec.get("id", len(exs)))))
     if not exs:
-        raise GradsaeError("nothing to score: give --prompt \"...\" or --input file.jsonl")
+        raise GradsaeError('nothing to score: give --prompt "..." or --input file.jsonl')
     return exs
 
 
 def format_table(res: Influence, promoted: dict[int, list[str]], top: int) -> str:
     """A terminal table of the top latents of one example."""
     rank = res.baseline_rank()
-    lines = [f"prompt: …{res.prompt[-70:]!r}" if len(res.prompt) > 70 else f"prompt: {res.prompt!r}",
-             f"output: {res.output!r}   target={res.meta['target']} ({res.target_value:.4g})   "
-             f"active at last prompt token: {res.n_active_last}",
-             f"{'rank':>4}  {'latent':>7}  {'score':>10}  {'mean act':>9}  {'base rank':>9}  promotes"]
+    lines = [
+        f"prompt: …{res.prompt[-70:]!r}" if len(res.prompt) > 70 else f"prompt: {res.prompt!r}",
+        f"output: {res.output!r}   target={res.meta['target']} ({res.target_value:.4g})   "
+        f"active at last prompt token: {res.n_active_last}",
+        f"{'rank':>4}  {'latent':>7}  {'score':>10}  {'mean act':>9}  {'base rank':>9}  promotes",
+    ]
     for i, c in enumerate(res.top(top), 1):
         c = int(c)
         toks = " ".join(repr(t)[1:-1] for t in promoted.get(c, [])[:6])
-        lines.append(f"{i:>4}  {c:>7}  {float(res.scores[c]):>10.4g}  {float(res.baseline[c]):>9.3f}  "
-                     f"{int(rank[c]):>9}  {toks}")
+        lines.append(
+            f"{i:>4}  {c:>7}  {float(res.scores[c]):>10.4g}  {float(res.baseline[c]):>9.3f}  {int(rank[c]):>9}  {toks}"
+        )
     return "\n".join(lines)
 
 
@@ -98,8 +103,16 @@ def run(cfg: InfluenceConfig) -> list[Influence]:
     sae = load_sae(cfg.sae, device=str(next(model.parameters()).device))
     layer = cfg.layer or None
     t0 = time.perf_counter()
-    results = influence(model, tok, sae, exs, cfg.influence_options(), layer=layer, batch_size=cfg.batch_size,
-                        max_new_tokens=cfg.max_new_tokens)
+    results = influence(
+        model,
+        tok,
+        sae,
+        exs,
+        cfg.influence_options(),
+        layer=layer,
+        batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+    )
     elapsed = time.perf_counter() - t0
     records = []
     for r in results:
@@ -111,8 +124,13 @@ def run(cfg: InfluenceConfig) -> list[Influence]:
         if dash is not None:  # each listed latent's compact dashboard card
             records[-1]["cards"] = {str(c): card_data(dash, c) for c in latents}
     if cfg.out:
-        meta = {"config": asdict(cfg), "runtime": rt.as_config(), "model": model_name(model), "sae": sae.describe(),
-                "seconds": round(elapsed, 3)}
+        meta = {
+            "config": asdict(cfg),
+            "runtime": rt.as_config(),
+            "model": model_name(model),
+            "sae": sae.describe(),
+            "seconds": round(elapsed, 3),
+        }
         write_json(cfg.out, {"meta": meta, "examples": records})
         print(f"wrote {cfg.out}")
     return results

@@ -1,4 +1,5 @@
 """File plumbing: atomic writes, append-only JSONL that survives kills, JSON for configs."""
+
 from __future__ import annotations
 
 import contextlib
@@ -68,8 +69,9 @@ def read_text_file(path: str | Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise GradsaeError(f"{path} is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}): save it as "
-                           "UTF-8") from None
+        raise GradsaeError(
+            f"{path} is not UTF-8 text (byte {e.start}: {data[e.start : e.start + 1]!r}): save it as UTF-8"
+        ) from None
 
 
 def read_json(path: str | Path) -> Any:
@@ -142,8 +144,9 @@ def output_lock(folder: str | Path) -> Iterator[Path]:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             created = False  # the folder belongs to the other run
-            raise GradsaeError(f"another gradsae run is writing to {folder}: wait for it to finish, "
-                               "or choose another --out") from None
+            raise GradsaeError(
+                f"another gradsae run is writing to {folder}: wait for it to finish, or choose another --out"
+            ) from None
         yield folder
     finally:
         f.close()

@@ -5,6 +5,7 @@ name warns and is removed in 5.40); older releases know only ``past_key_values``
 or reads a cache goes through these helpers, which ask the model's own signature and output class which name
 they use, so the same code runs on every release pyproject allows without a deprecation warning.
 """
+
 from __future__ import annotations
 
 import functools

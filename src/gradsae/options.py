@@ -6,6 +6,7 @@ the CPU. ``start(cfg, command)`` resolves it once at the start of a command, app
 the device actually used (once, on rank 0) and returns a ``Runtime`` record whose ``as_config()`` goes into
 the results folder's config.json.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,9 @@ def post_init_chain(cls, self) -> None:
         nxt()
 
 
-def check_finite(name: str, value: float, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False) -> None:
+def check_finite(
+    name: str, value: float, *, low: float | None = None, high: float | None = None, low_open: bool = False
+) -> None:
     """One line for NaN/Inf or a number outside [low, high] (``low_open``: strictly above low)."""
     flag = f"--{name.replace('_', '-')}"
     if not math.isfinite(value):
@@ -48,8 +50,9 @@ class RuntimeOptions:
 
     device: str = opt("auto", DEVICE_HELP)
     dtype: str = opt("float32", "model dtype: float32, bfloat16 or float16", choices=DTYPES)
-    threads: int = opt(0, "torch CPU threads per process (0: torch's default, divided among the processes of "
-                          "a torchrun launch)")
+    threads: int = opt(
+        0, "torch CPU threads per process (0: torch's default, divided among the processes of a torchrun launch)"
+    )
     progress: bool = opt(True, "show progress bars")
 
     def __post_init__(self):
@@ -75,8 +78,12 @@ class Runtime:
 
     def as_config(self) -> dict:
         """What results folders record beside the options (the options say 'auto'; this says what it was)."""
-        return {"device_used": self.device, "device_name": self.device_name, "dtype_used": self.dtype,
-                "threads_used": self.threads}
+        return {
+            "device_used": self.device,
+            "device_name": self.device_name,
+            "dtype_used": self.dtype,
+            "threads_used": self.threads,
+        }
 
 
 def resolve_device(device: str | None) -> str:
@@ -95,8 +102,10 @@ def resolve_device(device: str | None) -> str:
         if not torch.cuda.is_available():
             raise GradsaeError(f"device {device!r} asked for but CUDA is not available: use --device cpu or auto")
         if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
-            raise GradsaeError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
-                               "CUDA device(s), cuda:0 onwards")
+            raise GradsaeError(
+                f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
+                "CUDA device(s), cuda:0 onwards"
+            )
         return device
     if device == "mps":
         if not torch.backends.mps.is_available():

@@ -5,6 +5,7 @@
 matplotlib is imported inside each function with the Agg backend, so importing this module is cheap and
 never needs a display.
 """
+
 from __future__ import annotations
 
 import io
@@ -12,8 +13,10 @@ import io
 
 def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -29,8 +32,10 @@ def k_curves(s: dict) -> dict[str, bytes]:
     """EM and F1 vs K for the perturbation and steering sections of a summary.json (those present)."""
     plt = _pyplot()
     out = {}
-    for sec_name, name, title in (("perturbation", "perturb", "Perturbation: zero the set"),
-                                  ("steering", "steer", "Local steering: vs partner's answers")):
+    for sec_name, name, title in (
+        ("perturbation", "perturb", "Perturbation: zero the set"),
+        ("steering", "steer", "Local steering: vs partner's answers"),
+    ):
         sec = s.get(sec_name)
         if not sec:
             continue
@@ -43,10 +48,16 @@ def k_curves(s: dict) -> dict[str, bytes]:
                     ys = [c[metric] if c[metric] is not None else float("nan") for c in cs]
                     lo = [y - c[f"{metric}_ci"][0] if c[f"{metric}_ci"][0] is not None else 0 for y, c in zip(ys, cs)]
                     hi = [c[f"{metric}_ci"][1] - y if c[f"{metric}_ci"][1] is not None else 0 for y, c in zip(ys, cs)]
-                    ax.errorbar(range(len(ks)), ys, yerr=[lo, hi], marker="o", capsize=3,
-                                linestyle="-" if side == "top" else "--",
-                                color="tab:red" if m == "gradsae" else "tab:blue",
-                                label=f"{'GradSAE' if m == 'gradsae' else 'Baseline'} {'TopK' if side == 'top' else 'BottomK'}")
+                    ax.errorbar(
+                        range(len(ks)),
+                        ys,
+                        yerr=[lo, hi],
+                        marker="o",
+                        capsize=3,
+                        linestyle="-" if side == "top" else "--",
+                        color="tab:red" if m == "gradsae" else "tab:blue",
+                        label=f"{'GradSAE' if m == 'gradsae' else 'Baseline'} {'TopK' if side == 'top' else 'BottomK'}",
+                    )
             ax.set_xticks(range(len(ks)), [f"K={k}" for k in ks])
             ax.set_ylabel(metric.upper())
             ax.set_ylim(-2, 102)

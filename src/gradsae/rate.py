@@ -11,6 +11,7 @@ button; the same JSON is shown in a text box to copy).
 Score: ``gradsae rate --score r1.json,r2.json --key page.key.json`` joins the raters' files, unblinds and
 prints per SAE the Yes / Maybe / No rates with 95% Wilson intervals, and writes a plot.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,11 @@ class RateConfig:
     """Blind interpretability rating (g-SAE §4.6): build a page that mixes latents of 2+ SAEs with the SAE
     hidden, or (--score) unblind raters' exported answers and report per-SAE Yes/Maybe/No rates."""
 
-    sae: list[str] = opt([], "SAEs to compare (comma-separated): bundled names or folders with a dashboard.json "
-                             "beside them, or dashboard files/folders")
+    sae: list[str] = opt(
+        [],
+        "SAEs to compare (comma-separated): bundled names or folders with a dashboard.json "
+        "beside them, or dashboard files/folders",
+    )
     n_per_sae: int = opt(20, "latents sampled per SAE (among those with enough activating contexts)")
     n_examples: int = opt(6, "top-activating contexts shown per latent")
     n_random: int = opt(2, "random lower-activation contexts shown per latent")
@@ -51,6 +55,7 @@ class RateConfig:
 # ---------------------------------------------------------------------------------------------
 # Statistics
 # ---------------------------------------------------------------------------------------------
+
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for a proportion k/n (95% by default); (0, 1) when n = 0."""
@@ -87,8 +92,9 @@ class SaeRates:
 def score_ratings(key: dict, ratings: Sequence[dict]) -> list[SaeRates]:
     """Unblind: join each rater's answers with the key and count per SAE."""
     items = key["items"]
-    per: dict[str, dict] = {s: {"counts": {a: 0 for a in ANSWERS}, "latents": set(), "raters": set()}
-                            for s in key["saes"]}
+    per: dict[str, dict] = {
+        s: {"counts": {a: 0 for a in ANSWERS}, "latents": set(), "raters": set()} for s in key["saes"]
+    }
     for i, r in enumerate(ratings):
         rater = r.get("rater") or f"rater{i + 1}"
         for item, ans in r["ratings"].items():
@@ -102,8 +108,17 @@ def score_ratings(key: dict, ratings: Sequence[dict]) -> list[SaeRates]:
     out = []
     for sae, d in per.items():
         n = sum(d["counts"].values())
-        out.append(SaeRates(sae, n, d["counts"], {a: (d["counts"][a] / n if n else 0.0) for a in ANSWERS},
-                            {a: wilson(d["counts"][a], n) for a in ANSWERS}, len(d["latents"]), len(d["raters"])))
+        out.append(
+            SaeRates(
+                sae,
+                n,
+                d["counts"],
+                {a: (d["counts"][a] / n if n else 0.0) for a in ANSWERS},
+                {a: wilson(d["counts"][a], n) for a in ANSWERS},
+                len(d["latents"]),
+                len(d["raters"]),
+            )
+        )
     return out
 
 
@@ -112,8 +127,10 @@ def format_rates(rates: Sequence[SaeRates]) -> str:
     for r in rates:
         cells = [f"{100 * r.rates[a]:5.1f}% [{100 * r.ci[a][0]:4.1f}, {100 * r.ci[a][1]:5.1f}]" for a in ANSWERS]
         lines.append(f"{r.sae:<28} {r.n:>4}  " + "  ".join(f"{c:>22}" for c in cells))
-    lines.append(f"(rates over all ratings of all raters; 95% Wilson intervals; raters: "
-                 f"{max((r.n_raters for r in rates), default=0)})")
+    lines.append(
+        f"(rates over all ratings of all raters; 95% Wilson intervals; raters: "
+        f"{max((r.n_raters for r in rates), default=0)})"
+    )
     return "\n".join(lines)
 
 
@@ -132,8 +149,10 @@ def plot_rates(rates: Sequence[SaeRates], path: Path) -> Path:
     for j, a in enumerate(ANSWERS):
         xs = [i + (j - 1) * w for i in range(len(rates))]
         ys = [100 * r.rates[a] for r in rates]
-        err = [[max(0.0, 100 * (r.rates[a] - r.ci[a][0])) for r in rates],
-               [max(0.0, 100 * (r.ci[a][1] - r.rates[a])) for r in rates]]
+        err = [
+            [max(0.0, 100 * (r.rates[a] - r.ci[a][0])) for r in rates],
+            [max(0.0, 100 * (r.ci[a][1] - r.rates[a])) for r in rates],
+        ]
         ax.bar(xs, ys, w, yerr=err, capsize=3, label=a.capitalize(), color=colours[a])
     ax.set_xticks(range(len(rates)), [f"{r.sae}\n(n={r.n})" for r in rates], fontsize=8)
     ax.set_ylabel("% of ratings")
@@ -151,6 +170,7 @@ def plot_rates(rates: Sequence[SaeRates], path: Path) -> Path:
 # The page
 # ---------------------------------------------------------------------------------------------
 
+
 def _dashboard_for(spec: str):
     from .dashboard import find_dashboard, load_dashboard
 
@@ -161,8 +181,10 @@ def _dashboard_for(spec: str):
         return load_dashboard(p)
     found = find_dashboard(spec)
     if found is None:
-        raise GradsaeError(f"no dashboard for SAE {spec!r}: build one with gradsae dashboard --sae {spec} --out DIR "
-                           "and pass --sae DIR/dashboard.json")
+        raise GradsaeError(
+            f"no dashboard for SAE {spec!r}: build one with gradsae dashboard --sae {spec} --out DIR "
+            "and pass --sae DIR/dashboard.json"
+        )
     return load_dashboard(found)
 
 
@@ -170,8 +192,16 @@ def page_id(saes: Sequence[str], seed: int, n: int, items: Sequence[tuple[str, i
     return hashlib.sha256(json.dumps([list(saes), seed, n, list(items)]).encode()).hexdigest()[:12]
 
 
-def build_rating(saes: Sequence[str], dashboards: Sequence, *, n_per_sae: int = 20, seed: int = 0,
-                 n_examples: int = 6, n_random: int = 2, min_contexts: int = 3) -> tuple[dict, list[dict]]:
+def build_rating(
+    saes: Sequence[str],
+    dashboards: Sequence,
+    *,
+    n_per_sae: int = 20,
+    seed: int = 0,
+    n_examples: int = 6,
+    n_random: int = 2,
+    min_contexts: int = 3,
+) -> tuple[dict, list[dict]]:
     """Sample and shuffle the items. Returns (key, item views for the page, in page order)."""
     from .dashboard_html import card_view
 
@@ -184,8 +214,10 @@ def build_rating(saes: Sequence[str], dashboards: Sequence, *, n_per_sae: int = 
     for sae, dash in zip(saes, dashboards):
         pool = [r.latent for r in dash.latents if len(r.top) >= min_contexts]
         if len(pool) < n_per_sae:
-            raise GradsaeError(f"{sae}: only {len(pool)} latents have {min_contexts}+ top contexts: lower "
-                               "--n-per-sae or --min-contexts, or build the dashboard on more tokens")
+            raise GradsaeError(
+                f"{sae}: only {len(pool)} latents have {min_contexts}+ top contexts: lower "
+                "--n-per-sae or --min-contexts, or build the dashboard on more tokens"
+            )
         chosen += [(sae, c, dash) for c in sorted(rng.sample(pool, n_per_sae))]
     rng.shuffle(chosen)
     pid = page_id(saes, seed, n_per_sae, [(s, c) for s, c, _ in chosen])
@@ -195,8 +227,17 @@ def build_rating(saes: Sequence[str], dashboards: Sequence, *, n_per_sae: int = 
         item = f"item-{i:03d}"
         key["items"][item] = {"sae": sae, "latent": c}
         v = card_view(dash, dash.latent(c), n_top=n_examples, n_bands=n_random, n_influence=0)
-        views.append({"item": item, "n": i, "top": v["top"], "bands": v["bands"], "promoted": v["promoted"],
-                      "density": v["r"].density, "max_act": v["r"].max_act})
+        views.append(
+            {
+                "item": item,
+                "n": i,
+                "top": v["top"],
+                "bands": v["bands"],
+                "promoted": v["promoted"],
+                "density": v["r"].density,
+                "max_act": v["r"].max_act,
+            }
+        )
     return key, views
 
 
@@ -205,8 +246,11 @@ def render_rating_page(key: dict, views: Sequence[dict]) -> str:
 
     js, css = asset("rate.js"), asset("dashboard.css")
     data = {"schema": RATINGS_SCHEMA, "page": key["page"], "items": [v["item"] for v in views]}
-    return env().get_template("rate.html.j2").render(items=views, csp=csp(js, css), js=js, css=css,
-                                                     data_json=script_json(data), page=key["page"])
+    return (
+        env()
+        .get_template("rate.html.j2")
+        .render(items=views, csp=csp(js, css), js=js, css=css, data_json=script_json(data), page=key["page"])
+    )
 
 
 def key_path(page: str | Path) -> Path:
@@ -234,8 +278,10 @@ def load_scoring(key_file: str, rating_files: Sequence[str]) -> tuple[dict, list
         if r.get("schema") != RATINGS_SCHEMA or not isinstance(r.get("ratings"), dict):
             raise GradsaeError(f"{f} is not an exported ratings file ({RATINGS_SCHEMA}): use the page's Export button")
         if r.get("page") != key["page"]:
-            raise GradsaeError(f"{f} rates page {r.get('page')!r} but the key is for page {key['page']!r}: "
-                               "use the key written with that page")
+            raise GradsaeError(
+                f"{f} rates page {r.get('page')!r} but the key is for page {key['page']!r}: "
+                "use the key written with that page"
+            )
         unknown = set(r["ratings"]) - set(key["items"])
         if unknown:
             raise GradsaeError(f"{f} has items the key does not know ({sorted(unknown)[:3]}): wrong key file?")
@@ -259,12 +305,21 @@ def run(cfg: RateConfig):
     if cfg.n_per_sae < 1 or cfg.n_examples < 1 or cfg.n_random < 0:
         raise GradsaeError("--n-per-sae and --n-examples must be at least 1, --n-random 0 or more")
     dashboards = [_dashboard_for(s) for s in cfg.sae]
-    key, views = build_rating(cfg.sae, dashboards, n_per_sae=cfg.n_per_sae, seed=cfg.seed,
-                              n_examples=cfg.n_examples, n_random=cfg.n_random, min_contexts=cfg.min_contexts)
+    key, views = build_rating(
+        cfg.sae,
+        dashboards,
+        n_per_sae=cfg.n_per_sae,
+        seed=cfg.seed,
+        n_examples=cfg.n_examples,
+        n_random=cfg.n_random,
+        min_contexts=cfg.min_contexts,
+    )
     out = Path(cfg.out)
     with output_lock(out.parent if str(out.parent) else Path(".")):
         atomic_write_text(out, render_rating_page(key, views))
         write_json(key_path(out), key)
-    print(f"wrote {out} ({len(views)} items from {len(cfg.sae)} SAEs, SAE hidden) and the key {key_path(out)} "
-          "(keep it away from raters)")
+    print(
+        f"wrote {out} ({len(views)} items from {len(cfg.sae)} SAEs, SAE hidden) and the key {key_path(out)} "
+        "(keep it away from raters)"
+    )
     return key

@@ -23,6 +23,7 @@ Inputs (plain dicts, so the report can be rebuilt from files):
 - ``config``: the run's config.json (shown in the header); ``sae_eval``: any JSON-like dict of SAE metrics;
   ``answers``: the examples.jsonl ``answer`` records as JSON objects (the "all questions" table).
 """
+
 from __future__ import annotations
 
 import base64
@@ -43,10 +44,18 @@ from .io import atomic_write_text, output_lock, read_json
 METHOD_NAMES = {"baseline": "Baseline", "gradsae": "GradSAE"}
 SET_NAMES = {"top": "TopK", "bottom": "BottomK"}
 # For each task and set: is a lower score the "better" (more influential / weaker) result?
-_LOWER_IS_BEST = {("perturbation", "top"): True, ("perturbation", "bottom"): False,
-                  ("steering", "top"): False, ("steering", "bottom"): True}
-_ARROWS = {("perturbation", "top"): "↓", ("perturbation", "bottom"): "↑",
-           ("steering", "top"): "↑", ("steering", "bottom"): "↓"}
+_LOWER_IS_BEST = {
+    ("perturbation", "top"): True,
+    ("perturbation", "bottom"): False,
+    ("steering", "top"): False,
+    ("steering", "bottom"): True,
+}
+_ARROWS = {
+    ("perturbation", "top"): "↓",
+    ("perturbation", "bottom"): "↑",
+    ("steering", "top"): "↑",
+    ("steering", "bottom"): "↓",
+}
 SUMMARY_SCHEMAS = ("gradsae.experiments.summary/1", "gradsae.experiments.sweep/1")
 
 
@@ -54,12 +63,14 @@ SUMMARY_SCHEMAS = ("gradsae.experiments.summary/1", "gradsae.experiments.sweep/1
 # Templates
 # ---------------------------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=1)
 def _env():
     import jinja2
 
-    return jinja2.Environment(loader=jinja2.PackageLoader("gradsae", "templates"), autoescape=True,
-                              undefined=jinja2.StrictUndefined)
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("gradsae", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
 
 
 def _macros():
@@ -72,6 +83,7 @@ def _asset(name: str) -> str:
 
 def _safe(s: str):
     from markupsafe import Markup
+
     return Markup(s)
 
 
@@ -79,11 +91,17 @@ def _safe(s: str):
 # Small helpers (values as the page shows them)
 # ---------------------------------------------------------------------------------------------
 
+
 def json_for_script(obj: Any) -> str:
     """JSON that is safe inside ``<script type="application/json">`` (no ``</script>``, no ``<!--``)."""
     s = json.dumps(obj, ensure_ascii=False, allow_nan=False, default=str)
-    return (s.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+    return (
+        s.replace("&", "\\u0026")
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
 
 
 def html_id(prefix: str, s: Any) -> str:
@@ -154,13 +172,19 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
 # Summary sections
 # ---------------------------------------------------------------------------------------------
 
+
 def render_header(summary: dict, config: dict | None) -> str:
     """Model, SAE, layer, data and settings (and the unspliced model's score); the full config folded below."""
     s, d = summary, summary.get("data") or {}
-    rows = [("model", s.get("model")), ("SAE", s.get("sae")), ("layer", s.get("layer")),
-            ("SAE width (d_sae)", s.get("d_sae")), ("K values", ", ".join(map(str, s.get("ks", [])))),
-            ("methods", ", ".join(METHOD_NAMES.get(m, m) for m in s.get("methods", []))),
-            ("data", d.get("path"))]
+    rows = [
+        ("model", s.get("model")),
+        ("SAE", s.get("sae")),
+        ("layer", s.get("layer")),
+        ("SAE width (d_sae)", s.get("d_sae")),
+        ("K values", ", ".join(map(str, s.get("ks", [])))),
+        ("methods", ", ".join(METHOD_NAMES.get(m, m) for m in s.get("methods", []))),
+        ("data", d.get("path")),
+    ]
     cfg = config or {}
     for key in ("template", "target", "aggregation", "positions", "error", "inject", "at", "min_f1", "seed"):
         if key in cfg:
@@ -168,15 +192,29 @@ def render_header(summary: dict, config: dict | None) -> str:
     q = None
     if d:
         un, plain = d.get("unedited") or {}, d.get("unspliced")
-        q = {"n_examples": num(d.get("n_examples")), "n_answered": num(d.get("n_answered")),
-             "n_kept": num(d.get("n_kept")), "min_f1": num(d.get("min_f1"), 2), "em": num(un.get("em")),
-             "f1": num(un.get("f1")),
-             "plain": {"n_kept": num(plain.get("n_kept")), "n": num(plain.get("n")), "em": num(plain.get("em")),
-                       "f1": num(plain.get("f1"))} if plain else None}
+        q = {
+            "n_examples": num(d.get("n_examples")),
+            "n_answered": num(d.get("n_answered")),
+            "n_kept": num(d.get("n_kept")),
+            "min_f1": num(d.get("min_f1"), 2),
+            "em": num(un.get("em")),
+            "f1": num(un.get("f1")),
+            "plain": {
+                "n_kept": num(plain.get("n_kept")),
+                "n": num(plain.get("n")),
+                "em": num(plain.get("em")),
+                "f1": num(plain.get("f1")),
+            }
+            if plain
+            else None,
+        }
     rows = [(k, v) for k, v in rows if v not in (None, "")]
     t = s.get("timing") or {}
-    after = [("time (s)", ", ".join(f"{k} {v:.0f}" if isinstance(v, (int, float)) else f"{k} {v}"
-                                    for k, v in t.items()))] if t else []
+    after = (
+        [("time (s)", ", ".join(f"{k} {v:.0f}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in t.items()))]
+        if t
+        else []
+    )
     return str(_macros().header(rows, q, after, list(s.get("warnings") or []), _flatten(cfg) if cfg else []))
 
 
@@ -234,23 +272,38 @@ def render_table1(summary: dict) -> str:
                         if c["value"] is not None and b is not None and abs(c["value"] - b) < 1e-9:
                             c["mark"] = "strong" if task == "perturbation" else "u"
                         out.append(c)
-                rows.append({"method": METHOD_NAMES.get(m, m), "method_rowspan": len(sets) if si == 0 else 0,
-                             "set": SET_NAMES.get(side, side), "arrow": _ARROWS.get((task, side), ""),
-                             "n": max([c.get("n", 0) for c in row_cells.values() if isinstance(c, dict)] or [0]),
-                             "cells": out})
-        tasks.append({"label": "Perturbation" if task == "perturbation" else "Local Steering", "rows": rows,
-                      "wo": [_cell(wo, "em"), _cell(wo, "f1")]})
+                rows.append(
+                    {
+                        "method": METHOD_NAMES.get(m, m),
+                        "method_rowspan": len(sets) if si == 0 else 0,
+                        "set": SET_NAMES.get(side, side),
+                        "arrow": _ARROWS.get((task, side), ""),
+                        "n": max([c.get("n", 0) for c in row_cells.values() if isinstance(c, dict)] or [0]),
+                        "cells": out,
+                    }
+                )
+        tasks.append(
+            {
+                "label": "Perturbation" if task == "perturbation" else "Local Steering",
+                "rows": rows,
+                "wo": [_cell(wo, "em"), _cell(wo, "f1")],
+            }
+        )
     notes = []
     if summary.get("perturbation"):
         p = summary["perturbation"]
         ctrl = p.get("control") or {}
-        notes.append(f"Perturbation: {num(p.get('n'))} examples; the unedited control row in the same batch "
-                     f"reproduced {num(ctrl.get('agree'))} of them.")
+        notes.append(
+            f"Perturbation: {num(p.get('n'))} examples; the unedited control row in the same batch "
+            f"reproduced {num(ctrl.get('agree'))} of them."
+        )
     if summary.get("steering"):
         st = summary["steering"]
-        notes.append(f"Local steering: {num(st.get('n'))} examples with a kept partner question on the same "
-                     f"context ({num(st.get('n_without_partner'))} without); inject {st.get('inject')} at "
-                     f"{st.get('at')}, clamp {st.get('clamp') or 'none'}; scored against the partner's answers.")
+        notes.append(
+            f"Local steering: {num(st.get('n'))} examples with a kept partner question on the same "
+            f"context ({num(st.get('n_without_partner'))} without); inject {st.get('inject')} at "
+            f"{st.get('at')}, clamp {st.get('clamp') or 'none'}; scored against the partner's answers."
+        )
     failed = summary.get("failed") or {}
     if failed:
         counts = ", ".join(f"{k} {num(v)}" for k, v in failed.items() if k != "errors")
@@ -269,13 +322,15 @@ def render_stats(summary: dict) -> str:
 
     inner = t.get("inner") or {}
     ib, ig = inner.get("baseline") or {}, inner.get("gradsae") or {}
-    rows = [("Activation Avg. (active at the last prompt token)", num(t.get("active_last_mean"), 2), ""),
-            ("Active at any scored position", num(t.get("active_any_mean"), 2), ""),
-            ("50% Avg. (size of the K = 50% set)", num(t.get("k50_mean"), 2), ""),
-            ("Cross TopK overlap (Baseline ∩ GradSAE)", pc(t.get("cross_top_overlap")), ""),
-            ("Cross BottomK overlap", pc(t.get("cross_bottom_overlap")), ""),
-            ("Inner TopK overlap (same context, other question)", pc(ib.get("top")), pc(ig.get("top"))),
-            ("Inner BottomK overlap", pc(ib.get("bottom")), pc(ig.get("bottom")))]
+    rows = [
+        ("Activation Avg. (active at the last prompt token)", num(t.get("active_last_mean"), 2), ""),
+        ("Active at any scored position", num(t.get("active_any_mean"), 2), ""),
+        ("50% Avg. (size of the K = 50% set)", num(t.get("k50_mean"), 2), ""),
+        ("Cross TopK overlap (Baseline ∩ GradSAE)", pc(t.get("cross_top_overlap")), ""),
+        ("Cross BottomK overlap", pc(t.get("cross_bottom_overlap")), ""),
+        ("Inner TopK overlap (same context, other question)", pc(ib.get("top")), pc(ig.get("top"))),
+        ("Inner BottomK overlap", pc(ib.get("bottom")), pc(ig.get("bottom"))),
+    ]
     return str(_macros().stats({"n": num(t.get("n")), "pairs": num(t.get("n_context_pairs")), "rows": rows}))
 
 
@@ -294,8 +349,10 @@ def render_rq(summary: dict) -> str:
     return str(_macros().rq(items))
 
 
-_PLOT_CAPTIONS = {"perturb": "Perturbation: EM and F1 after zeroing each set, vs K (95% CI bars)",
-                  "steer": "Local steering: EM and F1 against the partner's answers, vs K (95% CI bars)"}
+_PLOT_CAPTIONS = {
+    "perturb": "Perturbation: EM and F1 after zeroing each set, vs K (95% CI bars)",
+    "steer": "Local steering: EM and F1 against the partner's answers, vs K (95% CI bars)",
+}
 
 
 def render_plots(summary: dict, pngs: dict[str, bytes] | None = None) -> str:
@@ -305,11 +362,14 @@ def render_plots(summary: dict, pngs: dict[str, bytes] | None = None) -> str:
     if pngs is None:
         try:
             from .plots import k_curves
+
             pngs = k_curves(summary)
         except Exception as e:  # a plot is a convenience; the numbers are in Table 1
             pngs, err = {}, f"{type(e).__name__}: {e}"
-    figs = [{"name": name, "uri": png_data_uri(png), "caption": _PLOT_CAPTIONS.get(name, name)}
-            for name, png in pngs.items()]
+    figs = [
+        {"name": name, "uri": png_data_uri(png), "caption": _PLOT_CAPTIONS.get(name, name)}
+        for name, png in pngs.items()
+    ]
     return str(_macros().plots(figs, err))
 
 
@@ -330,9 +390,16 @@ def render_answers(answers: Sequence[dict]) -> str:
         if r.get("task", "answer") != "answer":
             continue
         f1 = r.get("f1")
-        rows.append({"id": r.get("id"), "question": r.get("question"), "golds": " | ".join(r.get("golds") or []),
-                     "prediction": r.get("error") or r.get("prediction"),
-                     "f1": "–" if f1 is None else f"{100 * f1:.0f}", "kept": bool(r.get("kept"))})
+        rows.append(
+            {
+                "id": r.get("id"),
+                "question": r.get("question"),
+                "golds": " | ".join(r.get("golds") or []),
+                "prediction": r.get("error") or r.get("prediction"),
+                "f1": "–" if f1 is None else f"{100 * f1:.0f}",
+                "kept": bool(r.get("kept")),
+            }
+        )
     if not rows:
         return ""
     return str(_macros().answers(rows, sum(1 for r in rows if r["kept"])))
@@ -342,15 +409,24 @@ def render_answers(answers: Sequence[dict]) -> str:
 # One example
 # ---------------------------------------------------------------------------------------------
 
+
 def _latent_rows(rows: Sequence[dict]) -> list[dict]:
-    return [{"latent": r.get("latent"), "score": sig(r.get("score")), "act": sig(r.get("mean_activation")),
-             "rank": r.get("baseline_rank"), "promotes": [token_label(t) for t in r.get("promotes", [])]}
-            for r in rows]
+    return [
+        {
+            "latent": r.get("latent"),
+            "score": sig(r.get("score")),
+            "act": sig(r.get("mean_activation")),
+            "rank": r.get("baseline_rank"),
+            "promotes": [token_label(t) for t in r.get("promotes", [])],
+        }
+        for r in rows
+    ]
 
 
 def _k_order(keys: Iterable[str]) -> list[str]:
     def key(k: str):
         return (1, float(k[:-1])) if k.endswith("%") else (0, float(k)) if re.fullmatch(r"[\d.]+", k) else (2, 0)
+
     return sorted(dict.fromkeys(keys), key=key)
 
 
@@ -379,8 +455,13 @@ def _edit_table(cells: dict, golds_label: str) -> dict | None:
                 tip += f"; {c['k']} latents edited"
             if c.get("own_f1") is not None:
                 tip += f"; F1 vs own answers {c['own_f1']:.2f}"
-            out.append({"cls": "ok" if f1 is not None and f1 >= 0.9 else "bad" if f1 is not None else "",
-                        "tip": tip, "text": c.get("error") or c.get("prediction")})
+            out.append(
+                {
+                    "cls": "ok" if f1 is not None and f1 >= 0.9 else "bad" if f1 is not None else "",
+                    "tip": tip,
+                    "text": c.get("error") or c.get("prediction"),
+                }
+            )
         rows.append({"method": METHOD_NAMES.get(m, m), "set": SET_NAMES.get(s, s), "cells": out})
     return {"ks": ks, "rows": rows}
 
@@ -396,8 +477,14 @@ def _token_view(ex: dict, uid: str) -> dict:
     spans = []
     for j, t in enumerate(tokens):
         v = v0[j] if j < len(v0) else 0.0
-        spans.append({"cls": "t ans" if j >= n_prompt else "t", "bg": colour(v, vmax), "text": token_text(t),
-                      "tip": token_label(t) + (f"  latent {latents[0]}: g = {v:.3g}" if latents else "")})
+        spans.append(
+            {
+                "cls": "t ans" if j >= n_prompt else "t",
+                "bg": colour(v, vmax),
+                "text": token_text(t),
+                "tip": token_label(t) + (f"  latent {latents[0]}: g = {v:.3g}" if latents else ""),
+            }
+        )
     data = {"latents": latents, "values": values, "labels": [token_label(t) for t in tokens]}
     return {"uid": uid, "tokens": spans, "buttons": latents, "data": _safe(json_for_script(data))}
 
@@ -414,28 +501,52 @@ def render_example(ex: dict) -> str:
     facts = [("output (explained)", ex.get("output"))]
     if ex.get("golds"):
         facts.append(("gold answers", " | ".join(ex["golds"])))
-    facts += [("target", f"{meta.get('target', '?')} = {sig(ex.get('target_value'), 4)}"),
-              ("latents active at the last prompt token", ex.get("n_active_last")),
-              ("latents active at any scored position", ex.get("n_active_any")),
-              ("settings", ", ".join(f"{k}={meta[k]}" for k in ("method", "aggregation", "positions", "error", "layer")
-                                     if meta.get(k) is not None))]
-    view = {"uid": uid, "title": title, "facts": facts, "tokens": _token_view(ex, uid),
-            "top": _latent_rows(ex.get("top") or []), "bottom": _latent_rows(ex.get("bottom") or []),
-            "base": _latent_rows(ex.get("baseline_top") or []), "perturb": None, "steer": None}
+    facts += [
+        ("target", f"{meta.get('target', '?')} = {sig(ex.get('target_value'), 4)}"),
+        ("latents active at the last prompt token", ex.get("n_active_last")),
+        ("latents active at any scored position", ex.get("n_active_any")),
+        (
+            "settings",
+            ", ".join(
+                f"{k}={meta[k]}"
+                for k in ("method", "aggregation", "positions", "error", "layer")
+                if meta.get(k) is not None
+            ),
+        ),
+    ]
+    view = {
+        "uid": uid,
+        "title": title,
+        "facts": facts,
+        "tokens": _token_view(ex, uid),
+        "top": _latent_rows(ex.get("top") or []),
+        "bottom": _latent_rows(ex.get("bottom") or []),
+        "base": _latent_rows(ex.get("baseline_top") or []),
+        "perturb": None,
+        "steer": None,
+    }
     pert = ex.get("perturb")
     if pert:
         ctrl = pert.get("control") or {}
-        view["perturb"] = {"unedited": ctrl.get("prediction", ex.get("output")), "error": pert.get("error"),
-                           "table": _edit_table(pert.get("cells") or {}, "vs gold" if ex.get("golds") else
-                                                "vs explained output")}
+        view["perturb"] = {
+            "unedited": ctrl.get("prediction", ex.get("output")),
+            "error": pert.get("error"),
+            "table": _edit_table(pert.get("cells") or {}, "vs gold" if ex.get("golds") else "vs explained output"),
+        }
     st = ex.get("steer")
     if st:
         pg, un = st.get("partner_golds"), st.get("unsteered") or {}
-        facts = [("partner", st.get("partner")), ("partner question", st.get("partner_question")),
-                 ("partner answers", " | ".join(pg) if pg else None),
-                 ("unsteered F1 vs partner", sig(un.get("f1")) if un else None)]
-        view["steer"] = {"facts": facts, "error": st.get("error"),
-                         "table": _edit_table(st.get("cells") or {}, "vs partner's answers")}
+        facts = [
+            ("partner", st.get("partner")),
+            ("partner question", st.get("partner_question")),
+            ("partner answers", " | ".join(pg) if pg else None),
+            ("unsteered F1 vs partner", sig(un.get("f1")) if un else None),
+        ]
+        view["steer"] = {
+            "facts": facts,
+            "error": st.get("error"),
+            "table": _edit_table(st.get("cells") or {}, "vs partner's answers"),
+        }
     return str(_macros().example(view))
 
 
@@ -443,19 +554,23 @@ def render_example(ex: dict) -> str:
 # The page
 # ---------------------------------------------------------------------------------------------
 
+
 def _csp(js: str) -> str:
     """No network at all; images only as data: URIs; scripts only this page's own (by its sha256)."""
     digest = base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode("ascii")
-    return (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; "
-            "base-uri 'none'; form-action 'none'")
+    return (
+        f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; "
+        "base-uri 'none'; form-action 'none'"
+    )
 
 
 def render_page(title: str, body: str, subtitle: str = "", nav: Sequence[tuple[str, str]] = ()) -> str:
     """The page shell: inline CSS and JS, a content-security policy that forbids any network request."""
     js = _asset("report.js")
     # the policy is our own text (quotes kept as quotes; it holds no " or <)
-    return str(_macros().page(title, _safe(body), subtitle, list(nav), _safe(_csp(js)), _safe(_asset("report.css")),
-                              _safe(js)))
+    return str(
+        _macros().page(title, _safe(body), subtitle, list(nav), _safe(_csp(js)), _safe(_asset("report.css")), _safe(js))
+    )
 
 
 def _one_run(summary: dict, pngs: dict[str, bytes] | None) -> str:
@@ -468,19 +583,41 @@ def check_summary(summary: dict, source: str = "summary") -> dict:
         raise GradsaeError(f"{source} is not a JSON object: it was not written by gradsae; rerun the experiment")
     schema = summary.get("schema")
     if schema is not None and schema not in SUMMARY_SCHEMAS:
-        raise GradsaeError(f"{source} has schema {schema!r}; this gradsae reads {' and '.join(SUMMARY_SCHEMAS)}: "
-                           "rebuild the report with the gradsae version that wrote the folder")
-    for key, typ in (("data", dict), ("perturbation", dict), ("steering", dict), ("stats", dict), ("rq", dict),
-                     ("failed", dict), ("timing", dict), ("runs", list), ("ks", list), ("warnings", list)):
+        raise GradsaeError(
+            f"{source} has schema {schema!r}; this gradsae reads {' and '.join(SUMMARY_SCHEMAS)}: "
+            "rebuild the report with the gradsae version that wrote the folder"
+        )
+    for key, typ in (
+        ("data", dict),
+        ("perturbation", dict),
+        ("steering", dict),
+        ("stats", dict),
+        ("rq", dict),
+        ("failed", dict),
+        ("timing", dict),
+        ("runs", list),
+        ("ks", list),
+        ("warnings", list),
+    ):
         if summary.get(key) is not None and not isinstance(summary[key], typ):
-            raise GradsaeError(f"{source}: \"{key}\" is a {type(summary[key]).__name__}, not a "
-                               f"{typ.__name__}: the file is damaged; rerun the command to rewrite it")
+            raise GradsaeError(
+                f'{source}: "{key}" is a {type(summary[key]).__name__}, not a '
+                f"{typ.__name__}: the file is damaged; rerun the command to rewrite it"
+            )
     return summary
 
 
-def render_report(summary: dict | None, examples: Sequence[dict] = (), *, config: dict | None = None,
-                  sae_eval: dict | None = None, answers: Sequence[dict] = (), title: str = "GradSAE report",
-                  plots: dict[str, bytes] | None = None, cards: str = "") -> str:
+def render_report(
+    summary: dict | None,
+    examples: Sequence[dict] = (),
+    *,
+    config: dict | None = None,
+    sae_eval: dict | None = None,
+    answers: Sequence[dict] = (),
+    title: str = "GradSAE report",
+    plots: dict[str, bytes] | None = None,
+    cards: str = "",
+) -> str:
     """The whole report as one HTML string (see the module docstring for the inputs).
 
     ``plots``: PNG bytes by name to embed instead of drawing them from the summary. ``cards``: an HTML
@@ -496,8 +633,10 @@ def render_report(summary: dict | None, examples: Sequence[dict] = (), *, config
         for r in runs:
             s = r.get("summary") or {}
             rid = html_id("run-", r.get("tag") or s.get("layer"))
-            parts.append(f'<section id="{rid}"><h2>Run {_text(r.get("tag"))}: SAE {_text(s.get("sae"))} '
-                         f'({_text(s.get("layer"))})</h2>{_one_run(s, None)}</section>')
+            parts.append(
+                f'<section id="{rid}"><h2>Run {_text(r.get("tag"))}: SAE {_text(s.get("sae"))} '
+                f"({_text(s.get('layer'))})</h2>{_one_run(s, None)}</section>"
+            )
             nav.append((rid, f"Run {r.get('tag')}"))
     else:
         parts.append(render_header(summary, config))
@@ -511,17 +650,25 @@ def render_report(summary: dict | None, examples: Sequence[dict] = (), *, config
         parts.append(render_sae_eval(sae_eval))
         nav.append(("sae-eval", "SAE eval"))
     ex_html = "".join(render_example(e) for e in examples)
-    parts.append('<section id="examples"><h2>Examples</h2>'
-                 + (f'<p class="note">{len(examples)} examples. Bold underlined tokens are the answer. '
-                    f"Hover a token for its value.</p>{ex_html}" if examples else
-                    '<p class="note">no per-example influence in this report</p>') + "</section>")
+    parts.append(
+        '<section id="examples"><h2>Examples</h2>'
+        + (
+            f'<p class="note">{len(examples)} examples. Bold underlined tokens are the answer. '
+            f"Hover a token for its value.</p>{ex_html}"
+            if examples
+            else '<p class="note">no per-example influence in this report</p>'
+        )
+        + "</section>"
+    )
     nav.append(("examples", "Examples"))
     if answers:
         parts.append(render_answers(answers))
         nav.append(("questions", "All questions"))
     if cards:
-        parts.append('<section id="cards"><p class="note">From the SAE\'s dashboard: where each latent fires '
-                     "(input side) and where it moves the next-token loss most (output side).</p>" + cards + "</section>")
+        parts.append(
+            '<section id="cards"><p class="note">From the SAE\'s dashboard: where each latent fires '
+            "(input side) and where it moves the next-token loss most (output side).</p>" + cards + "</section>"
+        )
         nav.append(("cards", "Latent cards"))
     sub = " · ".join(str(x) for x in (summary.get("model"), summary.get("sae"), summary.get("layer")) if x)
     return render_page(title, "".join(parts), sub, nav)
@@ -530,6 +677,7 @@ def render_report(summary: dict | None, examples: Sequence[dict] = (), *, config
 def _text(x: Any) -> str:
     """Escape a value for the few fragments joined here outside the templates."""
     from markupsafe import escape
+
     return str(escape("" if x is None else str(x)))
 
 
@@ -548,6 +696,7 @@ def render_example_page(ex: dict, title: str = "GradSAE explain") -> str:
 # ---------------------------------------------------------------------------------------------
 # From a results folder
 # ---------------------------------------------------------------------------------------------
+
 
 def attach_records(ex: dict, records: dict) -> dict:
     """Add question, golds, the perturb record and the steer record (with its partner's question and
@@ -570,9 +719,15 @@ def attach_records(ex: dict, records: dict) -> dict:
     return out
 
 
-def report_from_folder(folder: str | Path, examples: Sequence[dict] = (), *, sae_eval: dict | None = None,
-                       out: str | Path | None = None, title: str = "GradSAE report",
-                       plots: dict[str, bytes] | None = None) -> Path:
+def report_from_folder(
+    folder: str | Path,
+    examples: Sequence[dict] = (),
+    *,
+    sae_eval: dict | None = None,
+    out: str | Path | None = None,
+    title: str = "GradSAE report",
+    plots: dict[str, bytes] | None = None,
+) -> Path:
     """Build ``<folder>/report.html`` from summary.json, config.json and examples.jsonl (plus per-example
     influence views, which the folder does not store)."""
     from .squad.records import read_records
@@ -589,8 +744,17 @@ def report_from_folder(folder: str | Path, examples: Sequence[dict] = (), *, sae
     answers = [r.to_json() for (task, _), r in recs.items() if task == "answer"]
     exs = [attach_records(e, recs) for e in examples]
     cards = dashboard_cards(config, exs, [r for (task, _), r in recs.items() if task == "answer"])
-    return write_report(out or folder / "report.html", summary, exs, config=config, sae_eval=sae_eval,
-                        answers=answers, title=title, plots=plots, cards=cards)
+    return write_report(
+        out or folder / "report.html",
+        summary,
+        exs,
+        config=config,
+        sae_eval=sae_eval,
+        answers=answers,
+        title=title,
+        plots=plots,
+        cards=cards,
+    )
 
 
 def dashboard_cards(config: dict | None, examples: Sequence[dict], answers: Sequence, n_latents: int = 24) -> str:
@@ -624,6 +788,7 @@ def dashboard_cards(config: dict | None, examples: Sequence[dict], answers: Sequ
 # ---------------------------------------------------------------------------------------------
 # `gradsae report`
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class ReportConfig:

@@ -17,10 +17,10 @@ Architectures (``cfg.architecture``):
 
 where ``pre = (x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc``.
 """
+
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,15 +67,15 @@ class SAEConfig:
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
-            raise GradsaeError(
-                f"unknown SAE architecture {self.architecture!r}: use one of {', '.join(ARCHITECTURES)}"
-            )
+            raise GradsaeError(f"unknown SAE architecture {self.architecture!r}: use one of {', '.join(ARCHITECTURES)}")
         if self.architecture in ("topk", "batchtopk", "gsae", "e2e") and not self.k:
             raise GradsaeError(f"a {self.architecture} SAE needs k (active latents per token) in its config")
         s = self.norm_scaling_factor
         if s is not None and not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
-            raise GradsaeError(f"norm_scaling_factor={s!r} must be a positive finite number (the factor activations "
-                               "were multiplied by in training): fix or remove it")
+            raise GradsaeError(
+                f"norm_scaling_factor={s!r} must be a positive finite number (the factor activations "
+                "were multiplied by in training): fix or remove it"
+            )
         if self.k is not None and not 0 < self.k <= self.d_sae:
             raise GradsaeError(f"k={self.k} must be between 1 and d_sae={self.d_sae}")
 
@@ -85,14 +85,6 @@ class SAEConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SAEConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        known = {k: v for k, v in d.items() if k in names}
-        extra = {k: v for k, v in d.items() if k not in names}
-        known.setdefault("metadata", {}).update(extra)
-        return cls(**known)
 
 
 class SparseCode(NamedTuple):
@@ -106,8 +98,10 @@ class SparseCode(NamedTuple):
 # Pure functions (tested on toy tensors)
 # ---------------------------------------------------------------------------------------------
 
-def gsae_selection_score(z: torch.Tensor, grad_latent: torch.Tensor | None, beta: float,
-                         scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+
+def gsae_selection_score(
+    z: torch.Tensor, grad_latent: torch.Tensor | None, beta: float, scale: float | torch.Tensor = 1.0
+) -> torch.Tensor:
     """The g-SAE selection score ``z + (beta / scale) * z * |grad_latent|``.
 
     Args:
@@ -134,15 +128,10 @@ def densify(code: SparseCode, d_sae: int) -> torch.Tensor:
     return out.scatter(-1, code.indices, code.values)
 
 
-def sparse_decode(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
-    """Decode only the K active rows of W_dec: [N, K] -> [N, D]; O(N·K·D) instead of O(N·C·D)."""
-    rows = W_dec[code.indices]  # [N, K, D]
-    return torch.einsum("nk,nkd->nd", code.values, rows) + b_dec
-
-
 # ---------------------------------------------------------------------------------------------
 # The module
 # ---------------------------------------------------------------------------------------------
+
 
 class SAE(nn.Module):
     """A sparse autoencoder with SAELens names: ``encode``, ``decode``, ``W_enc``, ``W_dec``, ``cfg``."""
@@ -280,6 +269,3 @@ class SAE(nn.Module):
 
     def __repr__(self) -> str:
         return self.describe()
-
-    def config_json(self) -> str:
-        return json.dumps(self.cfg.to_dict(), indent=2)

@@ -21,6 +21,7 @@ L = the summed next-token cross-entropy of a sequence and ∇ₓL its gradient a
 Results: ``sensitivity.json`` (written part by part, so a rerun with the same config skips finished parts),
 ``summary.md`` and the figures ``fig2_directional.png``, ``fig3_spearman.png``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,16 +49,19 @@ class SensitivityConfig(ModelOptions):
     derivatives along decoder directions by nearest-neighbour similarity (Table 2)."""
 
     layers: list[int] = opt([3, 6, 9, 12, 15, 18, 21, 24, 27], "blocks whose output is analysed (Fig. 2)")
-    fig3_layers: list[int] = opt([6, 9, 22], "blocks for the perturbation analysis (Fig. 3; one forward per "
-                                 "perturbation, so fewer)")
+    fig3_layers: list[int] = opt(
+        [6, 9, 22], "blocks for the perturbation analysis (Fig. 3; one forward per perturbation, so fewer)"
+    )
     sae: list[str] = opt([], "SAEs for the decoder-similarity analysis (Table 2), comma-separated; empty = skip")
     data: list[str] = opt(["sample"], "corpus (see gradsae.corpus): files, folders, 'sample' or hf:NAME")
     text_field: str = opt("text", "field holding the text in .jsonl files and HF datasets")
     context_length: int = opt(128, "tokens per sequence")
     sequences: int = opt(32, "token sequences for Fig. 2 and Table 2 (the paper's Table 2 uses 300)")
     positions: int = opt(2048, "positions sampled per layer for Fig. 2 (pairs, random directions)")
-    scales: list[float] = opt([0.01, 0.03, 0.1, 0.3, 1.0], "Fig. 3 mean perturbation norms, as fractions of the "
-                              "median activation norm at the layer")
+    scales: list[float] = opt(
+        [0.01, 0.03, 0.1, 0.3, 1.0],
+        "Fig. 3 mean perturbation norms, as fractions of the median activation norm at the layer",
+    )
     perturbations: int = opt(256, "Fig. 3 perturbations per layer and scale")
     per_position: int = opt(32, "Fig. 3 perturbations that share one sequence position (one batch)")
     latents_per_tail: int = opt(30, "Table 2 latents sampled from each part of the similarity histogram")
@@ -84,6 +88,7 @@ class SensitivityConfig(ModelOptions):
 # Pure math
 # ---------------------------------------------------------------------------------------------
 
+
 def unit(v: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit norm. [N, D] -> [N, D]."""
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -107,8 +112,11 @@ def random_directions(acts: torch.Tensor, n: int, gen: torch.Generator) -> tuple
     evals, evecs = torch.linalg.eigh(cov.double())
     root = (evecs * evals.clamp_min(0).sqrt()) @ evecs.T
     cov_dirs = torch.randn(n, D, generator=gen, dtype=torch.float64) @ root
-    return i, {"activation difference": unit(diffs), "isotropic": unit(iso),
-               "covariance-adjusted": unit(cov_dirs.to(acts.dtype))}
+    return i, {
+        "activation difference": unit(diffs),
+        "isotropic": unit(iso),
+        "covariance-adjusted": unit(cov_dirs.to(acts.dtype)),
+    }
 
 
 def uniform_norms(mean: float, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -122,10 +130,10 @@ def nearest_cosine(W_dec: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     W = unit(W_dec.float())
     out = torch.empty(W.shape[0])
     for s in range(0, W.shape[0], chunk):
-        sims = W[s:s + chunk] @ W.T
+        sims = W[s : s + chunk] @ W.T
         idx = torch.arange(s, min(s + chunk, W.shape[0]))
         sims[idx - s, idx] = -2.0
-        out[s:s + chunk] = sims.max(dim=1).values
+        out[s : s + chunk] = sims.max(dim=1).values
     return out
 
 
@@ -162,6 +170,7 @@ def mean_ci(x: np.ndarray) -> tuple[float, float, float]:
 # Model plumbing
 # ---------------------------------------------------------------------------------------------
 
+
 def summed_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Per-row summed next-token cross-entropy. logits [B, T, V], ids [B, T] -> [B]."""
     ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
@@ -177,7 +186,7 @@ def capture_with_grads(model, rows: torch.Tensor, layers: list[int], batch_size:
     grads: dict[int, list] = {l: [] for l in layers}
     dev = next(model.parameters()).device
     for s in range(0, len(rows), batch_size):
-        ids = rows[s:s + batch_size].to(dev)
+        ids = rows[s : s + batch_size].to(dev)
         with ResidualCapture(model, layers, grad=True) as cap:
             out = model(input_ids=ids)
             summed_ce(out.logits, ids).sum().backward()
@@ -188,7 +197,8 @@ def capture_with_grads(model, rows: torch.Tensor, layers: list[int], batch_size:
 
 
 def perturbation_effects(model, ids: torch.Tensor, layer: int, pos: int, deltas: torch.Tensor) -> torch.Tensor:
-    """ΔL of one sequence for each δ_p added to the activation after ``layer`` at ``pos``. ids [T], deltas [P, D] -> [P].
+    """ΔL of one sequence for each δ_p added to the activation after ``layer`` at ``pos``.
+    ids [T], deltas [P, D] -> [P].
 
     An unperturbed copy rides in the same batch, and only the predictions at positions ≥ pos (the ones δ can
     reach) are differenced, so ΔL keeps its precision when it is far smaller than the summed loss.
@@ -199,7 +209,7 @@ def perturbation_effects(model, ids: torch.Tensor, layer: int, pos: int, deltas:
     rows = ids.unsqueeze(0).expand(d.shape[0], -1)
     with torch.no_grad(), AddAt(model, layer, pos, d):
         logits = model(input_ids=rows).logits[:, pos:-1].float()
-    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), rows[:, pos + 1:], reduction="none").double()
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), rows[:, pos + 1 :], reduction="none").double()
     return (ce[1:] - ce[:1]).sum(1)
 
 
@@ -207,9 +217,11 @@ def perturbation_effects(model, ids: torch.Tensor, layer: int, pos: int, deltas:
 # The three analyses
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass
 class DirectionalRow:
     """Fig. 2: mean |∇ₓL · u| at one layer for one kind of direction, with its 95% interval."""
+
     layer: int
     kind: str
     mean: float
@@ -221,6 +233,7 @@ class DirectionalRow:
 @dataclass
 class Fig3Row:
     """Fig. 3: Spearman correlations of |ΔL| at one layer and perturbation scale."""
+
     layer: int
     scale: float
     mean_norm: float
@@ -233,6 +246,7 @@ class Fig3Row:
 @dataclass
 class TailRow:
     """Table 2: mean |∇ₓL · ŵ_c| over positions, averaged over latents of one part of the similarity histogram."""
+
     sae: str
     layer: int
     part: str
@@ -244,7 +258,9 @@ class TailRow:
     sim_hi: float
 
 
-def directional(acts: torch.Tensor, grads: torch.Tensor, n: int, gen: torch.Generator, layer: int) -> list[DirectionalRow]:
+def directional(
+    acts: torch.Tensor, grads: torch.Tensor, n: int, gen: torch.Generator, layer: int
+) -> list[DirectionalRow]:
     """acts, grads [N, D] at one layer (positions pooled) -> one row per kind of direction."""
     at, dirs = random_directions(acts, n, gen)
     rows = []
@@ -254,8 +270,16 @@ def directional(acts: torch.Tensor, grads: torch.Tensor, n: int, gen: torch.Gene
     return rows
 
 
-def fig3(model, rows: torch.Tensor, acts: torch.Tensor, grads: torch.Tensor, layer: int, cfg: SensitivityConfig,
-         gen: torch.Generator, bar=None) -> list[Fig3Row]:
+def fig3(
+    model,
+    rows: torch.Tensor,
+    acts: torch.Tensor,
+    grads: torch.Tensor,
+    layer: int,
+    cfg: SensitivityConfig,
+    gen: torch.Generator,
+    bar=None,
+) -> list[Fig3Row]:
     """rows [S, T]; acts, grads [S, T, D] at ``layer`` -> one row per scale."""
     S, T, D = acts.shape
     med = float(acts[:, 1:].norm(dim=-1).median())
@@ -302,9 +326,11 @@ def decoder_tails(sae, name: str, grads: torch.Tensor, n: int, gen: torch.Genera
 # The command
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass
 class SensitivityResults:
     """What ``sensitivity.json`` holds; each part is filled when it finishes."""
+
     config: dict
     directional: list[DirectionalRow] = field(default_factory=list)
     fig3: list[Fig3Row] = field(default_factory=list)
@@ -314,8 +340,13 @@ class SensitivityResults:
     @classmethod
     def load(cls, path: Path) -> "SensitivityResults":
         d = read_json(path)
-        return cls(d["config"], [DirectionalRow(**r) for r in d["directional"]], [Fig3Row(**r) for r in d["fig3"]],
-                   [TailRow(**r) for r in d["tails"]], d["done"])
+        return cls(
+            d["config"],
+            [DirectionalRow(**r) for r in d["directional"]],
+            [Fig3Row(**r) for r in d["fig3"]],
+            [TailRow(**r) for r in d["tails"]],
+            d["done"],
+        )
 
 
 def _corpus_rows(tok, cfg: SensitivityConfig) -> torch.Tensor:
@@ -327,10 +358,12 @@ def _corpus_rows(tok, cfg: SensitivityConfig) -> torch.Tensor:
         if len(rows) >= cfg.sequences * 4:
             break
     if len(rows) < 2:
-        raise GradsaeError(f"the corpus gives {len(rows)} sequence(s) of {cfg.context_length} tokens, fewer than 2: "
-                           "add data or lower --context-length")
+        raise GradsaeError(
+            f"the corpus gives {len(rows)} sequence(s) of {cfg.context_length} tokens, fewer than 2: "
+            "add data or lower --context-length"
+        )
     g = torch.Generator().manual_seed(cfg.seed)
-    pick = torch.randperm(len(rows), generator=g)[:cfg.sequences]
+    pick = torch.randperm(len(rows), generator=g)[: cfg.sequences]
     return torch.stack([rows[i] for i in pick.tolist()])
 
 
@@ -368,8 +401,10 @@ def run(cfg: SensitivityConfig) -> SensitivityResults:
         rows = _corpus_rows(tok, cfg)
         acts, grads = capture_with_grads(model, rows, layers)
         # position 0 (the attention sink) and the last position (no next token: ∇ₓL = 0) are left out
-        flat = {l: (acts[l][:, 1:-1].reshape(-1, acts[l].shape[-1]), grads[l][:, 1:-1].reshape(-1, grads[l].shape[-1]))
-                for l in layers}
+        flat = {
+            l: (acts[l][:, 1:-1].reshape(-1, acts[l].shape[-1]), grads[l][:, 1:-1].reshape(-1, grads[l].shape[-1]))
+            for l in layers
+        }
 
         def save(part: str):
             res.done.append(part)
@@ -381,17 +416,24 @@ def run(cfg: SensitivityConfig) -> SensitivityResults:
                 res.directional += directional(*flat[l], cfg.positions, torch.Generator().manual_seed(cfg.seed + l), l)
                 save(part)
         todo = [l for l in cfg.fig3_layers if f"fig3/L{l}" not in res.done]
-        bar = tqdm(total=len(todo) * len(cfg.scales) * cfg.perturbations, desc="fig. 3 perturbations",
-                   unit="pert", disable=not cfg.progress)
+        bar = tqdm(
+            total=len(todo) * len(cfg.scales) * cfg.perturbations,
+            desc="fig. 3 perturbations",
+            unit="pert",
+            disable=not cfg.progress,
+        )
         for l in todo:
-            res.fig3 += fig3(model, rows, acts[l], grads[l], l, cfg, torch.Generator().manual_seed(cfg.seed + 1000 + l), bar)
+            res.fig3 += fig3(
+                model, rows, acts[l], grads[l], l, cfg, torch.Generator().manual_seed(cfg.seed + 1000 + l), bar
+            )
             save(f"fig3/L{l}")
         bar.close()
         for name, sae in saes:
             part = f"table2/{name}"
             if part not in res.done:
-                res.tails += decoder_tails(sae, name, flat[sae.layer][1], cfg.latents_per_tail,
-                                           torch.Generator().manual_seed(cfg.seed))
+                res.tails += decoder_tails(
+                    sae, name, flat[sae.layer][1], cfg.latents_per_tail, torch.Generator().manual_seed(cfg.seed)
+                )
                 save(part)
         atomic_write_text(out / "summary.md", summary_markdown(res))
         for fname, png in figures(res).items():
@@ -406,35 +448,53 @@ def run(cfg: SensitivityConfig) -> SensitivityResults:
 # Tables and figures
 # ---------------------------------------------------------------------------------------------
 
+
 def summary_markdown(res: SensitivityResults) -> str:
     lines = ["# Sensitivity analyses (g-SAE §2.3, §2.4, §4.4)", ""]
     if res.directional:
-        lines += ["## Directional derivatives |∇ₓL · u| (Fig. 2)", "",
-                  "| layer | " + " | ".join(KINDS) + " | act. diff / isotropic | act. diff above isotropic "
-                  "(95% intervals separate) | act. diff above covariance-adjusted |",
-                  "|---|" + "---|" * (len(KINDS) + 3)]
+        lines += [
+            "## Directional derivatives |∇ₓL · u| (Fig. 2)",
+            "",
+            "| layer | " + " | ".join(KINDS) + " | act. diff / isotropic | act. diff above isotropic "
+            "(95% intervals separate) | act. diff above covariance-adjusted |",
+            "|---|" + "---|" * (len(KINDS) + 3),
+        ]
         for l in sorted({r.layer for r in res.directional}):
             by = {r.kind: r for r in res.directional if r.layer == l}
             cells = [f"{by[k].mean:.3g} [{by[k].lo:.3g}, {by[k].hi:.3g}]" for k in KINDS]
             a, c, i = by["activation difference"], by["covariance-adjusted"], by["isotropic"]
+
             def above(b):
                 return "yes" if a.lo > b.hi else "below" if a.hi < b.lo else "no (overlap)"
+
             lines.append(f"| {l} | " + " | ".join(cells) + f" | {a.mean / i.mean:.2f} | {above(i)} | {above(c)} |")
         lines.append("")
     if res.fig3:
-        lines += ["## Spearman correlation of |ΔL| with the first-order estimate and with ‖δ‖ (Fig. 3)", "",
-                  "| layer | scale (× median ‖x‖) | mean ‖δ‖ | ρ(|ΔL|, |∇ₓL·δ|) | ρ(|ΔL|, ‖δ‖) | median rel. error of first order | n |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Spearman correlation of |ΔL| with the first-order estimate and with ‖δ‖ (Fig. 3)",
+            "",
+            "| layer | scale (× median ‖x‖) | mean ‖δ‖ | ρ(|ΔL|, |∇ₓL·δ|) | ρ(|ΔL|, ‖δ‖) "
+            "| median rel. error of first order | n |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in res.fig3:
-            lines.append(f"| {r.layer} | {r.scale:g} | {r.mean_norm:.3g} | {r.rho_first_order:.3f} | {r.rho_norm:.3f} "
-                         f"| {r.first_order_rel_error:.2f} | {r.n} |")
+            lines.append(
+                f"| {r.layer} | {r.scale:g} | {r.mean_norm:.3g} | {r.rho_first_order:.3f} | {r.rho_norm:.3f} "
+                f"| {r.first_order_rel_error:.2f} | {r.n} |"
+            )
         lines.append("")
     if res.tails:
-        lines += ["## |∇ₓL · ŵ| along decoder directions by nearest-neighbour cosine (Table 2)", "",
-                  "| SAE | layer | part | cosine range | mean |∇ₓL·ŵ| [95% CI] | latents |", "|---|---|---|---|---|---|"]
+        lines += [
+            "## |∇ₓL · ŵ| along decoder directions by nearest-neighbour cosine (Table 2)",
+            "",
+            "| SAE | layer | part | cosine range | mean |∇ₓL·ŵ| [95% CI] | latents |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in res.tails:
-            lines.append(f"| {r.sae} | {r.layer} | {r.part} | {r.sim_lo:.2f}–{r.sim_hi:.2f} | {r.mean:.3g} "
-                         f"[{r.lo:.3g}, {r.hi:.3g}] | {r.n_latents} |")
+            lines.append(
+                f"| {r.sae} | {r.layer} | {r.part} | {r.sim_lo:.2f}–{r.sim_hi:.2f} | {r.mean:.3g} "
+                f"[{r.lo:.3g}, {r.hi:.3g}] | {r.n_latents} |"
+            )
         lines.append("")
     lines.append("L is the summed next-token cross-entropy of a sequence; ∇ₓL its gradient at one position.")
     return "\n".join(lines) + "\n"
@@ -444,6 +504,7 @@ def figures(res: SensitivityResults) -> dict[str, bytes]:
     import io as _io
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -459,8 +520,14 @@ def figures(res: SensitivityResults) -> dict[str, bytes]:
         for kind in KINDS:
             rs = sorted((r for r in res.directional if r.kind == kind), key=lambda r: r.layer)
             x = [r.layer for r in rs]
-            ax.errorbar(x, [r.mean for r in rs], yerr=[[r.mean - r.lo for r in rs], [r.hi - r.mean for r in rs]],
-                        marker="o", capsize=3, label=kind)
+            ax.errorbar(
+                x,
+                [r.mean for r in rs],
+                yerr=[[r.mean - r.lo for r in rs], [r.hi - r.mean for r in rs]],
+                marker="o",
+                capsize=3,
+                label=kind,
+            )
         ax.set_xlabel("layer (block output)")
         ax.set_ylabel("mean |∇ₓL · u|")
         ax.set_yscale("log")
@@ -482,4 +549,3 @@ def figures(res: SensitivityResults) -> dict[str, bytes]:
         axes[0].legend()
         figs["fig3_spearman.png"] = png(fig)
     return figs
-

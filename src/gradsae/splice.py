@@ -17,6 +17,7 @@ Error term (``error=``):
 Positions: the splice counts absolute positions. Our generation loop sets ``splice.offset`` before each
 forward call, so an edit "from position p on" reaches the prompt and every generated token.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from .sae import SAE
 # ---------------------------------------------------------------------------------------------
 # Edits
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class RowEdit:
@@ -76,8 +78,9 @@ class LatentEdits:
     only_newest: bool = False
 
     @classmethod
-    def from_rows(cls, rows: Sequence[RowEdit | None], d_sae: int, prompt_len: int,
-                  device: str | torch.device = "cpu") -> "LatentEdits":
+    def from_rows(
+        cls, rows: Sequence[RowEdit | None], d_sae: int, prompt_len: int, device: str | torch.device = "cpu"
+    ) -> "LatentEdits":
         """Build dense edits; ``prompt_len`` is the (left-padded) prompt length T0 of the batch."""
         B = len(rows)
         zero = torch.zeros(B, d_sae, dtype=torch.bool)
@@ -104,10 +107,14 @@ class LatentEdits:
             start[b] = _start_position(r.at, prompt_len)
             if r.until is not None:
                 end[b] = r.until
-        return cls(zero.to(device) if zero.any() else None,
-                   set_mask.to(device) if set_mask.any() else None,
-                   set_values.to(device) if set_mask.any() else None,
-                   start.to(device), end.to(device), only_newest=newest == {True})
+        return cls(
+            zero.to(device) if zero.any() else None,
+            set_mask.to(device) if set_mask.any() else None,
+            set_values.to(device) if set_mask.any() else None,
+            start.to(device),
+            end.to(device),
+            only_newest=newest == {True},
+        )
 
     def apply(self, H: torch.Tensor, offset: int) -> torch.Tensor:
         """Edited latents for H [B, T, C] whose first position has absolute index ``offset``."""
@@ -118,8 +125,10 @@ class LatentEdits:
             end = self.end if self.end is not None else torch.full_like(self.start, 1 << 40)
             if B == 1 and not ((self.start < hi) & (end > lo)).any():
                 return H
-            raise GradsaeError(f"edits were built for {self.start.shape[0]} rows but the batch has {B} "
-                               "(or an edit is active inside a shared prefix)")
+            raise GradsaeError(
+                f"edits were built for {self.start.shape[0]} rows but the batch has {B} "
+                "(or an edit is active inside a shared prefix)"
+            )
         active = pos[None, :] >= self.start[:, None]  # [B, T]
         if self.end is not None:
             active = active & (pos[None, :] < self.end[:, None])
@@ -137,8 +146,10 @@ class LatentEdits:
 
 def _check_idx(idx: torch.Tensor, d_sae: int) -> None:
     if idx.numel() and (idx.min() < 0 or idx.max() >= d_sae):
-        raise GradsaeError(f"latent index {int(idx.max() if idx.max() >= d_sae else idx.min())} is out of range "
-                           f"for an SAE with {d_sae} latents")
+        raise GradsaeError(
+            f"latent index {int(idx.max() if idx.max() >= d_sae else idx.min())} is out of range "
+            f"for an SAE with {d_sae} latents"
+        )
 
 
 def _start_position(at: str | int, prompt_len: int) -> int:
@@ -157,6 +168,7 @@ def _start_position(at: str | int, prompt_len: int) -> int:
 # The splice
 # ---------------------------------------------------------------------------------------------
 
+
 def check_compatible(model: nn.Module, sae: SAE, layer: int | str | None) -> int:
     """Resolve the layer (argument, else the SAE's hook) and check d_in against the model."""
     check_spliceable(sae.cfg.hook_name)  # an MLP/attention SAE must not be moved to the residual stream
@@ -164,8 +176,9 @@ def check_compatible(model: nn.Module, sae: SAE, layer: int | str | None) -> int
     idx = resolve_layer(model, layer if layer not in ("", None) else None)
     D = hidden_size(model)
     if sae.d_in != D:
-        raise GradsaeError(f"SAE d_in={sae.d_in} does not match the model's hidden size {D}: "
-                           "use an SAE trained on this model")
+        raise GradsaeError(
+            f"SAE d_in={sae.d_in} does not match the model's hidden size {D}: use an SAE trained on this model"
+        )
     return idx
 
 
@@ -193,9 +206,18 @@ class Splice:
             generation loop; otherwise the length of the first forward call).
     """
 
-    def __init__(self, model: nn.Module, sae: SAE, layer: int | str | None = None, error: str = "none",
-                 edits: LatentEdits | Sequence[RowEdit | None] | None = None, grad: bool = False,
-                 capture: bool = False, latent_fn=None, keep_first: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        sae: SAE,
+        layer: int | str | None = None,
+        error: str = "none",
+        edits: LatentEdits | Sequence[RowEdit | None] | None = None,
+        grad: bool = False,
+        capture: bool = False,
+        latent_fn=None,
+        keep_first: int = 0,
+    ):
         if error not in ("none", "keep"):
             raise GradsaeError(f"unknown error mode {error!r}: use 'none' (paper) or 'keep'")
         self.model, self.sae, self.error = model, sae, error
@@ -280,6 +302,7 @@ class Splice:
 # Residual capture (activation caching, dL/dx for g-SAE)
 # ---------------------------------------------------------------------------------------------
 
+
 class _StopForward(Exception):
     pass
 
@@ -319,6 +342,7 @@ class ResidualCapture:
             if self.stop and layer == self.layers[-1]:
                 raise _StopForward
             return None
+
         return hook
 
     @property
@@ -346,6 +370,7 @@ class ResidualCapture:
 # ---------------------------------------------------------------------------------------------
 # Shared trunk: blocks 0..L computed once for rows that repeat one prompt
 # ---------------------------------------------------------------------------------------------
+
 
 def run_trunk(model: nn.Module, layer: int, **inputs):
     """Run blocks 0..``layer`` only and return block ``layer``'s raw output (before any splice: the
@@ -379,7 +404,7 @@ def skip_trunk(model: nn.Module, layer: int, recorded, rows: int):
     splice) still run. The blocks' own ``forward`` (including one wrapped by accelerate) is restored."""
     Z, rest = split_output(recorded)
     out = join_output(Z.expand(rows, *Z.shape[1:]).contiguous(), rest)
-    blocks = decoder_layers(model)[:layer + 1]
+    blocks = decoder_layers(model)[: layer + 1]
     saved = [b.__dict__.get("forward", _MISSING) for b in blocks]
 
     def stub(*args, **kwargs):
@@ -399,13 +424,16 @@ def skip_trunk(model: nn.Module, layer: int, recorded, rows: int):
 
 class AddAt:
     """Add δ_p to the residual stream after block ``layer`` at one position of row p (a probe for
-    sensitivity analyses). deltas [B, D]; the batch must have B rows."""
+    sensitivity analyses and the steering eval). deltas [B, D]; the batch must have B rows. ``deltas`` may be
+    replaced between forward calls; None leaves the stream unchanged."""
 
-    def __init__(self, model: nn.Module, layer: int | str, pos: int, deltas: torch.Tensor):
+    def __init__(self, model: nn.Module, layer: int | str, pos: int, deltas: torch.Tensor | None):
         self.model, self.layer, self.pos, self.deltas = model, resolve_layer(model, layer), pos, deltas
         self._handle = None
 
     def _hook(self, module, args, out):
+        if self.deltas is None:
+            return None
         Z, rest = split_output(out)
         Z = Z.clone()
         Z[:, self.pos] += self.deltas.to(Z.dtype)

@@ -1,6 +1,7 @@
 """The SQuAD experiment commands' configs (the CLI flags, config.json and docs/cli.md come from these),
 their validation (in ``__post_init__``, so a bad value stops before any model is loaded) and fingerprints
 (the fields a results folder refuses to resume under different values)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,39 +26,62 @@ class SquadConfig(ModelOptions, InfluenceOptions):
     """Fields shared by the SQuAD experiment commands (model and runtime from ``ModelOptions``, the scoring
     fields from ``InfluenceOptions``)."""
 
-    sae: str = opt(DEFAULT_SAE, "SAE folder/file or bundled name; a comma list runs a sweep; "
-                   "'{layer}' in it is filled from --layers")
+    sae: str = opt(
+        DEFAULT_SAE,
+        "SAE folder/file or bundled name; a comma list runs a sweep; '{layer}' in it is filled from --layers",
+    )
     layer: str = opt("", "splice layer (index or hook name); empty: the SAE's own hook")
     layers: list[int] = opt([], "sweep over these layers (comma list), one results subfolder each")
-    data: str = opt(sq.DEFAULT_DATA, "SQuAD 1.1/2.0 JSON or JSONL file (default: the bundled sample questions); "
-                    "hf:NAME[:SPLIT] for a Hugging Face dataset")
+    data: str = opt(
+        sq.DEFAULT_DATA,
+        "SQuAD 1.1/2.0 JSON or JSONL file (default: the bundled sample questions); "
+        "hf:NAME[:SPLIT] for a Hugging Face dataset",
+    )
     limit: int = opt(150, "use the first N answerable questions (0 = all)")
     shuffle: bool = opt(False, "shuffle contexts (seeded) before --limit; questions of a context stay together")
     seed: int = opt(42, "random seed (context shuffle, steering partners, --method exact candidates)")
     template: str = opt("fewshot", "prompt: fewshot, plain, chat, official, or a string with {context} {question}")
-    fewshot_data: str = opt(sq.DEFAULT_FEWSHOT, "SQuAD JSON the few-shot exemplars come from (default: the "
-                            "bundled exemplar paragraph)")
-    fewshot_paragraph: int = opt(-1, "index of the exemplar paragraph (-1: first one with 5 questions that is "
-                                 "not an evaluation context)")
-    extract: str = opt("auto", "answer extraction: auto (bracket for --template official, else first-line), "
-                       "first-line, bracket, regex", choices=sq.EXTRACTORS)
+    fewshot_data: str = opt(
+        sq.DEFAULT_FEWSHOT, "SQuAD JSON the few-shot exemplars come from (default: the bundled exemplar paragraph)"
+    )
+    fewshot_paragraph: int = opt(
+        -1, "index of the exemplar paragraph (-1: first one with 5 questions that is not an evaluation context)"
+    )
+    extract: str = opt(
+        "auto",
+        "answer extraction: auto (bracket for --template official, else first-line), first-line, bracket, regex",
+        choices=sq.EXTRACTORS,
+    )
     answer_regex: str = opt("", "regex for --extract regex (group 1 is the answer)")
-    stop: str = opt("auto", "stop string(s), comma separated, '\\n' for newline; 'auto': newline, 'Question' or "
-                    "'Context' for plain-text templates, EOS only otherwise; 'none': EOS only")
+    stop: str = opt(
+        "auto",
+        "stop string(s), comma separated, '\\n' for newline; 'auto': newline, 'Question' or "
+        "'Context' for plain-text templates, EOS only otherwise; 'none': EOS only",
+    )
     max_new_tokens: int = opt(16, "greedy decoding budget per answer")
-    kv_cache: bool = opt(True, "decode with the KV cache; --no-kv-cache re-runs the whole sequence every step (the "
-                         "authors' loop: slower, and needed for their steering rule --at newest)")
-    min_f1: float = opt(0.9, "correct-sample filter: keep examples answered with F1 >= this (0-1), as the "
-                        "authors' code")
-    ks: list[str] = opt(["1", "10", "20", "30", "50%"], "K values; a percentage (e.g. 50 percent, written 50%%) is "
-                        "that share of the latents active at the last prompt token, rounded down")
+    kv_cache: bool = opt(
+        True,
+        "decode with the KV cache; --no-kv-cache re-runs the whole sequence every step (the "
+        "authors' loop: slower, and needed for their steering rule --at newest)",
+    )
+    min_f1: float = opt(
+        0.9, "correct-sample filter: keep examples answered with F1 >= this (0-1), as the authors' code"
+    )
+    ks: list[str] = opt(
+        ["1", "10", "20", "30", "50%"],
+        "K values; a percentage (e.g. 50 percent, written 50%%) is "
+        "that share of the latents active at the last prompt token, rounded down",
+    )
     methods: list[str] = opt(["baseline", "gradsae"], "latent rankings: baseline (mean activation), gradsae")
     sets: list[str] = opt(["top", "bottom"], "which sets: top (TopK), bottom (BottomK)")
     batch_size: int = opt(8, "questions per batch when answering and scoring")
     out: str = opt("results/squad", "results folder (rerun the same command to resume)")
     retry_failed: bool = opt(False, "recompute examples recorded with an error")
-    answers_from: str = opt("", "reuse the answer phase (filter + latent rankings) of another results folder made "
-                            "with the same answer-affecting options, e.g. to try another steering rule")
+    answers_from: str = opt(
+        "",
+        "reuse the answer phase (filter + latent rankings) of another results folder made "
+        "with the same answer-affecting options, e.g. to try another steering rule",
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -67,8 +91,11 @@ class SquadConfig(ModelOptions, InfluenceOptions):
             raise GradsaeError("--ks is empty: give at least one K, e.g. --ks 1,10,50%")
         for k in self.ks:
             check_k(k)
-        for name, v, lo in (("--limit", self.limit, 0), ("--max-new-tokens", self.max_new_tokens, 1),
-                            ("--batch-size", self.batch_size, 1)):
+        for name, v, lo in (
+            ("--limit", self.limit, 0),
+            ("--max-new-tokens", self.max_new_tokens, 1),
+            ("--batch-size", self.batch_size, 1),
+        ):
             if not isinstance(v, int) or v < lo:
                 raise GradsaeError(f"{name} {v}: give an integer >= {lo}")
         if not (isinstance(self.min_f1, (int, float)) and math.isfinite(self.min_f1) and 0 <= self.min_f1 <= 1):
@@ -93,12 +120,19 @@ class SteerConfig(SquadConfig):
     question on the same context; score the answers against the partner's gold answers."""
 
     out: str = opt("results/steer", "results folder (rerun the same command to resume)")
-    inject: str = opt("activation", "value given to the partner's latents: activation (partner's mean "
-                      "activation) or score (partner's ranking score, the authors' code)",
-                      choices=("activation", "score"))
-    at: str = opt("all", "where the partner's latents are set: all positions (paper text), last (last prompt "
-                  "token and every generated token), newest (last position of each forward; with "
-                  "--no-kv-cache the authors' rule, with the KV cache the same as last)", choices=("all", "last", "newest"))
+    inject: str = opt(
+        "activation",
+        "value given to the partner's latents: activation (partner's mean "
+        "activation) or score (partner's ranking score, the authors' code)",
+        choices=("activation", "score"),
+    )
+    at: str = opt(
+        "all",
+        "where the partner's latents are set: all positions (paper text), last (last prompt "
+        "token and every generated token), newest (last position of each forward; with "
+        "--no-kv-cache the authors' rule, with the KV cache the same as last)",
+        choices=("all", "last", "newest"),
+    )
     clamp: str = opt("", "clamp injected values to 'lo,hi' (authors' code: 0,50); empty = no clamp")
     steer_ks: list[str] = opt([], "K values for steering (default: --ks)")
 
@@ -161,14 +195,46 @@ def resolve_stop(s: str, builder: sq.PromptBuilder) -> tuple[str, ...]:
 
 # fields that change results: a results folder refuses to resume under different values. A field missing from
 # an older folder's fingerprint is not compared (folders written before it existed still resume).
-FINGERPRINT = ("model", "sae", "layer", "data", "data_sha256", "shuffle", "seed", "template", "fewshot_data",
-               "fewshot_paragraph", "extract", "answer_regex", "stop", "max_new_tokens", "min_f1", "ks", "methods",
-               "sets", "target", "aggregation", "positions", "method", "ig_steps", "exact_latents", "error", "dtype",
-               "inject", "at", "clamp", "steer_ks", "kv_cache")
+FINGERPRINT = (
+    "model",
+    "sae",
+    "layer",
+    "data",
+    "data_sha256",
+    "shuffle",
+    "seed",
+    "template",
+    "fewshot_data",
+    "fewshot_paragraph",
+    "extract",
+    "answer_regex",
+    "stop",
+    "max_new_tokens",
+    "min_f1",
+    "ks",
+    "methods",
+    "sets",
+    "target",
+    "aggregation",
+    "positions",
+    "method",
+    "ig_steps",
+    "exact_latents",
+    "error",
+    "dtype",
+    "inject",
+    "at",
+    "clamp",
+    "steer_ks",
+    "kv_cache",
+)
 
 # fields the answer phase (filter + rankings) depends on: --answers-from needs them equal
-ANSWER_FINGERPRINT = tuple(k for k in FINGERPRINT if k not in (
-    "seed", "ks", "methods", "sets", "inject", "at", "clamp", "steer_ks", "kv_cache")) + ("stop_resolved", "extract_resolved")
+ANSWER_FINGERPRINT = tuple(
+    k
+    for k in FINGERPRINT
+    if k not in ("seed", "ks", "methods", "sets", "inject", "at", "clamp", "steer_ks", "kv_cache")
+) + ("stop_resolved", "extract_resolved")
 
 
 def fingerprint(cfg: SquadConfig, **extra) -> dict:

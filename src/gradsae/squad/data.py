@@ -19,6 +19,7 @@ Prompts: ``PromptBuilder(template, tokenizer, ...)`` renders {context} and {ques
                   "Result = [[ label ]]"" (Gemma user-turn marker when the tokenizer is Gemma's)
     any string containing {context} and {question}.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,10 @@ TEMPLATES = ("fewshot", "plain", "chat", "official")
 EXTRACTORS = ("auto", "first-line", "bracket", "regex")
 
 INSTRUCTION = "Answer each question with a short span copied from the context."
-OFFICIAL_TEXT = ("Answer the following question based on the context.\nContext:\n{context}\n\nQuestion:\n{question}"
-                 "\n\nPlease organize your final answer in this format: \"Result = [[ label ]]\"\n")
+OFFICIAL_TEXT = (
+    "Answer the following question based on the context.\nContext:\n{context}\n\nQuestion:\n{question}"
+    '\n\nPlease organize your final answer in this format: "Result = [[ label ]]"\n'
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,8 +92,10 @@ def evaluate(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dict
     if not predictions:
         return {"exact_match": 0.0, "f1": 0.0}
     scores = [em_f1(p, g) for p, g in zip(predictions, golds)]
-    return {"exact_match": 100.0 * sum(s[0] for s in scores) / len(scores),
-            "f1": 100.0 * sum(s[1] for s in scores) / len(scores)}
+    return {
+        "exact_match": 100.0 * sum(s[0] for s in scores) / len(scores),
+        "f1": 100.0 * sum(s[1] for s in scores) / len(scores),
+    }
 
 
 def is_correct(f1_score: float, min_f1: float = 0.9) -> bool:
@@ -101,6 +106,7 @@ def is_correct(f1_score: float, min_f1: float = 0.9) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Answer extraction
 # ---------------------------------------------------------------------------------------------
+
 
 def extract_answer(text: str, how: str = "first-line", regex: str = "") -> str:
     """The answer span inside a generated text.
@@ -133,6 +139,7 @@ def extract_answer(text: str, how: str = "first-line", regex: str = "") -> str:
 # Data
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass
 class QA:
     """One answerable question. ``context_id`` is shared by every question on the same passage."""
@@ -159,14 +166,14 @@ def _answers(raw, where: str = "") -> list[str]:
     if raw is None:
         raw = []
     if not isinstance(raw, list):
-        raise GradsaeError(f"{where}: \"answers\" is a {type(raw).__name__}: give a list of answers (strings "
-                           "or {\"text\": ...} objects)")
+        raise GradsaeError(
+            f'{where}: "answers" is a {type(raw).__name__}: give a list of answers (strings or {{"text": ...}} objects)'
+        )
     out = []
     for a in raw:
         t = a.get("text") if isinstance(a, dict) else a
         if not isinstance(t, str):
-            raise GradsaeError(f"{where}: an answer is a {type(t).__name__} ({t!r}), not text: give answers as "
-                               "strings")
+            raise GradsaeError(f"{where}: an answer is a {type(t).__name__} ({t!r}), not text: give answers as strings")
         if t.strip():
             out.append(t)
     return list(dict.fromkeys(out))
@@ -177,23 +184,24 @@ def _text_field(obj: dict, key: str, where: str) -> str:
     if not isinstance(obj, dict):
         raise GradsaeError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     if key not in obj:
-        raise GradsaeError(f"{where}: missing field \"{key}\": each question needs context, question, answers")
+        raise GradsaeError(f'{where}: missing field "{key}": each question needs context, question, answers')
     v = obj[key]
     if not isinstance(v, str):
-        raise GradsaeError(f"{where}: field \"{key}\" is a {type(v).__name__}, not text: give a string")
+        raise GradsaeError(f'{where}: field "{key}" is a {type(v).__name__}, not text: give a string')
     return v
 
 
 def parse_squad_json(obj: dict, source: str = "") -> list[QA]:
     """SQuAD 1.1 / 2.0 ``{"data": [{"title", "paragraphs": [{"context", "qas"}]}]}``; unanswerable skipped."""
     if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
-        raise GradsaeError(f"{source or 'data'}: not a SQuAD JSON file (no top-level \"data\" list): give SQuAD "
-                           "1.1/2.0 JSON or JSONL")
+        raise GradsaeError(
+            f'{source or "data"}: not a SQuAD JSON file (no top-level "data" list): give SQuAD 1.1/2.0 JSON or JSONL'
+        )
     out = []
     for ai, art in enumerate(obj["data"]):
         where = f"{source}: data[{ai}]"
         if not isinstance(art, dict) or not isinstance(art.get("paragraphs", []), list):
-            raise GradsaeError(f"{where}: expected an article {{\"title\", \"paragraphs\": [...]}}")
+            raise GradsaeError(f'{where}: expected an article {{"title", "paragraphs": [...]}}')
         title = str(art.get("title", "") or "")
         for pi, par in enumerate(art.get("paragraphs", [])):
             pwhere = f"{where}.paragraphs[{pi}]"
@@ -201,7 +209,7 @@ def parse_squad_json(obj: dict, source: str = "") -> list[QA]:
             cid = f"{title}/{pi}" if title else _context_id(ctx)
             qas = par.get("qas", [])
             if not isinstance(qas, list):
-                raise GradsaeError(f"{pwhere}: \"qas\" must be a list of questions")
+                raise GradsaeError(f'{pwhere}: "qas" must be a list of questions')
             for qi, q in enumerate(qas):
                 qwhere = f"{pwhere}.qas[{qi}]"
                 question = _text_field(q, "question", qwhere)
@@ -223,8 +231,9 @@ def parse_jsonl(lines: Sequence[str], source: str = "") -> list[QA]:
         try:
             r = json.loads(line)
         except json.JSONDecodeError as e:
-            raise GradsaeError(f"{where}: not JSON ({e.msg}): one object per line with context, question, "
-                               "answers") from None
+            raise GradsaeError(
+                f"{where}: not JSON ({e.msg}): one object per line with context, question, answers"
+            ) from None
         if not isinstance(r, dict):
             raise GradsaeError(f"{where}: expected a JSON object with context, question, answers")
         if r.get("is_impossible"):
@@ -239,20 +248,33 @@ def parse_jsonl(lines: Sequence[str], source: str = "") -> list[QA]:
 
 
 def _load_hf(spec: str) -> list[QA]:
-    name, _, split = spec[len(HF_PREFIX):].partition(":")
+    name, _, split = spec[len(HF_PREFIX) :].partition(":")
     try:
         import datasets  # noqa: F401
         from datasets import load_dataset
     except ImportError:
-        raise GradsaeError(f"{spec!r} is not a file, and the 'datasets' library is not installed: give a SQuAD "
-                           "JSON/JSONL path or pip install datasets") from None
+        raise GradsaeError(
+            f"{spec!r} is not a file, and the 'datasets' library is not installed: give a SQuAD "
+            "JSON/JSONL path or pip install datasets"
+        ) from None
     try:
         ds = load_dataset(name, split=split or "validation")
     except Exception as e:  # network or name errors
-        raise GradsaeError(f"cannot load dataset {spec!r} ({str(e).splitlines()[0][:200]}): give a SQuAD "
-                           "JSON/JSONL path") from None
-    lines = [json.dumps({"id": r.get("id"), "context": r["context"], "question": r["question"],
-                         "answers": r.get("answers"), "title": r.get("title", "")}) for r in ds]
+        raise GradsaeError(
+            f"cannot load dataset {spec!r} ({str(e).splitlines()[0][:200]}): give a SQuAD JSON/JSONL path"
+        ) from None
+    lines = [
+        json.dumps(
+            {
+                "id": r.get("id"),
+                "context": r["context"],
+                "question": r["question"],
+                "answers": r.get("answers"),
+                "title": r.get("title", ""),
+            }
+        )
+        for r in ds
+    ]
     return parse_jsonl(lines, name)
 
 
@@ -266,13 +288,16 @@ def check_prompt_lengths(tok, model, prompts: Sequence[str], max_new_tokens: int
     lengths = [len(tok(p, add_special_tokens=True)["input_ids"]) for p in prompts]
     i = max(range(len(lengths)), key=lengths.__getitem__)
     if lengths[i] + max_new_tokens > n_ctx:
-        raise GradsaeError(f"prompt {i + 1} is {lengths[i]} tokens, plus {max_new_tokens} new tokens that exceeds the "
-                           f"model's context of {n_ctx}: use shorter contexts, fewer few-shot exemplars "
-                           "(--template plain) or a lower --max-new-tokens")
+        raise GradsaeError(
+            f"prompt {i + 1} is {lengths[i]} tokens, plus {max_new_tokens} new tokens that exceeds the "
+            f"model's context of {n_ctx}: use shorter contexts, fewer few-shot exemplars "
+            "(--template plain) or a lower --max-new-tokens"
+        )
 
 
-def load_questions(spec: str = DEFAULT_DATA, limit: int | None = None, seed: int = 42,
-                   shuffle: bool = False) -> list[QA]:
+def load_questions(
+    spec: str = DEFAULT_DATA, limit: int | None = None, seed: int = 42, shuffle: bool = False
+) -> list[QA]:
     """Answerable questions from a SQuAD JSON / JSONL file, or a Hugging Face dataset written ``hf:NAME[:SPLIT]``.
 
     ``limit`` keeps the first N questions (file order, so contexts stay whole); ``shuffle`` first shuffles
@@ -283,11 +308,16 @@ def load_questions(spec: str = DEFAULT_DATA, limit: int | None = None, seed: int
     else:
         path = Path(spec)
         if not path.is_file():
-            hint = (f" (for the Hugging Face dataset, write --data {HF_PREFIX}{spec})"
-                    if re.fullmatch(r"[\w.-]+(/[\w.-]+)?(:\w+)?", spec) and not path.suffix else "")
+            hint = (
+                f" (for the Hugging Face dataset, write --data {HF_PREFIX}{spec})"
+                if re.fullmatch(r"[\w.-]+(/[\w.-]+)?(:\w+)?", spec) and not path.suffix
+                else ""
+            )
             what = "is a folder" if path.is_dir() else "not found"
-            raise GradsaeError(f"data file {spec} {what}: pass --data with a SQuAD JSON/JSONL file (paths are "
-                               f"relative to the current folder){hint}")
+            raise GradsaeError(
+                f"data file {spec} {what}: pass --data with a SQuAD JSON/JSONL file (paths are "
+                f"relative to the current folder){hint}"
+            )
         text = read_text_file(path)
         if path.suffix == ".jsonl":
             qas = parse_jsonl(text.splitlines(), path.name)
@@ -298,8 +328,9 @@ def load_questions(spec: str = DEFAULT_DATA, limit: int | None = None, seed: int
                 if text.lstrip().startswith("{") and len(text.strip().splitlines()) > 1:
                     obj = None  # one object per line
                 else:
-                    raise GradsaeError(f"malformed JSON in {path} (line {e.lineno}: {e.msg}): give SQuAD JSON "
-                                       "or JSONL") from None
+                    raise GradsaeError(
+                        f"malformed JSON in {path} (line {e.lineno}: {e.msg}): give SQuAD JSON or JSONL"
+                    ) from None
             qas = parse_jsonl(text.splitlines(), path.name) if obj is None else parse_squad_json(obj, path.name)
     if not qas:
         raise GradsaeError(f"no answerable questions in {spec}: check the file")
@@ -320,8 +351,10 @@ def load_questions(spec: str = DEFAULT_DATA, limit: int | None = None, seed: int
 # Prompts
 # ---------------------------------------------------------------------------------------------
 
-def fewshot_exemplars(path: str = DEFAULT_FEWSHOT, n: int = 5, exclude_contexts: Sequence[str] = (),
-                      paragraph: int | None = None) -> tuple[str, list[tuple[str, str]]]:
+
+def fewshot_exemplars(
+    path: str = DEFAULT_FEWSHOT, n: int = 5, exclude_contexts: Sequence[str] = (), paragraph: int | None = None
+) -> tuple[str, list[tuple[str, str]]]:
     """One context and its first ``n`` (question, answer) pairs from a SQuAD training file.
 
     The first paragraph with at least ``n`` questions whose context is not among ``exclude_contexts``
@@ -342,18 +375,23 @@ def fewshot_exemplars(path: str = DEFAULT_FEWSHOT, n: int = 5, exclude_contexts:
     candidates = [(c, qs) for c, qs in by_ctx.items() if len(qs) >= n]
     if paragraph is not None:
         if not 0 <= paragraph < len(candidates):
-            raise GradsaeError(f"--fewshot-paragraph {paragraph} out of range: {path} has {len(candidates)} "
-                               f"paragraphs with ≥{n} questions")
+            raise GradsaeError(
+                f"--fewshot-paragraph {paragraph} out of range: {path} has {len(candidates)} "
+                f"paragraphs with ≥{n} questions"
+            )
         candidates = [candidates[paragraph]]
     for ctx, qs in candidates:
         if ctx in excluded:
             if paragraph is not None:
-                raise GradsaeError("the chosen few-shot paragraph is an evaluation context: pick another "
-                                   "--fewshot-paragraph")
+                raise GradsaeError(
+                    "the chosen few-shot paragraph is an evaluation context: pick another --fewshot-paragraph"
+                )
             continue
         return ctx, [(q.question, q.answers[0]) for q in qs[:n]]
-    raise GradsaeError(f"no paragraph with ≥{n} questions outside the evaluation data in {path}: "
-                       "use another --fewshot-data or --template plain")
+    raise GradsaeError(
+        f"no paragraph with ≥{n} questions outside the evaluation data in {path}: "
+        "use another --fewshot-data or --template plain"
+    )
 
 
 @dataclass
@@ -368,8 +406,10 @@ class PromptBuilder:
     def __post_init__(self):
         t = self.template
         if t not in TEMPLATES and not ("{context}" in t and "{question}" in t):
-            raise GradsaeError(f"unknown template {t!r}: use one of {', '.join(TEMPLATES)} or a string with "
-                               "{context} and {question}")
+            raise GradsaeError(
+                f"unknown template {t!r}: use one of {', '.join(TEMPLATES)} or a string with "
+                "{context} and {question}"
+            )
         if t == "fewshot" and not self.fewshot_pairs:
             raise GradsaeError("the fewshot template needs exemplars: see squad.fewshot_exemplars")
         if t == "chat" and not getattr(self.tokenizer, "chat_template", None):
@@ -384,21 +424,21 @@ class PromptBuilder:
             return f"{INSTRUCTION}\n\n" + self._plain(context, question)
         if t == "fewshot":
             shots = "\n".join(f"Question: {q}\nAnswer: {a}" for q, a in self.fewshot_pairs)
-            return (f"{INSTRUCTION}\n\nContext: {self.fewshot_context}\n{shots}\n\n"
-                    + self._plain(context, question))
+            return f"{INSTRUCTION}\n\nContext: {self.fewshot_context}\n{shots}\n\n" + self._plain(context, question)
         if t == "official":
             text = OFFICIAL_TEXT.format(context=context, question=question)
             ct = getattr(self.tokenizer, "chat_template", None) or ""
             return ("<start_of_turn>user\n" + text) if "<start_of_turn>" in str(ct) else text
         if t == "chat":
-            msg = (f"{INSTRUCTION} Reply with the answer only.\n\nContext: {context}\n\nQuestion: {question}")
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
-                                                      add_generation_prompt=True)
+            msg = f"{INSTRUCTION} Reply with the answer only.\n\nContext: {context}\n\nQuestion: {question}"
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": msg}], tokenize=False, add_generation_prompt=True
+            )
             bos = getattr(self.tokenizer, "bos_token", None)
             ids = self.tokenizer("x", add_special_tokens=True)["input_ids"]
             adds_bos = bos is not None and ids and ids[0] == getattr(self.tokenizer, "bos_token_id", None)
             if adds_bos and text.startswith(bos):  # the tokenizer adds it again
-                text = text[len(bos):]
+                text = text[len(bos) :]
             return text
         return t.format(context=context, question=question)
 

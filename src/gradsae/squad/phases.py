@@ -9,6 +9,7 @@
 ``run_variants`` builds and runs such a batch for one prompt (rows differ only in their latent edits, so
 blocks 0..L run once); ``gradsae explain`` uses it too.
 """
+
 from __future__ import annotations
 
 import random
@@ -27,6 +28,7 @@ from .summary import overlap
 # ---------------------------------------------------------------------------------------------
 # Variant batches (perturbation, steering, explain)
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -49,9 +51,20 @@ class VariantRun:
     rows: int
 
 
-def run_variants(model, tok, sae, prompt: str, variants: Mapping[Hashable, Variant], *, layer=None,
-                 error: str = "none", max_new_tokens: int = 32, stop: Sequence[str] = ("\n",), at: str = "all",
-                 use_cache: bool = True) -> VariantRun:
+def run_variants(
+    model,
+    tok,
+    sae,
+    prompt: str,
+    variants: Mapping[Hashable, Variant],
+    *,
+    layer=None,
+    error: str = "none",
+    max_new_tokens: int = 32,
+    stop: Sequence[str] = ("\n",),
+    at: str = "all",
+    use_cache: bool = True,
+) -> VariantRun:
     """Greedy answers for one prompt under every variant, as one batch: row 0 unedited, then one row per
     distinct non-empty variant (identical variants share a row; an empty variant is the control row)."""
     from ..generate import encode_prompts, greedy_generate
@@ -71,18 +84,34 @@ def run_variants(model, tok, sae, prompt: str, variants: Mapping[Hashable, Varia
         return H * keep[:, None, :].to(H.dtype)
 
     batch = encode_prompts(tok, [prompt] * R, device=device)
-    with Splice(model, sae, layer=layer, error=error, edits=rows if any(r is not None for r in rows) else None,
-                latent_fn=zero_sets if any(v.zero for v in uniq) else None) as s:
-        gen = greedy_generate(model, tok, batch, max_new_tokens=max_new_tokens, stop=stop, splice=s,
-                              use_cache=use_cache, shared_trunk=use_cache and R > 1)
+    with Splice(
+        model,
+        sae,
+        layer=layer,
+        error=error,
+        edits=rows if any(r is not None for r in rows) else None,
+        latent_fn=zero_sets if any(v.zero for v in uniq) else None,
+    ) as s:
+        gen = greedy_generate(
+            model,
+            tok,
+            batch,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            splice=s,
+            use_cache=use_cache,
+            shared_trunk=use_cache and R > 1,
+        )
     row_of = {v: i + 1 for i, v in enumerate(uniq)}
-    return VariantRun(gen.texts[0], {key: gen.texts[row_of[v]] if v else gen.texts[0] for key, v in variants.items()},
-                      R)
+    return VariantRun(
+        gen.texts[0], {key: gen.texts[row_of[v]] if v else gen.texts[0] for key, v in variants.items()}, R
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # The run context
 # ---------------------------------------------------------------------------------------------
+
 
 class RunContext:
     """What one run needs: model, tokenizer, SAE, layer, prompt builder, decoding settings."""
@@ -96,8 +125,9 @@ class RunContext:
     def answer(self, raw: str) -> str:
         return sq.extract_answer(raw, self.extract, self.cfg.answer_regex)
 
-    def generate(self, prompts: Sequence[str], edits=None, latent_fn=None, same_prompt: bool = False,
-                 spliced: bool = True):
+    def generate(
+        self, prompts: Sequence[str], edits=None, latent_fn=None, same_prompt: bool = False, spliced: bool = True
+    ):
         """Greedy answers (raw texts, answer token ids) per row, through the splice unless ``spliced`` is
         False. ``same_prompt``: every row is one prompt with its own edits, so blocks 0..L run once."""
         from ..generate import encode_prompts, greedy_generate
@@ -110,20 +140,34 @@ class RunContext:
         if not spliced:
             gen = greedy_generate(self.model, self.tok, batch, **kw)
         else:
-            with Splice(self.model, self.sae, layer=self.layer, error=self.cfg.error, edits=edits,
-                        latent_fn=latent_fn) as s:
-                gen = greedy_generate(self.model, self.tok, batch, splice=s,
-                                      shared_trunk=cache and same_prompt and len(prompts) > 1, **kw)
+            with Splice(
+                self.model, self.sae, layer=self.layer, error=self.cfg.error, edits=edits, latent_fn=latent_fn
+            ) as s:
+                gen = greedy_generate(
+                    self.model, self.tok, batch, splice=s, shared_trunk=cache and same_prompt and len(prompts) > 1, **kw
+                )
         return gen.texts, [answer_ids(self.tok, t, self.stop) for t in gen.tokens]
 
     def variants(self, prompt: str, variants: Mapping[Hashable, Variant], at: str = "all") -> VariantRun:
         c = self.cfg
-        return run_variants(self.model, self.tok, self.sae, prompt, variants, layer=self.layer, error=c.error,
-                            max_new_tokens=c.max_new_tokens, stop=self.stop, at=at, use_cache=c.kv_cache)
+        return run_variants(
+            self.model,
+            self.tok,
+            self.sae,
+            prompt,
+            variants,
+            layer=self.layer,
+            error=c.error,
+            max_new_tokens=c.max_new_tokens,
+            stop=self.stop,
+            at=at,
+            use_cache=c.kv_cache,
+        )
 
 
 def _kmax(cfg: SquadConfig, n_active_last: int) -> int:
     from ..influence import resolve_k
+
     ks = list(cfg.ks) + list(getattr(cfg, "steer_ks", []) or []) + ["50%"]
     return max(resolve_k(k, n_active_last) for k in ks)
 
@@ -131,6 +175,7 @@ def _kmax(cfg: SquadConfig, n_active_last: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # 1. answer + filter + rankings
 # ---------------------------------------------------------------------------------------------
+
 
 def answer_batch(ctx: RunContext, qas: Sequence[sq.QA]) -> list[AnswerRecord]:
     """Phase 1 for a batch: answer (with and without the splice), score, filter, and for kept examples store
@@ -147,30 +192,65 @@ def answer_batch(ctx: RunContext, qas: Sequence[sq.QA]) -> list[AnswerRecord]:
         pred, pred0 = ctx.answer(raw), ctx.answer(raw0)
         em, f1 = sq.em_f1(pred, q.answers)
         em0, f10 = sq.em_f1(pred0, q.answers)
-        recs.append(AnswerRecord(id=q.id, context_id=q.context_id, question=q.question, golds=list(q.answers),
-                                 prediction=pred, raw=raw, em=em, f1=round(f1, 6),
-                                 kept=sq.is_correct(f1, ctx.cfg.min_f1) and bool(oid) and (
-                                     # the authors' filter: without a '[' token their target does not exist
-                                     ctx.cfg.target != "bracket" or bracket_index(ctx.tok, oid) is not None),
-                                 unspliced=Cell(prediction=pred0, em=em0, f1=round(f10, 6))))
+        recs.append(
+            AnswerRecord(
+                id=q.id,
+                context_id=q.context_id,
+                question=q.question,
+                golds=list(q.answers),
+                prediction=pred,
+                raw=raw,
+                em=em,
+                f1=round(f1, 6),
+                kept=sq.is_correct(f1, ctx.cfg.min_f1)
+                and bool(oid)
+                and (
+                    # the authors' filter: without a '[' token their target does not exist
+                    ctx.cfg.target != "bracket" or bracket_index(ctx.tok, oid) is not None
+                ),
+                unspliced=Cell(prediction=pred0, em=em0, f1=round(f10, 6)),
+            )
+        )
     kept = [i for i, r in enumerate(recs) if r.kept]
     if kept:
         c = ctx.cfg
-        infs = influence(ctx.model, ctx.tok, ctx.sae, [Example(prompts[i], id=qas[i].id) for i in kept],
-                         c.influence_options(), layer=ctx.layer, batch_size=c.batch_size, keep_per_token=0,
-                         output_ids=[ids[i] for i in kept])
+        infs = influence(
+            ctx.model,
+            ctx.tok,
+            ctx.sae,
+            [Example(prompts[i], id=qas[i].id) for i in kept],
+            c.influence_options(),
+            layer=ctx.layer,
+            batch_size=c.batch_size,
+            keep_per_token=0,
+            output_ids=[ids[i] for i in kept],
+        )
         for i, inf in zip(kept, infs):
             kmax = _kmax(c, inf.n_active_last)
 
             def ranked(idx, score):
-                return [RankedLatent(int(j), round(float(score[j]), 7 if score is inf.scores else 6),
-                                     round(float(inf.baseline[j]), 6)) for j in idx]
+                return [
+                    RankedLatent(
+                        int(j),
+                        round(float(score[j]), 7 if score is inf.scores else 6),
+                        round(float(inf.baseline[j]), 6),
+                    )
+                    for j in idx
+                ]
 
             recs[i].n_active_last, recs[i].n_active_any = inf.n_active_last, inf.active_any
-            recs[i].sets = LatentSet({
-                "gradsae": {"top": ranked(inf.top(kmax), inf.scores), "bottom": ranked(inf.bottom(kmax), inf.scores)},
-                "baseline": {"top": ranked(inf.top(kmax, baseline=True), inf.baseline),
-                             "bottom": ranked(inf.bottom(kmax, baseline=True), inf.baseline)}})
+            recs[i].sets = LatentSet(
+                {
+                    "gradsae": {
+                        "top": ranked(inf.top(kmax), inf.scores),
+                        "bottom": ranked(inf.bottom(kmax), inf.scores),
+                    },
+                    "baseline": {
+                        "top": ranked(inf.top(kmax, baseline=True), inf.baseline),
+                        "bottom": ranked(inf.bottom(kmax, baseline=True), inf.baseline),
+                    },
+                }
+            )
     dt = (time.perf_counter() - t0) / len(qas)
     for r in recs:
         r.seconds = round(dt, 3)
@@ -181,6 +261,7 @@ def answer_batch(ctx: RunContext, qas: Sequence[sq.QA]) -> list[AnswerRecord]:
 # 2. perturbation, 3. steering
 # ---------------------------------------------------------------------------------------------
 
+
 def _grid_keys(cfg: SquadConfig, ks: Sequence[str]) -> list[CellKey]:
     return [CellKey(m, side, k) for m in cfg.methods for side in cfg.sets for k in ks]
 
@@ -188,8 +269,10 @@ def _grid_keys(cfg: SquadConfig, ks: Sequence[str]) -> list[CellKey]:
 def perturb_example(ctx: RunContext, rec: AnswerRecord, prompt: str) -> EditRecord:
     """Phase 2 for one kept example: one batch (control + every distinct zeroed set) through one generation."""
     t0 = time.perf_counter()
-    variants = {key: Variant(zero=tuple(sorted(rec.sets.ids(key.method, key.side, key.k, rec.n_active_last))))
-                for key in _grid_keys(ctx.cfg, ctx.cfg.ks)}
+    variants = {
+        key: Variant(zero=tuple(sorted(rec.sets.ids(key.method, key.side, key.k, rec.n_active_last))))
+        for key in _grid_keys(ctx.cfg, ctx.cfg.ks)
+    }
     run = ctx.variants(prompt, variants)
     cells = {}
     for key, v in variants.items():
@@ -198,9 +281,14 @@ def perturb_example(ctx: RunContext, rec: AnswerRecord, prompt: str) -> EditReco
         cells[key] = Cell(prediction=p, em=em, f1=round(f1, 6), k=len(v.zero))
     p0 = ctx.answer(run.control)
     em, f1 = sq.em_f1(p0, rec.golds)
-    return EditRecord(task="perturb", id=rec.id, rows=run.rows, cells=cells,
-                      control=Cell(prediction=p0, em=em, f1=round(f1, 6), agree=p0 == rec.prediction),
-                      seconds=round(time.perf_counter() - t0, 3))
+    return EditRecord(
+        task="perturb",
+        id=rec.id,
+        rows=run.rows,
+        cells=cells,
+        control=Cell(prediction=p0, em=em, f1=round(f1, 6), agree=p0 == rec.prediction),
+        seconds=round(time.perf_counter() - t0, 3),
+    )
 
 
 def steer_example(ctx: RunContext, rec: AnswerRecord, partner: AnswerRecord | None, prompt: str) -> EditRecord:
@@ -226,16 +314,30 @@ def steer_example(ctx: RunContext, rec: AnswerRecord, partner: AnswerRecord | No
     for key, v in variants.items():
         p = ctx.answer(run.texts[key])
         em, f1 = sq.em_f1(p, partner.golds)
-        cells[key] = Cell(prediction=p, em=em, f1=round(f1, 6), own_f1=round(sq.em_f1(p, rec.golds)[1], 6),
-                          k=len(v.zero), overlap=overlaps[key])
+        cells[key] = Cell(
+            prediction=p,
+            em=em,
+            f1=round(f1, 6),
+            own_f1=round(sq.em_f1(p, rec.golds)[1], 6),
+            k=len(v.zero),
+            overlap=overlaps[key],
+        )
     p0 = ctx.answer(run.control)
     em, f1 = sq.em_f1(p0, partner.golds)
-    return EditRecord(task="steer", id=rec.id, partner=partner.id, rows=run.rows, cells=cells,
-                      control=Cell(prediction=p0, em=em, f1=round(f1, 6)), seconds=round(time.perf_counter() - t0, 3))
+    return EditRecord(
+        task="steer",
+        id=rec.id,
+        partner=partner.id,
+        rows=run.rows,
+        cells=cells,
+        control=Cell(prediction=p0, em=em, f1=round(f1, 6)),
+        seconds=round(time.perf_counter() - t0, 3),
+    )
 
 
-def pick_partner(qid: str, context_id: str, kept: Sequence[tuple[str, str, str]], question: str,
-                 seed: int) -> str | None:
+def pick_partner(
+    qid: str, context_id: str, kept: Sequence[tuple[str, str, str]], question: str, seed: int
+) -> str | None:
     """A seeded partner for example ``qid``: another kept example with the same context and a different
     question. ``kept`` is [(id, context_id, question)]. The choice depends only on (seed, qid, candidates),
     not on the order examples are processed in (so sharded and resumed runs agree)."""

@@ -9,6 +9,7 @@ are ``AnswerRecord`` / ``EditRecord``; ``to_json`` writes exactly the layout old
 run; for one (task, id) a success beats an error, otherwise the later line wins. ``merge_shards`` folds the
 shards into ``examples.jsonl``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,7 +67,7 @@ class LatentSet:
     rankings: dict[str, dict[str, list[RankedLatent]]]
 
     def take(self, method: str, side: str, k: str, n_active_last: int) -> list[RankedLatent]:
-        return self.rankings[method][side][:resolve_k(k, n_active_last)]
+        return self.rankings[method][side][: resolve_k(k, n_active_last)]
 
     def ids(self, method: str, side: str, k: str, n_active_last: int) -> list[int]:
         return [e.latent for e in self.take(method, side, k, n_active_last)]
@@ -76,8 +77,9 @@ class LatentSet:
 
     @classmethod
     def from_json(cls, d: dict) -> "LatentSet":
-        return cls({m: {s: [RankedLatent.from_json(e) for e in rows] for s, rows in sides.items()}
-                    for m, sides in d.items()})
+        return cls(
+            {m: {s: [RankedLatent.from_json(e) for e in rows] for s, rows in sides.items()} for m, sides in d.items()}
+        )
 
 
 @dataclass
@@ -96,8 +98,7 @@ class Cell:
     agree: bool | None = None
 
     def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) is not None}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
 
     @classmethod
     def from_json(cls, d: dict) -> "Cell":
@@ -137,11 +138,26 @@ class AnswerRecord:
 
     def to_json(self) -> dict:
         if self.error is not None:
-            return {"task": "answer", "id": self.id, "context_id": self.context_id, "error": self.error,
-                    "traceback": self.traceback, **self.extra}
-        d: dict = {"task": "answer", "id": self.id, "context_id": self.context_id, "question": self.question,
-                   "golds": list(self.golds), "prediction": self.prediction, "raw": self.raw, "em": self.em,
-                   "f1": self.f1, "kept": self.kept}
+            return {
+                "task": "answer",
+                "id": self.id,
+                "context_id": self.context_id,
+                "error": self.error,
+                "traceback": self.traceback,
+                **self.extra,
+            }
+        d: dict = {
+            "task": "answer",
+            "id": self.id,
+            "context_id": self.context_id,
+            "question": self.question,
+            "golds": list(self.golds),
+            "prediction": self.prediction,
+            "raw": self.raw,
+            "em": self.em,
+            "f1": self.f1,
+            "kept": self.kept,
+        }
         if self.unspliced is not None:
             d["unspliced"] = self.unspliced.to_json()
         if self.sets is not None:
@@ -216,11 +232,18 @@ class EditRecord:
             except ValueError:
                 continue  # not a grid cell: nothing older versions wrote; ignore rather than fail the folder
         known = {"task", "id", "cells", ctrl_key, "rows", "partner", "seconds", "error", "traceback"}
-        return cls(task=task, id=str(d["id"]), cells=cells,
-                   control=Cell.from_json(d[ctrl_key]) if d.get(ctrl_key) is not None else None,
-                   rows=d.get("rows"), partner=None if d.get("partner") is None else str(d["partner"]),
-                   seconds=d.get("seconds"), error=d.get("error"), traceback=d.get("traceback"),
-                   extra={k: v for k, v in d.items() if k not in known})
+        return cls(
+            task=task,
+            id=str(d["id"]),
+            cells=cells,
+            control=Cell.from_json(d[ctrl_key]) if d.get(ctrl_key) is not None else None,
+            rows=d.get("rows"),
+            partner=None if d.get("partner") is None else str(d["partner"]),
+            seconds=d.get("seconds"),
+            error=d.get("error"),
+            traceback=d.get("traceback"),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
 
 
 Record = Union[AnswerRecord, EditRecord]
@@ -252,8 +275,10 @@ def _read_file(path: Path) -> Iterable[Record]:
         try:
             yield record_from_json(d)
         except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise GradsaeError(f"{path}: record {n} ({d.get('task')} {d.get('id')!r}) is malformed "
-                               f"({type(e).__name__}: {e}): fix or delete that line, then rerun to recompute it") from None
+            raise GradsaeError(
+                f"{path}: record {n} ({d.get('task')} {d.get('id')!r}) is malformed "
+                f"({type(e).__name__}: {e}): fix or delete that line, then rerun to recompute it"
+            ) from None
 
 
 def read_records(folder: str | Path) -> dict[Key, Record]:

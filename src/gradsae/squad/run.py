@@ -7,6 +7,7 @@ a rerun of the same command resumes where the last one stopped, and a second wri
 folder's lock. Under ``torchrun`` answer batches and examples are sharded by rank; each rank writes
 ``examples.rank{r}.jsonl`` and rank 0 merges.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,22 +25,44 @@ from ..formats import DEFAULT_SAE
 from ..io import atomic_write_bytes, atomic_write_text, output_lock, read_json, write_json
 from ..options import Runtime, start
 from . import data as sq
-from .config import (ANSWER_FINGERPRINT, TASKS, ExperimentConfig, PerturbConfig, SquadConfig, StatsConfig,
-                     SteerConfig, fingerprint, parse_clamp)
+from .config import (
+    ANSWER_FINGERPRINT,
+    TASKS,
+    ExperimentConfig,
+    PerturbConfig,
+    SquadConfig,
+    StatsConfig,
+    SteerConfig,
+    fingerprint,
+    parse_clamp,
+)
 from .phases import RunContext, answer_batch, perturb_example, pick_partner, steer_example
 from .records import AnswerRecord, EditRecord, Record, RecordLog, merge_shards, read_records
 from .summary import SWEEP_SCHEMA, summarize
 from .tables import sweep_markdown, table_markdown
 
-__all__ = ["run_perturb", "run_steer", "run_stats", "run_all", "make_prompt_builder", "import_answers",
-           "PerturbConfig", "SteerConfig", "StatsConfig", "ExperimentConfig"]
+__all__ = [
+    "run_perturb",
+    "run_steer",
+    "run_stats",
+    "run_all",
+    "make_prompt_builder",
+    "import_answers",
+    "PerturbConfig",
+    "SteerConfig",
+    "StatsConfig",
+    "ExperimentConfig",
+]
 
 
 def make_prompt_builder(cfg: SquadConfig, tok, qas: Sequence[sq.QA]) -> sq.PromptBuilder:
     """The run's prompt template; few-shot exemplars never come from the evaluation contexts ``qas``."""
     if cfg.template == "fewshot":
-        ctx_text, pairs = sq.fewshot_exemplars(cfg.fewshot_data, exclude_contexts=[q.context for q in qas],
-                                               paragraph=None if cfg.fewshot_paragraph < 0 else cfg.fewshot_paragraph)
+        ctx_text, pairs = sq.fewshot_exemplars(
+            cfg.fewshot_data,
+            exclude_contexts=[q.context for q in qas],
+            paragraph=None if cfg.fewshot_paragraph < 0 else cfg.fewshot_paragraph,
+        )
         return sq.PromptBuilder("fewshot", tok, ctx_text, pairs)
     return sq.PromptBuilder(cfg.template, tok)
 
@@ -72,6 +95,7 @@ def _progress(it, total, desc, enabled):
         return it
     try:
         from tqdm import tqdm
+
         return tqdm(it, total=total, desc=desc, unit="ex", dynamic_ncols=True)
     except ImportError:  # pragma: no cover
         return it
@@ -81,11 +105,13 @@ def _progress(it, total, desc, enabled):
 # config.json: fingerprints, foreign folders, --answers-from
 # ---------------------------------------------------------------------------------------------
 
+
 def _refuse_foreign(out: Path) -> None:
     """A folder holding a config.json / summary.json that gradsae did not write is never overwritten."""
-    for name, ok in (("config.json", lambda d: isinstance(d, dict) and "fingerprint" in d and "commands" in d),
-                     ("summary.json", lambda d: isinstance(d, dict)
-                      and str(d.get("schema", "")).startswith("gradsae.experiments."))):
+    for name, ok in (
+        ("config.json", lambda d: isinstance(d, dict) and "fingerprint" in d and "commands" in d),
+        ("summary.json", lambda d: isinstance(d, dict) and str(d.get("schema", "")).startswith("gradsae.experiments.")),
+    ):
         p = out / name
         if p.exists():
             try:
@@ -93,8 +119,10 @@ def _refuse_foreign(out: Path) -> None:
             except GradsaeError:
                 d = None
             if not ok(d):
-                raise GradsaeError(f"{p} was not written by a gradsae experiment: choose another --out "
-                                   "(gradsae never overwrites files it did not make)")
+                raise GradsaeError(
+                    f"{p} was not written by a gradsae experiment: choose another --out "
+                    "(gradsae never overwrites files it did not make)"
+                )
 
 
 def check_config(out: Path, cfg: SquadConfig, command: str, extra: dict | None = None) -> dict:
@@ -109,10 +137,10 @@ def check_config(out: Path, cfg: SquadConfig, command: str, extra: dict | None =
         diff = [k for k in fp if k in ofp and ofp[k] != fp[k]]
         if diff:
             k = diff[0]
-            what = ("the data file's content changed" if k == "data_sha256" else
-                    f"{k}: {ofp[k]!r} now {fp[k]!r}")
-            raise GradsaeError(f"results folder {out} was made with different options ({what}): use another "
-                               "--out or delete the folder")
+            what = "the data file's content changed" if k == "data_sha256" else f"{k}: {ofp[k]!r} now {fp[k]!r}"
+            raise GradsaeError(
+                f"results folder {out} was made with different options ({what}): use another --out or delete the folder"
+            )
         merged["commands"] = list(dict.fromkeys(old.get("commands", []) + [command]))
         merged["config"] = {**old.get("config", {}), **merged["config"]}
         merged["fingerprint"] = {**ofp, **fp}
@@ -131,13 +159,17 @@ def import_answers(src: Path, out: Path, fp: dict, ks: Sequence[str], qids: Sequ
     diff = [k for k in keys if k in fp and k in ofp and ofp[k] != fp[k]]
     if diff:
         k = diff[0]
-        raise GradsaeError(f"--answers-from {src} was made with {k}={ofp[k]!r}, this run has {fp[k]!r}: "
-                           "the answers and rankings would differ; rerun the answer phase instead")
+        raise GradsaeError(
+            f"--answers-from {src} was made with {k}={ofp[k]!r}, this run has {fp[k]!r}: "
+            "the answers and rankings would differ; rerun the answer phase instead"
+        )
     old_ks = set(ofp.get("ks", [])) | set(ofp.get("steer_ks", []) or []) | {"50%"}
     missing = [k for k in ks if k not in old_ks]
     if missing:
-        raise GradsaeError(f"--answers-from {src} stored rankings for K in {sorted(old_ks)}, not K={missing[0]}: "
-                           "use those K values or rerun the answer phase")
+        raise GradsaeError(
+            f"--answers-from {src} stored rankings for K in {sorted(old_ks)}, not K={missing[0]}: "
+            "use those K values or rerun the answer phase"
+        )
     have, theirs = read_records(out), read_records(src)
     log = RecordLog(out / "examples.jsonl")
     n = 0
@@ -152,6 +184,7 @@ def import_answers(src: Path, out: Path, fp: dict, ks: Sequence[str], qids: Sequ
 # ---------------------------------------------------------------------------------------------
 # One results folder
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Folder:
@@ -177,7 +210,7 @@ class _Folder:
 def _answer_phase(ctx: RunContext, qas: Sequence[sq.QA], f: _Folder, dist: Dist, show: bool) -> list[AnswerRecord]:
     """Answer + filter + influence in fixed global batches (batch j on rank j % world); the kept records."""
     B = ctx.cfg.batch_size
-    batches = [qas[i:i + B] for i in range(0, len(qas), B)]
+    batches = [qas[i : i + B] for i in range(0, len(qas), B)]
     mine = [b for j, b in enumerate(batches) if j % dist.world == dist.rank]
     todo = [b for b in ([q for q in b if not f.done("answer", q.id)] for b in mine) if b]
     for b in _progress(todo, len(todo), f"answer+influence ({B}/batch)", show):
@@ -197,13 +230,21 @@ def _answer_phase(ctx: RunContext, qas: Sequence[sq.QA], f: _Folder, dist: Dist,
     f.reload()
     answered = [f.recs[("answer", q.id)] for q in qas if ("answer", q.id) in f.recs]
     if answered and all(not r.ok for r in answered):
-        raise GradsaeError(f"every example failed while answering (first: {answered[0].error}): "
-                           "check the model, SAE and template")
+        raise GradsaeError(
+            f"every example failed while answering (first: {answered[0].error}): check the model, SAE and template"
+        )
     return [r for r in answered if r.ok and r.kept]
 
 
-def _edit_phase(ctx: RunContext, kept: Sequence[AnswerRecord], tasks: Sequence[str], prompt_of: Callable,
-                f: _Folder, dist: Dist, show: bool) -> None:
+def _edit_phase(
+    ctx: RunContext,
+    kept: Sequence[AnswerRecord],
+    tasks: Sequence[str],
+    prompt_of: Callable,
+    f: _Folder,
+    dist: Dist,
+    show: bool,
+) -> None:
     """Perturbation then steering, example by example (so a run stopped early has both tables on the same
     examples); kept examples sharded by rank."""
     mine = [r.id for j, r in enumerate(kept) if j % dist.world == dist.rank]
@@ -227,8 +268,9 @@ def _edit_phase(ctx: RunContext, kept: Sequence[AnswerRecord], tasks: Sequence[s
     dist.barrier()
 
 
-def _finalise(cfg: SquadConfig, tasks: Sequence[str], merged_cfg: dict, qas: Sequence[sq.QA], f: _Folder, meta: dict,
-              title: str) -> dict:
+def _finalise(
+    cfg: SquadConfig, tasks: Sequence[str], merged_cfg: dict, qas: Sequence[sq.QA], f: _Folder, meta: dict, title: str
+) -> dict:
     """Rank 0: merge shards, write summary.json, table.md, the plots and report.html."""
     from ..plots import k_curves
 
@@ -238,8 +280,14 @@ def _finalise(cfg: SquadConfig, tasks: Sequence[str], merged_cfg: dict, qas: Seq
     order = [q.id for q in qas]
     present = [t for t in ("perturb", "steer") if t in tasks or any((t, i) in f.recs for i in order)]
     clamp = parse_clamp(full.get("clamp", ""))
-    meta = {**meta, "tasks": present, "steer_ks": list(full.get("steer_ks") or []), "inject": full.get("inject"),
-            "at": full.get("at"), "clamp": list(clamp) if clamp else None}
+    meta = {
+        **meta,
+        "tasks": present,
+        "steer_ks": list(full.get("steer_ks") or []),
+        "inject": full.get("inject"),
+        "at": full.get("at"),
+        "clamp": list(clamp) if clamp else None,
+    }
     summary = summarize(f.recs, order, meta)
     write_json(f.out / "summary.json", summary)
     atomic_write_text(f.out / "table.md", table_markdown(summary))
@@ -256,8 +304,18 @@ def _finalise(cfg: SquadConfig, tasks: Sequence[str], merged_cfg: dict, qas: Seq
     return summary
 
 
-def _run_one(cfg: SquadConfig, tasks: Sequence[str], command: str, out: Path, sae_spec: str, layer,
-             model, tok, dist: Dist, rt: Runtime) -> dict | None:
+def _run_one(
+    cfg: SquadConfig,
+    tasks: Sequence[str],
+    command: str,
+    out: Path,
+    sae_spec: str,
+    layer,
+    model,
+    tok,
+    dist: Dist,
+    rt: Runtime,
+) -> dict | None:
     from ..formats import load_sae
     from ..model import model_name
     from ..splice import check_compatible
@@ -275,8 +333,12 @@ def _run_one(cfg: SquadConfig, tasks: Sequence[str], command: str, out: Path, sa
     sq.check_prompt_lengths(tok, model, [prompt_of(q.id) for q in qas], cfg.max_new_tokens)
 
     out.mkdir(parents=True, exist_ok=True)
-    merged_cfg = check_config(out, cfg, command, {"stop_resolved": list(ctx.stop), "extract_resolved": ctx.extract,
-                                                  "data_sha256": data_hash(cfg.data)})
+    merged_cfg = check_config(
+        out,
+        cfg,
+        command,
+        {"stop_resolved": list(ctx.stop), "extract_resolved": ctx.extract, "data_sha256": data_hash(cfg.data)},
+    )
     dist.barrier()
     if dist.rank == 0:
         merged_cfg["sae_resolved"] = sae_spec
@@ -289,16 +351,28 @@ def _run_one(cfg: SquadConfig, tasks: Sequence[str], command: str, out: Path, sa
             if cfg.progress:
                 print(f"reused {n} answer records from {cfg.answers_from}", flush=True)
     dist.barrier()
-    f = _Folder(out, RecordLog(out / ("examples.jsonl" if not dist.enabled else f"examples.rank{dist.rank}.jsonl")),
-                read_records(out), cfg.retry_failed)
+    f = _Folder(
+        out,
+        RecordLog(out / ("examples.jsonl" if not dist.enabled else f"examples.rank{dist.rank}.jsonl")),
+        read_records(out),
+        cfg.retry_failed,
+    )
     show = cfg.progress and dist.rank == 0
     kept = _answer_phase(ctx, qas, f, dist, show)
     _edit_phase(ctx, kept, tasks, prompt_of, f, dist, show)
     if dist.rank != 0:
         return None
-    meta = {"model": model_name(model), "sae": sae_spec, "layer": str(layer) if layer is not None else sae.cfg.hook_name,
-            "d_sae": sae.d_sae, "data": cfg.data, "min_f1": cfg.min_f1, "ks": list(cfg.ks),
-            "methods": list(cfg.methods), "sets": list(cfg.sets)}
+    meta = {
+        "model": model_name(model),
+        "sae": sae_spec,
+        "layer": str(layer) if layer is not None else sae.cfg.hook_name,
+        "d_sae": sae.d_sae,
+        "data": cfg.data,
+        "min_f1": cfg.min_f1,
+        "ks": list(cfg.ks),
+        "methods": list(cfg.methods),
+        "sets": list(cfg.sets),
+    }
     return _finalise(cfg, tasks, merged_cfg, qas, f, meta, f"GradSAE on SQuAD — {meta['model']}, {sae_spec}")
 
 
@@ -306,6 +380,7 @@ def _write_report(out: Path, title: str, pngs: dict | None = None) -> None:
     """report.html for a results folder; like the plots a convenience, so a failure only warns."""
     try:
         from ..report import report_from_folder
+
         report_from_folder(out, title=title, plots=pngs)
     except Exception as e:
         print(f"warning: the HTML report failed ({_err(e)}); rebuild it with gradsae report {out}")
@@ -314,6 +389,7 @@ def _write_report(out: Path, title: str, pngs: dict | None = None) -> None:
 # ---------------------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------------------
+
 
 def _runs(cfg: SquadConfig) -> list[tuple[str, str, object]]:
     """(tag, sae spec, layer) for every run of a sweep; a single run has tag ''."""
@@ -333,8 +409,14 @@ def _runs(cfg: SquadConfig) -> list[tuple[str, str, object]]:
             layer = None if (L is None or "{layer}" in s) else int(L)
             if L is None and fixed not in ("", None):
                 layer = int(fixed) if re.fullmatch(r"-?\d+", str(fixed)) else fixed
-            tag = "_".join(x for x in (re.sub(r"[^\w.-]+", "_", s.replace("{layer}", "")).strip("_") if len(saes) > 1
-                                       else "", f"L{L}" if L is not None else "") if x)
+            tag = "_".join(
+                x
+                for x in (
+                    re.sub(r"[^\w.-]+", "_", s.replace("{layer}", "")).strip("_") if len(saes) > 1 else "",
+                    f"L{L}" if L is not None else "",
+                )
+                if x
+            )
             runs.append((tag, spec, layer))
     return runs
 
@@ -346,17 +428,19 @@ def _run(cfg: SquadConfig, tasks: Sequence[str], command: str, model=None, token
     rt = start(cfg, command)
     runs = _runs(cfg)
     out = Path(cfg.out)
-    with Dist(cfg.device) as dist, (output_lock(out) if dist.rank == 0 else contextlib.nullcontext()):
+    with Dist(cfg.device) as dist, output_lock(out) if dist.rank == 0 else contextlib.nullcontext():
         if model is None:
             from ..model import load_model
+
             model, tokenizer = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
         results = []
         for tag, spec, layer in runs:
             sub = out / tag if tag else out
             summary = _run_one(cfg, tasks, command, sub, spec, layer, model, tokenizer, dist, rt)
             if summary is not None:
-                results.append({"tag": tag, "sae": spec, "layer": summary["layer"], "dir": tag or ".",
-                                "summary": summary})
+                results.append(
+                    {"tag": tag, "sae": spec, "layer": summary["layer"], "dir": tag or ".", "summary": summary}
+                )
                 print(f"\n{table_markdown(summary)}\nresults in {sub}/")
         if dist.rank != 0:
             return None

@@ -26,6 +26,7 @@ Row ``s * (T - drop_first) + (t - drop_first)`` of a shard is sequence s, positi
 * **Resume.** Shards are written to temporary names and renamed when complete; the manifest is rewritten
   atomically after each shard. A rerun with the same config skips finished shards and redoes a partial one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DATA = [SAMPLE]  # the package's own sample text; pass --data for a real corpus
 FORMAT_VERSION = 1
-GRAD_TARGET = 2.0 ** 14  # the largest |grad| of a shard is scaled to about this (float16 max is 65504)
+GRAD_TARGET = 2.0**14  # the largest |grad| of a shard is scaled to about this (float16 max is 65504)
 
 
 @dataclass(kw_only=True)
@@ -59,8 +60,11 @@ class CacheConfig(ModelOptions):
     """Cache residual-stream activations (and the gradient of the summed next-token CE) as float16 shards."""
 
     layers: list[int] = opt([9], "blocks whose output (blocks.L.hook_resid_post) is cached, comma-separated")
-    data: list[str] = opt(list(DEFAULT_DATA), "corpus: .txt/.jsonl/.json files (optionally .gz) or folders, 'sample' (bundled text), "
-                          "or hf:NAME for a Hugging Face dataset; comma-separated")
+    data: list[str] = opt(
+        list(DEFAULT_DATA),
+        "corpus: .txt/.jsonl/.json files (optionally .gz) or folders, 'sample' (bundled text), "
+        "or hf:NAME for a Hugging Face dataset; comma-separated",
+    )
     text_field: str = opt("text", "field holding the text in .jsonl files and HF datasets")
     out: str = opt("", "cache folder (default: <gradsae cache>/acts/<model>-L<layers>-ctx<T>-<data hash>)")
     context_length: int = opt(128, "tokens per sequence T (sequences are packed from the corpus)")
@@ -71,14 +75,18 @@ class CacheConfig(ModelOptions):
     seqs_per_shard: int = opt(64, "sequences per shard file")
     max_tokens: int = opt(0, "stop after about this many corpus tokens (0 = the whole corpus)")
     max_shards: int = opt(0, "compute at most the first N shards (0 = all); rerun with a larger N to extend")
-    shuffle: bool = opt(True, "shuffle the packed sequences (seeded) so that any prefix of shards, e.g. of a "
-                        "run stopped early, is a uniform sample of the corpus")
+    shuffle: bool = opt(
+        True,
+        "shuffle the packed sequences (seeded) so that any prefix of shards, e.g. of a "
+        "run stopped early, is a uniform sample of the corpus",
+    )
     seed: int = opt(0, "seed of the sequence shuffle")
 
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers
 # ---------------------------------------------------------------------------------------------
+
 
 def pow2_scale(max_abs: float, target: float = GRAD_TARGET) -> float:
     """A power of two s with ``max_abs * s`` in (target/2, target]; 1 for an all-zero tensor."""
@@ -89,11 +97,13 @@ def pow2_scale(max_abs: float, target: float = GRAD_TARGET) -> float:
 
 def to_float16(x: torch.Tensor, scale: float = 1.0) -> tuple[np.ndarray, float]:
     """x * scale as float16 numpy, and the fraction of nonzero entries that rounded to zero. [N, D]."""
-    y = (x.float() * scale)
+    y = x.float() * scale
     h = y.to(torch.float16)
     if not torch.isfinite(h).all():
-        raise GradsaeError("activations overflow float16 (|x| > 65504): cache with a smaller model dtype range "
-                           "or drop the outlier positions (--drop-first)")
+        raise GradsaeError(
+            "activations overflow float16 (|x| > 65504): cache with a smaller model dtype range "
+            "or drop the outlier positions (--drop-first)"
+        )
     nz = y != 0
     under = float(((h == 0) & nz).sum()) / max(1, int(nz.sum()))
     return h.numpy(), under
@@ -102,7 +112,8 @@ def to_float16(x: torch.Tensor, scale: float = 1.0) -> tuple[np.ndarray, float]:
 def summed_next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Sum over all sequences and positions of -log p(token[t+1] | ...). logits [B, T, V], ids [B, T] -> []."""
     return torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="sum")
+        logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="sum"
+    )
 
 
 def _slug(s: str) -> str:
@@ -142,6 +153,7 @@ def shard_stem(i: int) -> str:
 # Reading a cache
 # ---------------------------------------------------------------------------------------------
 
+
 class ActivationCache:
     """Read-only view of a cache folder. Arrays are memory-mapped float16 (``np.load(mmap_mode='r')``)."""
 
@@ -149,8 +161,9 @@ class ActivationCache:
         self.path = Path(path).expanduser()
         mpath = self.path / "manifest.json"
         if not mpath.exists():
-            raise GradsaeError(f"no activation cache at {self.path} (manifest.json missing): "
-                               "create one with `gradsae cache --out DIR`")
+            raise GradsaeError(
+                f"no activation cache at {self.path} (manifest.json missing): create one with `gradsae cache --out DIR`"
+            )
         self.manifest = read_json(mpath)
         self.shards: list[dict] = self.manifest["shards"]
         if not self.shards:
@@ -178,8 +191,10 @@ class ActivationCache:
 
     def _check_layer(self, layer: int) -> None:
         if layer not in self.layers:
-            raise GradsaeError(f"the cache at {self.path} has layers {self.layers}, not {layer}: "
-                               "pick one of those or re-cache with --layers")
+            raise GradsaeError(
+                f"the cache at {self.path} has layers {self.layers}, not {layer}: "
+                "pick one of those or re-cache with --layers"
+            )
 
     def acts(self, i: int, layer: int) -> np.ndarray:
         """float16 memmap [N, D] of shard i."""
@@ -199,8 +214,9 @@ class ActivationCache:
         """int32 [S, T] token ids of shard i."""
         return np.load(self.path / f"{shard_stem(self.shards[i]['index'])}.tokens.npy", mmap_mode="r")
 
-    def load(self, layer: int, shards: list[int] | None = None, grads: bool = False
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def load(
+        self, layer: int, shards: list[int] | None = None, grads: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Concatenate shards into RAM: x float16 [N, D] and (optionally) dL/dx float32 [N, D]."""
         idx = range(len(self.shards)) if shards is None else shards
         xs = [torch.from_numpy(np.array(self.acts(i, layer))) for i in idx]
@@ -217,6 +233,7 @@ class ActivationCache:
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
+
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     """Write via open_memmap to a unique temp name, flush + fsync, then rename (a killed write leaves no
@@ -246,8 +263,9 @@ def clean_temp(folder: Path) -> int:
     return n
 
 
-def compute_batch(model, ids: torch.Tensor, layers: list[int], grad: bool, drop_first: int
-                  ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], float]:
+def compute_batch(
+    model, ids: torch.Tensor, layers: list[int], grad: bool, drop_first: int
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], float]:
     """One forward (+ backward) pass. ids [B, T] -> ({L: x [B*(T-drop), D]}, {L: dL/dx [...]}, summed CE)."""
     from ..splice import ResidualCapture
 
@@ -270,16 +288,29 @@ def compute_batch(model, ids: torch.Tensor, layers: list[int], grad: bool, drop_
 
 
 def _identity(cfg: CacheConfig, model_id: str, d_model: int, n_seq: int) -> dict:
-    return {"format_version": FORMAT_VERSION, "model": model_id, "layers": list(cfg.layers),
-            "hook_names": [hook_name_for(l) for l in cfg.layers], "d_model": d_model,
-            "context_length": cfg.context_length, "prepend_bos": cfg.prepend_bos, "drop_first": cfg.drop_first,
-            "positions_policy": f"first {cfg.drop_first} position(s) of every sequence left out (attention sink)",
-            "grad": cfg.grad, "loss": "sum over tokens of next-token cross-entropy (per sequence)",
-            "dtype": "float16", "grad_storage": "float16 of dL/dx * grad_scale[layer] (a power of two per shard)",
-            "data": list(cfg.data), "data_fingerprint": data_fingerprint(cfg.data), "max_tokens": cfg.max_tokens,
-            "shuffle": cfg.shuffle, "seed": cfg.seed,
-            "seqs_per_shard": cfg.seqs_per_shard, "total_sequences": n_seq,
-            "tokens_per_sequence": cfg.context_length - cfg.drop_first}
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": model_id,
+        "layers": list(cfg.layers),
+        "hook_names": [hook_name_for(l) for l in cfg.layers],
+        "d_model": d_model,
+        "context_length": cfg.context_length,
+        "prepend_bos": cfg.prepend_bos,
+        "drop_first": cfg.drop_first,
+        "positions_policy": f"first {cfg.drop_first} position(s) of every sequence left out (attention sink)",
+        "grad": cfg.grad,
+        "loss": "sum over tokens of next-token cross-entropy (per sequence)",
+        "dtype": "float16",
+        "grad_storage": "float16 of dL/dx * grad_scale[layer] (a power of two per shard)",
+        "data": list(cfg.data),
+        "data_fingerprint": data_fingerprint(cfg.data),
+        "max_tokens": cfg.max_tokens,
+        "shuffle": cfg.shuffle,
+        "seed": cfg.seed,
+        "seqs_per_shard": cfg.seqs_per_shard,
+        "total_sequences": n_seq,
+        "tokens_per_sequence": cfg.context_length - cfg.drop_first,
+    }
 
 
 def run(cfg: CacheConfig) -> Path:
@@ -319,8 +350,9 @@ def _write_locked(model, tok, cfg: CacheConfig, out: Path, rt: Runtime | None) -
     from ..hooks import hidden_size
     from ..model import model_name
 
-    seqs = pack_sequences(iter_documents(cfg.data, cfg.text_field), tok, cfg.context_length, cfg.prepend_bos,
-                          cfg.max_tokens)
+    seqs = pack_sequences(
+        iter_documents(cfg.data, cfg.text_field), tok, cfg.context_length, cfg.prepend_bos, cfg.max_tokens
+    )
     if cfg.shuffle:
         seqs = seqs[np.random.default_rng(cfg.seed).permutation(len(seqs))]
     ident = _identity(cfg, model_name(model), hidden_size(model), len(seqs))
@@ -330,8 +362,10 @@ def _write_locked(model, tok, cfg: CacheConfig, out: Path, rt: Runtime | None) -
         old = read_json(mpath)
         mismatch = [k for k, v in ident.items() if old.get(k) != v]
         if mismatch:
-            raise GradsaeError(f"{out} holds a cache made with a different config ({', '.join(mismatch)}): "
-                               "use another --out or delete that folder")
+            raise GradsaeError(
+                f"{out} holds a cache made with a different config ({', '.join(mismatch)}): "
+                "use another --out or delete that folder"
+            )
         done = {s["index"]: s for s in old["shards"]}
     write_json(out / "config.json", {**asdict(cfg), **({"runtime": rt.as_config()} if rt else {})})
 
@@ -340,23 +374,34 @@ def _write_locked(model, tok, cfg: CacheConfig, out: Path, rt: Runtime | None) -
     todo = [i for i in range(limit) if i not in done]
     per_seq = cfg.context_length - cfg.drop_first
     t0 = time.time()
-    bar = tqdm(total=len(todo) * cfg.seqs_per_shard * cfg.context_length, unit="tok", unit_scale=True,
-               desc=f"cache L{','.join(map(str, cfg.layers))}", dynamic_ncols=True, mininterval=5,
-               disable=not cfg.progress)
+    bar = tqdm(
+        total=len(todo) * cfg.seqs_per_shard * cfg.context_length,
+        unit="tok",
+        unit_scale=True,
+        desc=f"cache L{','.join(map(str, cfg.layers))}",
+        dynamic_ncols=True,
+        mininterval=5,
+        disable=not cfg.progress,
+    )
     dev = next(model.parameters()).device
 
     def manifest(complete: bool) -> dict:
         shards = [done[i] for i in sorted(done)]
-        return {**ident, "complete": complete, "n_shards": n_shards, "n_tokens": sum(s["n_tokens"] for s in shards),
-                "shards": shards}
+        return {
+            **ident,
+            "complete": complete,
+            "n_shards": n_shards,
+            "n_tokens": sum(s["n_tokens"] for s in shards),
+            "shards": shards,
+        }
 
     for i in todo:
-        rows = seqs[i * cfg.seqs_per_shard:(i + 1) * cfg.seqs_per_shard]
+        rows = seqs[i * cfg.seqs_per_shard : (i + 1) * cfg.seqs_per_shard]
         acts = {l: [] for l in cfg.layers}
         grads = {l: [] for l in cfg.layers}
         loss_sum = 0.0
         for b in range(0, len(rows), cfg.batch_size):
-            ids = torch.from_numpy(rows[b:b + cfg.batch_size].astype(np.int64)).to(dev)
+            ids = torch.from_numpy(rows[b : b + cfg.batch_size].astype(np.int64)).to(dev)
             a, g, loss = compute_batch(model, ids, cfg.layers, cfg.grad, cfg.drop_first)
             loss_sum += loss
             for l in cfg.layers:
@@ -365,8 +410,15 @@ def _write_locked(model, tok, cfg: CacheConfig, out: Path, rt: Runtime | None) -
                     grads[l].append(g[l].cpu())
             bar.update(ids.numel())
         stem = shard_stem(i)
-        rec = {"index": i, "n_seq": len(rows), "n_tokens": len(rows) * per_seq, "grad_scale": {},
-               "grad_underflow": {}, "act_absmax": {}, "grad_absmax": {}}
+        rec = {
+            "index": i,
+            "n_seq": len(rows),
+            "n_tokens": len(rows) * per_seq,
+            "grad_scale": {},
+            "grad_underflow": {},
+            "act_absmax": {},
+            "grad_absmax": {},
+        }
         if cfg.grad:
             rec["mean_ce"] = loss_sum / (len(rows) * (cfg.context_length - 1))
         for l in cfg.layers:
@@ -390,33 +442,60 @@ def _write_locked(model, tok, cfg: CacheConfig, out: Path, rt: Runtime | None) -
     m = manifest(len(done) == n_shards)
     write_json(mpath, m)
     dt = time.time() - t0
-    print(f"cache: {m['n_tokens']} tokens x {len(cfg.layers)} layer(s) in {out} "
-          f"({len(todo)} new shard(s), {dt:.0f} s)")
+    print(f"cache: {m['n_tokens']} tokens x {len(cfg.layers)} layer(s) in {out} ({len(todo)} new shard(s), {dt:.0f} s)")
     return out
 
 
-def cache_from_arrays(out: str | Path, x: torch.Tensor, g: torch.Tensor | None = None, layer: int = 0,
-                      shard_tokens: int = 4096, model: str = "toy") -> Path:
+def cache_from_arrays(
+    out: str | Path,
+    x: torch.Tensor,
+    g: torch.Tensor | None = None,
+    layer: int = 0,
+    shard_tokens: int = 4096,
+    model: str = "toy",
+) -> Path:
     """Write a cache folder from in-memory activations x [N, D] (and gradients g [N, D]); for toy data/tests."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     N, D = x.shape
     shards = []
     for i, a in enumerate(range(0, N, shard_tokens)):
-        xs = x[a:a + shard_tokens]
-        rec = {"index": i, "n_seq": 0, "n_tokens": len(xs), "grad_scale": {}, "grad_underflow": {},
-               "act_absmax": {str(layer): float(xs.abs().max())}, "grad_absmax": {}}
+        xs = x[a : a + shard_tokens]
+        rec = {
+            "index": i,
+            "n_seq": 0,
+            "n_tokens": len(xs),
+            "grad_scale": {},
+            "grad_underflow": {},
+            "act_absmax": {str(layer): float(xs.abs().max())},
+            "grad_absmax": {},
+        }
         _save_npy(out / f"{shard_stem(i)}.L{layer}.acts.npy", to_float16(xs)[0])
         if g is not None:
-            gs = g[a:a + shard_tokens]
+            gs = g[a : a + shard_tokens]
             s = pow2_scale(float(gs.abs().max()))
             ga, under = to_float16(gs, s)
             rec["grad_scale"][str(layer)], rec["grad_underflow"][str(layer)] = s, under
             _save_npy(out / f"{shard_stem(i)}.L{layer}.grads.npy", ga)
         shards.append(rec)
-    write_json(out / "manifest.json", {
-        "format_version": FORMAT_VERSION, "model": model, "layers": [layer],
-        "hook_names": [hook_name_for(layer)], "d_model": D, "context_length": 0,
-        "prepend_bos": False, "drop_first": 0, "grad": g is not None, "data": ["arrays"], "dtype": "float16",
-        "complete": True, "n_shards": len(shards), "n_tokens": N, "shards": shards})
+    write_json(
+        out / "manifest.json",
+        {
+            "format_version": FORMAT_VERSION,
+            "model": model,
+            "layers": [layer],
+            "hook_names": [hook_name_for(layer)],
+            "d_model": D,
+            "context_length": 0,
+            "prepend_bos": False,
+            "drop_first": 0,
+            "grad": g is not None,
+            "data": ["arrays"],
+            "dtype": "float16",
+            "complete": True,
+            "n_shards": len(shards),
+            "n_tokens": N,
+            "shards": shards,
+        },
+    )
     return out

@@ -11,6 +11,7 @@ reconstruction terms instead, which we do not). The gradient reaches the SAE thr
 its layer; the blocks below are not run again (``splice.skip_trunk`` returns the given activation).
 Positions before ``drop_first`` keep the model's own activation, as at evaluation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,16 +35,30 @@ def kl_per_position(logp_clean: torch.Tensor, logits: torch.Tensor) -> torch.Ten
     return (logp_clean.exp() * (logp_clean - logp)).sum(-1)
 
 
-def clean_logprobs(model, layer: int, ids: torch.Tensor, Z: torch.Tensor, drop_first: int,
-                   dtype: str = "float32") -> torch.Tensor:
+def clean_logprobs(
+    model, layer: int, ids: torch.Tensor, Z: torch.Tensor, drop_first: int, dtype: str = "float32"
+) -> torch.Tensor:
     """log p(· | x) [B, T - drop_first, V] from Z [B, T, D] at block ``layer`` (no gradient)."""
     with torch.no_grad():
         return tail_logits(model, layer, ids, Z, dtype)[:, drop_first:].float().log_softmax(-1)
 
 
-def e2e_loss(model, sae: SAE, spec: SAESpec, ids: torch.Tensor, Z: torch.Tensor, norm: float,
-             logp_clean: torch.Tensor, drop_first: int, recon_coef: float, dead: torch.Tensor, auxk_coef: float,
-             auxk_k: int, dtype: str = "float32", mean_fn=None) -> tuple[torch.Tensor, StepStats]:
+def e2e_loss(
+    model,
+    sae: SAE,
+    spec: SAESpec,
+    ids: torch.Tensor,
+    Z: torch.Tensor,
+    norm: float,
+    logp_clean: torch.Tensor,
+    drop_first: int,
+    recon_coef: float,
+    dead: torch.Tensor,
+    auxk_coef: float,
+    auxk_k: int,
+    dtype: str = "float32",
+    mean_fn=None,
+) -> tuple[torch.Tensor, StepStats]:
     """The E2E loss of ``sae`` on the rows ids [B, T] whose block-``layer`` activation is Z [B, T, D].
 
     ``norm`` is the layer's scalar s (the SAE works on s·x); ``logp_clean`` from ``clean_logprobs``."""
@@ -66,5 +81,11 @@ def e2e_loss(model, sae: SAE, spec: SAESpec, ids: torch.Tensor, Z: torch.Tensor,
         denom = mean_fn(denom) if mean_fn is not None else denom
         aux = auxk_loss(z, e, dead, sae.W_dec, auxk_k, denom)
         loss = loss + auxk_coef * aux
-    return loss, StepStats(mse=mse.detach(), x2=x2, aux=aux.detach(), l0=(code.values > 0).sum(-1).float().mean(),
-                           fired=fired_counts(code, sae.d_sae), kl=kl.detach())
+    return loss, StepStats(
+        mse=mse.detach(),
+        x2=x2,
+        aux=aux.detach(),
+        l0=(code.values > 0).sum(-1).float().mean(),
+        fired=fired_counts(code, sae.d_sae),
+        kl=kl.detach(),
+    )

@@ -24,6 +24,7 @@ generation uses):
   (higher is better), ``other`` = Σ_{j∉L_i} max(Δp_j, 0), the probability added to all other tokens
   (lower is better; the plain sum over other tokens would be −assoc since probabilities sum to one).
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,13 +59,15 @@ class EvalConfig(ModelOptions):
     selection: str = opt("auto", "auto (g-SAE: both), topk, or gradient", choices=("auto", "topk", "gradient"))
     steer_latents: int = opt(64, "latents sampled for the steering effect (0 skips steering)")
     steer_contexts: int = opt(8, "contexts (sequence, position) per latent")
-    steer_alphas: list[float] = opt([10.0, 25.0, 50.0, 100.0],
-                                   "steering strengths α, the norm of the added vector (for scale: SmolLM2's "
-                                   "layer-9 residuals have norm ~140)")
+    steer_alphas: list[float] = opt(
+        [10.0, 25.0, 50.0, 100.0],
+        "steering strengths α, the norm of the added vector (for scale: SmolLM2's layer-9 residuals have norm ~140)",
+    )
     steer_top_n: int = opt(10, "associated tokens n per latent (largest W_U·W_dec[i])")
     out: str = opt("", "results folder (default: <gradsae cache>/evals/<sae name>)")
-    dead_batch_tokens: int = opt(1024, "tokens per batch for the g-SAE paper's dead-latent rule (no "
-                                 "activation in 5 consecutive batches)")
+    dead_batch_tokens: int = opt(
+        1024, "tokens per batch for the g-SAE paper's dead-latent rule (no activation in 5 consecutive batches)"
+    )
     plots: bool = opt(True, "write PNG plots")
     seed: int = opt(0, "seed for the samples of latents and contexts")
 
@@ -73,13 +76,16 @@ class EvalConfig(ModelOptions):
 # Pure metrics
 # ---------------------------------------------------------------------------------------------
 
+
 def reconstruction_metrics(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
     """x, x_hat [N, D] -> nmse, explained_variance, mse, cossim."""
     err = (x - x_hat).pow(2).sum()
-    return {"nmse": float(err / x.pow(2).sum()),
-            "explained_variance": float(1 - err / (x - x.mean(0)).pow(2).sum()),
-            "mse": float(err / x.numel()),
-            "cossim": float(torch.nn.functional.cosine_similarity(x, x_hat, dim=-1).mean())}
+    return {
+        "nmse": float(err / x.pow(2).sum()),
+        "explained_variance": float(1 - err / (x - x.mean(0)).pow(2).sum()),
+        "mse": float(err / x.numel()),
+        "cossim": float(torch.nn.functional.cosine_similarity(x, x_hat, dim=-1).mean()),
+    }
 
 
 def max_decoder_cosine(W_dec: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
@@ -88,29 +94,32 @@ def max_decoder_cosine(W_dec: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
     W = W_dec.float() / W_dec.float().norm(dim=-1, keepdim=True).clamp_min(1e-8)
     out = torch.empty(W.shape[0])
     for a in range(0, W.shape[0], chunk):
-        sim = W[a:a + chunk] @ W.T
+        sim = W[a : a + chunk] @ W.T
         rows = torch.arange(sim.shape[0], device=W.device)
         sim[rows, rows + a] = -2.0
-        out[a:a + chunk] = sim.max(-1).values.cpu()
+        out[a : a + chunk] = sim.max(-1).values.cpu()
     return out
 
 
-def steering_deltas(p_clean: torch.Tensor, p_steer: torch.Tensor, assoc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def steering_deltas(
+    p_clean: torch.Tensor, p_steer: torch.Tensor, assoc: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """p_clean [V], p_steer [R, V], assoc [R, n] token ids -> (Σ_assoc Δp [R], Σ_other relu(Δp) [R])."""
     d = p_steer - p_clean[None]
     mask = torch.zeros_like(d, dtype=torch.bool).scatter(-1, assoc, True)
     return (d * mask).sum(-1), (d.clamp_min(0) * ~mask).sum(-1)
 
 
-def next_token_ce_kl(logits_clean: torch.Tensor, logits_sae: torch.Tensor, ids: torch.Tensor,
-                     start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def next_token_ce_kl(
+    logits_clean: torch.Tensor, logits_sae: torch.Tensor, ids: torch.Tensor, start: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-position CE clean, CE spliced and KL(clean ‖ spliced) for predictions made at positions ≥ start.
 
     logits [B, T, V], ids [B, T] -> three tensors [B * (T - 1 - start)].
     """
     lc = logits_clean[:, start:-1].float().log_softmax(-1)
     ls = logits_sae[:, start:-1].float().log_softmax(-1)
-    tgt = ids[:, start + 1:]
+    tgt = ids[:, start + 1 :]
     ce_c = -lc.gather(-1, tgt[..., None]).squeeze(-1)
     ce_s = -ls.gather(-1, tgt[..., None]).squeeze(-1)
     kl = (lc.exp() * (lc - ls)).sum(-1)
@@ -120,6 +129,7 @@ def next_token_ce_kl(logits_clean: torch.Tensor, logits_sae: torch.Tensor, ids: 
 # ---------------------------------------------------------------------------------------------
 # Plumbing
 # ---------------------------------------------------------------------------------------------
+
 
 class GradAwareSAE(torch.nn.Module):
     """An SAE whose ``encode`` uses a fixed dL/dx [B, T, D] for g-SAE selection (for use inside a Splice)."""
@@ -149,8 +159,8 @@ def _encode_batches(sae: SAE, x: torch.Tensor, g: torch.Tensor | None, bs: int =
 
     dev = sae.W_dec.device
     for a in range(0, x.shape[0], bs):
-        xb = x[a:a + bs].to(dev).float()
-        gb = None if g is None else g[a:a + bs].to(dev)
+        xb = x[a : a + bs].to(dev).float()
+        gb = None if g is None else g[a : a + bs].to(dev)
         code = sae.encode_sparse(xb, gb)
         s = sae.cfg.norm_scaling_factor
         x_hat = decode_sparse(code, sae.W_dec, sae.b_dec)
@@ -178,15 +188,22 @@ def activation_metrics(sae: SAE, x: torch.Tensor, g: torch.Tensor | None) -> tup
         l1 += float(code.values.sum())
         n += xb.shape[0]
     var_total = xx - float(xs_sum.pow(2).sum()) / n
-    m = {"reconstruction_quality": {"nmse": err / x2, "explained_variance": 1 - err / var_total,
-                                    "mse": err / (n * sae.d_in), "cossim": cos / n},
-         "sparsity": {"l0": l0 / n, "l1": l1 / n},
-         "misc": {"dead_frac": float((counts == 0).float().mean()), "n_tokens": n}}
+    m = {
+        "reconstruction_quality": {
+            "nmse": err / x2,
+            "explained_variance": 1 - err / var_total,
+            "mse": err / (n * sae.d_in),
+            "cossim": cos / n,
+        },
+        "sparsity": {"l0": l0 / n, "l1": l1 / n},
+        "misc": {"dead_frac": float((counts == 0).float().mean()), "n_tokens": n},
+    }
     return m, counts.cpu()
 
 
-def model_metrics(model, sae: SAE, ids: torch.Tensor, grads: torch.Tensor | None, drop_first: int,
-                  batch_size: int) -> dict:
+def model_metrics(
+    model, sae: SAE, ids: torch.Tensor, grads: torch.Tensor | None, drop_first: int, batch_size: int
+) -> dict:
     """CE clean vs spliced, L_added, KL. ids [S, T]; grads [S, T, D] dL/dx for gradient selection or None."""
     from ..splice import Splice
 
@@ -194,31 +211,36 @@ def model_metrics(model, sae: SAE, ids: torch.Tensor, grads: torch.Tensor | None
     dev = next(model.parameters()).device
     ce_c, ce_s, kls = [], [], []
     for a in range(0, ids.shape[0], batch_size):
-        b = ids[a:a + batch_size].to(dev)
+        b = ids[a : a + batch_size].to(dev)
         attn = torch.ones_like(b)
         with torch.no_grad():
             clean = model(input_ids=b, attention_mask=attn).logits
-            enc.grad_x = None if grads is None else grads[a:a + batch_size].to(dev)
+            enc.grad_x = None if grads is None else grads[a : a + batch_size].to(dev)
             with Splice(model, enc, error="none", keep_first=drop_first):
                 spliced = model(input_ids=b, attention_mask=attn).logits
         c, s, k = next_token_ce_kl(clean, spliced, b, drop_first)
         ce_c.append(c.cpu()), ce_s.append(s.cpu()), kls.append(k.cpu())
     ce_c, ce_s, kl = torch.cat(ce_c).mean(), torch.cat(ce_s).mean(), torch.cat(kls).mean()
-    return {"model_performance_preservation": {"ce_loss_without_sae": float(ce_c), "ce_loss_with_sae": float(ce_s),
-                                               "l_added": float((ce_s - ce_c) / ce_c)},
-            "model_behavior_preservation": {"kl_div_with_sae": float(kl)}}
+    return {
+        "model_performance_preservation": {
+            "ce_loss_without_sae": float(ce_c),
+            "ce_loss_with_sae": float(ce_s),
+            "l_added": float((ce_s - ce_c) / ce_c),
+        },
+        "model_behavior_preservation": {"kl_div_with_sae": float(kl)},
+    }
 
 
-def steering_effect(model, sae: SAE, ids: torch.Tensor, alive: torch.Tensor, cfg: EvalConfig,
-                    drop_first: int) -> dict:
+def steering_effect(model, sae: SAE, ids: torch.Tensor, alive: torch.Tensor, cfg: EvalConfig, drop_first: int) -> dict:
     """Paper §4.2 on a seeded sample of alive latents × contexts × α (KV-cached: one extra token per row)."""
-    from ..hooks import block, join_output, split_output, unembedding
+    from ..hooks import unembedding
+    from ..splice import AddAt
 
     g = torch.Generator().manual_seed(cfg.seed)
     alive_idx = alive.nonzero().flatten()
     if len(alive_idx) == 0:
         raise GradsaeError("no latent fires on the held-out tokens: the SAE looks broken (check it with NMSE)")
-    lat = alive_idx[torch.randperm(len(alive_idx), generator=g)[:cfg.steer_latents]].sort().values
+    lat = alive_idx[torch.randperm(len(alive_idx), generator=g)[: cfg.steer_latents]].sort().values
     dev = next(model.parameters()).device
     W = sae.W_dec[lat.to(sae.W_dec.device)].float().to(dev)
     dirs = W / W.norm(dim=-1, keepdim=True)  # [L, D]
@@ -235,46 +257,52 @@ def steering_effect(model, sae: SAE, ids: torch.Tensor, alive: torch.Tensor, cfg
     T = ids.shape[1]
     ctx_seq = torch.randint(0, ids.shape[0], (cfg.steer_contexts,), generator=g)
     ctx_pos = torch.randint(drop_first + 1, T, (cfg.steer_contexts,), generator=g)
-    state = {"delta": None}
-
-    def hook(module, args, out):
-        if state["delta"] is None:
-            return None
-        Z, rest = split_output(out)
-        Z = Z.clone()
-        Z[:, -1] += state["delta"].to(Z.dtype)
-        return join_output(Z, rest)
-
-    handle = block(model, layer).register_forward_hook(hook)
-    try:
+    with AddAt(model, layer, -1, None) as probe:  # adds the step's δ rows at the newest position
         for s, p in zip(ctx_seq.tolist(), ctx_pos.tolist()):
-            prefix = ids[s:s + 1, :p].to(dev)
+            prefix = ids[s : s + 1, :p].to(dev)
             with torch.no_grad():
-                state["delta"] = None
+                probe.deltas = None
                 out = model(input_ids=prefix[:, :-1], attention_mask=torch.ones_like(prefix[:, :-1]), use_cache=True)
                 pkv = returned_cache(out)
                 last = prefix[:, -1:]
-                clean = model(input_ids=last, attention_mask=torch.ones_like(prefix), use_cache=True,
-                              **cache_kwargs(model, _copy_cache(pkv, 1))).logits[0, -1].float().softmax(-1)
+                clean = (
+                    model(
+                        input_ids=last,
+                        attention_mask=torch.ones_like(prefix),
+                        use_cache=True,
+                        **cache_kwargs(model, _copy_cache(pkv, 1)),
+                    )
+                    .logits[0, -1]
+                    .float()
+                    .softmax(-1)
+                )
                 for a in range(0, A * Lc, 64):
-                    d = delta[a:a + 64]
-                    state["delta"] = d
+                    d = delta[a : a + 64]
+                    probe.deltas = d
                     R = d.shape[0]
-                    logits = model(input_ids=last.expand(R, 1),
-                                   attention_mask=torch.ones(R, p, dtype=torch.long, device=dev),
-                                   use_cache=True, **cache_kwargs(model, _copy_cache(pkv, R))).logits[:, -1]
-                    pa, po = steering_deltas(clean, logits.float().softmax(-1), assoc_r[a:a + 64])
-                    sums_a[a:a + 64] += pa.cpu()
-                    sums_o[a:a + 64] += po.cpu()
-                    state["delta"] = None
-    finally:
-        handle.remove()
+                    logits = model(
+                        input_ids=last.expand(R, 1),
+                        attention_mask=torch.ones(R, p, dtype=torch.long, device=dev),
+                        use_cache=True,
+                        **cache_kwargs(model, _copy_cache(pkv, R)),
+                    ).logits[:, -1]
+                    pa, po = steering_deltas(clean, logits.float().softmax(-1), assoc_r[a : a + 64])
+                    sums_a[a : a + 64] += pa.cpu()
+                    sums_o[a : a + 64] += po.cpu()
+                    probe.deltas = None
     mean_a = (sums_a / len(ctx_seq)).reshape(A, Lc)  # per latent, averaged over contexts
     mean_o = (sums_o / len(ctx_seq)).reshape(A, Lc)
-    return {"alphas": alphas.cpu().tolist(), "n_latents": Lc, "n_contexts": len(ctx_seq), "top_n": cfg.steer_top_n,
-            "assoc_mean": mean_a.mean(1).tolist(), "other_mean": mean_o.mean(1).tolist(),
-            "assoc_median": mean_a.median(1).values.tolist(),
-            "latents": lat.tolist(), "assoc_per_latent": mean_a.tolist()}
+    return {
+        "alphas": alphas.cpu().tolist(),
+        "n_latents": Lc,
+        "n_contexts": len(ctx_seq),
+        "top_n": cfg.steer_top_n,
+        "assoc_mean": mean_a.mean(1).tolist(),
+        "other_mean": mean_o.mean(1).tolist(),
+        "assoc_median": mean_a.median(1).values.tolist(),
+        "latents": lat.tolist(),
+        "assoc_per_latent": mean_a.tolist(),
+    }
 
 
 def _copy_cache(pkv, repeats: int):
@@ -353,15 +381,18 @@ def evaluate(model, sae: SAE, cache, cfg: EvalConfig, runtime: dict | None = Non
     t0 = time.time()
     layer = check_compatible(model, sae, None)
     if layer not in cache.layers:
-        raise GradsaeError(f"the SAE reads layer {layer} but the cache {cache.path} has layers {cache.layers}: "
-                           "cache that layer with `gradsae cache --layers`")
+        raise GradsaeError(
+            f"the SAE reads layer {layer} but the cache {cache.path} has layers {cache.layers}: "
+            "cache that layer with `gradsae cache --layers`"
+        )
     nsh = len(cache.shards)
     if not 0 < cfg.holdout_shards <= nsh:
         raise GradsaeError(f"--holdout-shards {cfg.holdout_shards} must be between 1 and the cache's {nsh} shards")
     shards = list(range(nsh - cfg.holdout_shards, nsh))
     is_gsae = sae.cfg.architecture == "gsae"
-    sels = {"auto": (["gradient", "topk"] if is_gsae else ["topk"]), "topk": ["topk"],
-            "gradient": ["gradient"]}[cfg.selection]
+    sels = {"auto": (["gradient", "topk"] if is_gsae else ["topk"]), "topk": ["topk"], "gradient": ["gradient"]}[
+        cfg.selection
+    ]
     if "gradient" in sels and not is_gsae:
         raise GradsaeError(f"gradient selection needs a g-SAE, not a {sae.cfg.architecture} SAE: use --selection topk")
     if "gradient" in sels and not cache.has_grads:
@@ -410,16 +441,31 @@ def evaluate(model, sae: SAE, cache, cfg: EvalConfig, runtime: dict | None = Non
         "eval_id": str(uuid.uuid4()),
         "datetime_epoch_millis": int(time.time() * 1000),
         "sae_name": cfg.sae,
-        "sae_cfg": {"architecture": sae.cfg.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae, "k": sae.cfg.k,
-                    "hook_name": sae.cfg.hook_name, "beta": sae.cfg.beta, "beta_mode": sae.cfg.beta_mode},
+        "sae_cfg": {
+            "architecture": sae.cfg.architecture,
+            "d_in": sae.d_in,
+            "d_sae": sae.d_sae,
+            "k": sae.cfg.k,
+            "hook_name": sae.cfg.hook_name,
+            "beta": sae.cfg.beta,
+            "beta_mode": sae.cfg.beta_mode,
+        },
         "model": model_name(model),
-        "data": {"cache": str(cache.path), "shards": shards, "n_tokens": int(x.shape[0]), "context_length": T,
-                 "drop_first": drop},
+        "data": {
+            "cache": str(cache.path),
+            "shards": shards,
+            "n_tokens": int(x.shape[0]),
+            "context_length": T,
+            "drop_first": drop,
+        },
         "selection": main_sel,
         "eval_result_metrics": metrics,
         "eval_result_metrics_by_selection": results,
-        "eval_result_details": ([{"steering_per_latent": {"latents": steer["latents"],
-                                                          "assoc": steer["assoc_per_latent"]}}] if steer else [])
+        "eval_result_details": (
+            [{"steering_per_latent": {"latents": steer["latents"], "assoc": steer["assoc_per_latent"]}}]
+            if steer
+            else []
+        )
         + [{"distributions": distributions(density, maxcos)}],
         "seconds": time.time() - t0,
     }
@@ -439,24 +485,40 @@ def distributions(density: torch.Tensor, maxcos: torch.Tensor) -> dict:
     cos_edges = np.round(np.arange(-1.0, 1.001, 0.02), 2)
     dens_hist = np.histogram(np.clip(torch.log10(density[alive]).numpy(), -7, 0), bins=dens_edges)[0]
     cos_hist = np.histogram(maxcos.float().numpy(), bins=cos_edges)[0]
-    return {"density_log10_edges": dens_edges.tolist(), "density_log10_counts": dens_hist.tolist(),
-            "dead": int((~alive).sum()), "max_cos_edges": cos_edges.tolist(), "max_cos_counts": cos_hist.tolist()}
+    return {
+        "density_log10_edges": dens_edges.tolist(),
+        "density_log10_counts": dens_hist.tolist(),
+        "dead": int((~alive).sum()),
+        "max_cos_edges": cos_edges.tolist(),
+        "max_cos_counts": cos_hist.tolist(),
+    }
 
 
 def _print_summary(name: str, results: dict, steer: dict | None, out: Path) -> None:
     print(f"eval {name}  ->  {out / 'eval.json'}")
-    print(f"{'selection':<10} {'L0':>6} {'NMSE':>7} {'expl.var':>8} {'CE clean':>8} {'CE SAE':>8} "
-          f"{'L_added':>8} {'KL':>7} {'dead':>6} {'dead5b':>6}")
+    print(
+        f"{'selection':<10} {'L0':>6} {'NMSE':>7} {'expl.var':>8} {'CE clean':>8} {'CE SAE':>8} "
+        f"{'L_added':>8} {'KL':>7} {'dead':>6} {'dead5b':>6}"
+    )
     for sel, m in results.items():
         r, p = m["reconstruction_quality"], m["model_performance_preservation"]
-        print(f"{sel:<10} {m['sparsity']['l0']:6.1f} {r['nmse']:7.4f} {r['explained_variance']:8.4f} "
-              f"{p['ce_loss_without_sae']:8.4f} {p['ce_loss_with_sae']:8.4f} {p['l_added']:8.4f} "
-              f"{m['model_behavior_preservation']['kl_div_with_sae']:7.4f} {m['misc']['dead_frac']:6.3f} "
-              f"{m['misc']['dead_frac_5batches']:6.3f}")
+        print(
+            f"{sel:<10} {m['sparsity']['l0']:6.1f} {r['nmse']:7.4f} {r['explained_variance']:8.4f} "
+            f"{p['ce_loss_without_sae']:8.4f} {p['ce_loss_with_sae']:8.4f} {p['l_added']:8.4f} "
+            f"{m['model_behavior_preservation']['kl_div_with_sae']:7.4f} {m['misc']['dead_frac']:6.3f} "
+            f"{m['misc']['dead_frac_5batches']:6.3f}"
+        )
     misc = next(iter(results.values()))["misc"]
     if misc.get("dead_frac_train") is not None:
-        print(f"dead at the end of training: {misc['dead_frac_train']:.3f} (no activation in the window of tokens), "
-              f"{misc.get('dead_frac_train_5batches') or 0:.3f} (none in 5 consecutive batches)")
+        print(
+            f"dead at the end of training: {misc['dead_frac_train']:.3f} (no activation in the window of tokens), "
+            f"{misc.get('dead_frac_train_5batches') or 0:.3f} (none in 5 consecutive batches)"
+        )
     if steer:
-        print("steering α: " + "  ".join(f"{a:g}: assoc {sa:.4f} other {so:.4f}"
-                                          for a, sa, so in zip(steer["alphas"], steer["assoc_mean"], steer["other_mean"])))
+        print(
+            "steering α: "
+            + "  ".join(
+                f"{a:g}: assoc {sa:.4f} other {so:.4f}"
+                for a, sa, so in zip(steer["alphas"], steer["assoc_mean"], steer["other_mean"])
+            )
+        )

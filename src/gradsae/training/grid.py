@@ -11,6 +11,7 @@ is one SAE, and all of them learn from the same model pass. Per step and SAE (``
 
 E2E SAEs share 2–4 but their loss is the KL divergence of the model's output (see ``e2e.py``).
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,9 @@ class SAESpec:
         return self.architecture == "gsae"
 
 
-def build_grid(layers: list[int], architectures: list[str], ks: list[int], betas: list[float],
-               d_saes: list[int], seeds: list[int]) -> list[SAESpec]:
+def build_grid(
+    layers: list[int], architectures: list[str], ks: list[int], betas: list[float], d_saes: list[int], seeds: list[int]
+) -> list[SAESpec]:
     """Every combination, in a fixed order. Name parts that do not vary are left out of the names."""
     for arch in architectures:
         if arch not in TRAINABLE:
@@ -65,7 +67,7 @@ def build_grid(layers: list[int], architectures: list[str], ks: list[int], betas
     for layer in layers:
         for arch in architectures:
             for k in ks:
-                for b in (betas if arch == "gsae" else [0.0]):
+                for b in betas if arch == "gsae" else [0.0]:
                     for d in d_saes:
                         for s in seeds:
                             name = f"{arch}_k{k}" + (f"_b{b:g}" if arch == "gsae" else "")
@@ -80,12 +82,13 @@ def build_grid(layers: list[int], architectures: list[str], ks: list[int], betas
 def init_seed(run_seed: int, spec: SAESpec) -> int:
     """SAEs with the same (layer, d_sae, seed) start from the same weights whatever their architecture
     or k, so that comparisons within a grid are not confounded by the initialisation."""
-    return (run_seed * 1_000_003 + spec.seed * 10_007 + spec.layer * 101) % (2 ** 63)
+    return (run_seed * 1_000_003 + spec.seed * 10_007 + spec.layer * 101) % (2**63)
 
 
 # ---------------------------------------------------------------------------------------------
 # Pure pieces
 # ---------------------------------------------------------------------------------------------
+
 
 def geometric_median(x: torch.Tensor, iters: int = 30) -> torch.Tensor:
     """Weiszfeld's algorithm. x [N, D] -> [D]."""
@@ -140,8 +143,9 @@ class StepStats:
     """E2E: mean KL(clean ‖ reconstructed) per position."""
 
 
-def encode_train(sae: SAE, spec: SAESpec, x: torch.Tensor, g: torch.Tensor | None, grad_scale: float
-                 ) -> tuple[torch.Tensor, SparseCode, torch.Tensor | None]:
+def encode_train(
+    sae: SAE, spec: SAESpec, x: torch.Tensor, g: torch.Tensor | None, grad_scale: float
+) -> tuple[torch.Tensor, SparseCode, torch.Tensor | None]:
     """Training-time encoder. x [N, D] normalised, g [N, D] or None -> (z [N, C], code [N, K], W_dec g or None).
 
     The selection is computed without gradient (TopK is piecewise constant); values keep the graph."""
@@ -155,8 +159,15 @@ def encode_train(sae: SAE, spec: SAESpec, x: torch.Tensor, g: torch.Tensor | Non
     return z, topk_code(score, z, spec.k), glat
 
 
-def auxk_loss(z: torch.Tensor, err: torch.Tensor, dead: torch.Tensor, W_dec: torch.Tensor, auxk_k: int,
-              err_norm: torch.Tensor, decode=decode_sparse) -> torch.Tensor:
+def auxk_loss(
+    z: torch.Tensor,
+    err: torch.Tensor,
+    dead: torch.Tensor,
+    W_dec: torch.Tensor,
+    auxk_k: int,
+    err_norm: torch.Tensor,
+    decode=decode_sparse,
+) -> torch.Tensor:
     """AuxK (Gao et al.): reconstruct the residual err [N, D] from the top ``auxk_k`` dead latents.
 
     z [N, C], dead [C] bool, err_norm: mean ‖err‖² (a scalar, averaged over processes under DDP)."""
@@ -173,9 +184,18 @@ def fired_counts(code: SparseCode, d_sae: int) -> torch.Tensor:
     return fired.scatter_add_(0, code.indices.flatten(), (code.values.flatten() > 0).long())
 
 
-def local_loss(sae: SAE, spec: SAESpec, x: torch.Tensor, g: torch.Tensor | None, dead: torch.Tensor,
-               grad_scale: float, auxk_coef: float, auxk_k: int, decoder: str = "sparse", mean_fn=None
-               ) -> tuple[torch.Tensor, StepStats]:
+def local_loss(
+    sae: SAE,
+    spec: SAESpec,
+    x: torch.Tensor,
+    g: torch.Tensor | None,
+    dead: torch.Tensor,
+    grad_scale: float,
+    auxk_coef: float,
+    auxk_k: int,
+    decoder: str = "sparse",
+    mean_fn=None,
+) -> tuple[torch.Tensor, StepStats]:
     """Reconstruction loss (+ AuxK) of a TopK / g-SAE on x [N, D] (normalised), g [N, D] dL/dx or None.
 
     ``mean_fn`` averages a detached scalar over processes (identity in one process)."""
@@ -192,9 +212,14 @@ def local_loss(sae: SAE, spec: SAESpec, x: torch.Tensor, g: torch.Tensor | None,
         denom = mean_fn(denom) if mean_fn is not None else denom
         aux = auxk_loss(z, e, dead, sae.W_dec, auxk_k, denom, decode)
         loss = loss + auxk_coef * aux
-    stats = StepStats(mse=mse.detach(), x2=x.pow(2).sum(-1).mean().detach(), aux=aux.detach(),
-                      l0=(code.values > 0).sum(-1).float().mean(), fired=fired_counts(code, sae.d_sae),
-                      glat_ms=None if glat is None else glat.pow(2).mean())
+    stats = StepStats(
+        mse=mse.detach(),
+        x2=x.pow(2).sum(-1).mean().detach(),
+        aux=aux.detach(),
+        l0=(code.values > 0).sum(-1).float().mean(),
+        fired=fired_counts(code, sae.d_sae),
+        glat_ms=None if glat is None else glat.pow(2).mean(),
+    )
     return loss, stats
 
 
@@ -202,8 +227,16 @@ def local_loss(sae: SAE, spec: SAESpec, x: torch.Tensor, g: torch.Tensor | None,
 # Memory estimate (before the first step)
 # ---------------------------------------------------------------------------------------------
 
-def estimate_bytes(specs: list[SAESpec], D: int, tokens: int, buffer_tokens: int, n_grad_layers: int,
-                   n_layers: int, e2e_logits: int = 0) -> int:
+
+def estimate_bytes(
+    specs: list[SAESpec],
+    D: int,
+    tokens: int,
+    buffer_tokens: int,
+    n_grad_layers: int,
+    n_layers: int,
+    e2e_logits: int = 0,
+) -> int:
     """Bytes a step needs besides the model: per SAE weights + grads + 2 Adam moments (float32); the
     largest SAE's transient [N, C] tensors (pre-activations, scores, AuxK) during its step; the shuffle
     buffer (x and dL/dx, pooled and permuted copies); E2E logits ([B, T, V] ×4 with their gradient)."""
@@ -227,8 +260,10 @@ def free_bytes(device: str) -> int:
 
 
 def check_memory(need: int, device: str, limit_gb: float, n_saes: int) -> None:
-    have = int(limit_gb * 2 ** 30) if limit_gb > 0 else free_bytes(device)
+    have = int(limit_gb * 2**30) if limit_gb > 0 else free_bytes(device)
     if need > have:
-        raise GradsaeError(f"the grid of {n_saes} SAE(s) needs about {need / 2 ** 30:.1f} GiB but "
-                           f"{have / 2 ** 30:.1f} GiB are available on {device}: train fewer SAEs at once "
-                           "(--k/--beta/--d-sae/--seeds/--layers), lower --d-sae, --batch-size or --shuffle-batches")
+        raise GradsaeError(
+            f"the grid of {n_saes} SAE(s) needs about {need / 2**30:.1f} GiB but "
+            f"{have / 2**30:.1f} GiB are available on {device}: train fewer SAEs at once "
+            "(--k/--beta/--d-sae/--seeds/--layers), lower --d-sae, --batch-size or --shuffle-batches"
+        )

@@ -5,6 +5,7 @@ dead-latent counters, the corpus reader's pending tokens) as tensors, everything
 metadata. No pickle. A run killed at any moment restarts from the last checkpoint; because every random
 choice of the trainer is a seeded function of (seed, fill index, rank), there is no RNG state to carry.
 """
+
 from __future__ import annotations
 
 import json
@@ -114,8 +115,9 @@ class TrainState:
         with torch.no_grad():
             for j, (sae, opt) in enumerate(zip(saes, opts)):
                 dev = sae.W_dec.device
-                sae.load_state_dict({k[len(f"sae.{j}."):]: v.to(dev) for k, v in t.items()
-                                     if k.startswith(f"sae.{j}.")})
+                sae.load_state_dict(
+                    {k[len(f"sae.{j}.") :]: v.to(dev) for k, v in t.items() if k.startswith(f"sae.{j}.")}
+                )
                 sd = opt.state_dict()
                 state: dict[int, dict] = {}
                 for k, v in t.items():

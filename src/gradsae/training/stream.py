@@ -16,10 +16,10 @@ Both sources hand the trainer *fills*: fill f holds the data of steps ``f·M …
 Checkpoints are taken at fill boundaries, where the only state is the reader's position: a resumed
 run rebuilds the next fill exactly.
 """
+
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -54,6 +54,7 @@ class StepData:
 # Corpus rows with a position that can be saved and restored
 # ---------------------------------------------------------------------------------------------
 
+
 class RowReader:
     """Packed rows from a corpus (documents tokenised, joined with EOS, cut into rows of ``context_length``,
     each starting with BOS when ``prepend_bos``), cycling through the corpus forever.
@@ -62,8 +63,9 @@ class RowReader:
     checkpoint stores; ``restore`` skips the consumed documents without tokenising them.
     """
 
-    def __init__(self, sources: list[str], text_field: str, tok, context_length: int, prepend_bos: bool,
-                 chunk_docs: int = 64):
+    def __init__(
+        self, sources: list[str], text_field: str, tok, context_length: int, prepend_bos: bool, chunk_docs: int = 64
+    ):
         self.sources, self.text_field, self.tok = sources, text_field, tok
         self.bos = tok.bos_token_id if prepend_bos else None
         if prepend_bos and self.bos is None:
@@ -87,8 +89,10 @@ class RowReader:
         self._it = iter_documents(self.sources, self.text_field)
         for _ in range(self.docs):
             if next(self._it, None) is None:
-                raise GradsaeError("the corpus has fewer documents than the checkpoint consumed: it changed "
-                                   "since the run started; use the same --data or another --out")
+                raise GradsaeError(
+                    "the corpus has fewer documents than the checkpoint consumed: it changed "
+                    "since the run started; use the same --data or another --out"
+                )
 
     def _pull(self) -> bool:
         """Tokenise the next chunk of documents into ``pending``; False at the end of an epoch."""
@@ -117,8 +121,9 @@ class RowReader:
                 empty_epochs = 0
                 continue
             if empty_epochs or (self.epoch == 0 and self.docs == 0 and not self.pending):
-                raise GradsaeError(f"the corpus {', '.join(self.sources)} yields no tokens: check --data "
-                                   "(and --text-field for .jsonl)")
+                raise GradsaeError(
+                    f"the corpus {', '.join(self.sources)} yields no tokens: check --data (and --text-field for .jsonl)"
+                )
             self.epoch, self.docs, self._it = self.epoch + 1, 0, None  # start the next pass
             empty_epochs += 1
         body = np.asarray(self.pending[:need], dtype=np.int64).reshape(n, self.body)
@@ -134,16 +139,19 @@ def count_rows(sources: list[str], text_field: str, tok, context_length: int, pr
     n = 0
     while r._pull():
         n += len(r.pending) // r.body
-        del r.pending[:(len(r.pending) // r.body) * r.body]
+        del r.pending[: (len(r.pending) // r.body) * r.body]
     if n == 0:
-        raise GradsaeError(f"the corpus {', '.join(sources)} yields fewer than one row of {context_length} "
-                           "tokens: add data or lower --context-length")
+        raise GradsaeError(
+            f"the corpus {', '.join(sources)} yields fewer than one row of {context_length} "
+            "tokens: add data or lower --context-length"
+        )
     return n
 
 
 # ---------------------------------------------------------------------------------------------
 # One model pass, every requested layer
 # ---------------------------------------------------------------------------------------------
+
 
 def autocast(device: str, dtype: str):
     """The model pass's autocast context (``dtype`` bfloat16), or nothing for float32."""
@@ -152,8 +160,9 @@ def autocast(device: str, dtype: str):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
-def capture(model, ids: torch.Tensor, layers: list[int], grad: bool, dtype: str = "float32"
-            ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+def capture(
+    model, ids: torch.Tensor, layers: list[int], grad: bool, dtype: str = "float32"
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """Residual stream after each block of ``layers`` for ids [B, T] in one pass.
 
     -> ({L: Z [B, T, D] float32}, {L: dL/dZ [B, T, D] float32} or {} without ``grad``). L is the sum over
@@ -177,16 +186,29 @@ def capture(model, ids: torch.Tensor, layers: list[int], grad: bool, dtype: str 
 
 
 def _perm(n: int, seed: int, fill: int, rank: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed((seed * 1_000_003 + fill * 7_919 + rank) % (2 ** 63))
+    g = torch.Generator().manual_seed((seed * 1_000_003 + fill * 7_919 + rank) % (2**63))
     return torch.randperm(n, generator=g)
 
 
 class CorpusSource:
     """Fills from a corpus run through ``model`` (see the module docstring)."""
 
-    def __init__(self, model, reader: RowReader, layers: list[int], grad_layers: list[int], seq_layers: list[int],
-                 rows_per_step: int, fill_steps: int, drop_first: int, seed: int, rank: int, world: int,
-                 device: str, dtype: str):
+    def __init__(
+        self,
+        model,
+        reader: RowReader,
+        layers: list[int],
+        grad_layers: list[int],
+        seq_layers: list[int],
+        rows_per_step: int,
+        fill_steps: int,
+        drop_first: int,
+        seed: int,
+        rank: int,
+        world: int,
+        device: str,
+        dtype: str,
+    ):
         self.model, self.reader = model, reader
         self.layers, self.grad_layers, self.seq_layers = layers, grad_layers, seq_layers
         if rows_per_step % world:
@@ -222,9 +244,9 @@ class CorpusSource:
             acts, grads = capture(self.model, ids, self.layers, bool(self.grad_layers), self.dtype)
             D = acts[self.layers[0]].shape[-1]
             for l in self.layers:
-                xs[l].append(acts[l][:, self.drop:].reshape(-1, D))
+                xs[l].append(acts[l][:, self.drop :].reshape(-1, D))
             for l in self.grad_layers:
-                gs[l].append(grads[l][:, self.drop:].reshape(-1, D))
+                gs[l].append(grads[l][:, self.drop :].reshape(-1, D))
             idss.append(ids)
             seqs.append({l: acts[l] for l in self.seq_layers})
         n = xs[self.layers[0]][0].shape[0]
@@ -249,8 +271,16 @@ class CacheSource:
 
     fill_steps = 1
 
-    def __init__(self, X: dict[int, torch.Tensor], G: dict[int, torch.Tensor], batch_tokens: int, seed: int,
-                 rank: int, world: int, device: str):
+    def __init__(
+        self,
+        X: dict[int, torch.Tensor],
+        G: dict[int, torch.Tensor],
+        batch_tokens: int,
+        seed: int,
+        rank: int,
+        world: int,
+        device: str,
+    ):
         self.X, self.G = X, G
         self.N = next(iter(X.values())).shape[0]
         if batch_tokens % world:
@@ -258,8 +288,9 @@ class CacheSource:
         self.batch, self.local = batch_tokens, batch_tokens // world
         self.steps_per_epoch = self.N // batch_tokens
         if self.steps_per_epoch < 1:
-            raise GradsaeError(f"{self.N} training tokens are less than one batch of {batch_tokens}: lower "
-                               "--batch-tokens")
+            raise GradsaeError(
+                f"{self.N} training tokens are less than one batch of {batch_tokens}: lower --batch-tokens"
+            )
         self.seed, self.rank, self.device = seed, rank, device
         self._perm_epoch, self._perm = -1, None
 
@@ -277,15 +308,15 @@ class CacheSource:
         if epoch != self._perm_epoch:
             g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
             self._perm, self._perm_epoch = torch.randperm(self.N, generator=g), epoch
-        idx = self._perm[pos * self.batch:(pos + 1) * self.batch][self.rank * self.local:(self.rank + 1) * self.local]
-        toks = {l: LayerTokens(x[idx].float().to(self.device),
-                               self.G[l][idx].to(self.device) if l in self.G else None) for l, x in self.X.items()}
+        idx = self._perm[pos * self.batch : (pos + 1) * self.batch][
+            self.rank * self.local : (self.rank + 1) * self.local
+        ]
+        toks = {
+            l: LayerTokens(x[idx].float().to(self.device), self.G[l][idx].to(self.device) if l in self.G else None)
+            for l, x in self.X.items()
+        }
         return [StepData(toks)]
 
     def sample(self, first, layer: int, n: int = 8192) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed)
         return self.X[layer][torch.randperm(self.N, generator=g)[:n]].float()
-
-
-def total_steps(n_rows_or_tokens: int, per_step: int, epochs: float) -> int:
-    return int(math.floor(n_rows_or_tokens * epochs / per_step))

@@ -10,6 +10,7 @@ are shuffled is ``stream.py``; the E2E loss is ``e2e.py``; checkpoints are ``sta
 same command after a kill (``kill -9`` included) resumes from the last checkpoint and ends with
 bit-identical weights; ``train_log.jsonl`` is cut back to the checkpoint so no step is logged twice.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,12 +29,21 @@ from ..errors import GradsaeError
 from ..io import JsonlLog, atomic_write_text, dumps, output_lock, write_json
 from ..options import ModelOptions, Runtime, start
 from ..sae import SAE, SAEConfig
-from .grid import (SAESpec, build_grid, check_memory, estimate_bytes, geometric_median, init_seed, local_loss, lr_at,
-                   remove_parallel_grad)
+from .grid import (
+    SAESpec,
+    build_grid,
+    check_memory,
+    estimate_bytes,
+    geometric_median,
+    init_seed,
+    local_loss,
+    lr_at,
+    remove_parallel_grad,
+)
 from .state import DeadLatents, TrainState
 
 log = logging.getLogger(__name__)
-DEFAULT_LAYER = 9  # the bundled SAEs' layer of SmolLM2
+DEFAULT_LAYER = 9  # the layer trained when --layers is not given (SmolLM2 has 30 blocks)
 
 
 @dataclass(kw_only=True)
@@ -41,87 +51,132 @@ class TrainConfig(ModelOptions):
     """Train TopK / g-SAE / E2E SAEs (a grid of them from one model pass per step) straight from a corpus,
     or from a `gradsae cache` folder."""
 
-    data: list[str] = opt(["sample"], "corpus: .txt/.jsonl/.json files (optionally .gz) or folders, 'sample' "
-                          "(bundled text) or hf:NAME; comma-separated")
+    data: list[str] = opt(
+        ["sample"],
+        "corpus: .txt/.jsonl/.json files (optionally .gz) or folders, 'sample' "
+        "(bundled text) or hf:NAME; comma-separated",
+    )
     text_field: str = opt("text", "field holding the text in .jsonl files and HF datasets")
-    cache: str = opt("", "train from this `gradsae cache` folder instead of a corpus (TopK / g-SAE only); "
-                     "'default': the folder `gradsae cache` writes with its defaults")
-    layers: list[int] = opt([], "blocks whose output the SAEs read, e.g. 6,14,22 (default: 9; from a cache: "
-                            "its first layer)")
+    cache: str = opt(
+        "",
+        "train from this `gradsae cache` folder instead of a corpus (TopK / g-SAE only); "
+        "'default': the folder `gradsae cache` writes with its defaults",
+    )
+    layers: list[int] = opt(
+        [], "blocks whose output the SAEs read, e.g. 6,14,22 (default: 9; from a cache: its first layer)"
+    )
     out: str = opt("", "results folder (default: <gradsae cache>/runs/<model or cache>-L<layers>-<architectures>)")
     architectures: list[str] = opt(["topk", "gsae"], "comma-separated: topk, gsae, e2e")
     k: list[int] = opt([32], "active latents per token; several values train several SAEs")
-    beta: list[float] = opt([0.5], "g-SAE gradient weight(s) (default 0.5: best L_added of 0.5/1/2 on SmolLM2 "
-                            "layer 9, see docs/training.md); several values train several g-SAEs")
-    beta_mode: str = opt("rms", "g-SAE: 'rms' (beta relative to a running RMS of |W_dec grad|) or 'raw' (paper)",
-                         choices=("rms", "raw"))
+    beta: list[float] = opt(
+        [0.5],
+        "g-SAE gradient weight(s) (default 0.5: best L_added of 0.5/1/2 on SmolLM2 "
+        "layer 9, see docs/training.md); several values train several g-SAEs",
+    )
+    beta_mode: str = opt(
+        "rms", "g-SAE: 'rms' (beta relative to a running RMS of |W_dec grad|) or 'raw' (paper)", choices=("rms", "raw")
+    )
     d_sae: list[int] = opt([4096], "latents C; several values train several SAEs")
     seeds: list[int] = opt([0], "initialisation seeds; several values train several SAEs")
     e2e_recon_coef: float = opt(0.0, "E2E: weight of a normalised reconstruction term added to the KL loss")
     context_length: int = opt(128, "tokens per row T (rows are packed from the corpus)")
     prepend_bos: bool = opt(True, "start every row with the BOS token")
     drop_first: int = opt(1, "first positions of each row the SAEs do not train on (attention sink)")
-    batch_size: int = opt(8, "rows per step (global under torchrun); each SAE trains on batch_size x "
-                          "(context_length - drop_first) tokens per step")
+    batch_size: int = opt(
+        8,
+        "rows per step (global under torchrun); each SAE trains on batch_size x "
+        "(context_length - drop_first) tokens per step",
+    )
     batch_tokens: int = opt(1024, "tokens per step when training from a cache")
     shuffle_batches: int = opt(16, "shuffle buffer: tokens of this many steps are pooled and permuted")
-    max_tokens: int = opt(0, "stop after this many model tokens (rows x T); 0: --epochs passes over the corpus. A "
-                          "rerun may lengthen or shorten a run until its learning-rate decay begins")
+    max_tokens: int = opt(
+        0,
+        "stop after this many model tokens (rows x T); 0: --epochs passes over the corpus. A "
+        "rerun may lengthen or shorten a run until its learning-rate decay begins",
+    )
     epochs: float = opt(1.0, "passes over the corpus (or cache) when --max-tokens is 0")
-    dtype: str = opt("bfloat16", "model pass: bfloat16 (autocast; SAEs stay float32) or float32; bfloat16 left "
-                     "NMSE and L_added unchanged and ran 1.6x faster in benchmarks/bench_bf16.py",
-                     choices=("float32", "bfloat16"))
+    dtype: str = opt(
+        "bfloat16",
+        "model pass: bfloat16 (autocast; SAEs stay float32) or float32; bfloat16 left "
+        "NMSE and L_added unchanged and ran 1.6x faster in benchmarks/bench_bf16.py",
+        choices=("float32", "bfloat16"),
+    )
     lr: float = opt(5e-4, "Adam learning rate")
     warmup_steps: int = opt(50, "linear learning-rate warm-up")
     decay_frac: float = opt(0.2, "linear decay to 0 over this final fraction of steps")
     auxk_coef: float = opt(1 / 32, "AuxK loss weight (0 disables AuxK)")
     auxk_k: int = opt(256, "latents the AuxK loss uses among the dead ones")
-    dead_tokens: int = opt(200_000, "dead-latent rule 1: no activation in this many training tokens "
-                           "(rule 2, the g-SAE paper's: none in 5 consecutive batches, is also recorded)")
+    dead_tokens: int = opt(
+        200_000,
+        "dead-latent rule 1: no activation in this many training tokens "
+        "(rule 2, the g-SAE paper's: none in 5 consecutive batches, is also recorded)",
+    )
     holdout_shards: int = opt(1, "cache source: last shards kept out of training (for `gradsae eval`)")
     grad_ema: float = opt(0.99, "EMA decay of the running RMS of |W_dec grad| (beta-mode rms)")
-    decoder: str = opt("sparse", "decoder: 'sparse' (embedding-bag over the K active rows) or 'dense'",
-                       choices=("sparse", "dense"))
+    decoder: str = opt(
+        "sparse", "decoder: 'sparse' (embedding-bag over the K active rows) or 'dense'", choices=("sparse", "dense")
+    )
     seed: int = opt(0, "seed of the initialisation, the shuffle buffer and the batch order")
     checkpoint_every: int = opt(200, "steps between checkpoints (taken at the next shuffle-buffer boundary)")
     log_every: int = opt(50, "steps between metric records in train_log.jsonl")
     max_steps: int = opt(0, "stop this invocation after about this many steps (0: run to the end); for tests")
     memory_limit_gb: float = opt(0.0, "refuse a grid estimated to need more than this (0: the free memory)")
-    snapshot_tokens: list[int] = opt([], "also export every SAE to <out>/snapshots/<tokens>/ when the run passes "
-                                     "these model-token counts (at the next checkpoint), e.g. 1000000,3000000: "
-                                     "a curve over training tokens from one run")
+    snapshot_tokens: list[int] = opt(
+        [],
+        "also export every SAE to <out>/snapshots/<tokens>/ when the run passes "
+        "these model-token counts (at the next checkpoint), e.g. 1000000,3000000: "
+        "a curve over training tokens from one run",
+    )
 
 
 # Fields that may differ between a run and its resume.
-_RESUME_FREE = ("max_steps", "checkpoint_every", "log_every", "threads", "device", "out", "progress",
-                "memory_limit_gb", "snapshot_tokens")
+_RESUME_FREE = (
+    "max_steps",
+    "checkpoint_every",
+    "log_every",
+    "threads",
+    "device",
+    "out",
+    "progress",
+    "memory_limit_gb",
+    "snapshot_tokens",
+)
 
 
 def check_config(cfg: TrainConfig) -> None:
     """One clear line for every value that cannot work (before anything is loaded)."""
+
     def bad(cond, msg):
         if cond:
             raise GradsaeError(msg)
 
     bad(not (cfg.lr > 0 and math.isfinite(cfg.lr)), f"--lr {cfg.lr} must be a positive number, e.g. 5e-4")
-    bad(not (cfg.epochs > 0 and math.isfinite(cfg.epochs)),
-        f"--epochs {cfg.epochs} trains nothing: give a positive number of passes (e.g. 1 or 0.5), or --max-tokens")
+    bad(
+        not (cfg.epochs > 0 and math.isfinite(cfg.epochs)),
+        f"--epochs {cfg.epochs} trains nothing: give a positive number of passes (e.g. 1 or 0.5), or --max-tokens",
+    )
     for name in ("batch_size", "batch_tokens", "checkpoint_every", "log_every", "shuffle_batches", "context_length"):
         bad(getattr(cfg, name) < 1, f"--{name.replace('_', '-')} {getattr(cfg, name)} must be at least 1")
-    bad(any(n <= 0 for n in cfg.snapshot_tokens),
-        f"--snapshot-tokens {','.join(map(str, cfg.snapshot_tokens))} must be positive token counts, e.g. 1000000")
+    bad(
+        any(n <= 0 for n in cfg.snapshot_tokens),
+        f"--snapshot-tokens {','.join(map(str, cfg.snapshot_tokens))} must be positive token counts, e.g. 1000000",
+    )
     for name in ("max_tokens", "max_steps", "warmup_steps", "dead_tokens", "drop_first", "auxk_k"):
         bad(getattr(cfg, name) < 0, f"--{name.replace('_', '-')} {getattr(cfg, name)} must not be negative")
     bad(not 0 <= cfg.decay_frac < 1, f"--decay-frac {cfg.decay_frac} must be in [0, 1)")
     bad(not 0 <= cfg.grad_ema < 1, f"--grad-ema {cfg.grad_ema} must be in [0, 1)")
     bad(not (cfg.auxk_coef >= 0 and cfg.e2e_recon_coef >= 0), "--auxk-coef and --e2e-recon-coef must be >= 0")
-    bad(cfg.drop_first >= cfg.context_length - 1, f"--drop-first {cfg.drop_first} leaves no tokens of a "
-        f"{cfg.context_length}-token row: lower it")
+    bad(
+        cfg.drop_first >= cfg.context_length - 1,
+        f"--drop-first {cfg.drop_first} leaves no tokens of a {cfg.context_length}-token row: lower it",
+    )
     bad(cfg.dtype not in ("float32", "bfloat16"), f"unknown --dtype {cfg.dtype!r}: use float32 or bfloat16")
     bad(cfg.device == "mps", "--device mps: training needs CUDA or the CPU (use --device auto)")
     bad(any(d < 1 for d in cfg.d_sae) or any(k < 1 for k in cfg.k), "--d-sae and --k must be at least 1")
-    bad(cfg.cache and "e2e" in cfg.architectures,
-        "E2E SAEs need the model's output, which a cache does not hold: train them from a corpus (--data)")
+    bad(
+        cfg.cache and "e2e" in cfg.architectures,
+        "E2E SAEs need the model's output, which a cache does not hold: train them from a corpus (--data)",
+    )
 
 
 def _fingerprint(cfg: TrainConfig) -> dict:
@@ -133,6 +188,7 @@ def _fingerprint(cfg: TrainConfig) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Distributed helpers (torchrun): one process per device, gradients averaged by all-reduce
 # ---------------------------------------------------------------------------------------------
+
 
 def _dist() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -164,7 +220,7 @@ def _average_grads(params: list[torch.Tensor]) -> None:
     flat /= _dist()[1]
     off = 0
     for g in grads:
-        g.copy_(flat[off:off + g.numel()].view_as(g))
+        g.copy_(flat[off : off + g.numel()].view_as(g))
         off += g.numel()
 
 
@@ -187,6 +243,7 @@ def _init_distributed(device: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
+
 
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in str(s).rstrip("/").split("/")[-1]).lower()
@@ -224,8 +281,10 @@ def _setup_cache(cfg: TrainConfig, device: str, rank: int, world: int) -> _Setup
         raise GradsaeError(f"g-SAE training needs gradients but the cache {cache.path} has none: re-cache with --grad")
     n_train = len(cache.shards) - cfg.holdout_shards
     if n_train < 1:
-        raise GradsaeError(f"the cache has {len(cache.shards)} shard(s) and --holdout-shards is "
-                           f"{cfg.holdout_shards}: cache more data or lower --holdout-shards")
+        raise GradsaeError(
+            f"the cache has {len(cache.shards)} shard(s) and --holdout-shards is "
+            f"{cfg.holdout_shards}: cache more data or lower --holdout-shards"
+        )
     X, G = {}, {}
     for l in layers:
         X[l], g = cache.load(l, list(range(n_train)), grads=need_grad)
@@ -234,9 +293,13 @@ def _setup_cache(cfg: TrainConfig, device: str, rank: int, world: int) -> _Setup
     src = CacheSource(X, G, cfg.batch_tokens, cfg.seed, rank, world, device)
     total = int(src.steps_per_epoch * cfg.epochs) if not cfg.max_tokens else cfg.max_tokens // cfg.batch_tokens
     m = cache.manifest
-    meta = {"model_name": m["model"], "context_size": m["context_length"], "prepend_bos": m["prepend_bos"],
-            "dataset_path": ",".join(m["data"]), "source": {"cache": str(cache.path), "train_tokens": src.N,
-                                                            "train_shards": list(range(n_train))}}
+    meta = {
+        "model_name": m["model"],
+        "context_size": m["context_length"],
+        "prepend_bos": m["prepend_bos"],
+        "dataset_path": ",".join(m["data"]),
+        "source": {"cache": str(cache.path), "train_tokens": src.N, "train_shards": list(range(n_train))},
+    }
     return _Setup(src, layers, cache.d_model, total, None, meta)
 
 
@@ -255,21 +318,43 @@ def _setup_corpus(cfg: TrainConfig, device: str, rank: int, world: int) -> _Setu
     reader = RowReader(cfg.data, cfg.text_field, tok, cfg.context_length, cfg.prepend_bos)
     grad_layers = sorted({l for l in layers if "gsae" in cfg.architectures})
     seq_layers = layers if "e2e" in cfg.architectures else []
-    src = CorpusSource(model, reader, layers, grad_layers, seq_layers, cfg.batch_size, cfg.shuffle_batches,
-                       cfg.drop_first, cfg.seed, rank, world, device, cfg.dtype)
+    src = CorpusSource(
+        model,
+        reader,
+        layers,
+        grad_layers,
+        seq_layers,
+        cfg.batch_size,
+        cfg.shuffle_batches,
+        cfg.drop_first,
+        cfg.seed,
+        rank,
+        world,
+        device,
+        cfg.dtype,
+    )
     if cfg.max_tokens:
         total = cfg.max_tokens // src.tokens_per_step
         if total < 1:
-            raise GradsaeError(f"--max-tokens {cfg.max_tokens} is less than one step of {src.tokens_per_step} "
-                               "tokens (--batch-size x --context-length): raise it")
+            raise GradsaeError(
+                f"--max-tokens {cfg.max_tokens} is less than one step of {src.tokens_per_step} "
+                "tokens (--batch-size x --context-length): raise it"
+            )
     else:
         rows = count_rows(cfg.data, cfg.text_field, tok, cfg.context_length, cfg.prepend_bos)
         total = int(rows * cfg.epochs) // cfg.batch_size
         if total < 1:
-            raise GradsaeError(f"the corpus gives {rows} rows of {cfg.context_length} tokens, less than one step "
-                               f"of --batch-size {cfg.batch_size}: lower --batch-size or use more data")
-    meta = {"model_name": model_name(model), "context_size": cfg.context_length, "prepend_bos": cfg.prepend_bos,
-            "dataset_path": ",".join(cfg.data), "source": {"data": list(cfg.data)}}
+            raise GradsaeError(
+                f"the corpus gives {rows} rows of {cfg.context_length} tokens, less than one step "
+                f"of --batch-size {cfg.batch_size}: lower --batch-size or use more data"
+            )
+    meta = {
+        "model_name": model_name(model),
+        "context_size": cfg.context_length,
+        "prepend_bos": cfg.prepend_bos,
+        "dataset_path": ",".join(cfg.data),
+        "source": {"data": list(cfg.data)},
+    }
     return _Setup(src, layers, hidden_size(model), total, model, meta)
 
 
@@ -286,9 +371,15 @@ def run(cfg: TrainConfig) -> Path:
     V = 0 if setup.model is None else setup.model.get_output_embeddings().weight.shape[0]
     n_e2e = sum(s.architecture == "e2e" for s in specs)
     # the model is already loaded, so the free memory measured now excludes it
-    need = estimate_bytes(specs, setup.D, tokens_local, tokens_local * src.fill_steps,
-                          len({s.layer for s in specs if s.needs_grad}), len(setup.layers),
-                          (cfg.batch_size // world) * cfg.context_length * V if n_e2e else 0)
+    need = estimate_bytes(
+        specs,
+        setup.D,
+        tokens_local,
+        tokens_local * src.fill_steps,
+        len({s.layer for s in specs if s.needs_grad}),
+        len(setup.layers),
+        (cfg.batch_size // world) * cfg.context_length * V if n_e2e else 0,
+    )
     check_memory(need, device, cfg.memory_limit_gb, len(specs))
     out = resolve_out(cfg, setup.layers)
     lock = output_lock(out) if rank == 0 else contextlib.nullcontext()
@@ -303,15 +394,25 @@ def run(cfg: TrainConfig) -> Path:
 def _new_sae(cfg: TrainConfig, spec: SAESpec, D: int, meta: dict, device: str) -> SAE:
     from ..hooks import hook_name_for
 
-    scfg = SAEConfig(d_in=D, d_sae=spec.d_sae, architecture=spec.architecture, k=spec.k, beta=spec.beta,
-                     beta_mode=cfg.beta_mode, hook_name=hook_name_for(spec.layer), model_name=meta["model_name"],
-                     context_size=meta["context_size"], prepend_bos=meta["prepend_bos"],
-                     dataset_path=meta["dataset_path"])
+    scfg = SAEConfig(
+        d_in=D,
+        d_sae=spec.d_sae,
+        architecture=spec.architecture,
+        k=spec.k,
+        beta=spec.beta,
+        beta_mode=cfg.beta_mode,
+        hook_name=hook_name_for(spec.layer),
+        model_name=meta["model_name"],
+        context_size=meta["context_size"],
+        prepend_bos=meta["prepend_bos"],
+        dataset_path=meta["dataset_path"],
+    )
     return SAE.init_random(scfg, seed=init_seed(cfg.seed, spec)).to(device).train()
 
 
-def _train(cfg: TrainConfig, setup: _Setup, specs: list[SAESpec], out: Path, device: str, rank: int,
-           world: int, rt: Runtime) -> Path:
+def _train(
+    cfg: TrainConfig, setup: _Setup, specs: list[SAESpec], out: Path, device: str, rank: int, world: int, rt: Runtime
+) -> Path:
     from tqdm import tqdm
 
     src, total, M = setup.source, setup.total, setup.source.fill_steps
@@ -324,21 +425,30 @@ def _train(cfg: TrainConfig, setup: _Setup, specs: list[SAESpec], out: Path, dev
     if ckpt.exists():
         state = TrainState.load(ckpt, saes, opts)
         if state.config != _fingerprint(cfg):
-            changed = sorted(k for k in set(state.config) | set(_fingerprint(cfg))
-                             if state.config.get(k) != _fingerprint(cfg).get(k))
+            changed = sorted(
+                k for k in set(state.config) | set(_fingerprint(cfg)) if state.config.get(k) != _fingerprint(cfg).get(k)
+            )
             if not _can_change_length(changed, state, cfg, src.tokens_per_step, total):
-                raise GradsaeError(f"{out} holds a run with a different config ({', '.join(changed)}): "
-                                   "use another --out or delete that folder")
+                raise GradsaeError(
+                    f"{out} holds a run with a different config ({', '.join(changed)}): "
+                    "use another --out or delete that folder"
+                )
             if rank == 0 and cfg.progress:
-                print(f"train: --max-tokens {state.config['max_tokens']} -> {cfg.max_tokens} at step {state.step} "
-                      "(before the learning-rate decay: the same weights as a run started with the new length)")
+                print(
+                    f"train: --max-tokens {state.config['max_tokens']} -> {cfg.max_tokens} at step {state.step} "
+                    "(before the learning-rate decay: the same weights as a run started with the new length)"
+                )
             state.config = _fingerprint(cfg)
         src.restore(state.reader, state.reader_pending)
         if rank == 0 and cfg.progress:
             print(f"train: resuming from step {state.step} of {total}")
     else:
-        state = TrainState(grad_rms=[0.0] * len(specs), grad_ema_n=[0] * len(specs),
-                           dead=[DeadLatents.fresh(s.d_sae) for s in specs], config=_fingerprint(cfg))
+        state = TrainState(
+            grad_rms=[0.0] * len(specs),
+            grad_ema_n=[0] * len(specs),
+            dead=[DeadLatents.fresh(s.d_sae) for s in specs],
+            config=_fingerprint(cfg),
+        )
         first = src.fill(0, min(M, total))
         for layer in setup.layers:  # scalar s with E||s x||^2 = D, and b_dec at the median of s x
             sample = src.sample(first, layer)
@@ -351,14 +461,31 @@ def _train(cfg: TrainConfig, setup: _Setup, specs: list[SAESpec], out: Path, dev
                     with torch.no_grad():
                         sae.b_dec.copy_(b_dec0)
     if rank == 0:
-        write_json(out / "config.json", {**asdict(cfg), "layers": setup.layers, "steps": total, "world_size": world,
-                                         "source": setup.meta["source"], "saes": [asdict(s) for s in specs],
-                                         "norm_scaling_factor": state.norm, "runtime": rt.as_config()})
+        write_json(
+            out / "config.json",
+            {
+                **asdict(cfg),
+                "layers": setup.layers,
+                "steps": total,
+                "world_size": world,
+                "source": setup.meta["source"],
+                "saes": [asdict(s) for s in specs],
+                "norm_scaling_factor": state.norm,
+                "runtime": rt.as_config(),
+            },
+        )
         _truncate_log(out / "train_log.jsonl", state.step)
     logf = JsonlLog(out / "train_log.jsonl") if rank == 0 else None
-    bar = tqdm(total=total * src.tokens_per_step, initial=state.step * src.tokens_per_step, unit="tok",
-               unit_scale=True, desc="train", disable=rank != 0 or not cfg.progress, dynamic_ncols=True,
-               mininterval=2)
+    bar = tqdm(
+        total=total * src.tokens_per_step,
+        initial=state.step * src.tokens_per_step,
+        unit="tok",
+        unit_scale=True,
+        desc="train",
+        disable=rank != 0 or not cfg.progress,
+        dynamic_ncols=True,
+        mininterval=2,
+    )
     tok0, run_steps, last_ckpt = state.tokens, 0, state.step
     fill_idx = state.step // M
     while state.step < total:
@@ -375,7 +502,9 @@ def _train(cfg: TrainConfig, setup: _Setup, specs: list[SAESpec], out: Path, dev
             run_steps += 1
             bar.update(src.tokens_per_step)
             if rank == 0 and (state.step % cfg.log_every == 0 or state.step == total):
-                logf.append(_log_record(cfg, specs, state, stats, lr, (state.tokens - tok0) / max(1e-9, time.time() - t0)))
+                logf.append(
+                    _log_record(cfg, specs, state, stats, lr, (state.tokens - tok0) / max(1e-9, time.time() - t0))
+                )
         fill_idx += 1
         stop = cfg.max_steps and run_steps >= cfg.max_steps and state.step < total
         if state.step - last_ckpt >= cfg.checkpoint_every or state.step == total or stop:
@@ -394,8 +523,10 @@ def _train(cfg: TrainConfig, setup: _Setup, specs: list[SAESpec], out: Path, dev
             _finalise(sae, spec, state, j, cfg, setup.meta).save(out / spec.name)
         dt = time.time() - t0
         if cfg.progress:
-            print(f"train: {len(saes)} SAE(s), {state.tokens} tokens in {out} "
-                  f"({(state.tokens - tok0) / max(dt, 1e-9):.0f} tokens/s this invocation)")
+            print(
+                f"train: {len(saes)} SAE(s), {state.tokens} tokens in {out} "
+                f"({(state.tokens - tok0) / max(dt, 1e-9):.0f} tokens/s this invocation)"
+            )
     if world > 1:
         torch.distributed.barrier()
     return out
@@ -416,9 +547,22 @@ def _step(cfg: TrainConfig, saes, specs, opts, state: TrainState, data, model, t
             l = spec.layer
             if l not in logp_clean:
                 logp_clean[l] = clean_logprobs(model, l, data.ids, data.seq[l], cfg.drop_first, cfg.dtype)
-            loss, st = e2e_loss(model, sae, spec, data.ids, data.seq[l], state.norm[str(l)], logp_clean[l],
-                                cfg.drop_first, cfg.e2e_recon_coef, dead, cfg.auxk_coef, cfg.auxk_k, cfg.dtype,
-                                _global_mean)
+            loss, st = e2e_loss(
+                model,
+                sae,
+                spec,
+                data.ids,
+                data.seq[l],
+                state.norm[str(l)],
+                logp_clean[l],
+                cfg.drop_first,
+                cfg.e2e_recon_coef,
+                dead,
+                cfg.auxk_coef,
+                cfg.auxk_k,
+                cfg.dtype,
+                _global_mean,
+            )
         else:
             g = data.tokens[spec.layer].g if spec.needs_grad else None
             scale = 1.0
@@ -428,8 +572,9 @@ def _step(cfg: TrainConfig, saes, specs, opts, state: TrainState, data, model, t
                         state.grad_rms[j] = float(_global_mean((g @ sae.W_dec.T).pow(2).mean()))
                     state.grad_ema_n[j] = 1
                 scale = math.sqrt(state.grad_rms[j]) if state.grad_rms[j] > 0 else 1.0
-            loss, st = local_loss(sae, spec, xs[spec.layer], g, dead, scale, cfg.auxk_coef, cfg.auxk_k,
-                                  cfg.decoder, _global_mean)
+            loss, st = local_loss(
+                sae, spec, xs[spec.layer], g, dead, scale, cfg.auxk_coef, cfg.auxk_k, cfg.decoder, _global_mean
+            )
         loss.backward()  # per SAE: its graph is freed before the next SAE's step
         _average_grads(list(sae.parameters()))
         with torch.no_grad():
@@ -450,10 +595,14 @@ def _log_record(cfg, specs, state: TrainState, stats, lr: float, tokens_per_s: f
     rec = {"step": state.step, "tokens": state.tokens, "lr": lr, "tokens_per_s": tokens_per_s}
     for j, spec in enumerate(specs):
         st = stats[j]
-        r = {"nmse": float(st.mse / st.x2), "auxk": float(st.aux), "l0": float(st.l0),
-             "dead_frac": float(state.dead[j].dead_by_tokens(state.sae_tokens, cfg.dead_tokens).float().mean()),
-             "dead_frac_5batches": float(state.dead[j].dead_by_batches(5).float().mean()),
-             "grad_rms": math.sqrt(state.grad_rms[j]) if state.grad_rms[j] else None}
+        r = {
+            "nmse": float(st.mse / st.x2),
+            "auxk": float(st.aux),
+            "l0": float(st.l0),
+            "dead_frac": float(state.dead[j].dead_by_tokens(state.sae_tokens, cfg.dead_tokens).float().mean()),
+            "dead_frac_5batches": float(state.dead[j].dead_by_batches(5).float().mean()),
+            "grad_rms": math.sqrt(state.grad_rms[j]) if state.grad_rms[j] else None,
+        }
         if st.kl is not None:
             r["kl"] = float(st.kl)
         rec[spec.name] = r
@@ -470,8 +619,9 @@ def _truncate_log(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(dumps(r, indent=None) + "\n" for r in keep))
 
 
-def _can_change_length(changed: list[str], state: TrainState, cfg: TrainConfig, tokens_per_step: int,
-                       total: int) -> bool:
+def _can_change_length(
+    changed: list[str], state: TrainState, cfg: TrainConfig, tokens_per_step: int, total: int
+) -> bool:
     """A resumed run may get another --max-tokens while neither schedule has begun its learning-rate decay:
     every step so far had the same learning rate under both lengths, so the result equals a run started
     with the new length."""
@@ -502,10 +652,16 @@ def _finalise(sae: SAE, spec: SAESpec, state: TrainState, j: int, cfg: TrainConf
         final.grad_scale.fill_(math.sqrt(rms) if cfg.beta_mode == "rms" and rms > 0 else 1.0)
     dead = state.dead[j]
     final.cfg.metadata = {
-        "trained_by": "gradsae train", "train_steps": state.step, "tokens_seen": state.sae_tokens,
-        "model_tokens": state.tokens, "layer": spec.layer, "seed": spec.seed, **meta["source"],
+        "trained_by": "gradsae train",
+        "train_steps": state.step,
+        "tokens_seen": state.sae_tokens,
+        "model_tokens": state.tokens,
+        "layer": spec.layer,
+        "seed": spec.seed,
+        **meta["source"],
         "dead_frac_train": float(dead.dead_by_tokens(state.sae_tokens, cfg.dead_tokens).float().mean()),
         "dead_tokens": cfg.dead_tokens,
         "dead_frac_train_5batches": float(dead.dead_by_batches(5).float().mean()),
-        "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "cache")}}
+        "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "cache")},
+    }
     return final

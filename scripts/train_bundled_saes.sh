@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Every number of docs/training.md "Bundled SAEs from Wikipedia" (issue 11), end to end. Each step resumes
+# Every number of docs/training.md "Bundled SAEs from Wikipedia", end to end. Each step resumes
 # when rerun (training from its checkpoint, the benchmarks from their cached per-SAE results), so a killed
 # run loses at most a few minutes. On 2 CPU cores the whole script took about 2 hours; with a GPU, add
 # nothing: `gradsae train` uses CUDA when present (--device auto).
 #
-#   bash scripts/issue11.sh [RUNS_FOLDER]      (default ~/.cache/gradsae/issue11)
+#   bash scripts/train_bundled_saes.sh [RUNS_FOLDER]      (default ~/.cache/gradsae/bundled-saes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-R=${1:-$HOME/.cache/gradsae/issue11}
+R=${1:-$HOME/.cache/gradsae/bundled-saes}
 W=../shared/data/wikipedia
 DATA=$W/wiki-00.jsonl.gz,$W/wiki-01.jsonl.gz,$W/wiki-02.jsonl.gz,$W/wiki-03.jsonl.gz   # wiki-04 held out
 BIN=${BIN:-.venv/bin}

@@ -1,0 +1,293 @@
+"""The TopK / g-SAE / E2E study (the g-SAE paper's claims, with seeds and intervals), run in chunks.
+
+Each chunk is one command that finishes inside a working session on 2 CPU cores (≤ ~60 minutes alone) and
+leaves small result files under ``docs/results/gsae/``; those committed files are the study's progress, and
+``benchmarks/bench_sae_comparison.py --results docs/results/gsae`` builds the report from them alone.
+
+    python benchmarks/gsae_study.py status                 # what is committed, what is missing, in what order
+    python benchmarks/gsae_study.py run lr --runs DIR      # one chunk: train, held-out eval, result files
+    python benchmarks/gsae_study.py run g0-topk --runs DIR --dry-run   # print the commands only
+
+A chunk resumes: ``gradsae train`` continues from its checkpoint in ``DIR`` and an SAE whose result file is
+already written is not evaluated again. Held-out text is wiki-04 of the Wikipedia corpus (never trained on):
+a 2-shard ``gradsae cache`` (16k tokens, with gradients) at the study's layer, made once per ``DIR``.
+
+Chunks (the settings every arm shares are in ``COMMON``):
+    lr          TopK k 32, seed 0, 500k tokens at each learning rate of LR_SWEEP: picks the study's rate
+    g<s>-topk   TopK × k 3, 5, 10, 32, 64, seed s            (one model pass, no backward)
+    g<s>-gsae   g-SAE × k 3, 5, 10, 32, 64, seed s           (one model pass + backward)
+    e<s>        E2E k 32, seed s
+Arms of one seed see the same tokens in the same order (the seed fixes the data order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "results" / "gsae"
+WIKI = REPO.parent / "shared" / "data" / "wikipedia"
+
+LAYER = 14
+D_SAE = 4096
+KS = (3, 5, 10, 32, 64)
+SEEDS = (0, 1, 2)
+TOKENS = 1_000_000
+LR_SWEEP = (5e-4, 1e-3, 2e-3, 4e-3)
+LR_SWEEP_TOKENS = 500_000
+COMMON = ["--layers", str(LAYER), "--d-sae", str(D_SAE), "--checkpoint-every", "64"]
+HELDOUT_SHARDS = 2
+
+
+@dataclass
+class Chunk:
+    """One unit of the study: ``gradsae train`` runs (name, extra args) and the result files they give."""
+
+    name: str
+    what: str
+    runs: list[tuple[str, list[str]]] = field(default_factory=list)
+    results: list[tuple[str, str]] = field(default_factory=list)  # (result file name, SAE folder under the run)
+    minutes: str = ""
+
+
+def lr_name(lr: float) -> str:
+    """1e-3, 5e-4, ...: how learning rates appear in folder and file names."""
+    return f"{lr:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+def study_lr() -> float | None:
+    """The learning rate the lr chunk picked (lowest held-out L_added), or None before it ran."""
+    best = None
+    for lr in LR_SWEEP:
+        p = RESULTS / "lr-sweep" / f"topk-k32-lr{lr_name(lr)}.json"
+        if p.exists():
+            la = json.loads(p.read_text())["eval"]["eval_result_metrics"]["model_performance_preservation"]["l_added"]
+            if best is None or la < best[0]:
+                best = (la, lr)
+    return None if best is None else best[1]
+
+
+def data_arg() -> str:
+    return ",".join(str(WIKI / f"wiki-0{i}.jsonl.gz") for i in range(4))
+
+
+def chunks(lr: float | None) -> list[Chunk]:
+    """Every chunk of the study, in the order they should run."""
+    out = [
+        Chunk(
+            "lr",
+            "TopK k32 learning-rate sweep, 500k tokens each",
+            [
+                (
+                    f"lr-sweep/lr{lr_name(x)}",
+                    [
+                        "--architectures",
+                        "topk",
+                        "--k",
+                        "32",
+                        "--seeds",
+                        "0",
+                        "--lr",
+                        lr_name(x),
+                        "--max-tokens",
+                        str(LR_SWEEP_TOKENS),
+                    ],
+                )
+                for x in LR_SWEEP
+            ],
+            [(f"lr-sweep/topk-k32-lr{lr_name(x)}.json", f"lr-sweep/lr{lr_name(x)}/topk_k32") for x in LR_SWEEP],
+            "~4 × 5 min train + 4 × 1.5 min eval",
+        )
+    ]
+    lr_args = ["--lr", lr_name(lr)] if lr is not None else []
+    ks = ",".join(map(str, KS))
+    for s in SEEDS:
+        base = ["--seeds", str(s), "--seed", str(s), "--max-tokens", str(TOKENS)] + lr_args
+        out.append(
+            Chunk(
+                f"g{s}-topk",
+                f"TopK × k {ks}, seed {s}",
+                [(f"g{s}-topk", ["--architectures", "topk", "--k", ks] + base)],
+                [(f"topk-k{k}-s{s}.json", f"g{s}-topk/topk_k{k}") for k in KS],
+                "~15 min + 5 evals",
+            )
+        )
+        out.append(
+            Chunk(
+                f"g{s}-gsae",
+                f"g-SAE × k {ks}, seed {s}",
+                [(f"g{s}-gsae", ["--architectures", "gsae", "--k", ks] + base)],
+                [(f"gsae-k{k}-s{s}.json", f"g{s}-gsae/gsae_k{k}_b0.5") for k in KS],
+                "~55 min + 5 evals",
+            )
+        )
+        out.append(
+            Chunk(
+                f"e{s}",
+                f"E2E k 32, seed {s}",
+                [(f"e{s}", ["--architectures", "e2e", "--k", "32"] + base)],
+                [(f"e2e-k32-s{s}.json", f"e{s}/e2e_k32")],
+                "~60 min + 1 eval",
+            )
+        )
+    return out
+
+
+def missing(chunk: Chunk) -> list[str]:
+    return [name for name, _ in chunk.results if not (RESULTS / name).exists()]
+
+
+def status() -> None:
+    lr = study_lr()
+    print(
+        f"results: {RESULTS.relative_to(REPO)}   learning rate: "
+        f"{lr_name(lr) + ' (picked by the lr chunk)' if lr else 'not picked yet (run the lr chunk first)'}"
+    )
+    for c in chunks(lr):
+        miss = missing(c)
+        state = (
+            "done"
+            if not miss
+            else (
+                "not started" if len(miss) == len(c.results) else f"{len(c.results) - len(miss)}/{len(c.results)} files"
+            )
+        )
+        print(f"  {c.name:<9} {state:<14} {c.what}  ({c.minutes})")
+    nxt = next((c.name for c in chunks(lr) if missing(c)), None)
+    print(f"next: python benchmarks/gsae_study.py run {nxt} --runs DIR" if nxt else "every chunk is done")
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def result_record(ev: dict, meta: dict, command: list[str], commit: str) -> dict:
+    """The committed record of one SAE: what it is, how it was trained, and its held-out eval (without the
+    per-latent steering details, which only the eval folder keeps)."""
+    ev = dict(ev)
+    ev["eval_result_details"] = [d for d in ev.get("eval_result_details", []) if "distributions" in d]
+    return {
+        "architecture": meta.get("architecture") or ev["sae_cfg"]["architecture"],
+        "k": ev["sae_cfg"]["k"],
+        "seed": meta.get("seed"),
+        "layer": LAYER,
+        "d_sae": ev["sae_cfg"]["d_sae"],
+        "training_tokens": meta.get("model_tokens"),
+        "lr": meta.get("train_config", {}).get("lr"),
+        "commit": commit,
+        "train_command": command,
+        "heldout": "wiki-04, first 2 cache shards of 128-token rows",
+        "eval": ev,
+    }
+
+
+def run_chunk(name: str, runs: Path, dry_run: bool, threads: int) -> None:
+    lr = study_lr()
+    found = {c.name: c for c in chunks(lr)}
+    if name not in found:
+        sys.exit(f"gsae_study: unknown chunk {name!r}: use one of {', '.join(found)}")
+    if name != "lr" and lr is None:
+        sys.exit("gsae_study: the learning rate is not picked yet: run the 'lr' chunk first")
+    c = found[name]
+    gradsae = [sys.executable, "-m", "gradsae"]
+    heldout = runs / f"heldout-wiki04-L{LAYER}"
+    cmds = [
+        gradsae
+        + [
+            "cache",
+            "--data",
+            str(WIKI / "wiki-04.jsonl.gz"),
+            "--layers",
+            str(LAYER),
+            "--max-shards",
+            str(HELDOUT_SHARDS),
+            "--out",
+            str(heldout),
+        ]
+    ]
+    train_cmds = {}
+    for sub, extra in c.runs:
+        cmd = gradsae + [
+            "train",
+            "--data",
+            data_arg(),
+            *COMMON,
+            *extra,
+            "--threads",
+            str(threads),
+            "--no-progress",
+            "--out",
+            str(runs / sub),
+        ]
+        train_cmds[sub] = cmd
+        cmds.append(cmd)
+    if dry_run:
+        for cmd in cmds:
+            print(" ".join(cmd))
+        return
+    commit = _git_commit()
+    for cmd in cmds:
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    from gradsae.formats import load_sae
+    from gradsae.training.evals import EvalConfig, run as run_eval
+
+    for fname, folder in c.results:
+        dest = RESULTS / fname
+        if dest.exists():
+            continue
+        sae_dir = runs / folder
+        ev_out = runs / "evals" / folder
+        ev_file = ev_out / "eval.json"
+        ev = (
+            json.loads(ev_file.read_text())
+            if ev_file.exists()
+            else run_eval(
+                EvalConfig(
+                    sae=str(sae_dir),
+                    cache=str(heldout),
+                    holdout_shards=HELDOUT_SHARDS,
+                    out=str(ev_out),
+                    threads=threads,
+                )
+            )
+        )
+        meta = dict(load_sae(sae_dir).cfg.metadata or {})
+        sub = folder.split("/")[0] if not folder.startswith("lr-sweep/") else "/".join(folder.split("/")[:2])
+        command = [a for a in train_cmds[sub][2:] if a != "--no-progress"]
+        rec = result_record(ev, meta, ["gradsae", *command], commit)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(rec, indent=1, allow_nan=False) + "\n")
+        tmp.replace(dest)
+        print(f"wrote {dest.relative_to(REPO)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("status", help="list the chunks, done and missing")
+    r = sub.add_parser("run", help="run one chunk")
+    r.add_argument("chunk")
+    r.add_argument("--runs", required=True, help="folder for the runs (outside the checkout; kept for resume)")
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = ap.parse_args()
+    if args.cmd == "status":
+        status()
+    else:
+        run_chunk(args.chunk, Path(args.runs).resolve(), args.dry_run, args.threads)
+
+
+if __name__ == "__main__":
+    main()
