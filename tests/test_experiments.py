@@ -447,3 +447,60 @@ def test_results_folders_get_an_html_report(setup):
     assert cli_main(["report", str(setup["root"] / "rep" / "L0")]) == 0
     assert (setup["root"] / "rep" / "L0" / "report.html").exists()
     assert cli_main(["report", str(setup["root"])]) == 2
+
+
+# ---- --shard and gradsae merge -------------------------------------------------------------------
+
+
+def test_shards_partition_whole_contexts_in_order():
+    qas = [sq.QA(f"q{i}", f"c{i // 3}", f"ctx {i // 3}", "?", ["a"]) for i in range(10)]  # contexts of 3, 3, 3, 1
+    shards = [sq.shard_questions(qas, i, 3) for i in range(3)]
+    assert sorted(q.id for s in shards for q in s) == sorted(q.id for q in qas)
+    assert [q.id for q in shards[0]] == ["q0", "q1", "q2", "q9"]  # contexts 0 and 3
+    for s in shards:
+        assert len({q.context_id for q in s} & {q.context_id for t in shards if t is not s for q in t}) == 0
+    assert sq.parse_shard("") is None and sq.parse_shard("2/3") == (2, 3)
+    for bad in ("3/3", "1", "a/b", "-1/2", "0/0"):
+        with pytest.raises(GradsaeError, match="--shard"):
+            sq.parse_shard(bad)
+
+
+def test_merged_shards_equal_the_unsharded_run(setup, capsys):
+    """batch_size 3 = questions per context, so the shards' batches are the unsharded run's batches."""
+    from gradsae import cli
+
+    kw = dict(tasks=["perturb", "steer", "stats"], ks=["1"])
+    full = run_all(_cfg(ExperimentConfig, setup, "unsharded", **kw), model=setup["model"], tokenizer=setup["tok"])
+    for i in range(2):
+        run_all(
+            _cfg(ExperimentConfig, setup, f"shard{i}", shard=f"{i}/2", **kw),
+            model=setup["model"],
+            tokenizer=setup["tok"],
+        )
+    shards = [str(setup["root"] / f"shard{i}") for i in range(2)]
+    assert cli.main(["merge", ",".join(shards), "--out", str(setup["root"] / "merged")]) == 0
+    merged = json.loads((setup["root"] / "merged" / "summary.json").read_text())
+    assert _strip(merged) == _strip(full)
+    assert (setup["root"] / "merged" / "table.md").read_text() == (setup["root"] / "unsharded" / "table.md").read_text()
+    assert (setup["root"] / "merged" / "report.html").exists()
+
+    def untimed(folder):
+        return {k: {f: v for f, v in r.items() if f != "seconds"} for k, r in _records(folder).items()}
+
+    assert untimed(setup["root"] / "merged") == untimed(setup["root"] / "unsharded")
+    capsys.readouterr()
+    # one shard alone, a shard given twice, or another run's folder: one line each
+    assert cli.main(["merge", shards[0], "--out", str(setup["root"] / "m1")]) == 2
+    assert "1/2 missing" in capsys.readouterr().err
+    assert cli.main(["merge", f"{shards[0]},{shards[0]}", "--out", str(setup["root"] / "m2")]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert cli.main(["merge", f"{shards[0]},{setup['root'] / 'unsharded'}", "--out", str(setup["root"] / "m3")]) == 2
+    assert "not a shard" in capsys.readouterr().err
+    assert cli.main(["merge", ",".join(shards), "--out", str(setup["root"] / "merged")]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_a_shard_folder_refuses_another_shard(setup):
+    run_stats(_cfg(StatsConfig, setup, "sh", shard="0/2"), model=setup["model"], tokenizer=setup["tok"])
+    with pytest.raises(GradsaeError, match="shard"):
+        run_stats(_cfg(StatsConfig, setup, "sh", shard="1/2"), model=setup["model"], tokenizer=setup["tok"])

@@ -52,6 +52,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run_all",
         "perturb + steer + stats in one run, over layers/SAEs",
     ),
+    "merge": (
+        "gradsae.squad.merge",
+        "MergeConfig",
+        "run",
+        "join the folders of a run split with --shard i/N into the unsharded result (no model needed)",
+    ),
     "report": (
         "gradsae.report",
         "ReportConfig",

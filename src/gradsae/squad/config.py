@@ -82,6 +82,12 @@ class SquadConfig(ModelOptions, InfluenceOptions):
         "reuse the answer phase (filter + latent rankings) of another results folder made "
         "with the same answer-affecting options, e.g. to try another steering rule",
     )
+    shard: str = opt(
+        "",
+        "run only shard i of N (written i/N, 0-based): every N-th context of the questions, whole contexts, so "
+        "a long run splits into runs of any length; `gradsae merge` joins the shards' folders into the "
+        "unsharded result",
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -104,6 +110,7 @@ class SquadConfig(ModelOptions, InfluenceOptions):
             raise GradsaeError("--out is empty: name a results folder, e.g. --out results/run1")
         if not str(self.data).strip():
             raise GradsaeError("--data is empty: give a SQuAD JSON/JSONL file")
+        sq.parse_shard(self.shard)
 
 
 @dataclass(kw_only=True)
@@ -227,13 +234,14 @@ FINGERPRINT = (
     "clamp",
     "steer_ks",
     "kv_cache",
+    "shard",
 )
 
 # fields the answer phase (filter + rankings) depends on: --answers-from needs them equal
 ANSWER_FINGERPRINT = tuple(
     k
     for k in FINGERPRINT
-    if k not in ("seed", "ks", "methods", "sets", "inject", "at", "clamp", "steer_ks", "kv_cache")
+    if k not in ("seed", "ks", "methods", "sets", "inject", "at", "clamp", "steer_ks", "kv_cache", "shard")
 ) + ("stop_resolved", "extract_resolved")
 
 

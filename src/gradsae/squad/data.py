@@ -152,6 +152,31 @@ class QA:
     title: str = ""
 
 
+def parse_shard(spec: str) -> tuple[int, int] | None:
+    """``"i/N"`` -> (i, N) with 0 <= i < N; ``""`` -> None (the whole run)."""
+    if not str(spec).strip():
+        return None
+    parts = str(spec).strip().split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise GradsaeError(f"--shard {spec!r}: write it i/N, e.g. --shard 0/4 (shards 0/4 .. 3/4)")
+    i, n = int(parts[0]), int(parts[1])
+    if not 0 <= i < n:
+        raise GradsaeError(
+            f"--shard {spec!r}: i must be between 0 and N - 1 (shards 0/{max(n, 1)} .. {max(n, 1) - 1}/{max(n, 1)})"
+        )
+    return i, n
+
+
+def shard_questions(qas: Sequence[QA], i: int, n: int) -> list[QA]:
+    """Shard i of n: the questions of every n-th context (contexts numbered in order of first appearance,
+    round-robin), whole contexts only, so each question's steering partners are in its own shard. The shards
+    partition ``qas`` and keep its order."""
+    index: dict[str, int] = {}
+    for q in qas:
+        index.setdefault(q.context_id, len(index))
+    return [q for q in qas if index[q.context_id] % n == i]
+
+
 def _context_id(context: str) -> str:
     return hashlib.sha1(context.encode("utf-8")).hexdigest()[:12]
 

@@ -323,7 +323,12 @@ def _run_one(
     sae = load_sae(sae_spec, device=str(next(model.parameters()).device))
     check_compatible(model, sae, layer)
     qas = sq.load_questions(cfg.data, limit=cfg.limit or None, seed=cfg.seed, shuffle=cfg.shuffle)
-    builder = make_prompt_builder(cfg, tok, qas)
+    builder = make_prompt_builder(cfg, tok, qas)  # from every question: a shard's prompts are the run's
+    shard = sq.parse_shard(cfg.shard)
+    if shard is not None:
+        qas = sq.shard_questions(qas, *shard)
+        if not qas:
+            raise GradsaeError(f"--shard {cfg.shard} holds no question: there are fewer contexts than shards")
     ctx = RunContext(cfg, model, tok, sae, layer, builder)
     by_id = {q.id: q for q in qas}
 
