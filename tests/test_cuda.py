@@ -79,3 +79,55 @@ def test_one_perturbation_batch_on_cuda():
                 m, tok, encode_prompts(tok, prompts, device=device), max_new_tokens=6, stop=(), splice=sp
             ).tokens
     assert res["cuda"] == res["cpu"]
+
+
+@pytest.mark.slow
+def test_smollm2_influence_perturbation_and_training_on_cuda_match_the_cpu(smollm2, tmp_path):
+    """The real model: GradSAE scores, one perturbation batch and 16 training steps on CUDA against the CPU.
+    Tolerances: scores within 1e-3 relative (float32 kernels differ), the same top-10 latents but at most 2,
+    the same greedy answers, SAE weights after 16 Adam steps within 5e-2."""
+    from gradsae import RowEdit, Splice, encode_prompts, greedy_generate, load_sae
+    from gradsae.formats import DEFAULT_SAE
+    from gradsae.influence import Example, influence
+    from gradsae.training.train import TrainConfig, run
+
+    model, tok = smollm2
+    sae = load_sae(DEFAULT_SAE)
+    prompt = "Context: The bridge opened in 1932.\nQuestion: When did the bridge open?\nAnswer:"
+    cpu = influence(model, tok, sae, [Example(prompt, " 1932")])[0]
+    gpu = influence(model.cuda(), tok, sae.cuda(), [Example(prompt, " 1932")])[0]
+    torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, rtol=1e-3, atol=1e-6)
+    assert len(set(cpu.top(10).tolist()) & set(gpu.top(10).tolist())) >= 8
+    edits = [None, RowEdit(zero=cpu.top(10).tolist(), at="all")]
+    answers = {}
+    for device in ("cpu", "cuda"):
+        m, s = model.to(device), sae.to(device)
+        with Splice(m, s, error="keep", edits=edits) as sp:
+            batch = encode_prompts(tok, [prompt, prompt], device=device)
+            answers[device] = greedy_generate(m, tok, batch, max_new_tokens=8, splice=sp).texts
+    assert answers["cuda"] == answers["cpu"]
+    model.cpu()
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"Paragraph {i}: the bridge over the river opened in {1900 + i}." for i in range(200)))
+    outs = {}
+    for device in ("cpu", "cuda"):
+        cfg = TrainConfig(
+            data=[str(corpus)],
+            out=str(tmp_path / device),
+            layers=[6],
+            architectures=["topk", "gsae"],
+            k=[32],
+            d_sae=[1024],
+            batch_size=4,
+            context_length=64,
+            max_tokens=4 * 64 * 16,
+            shuffle_batches=4,
+            device=device,
+            dtype="float32",
+            progress=False,
+            warmup_steps=1,
+        )
+        outs[device] = run(cfg)
+    for name in ("topk_k32", "gsae_k32_b0.5"):
+        a, b = load_sae(outs["cpu"] / name), load_sae(outs["cuda"] / name)
+        torch.testing.assert_close(b.W_dec, a.W_dec, rtol=0, atol=5e-2)

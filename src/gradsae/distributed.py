@@ -23,6 +23,8 @@ class Dist:
             if not dist.is_initialized():
                 # nccl for CUDA, gloo otherwise; a long timeout because rank 0 may merge and summarise for minutes
                 backend = "nccl" if str(device).startswith(("cuda", "auto")) and torch.cuda.is_available() else "gloo"
+                if backend == "nccl":  # one GPU per process: the one torchrun's LOCAL_RANK names
+                    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
                 dist.init_process_group(backend, timeout=datetime.timedelta(hours=24))
                 self._own = True
 

