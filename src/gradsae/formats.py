@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import architectures
 from .errors import GradsaeError
 from .hooks import canonical_hook_name, dictionary_learning_hook, gemma_scope_hook
 from .io import atomic_write_bytes, atomic_write_text
@@ -75,16 +76,6 @@ def bundled_saes() -> dict[str, Path]:
     return out
 
 
-# gradsae architecture -> what sae-lens runs at inference for it (it has no g-SAE / e2e / BatchTopK
-# inference class): a g-SAE or e2e SAE without a gradient is plain TopK, a BatchTopK SAE runs as JumpReLU.
-_LENS_EXPORT = {
-    "relu": "standard",
-    "jumprelu": "jumprelu",
-    "topk": "topk",
-    "gsae": "topk",
-    "e2e": "topk",
-    "batchtopk": "jumprelu",
-}
 _LENS_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 EXTRA_FILE = "gradsae_extra.safetensors"
@@ -121,10 +112,9 @@ def save_saelens(sae: SAE, path: str | Path, dtype: str | None = None) -> Path:
     if dtype is not None and dtype not in SAVE_DTYPES:
         raise GradsaeError(f"cannot save as dtype {dtype!r}: use one of {', '.join(SAVE_DTYPES)}")
     c = sae.cfg
-    if c.architecture not in _LENS_EXPORT:
-        raise GradsaeError(
-            f"gradsae cannot write a {c.architecture!r} SAE in SAELens form: it writes {', '.join(_LENS_EXPORT)}"
-        )
+    # what sae-lens runs at inference (it has no g-SAE / e2e / BatchTopK inference class): the registry's
+    # ``saelens`` name, e.g. a g-SAE or e2e SAE without a gradient is plain TopK, BatchTopK runs as JumpReLU
+    arch = architectures.get(c.architecture).saelens
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise GradsaeError(f"{path} is a file, not a folder: give a folder to save the SAE in")
@@ -140,7 +130,6 @@ def save_saelens(sae: SAE, path: str | Path, dtype: str | None = None) -> Path:
     out_dtype = dtype or c.dtype
     lens = {k: state[k].to(getattr(torch, out_dtype)).contiguous() for k in _LENS_KEYS if k in state}
     extra = {k: v.contiguous() for k, v in state.items() if k not in _LENS_KEYS}
-    arch = _LENS_EXPORT[c.architecture]
     if arch == "jumprelu" and "threshold" not in lens:
         raise GradsaeError(f"{sae.describe()} has no threshold: it cannot be written as a JumpReLU SAE")
     ours = {
@@ -485,8 +474,9 @@ def _load_saelens(path: Path) -> SAE:
     if k_raw is None:
         kwargs = raw.get("activation_fn_kwargs")
         k_raw = kwargs.get("k") if isinstance(kwargs, dict) else None
-    k = _whole(k_raw, "k", path / "cfg.json") if k_raw is not None and arch in ("topk", "gsae", "batchtopk") else None
-    if arch in ("topk", "gsae", "batchtopk") and k is None:
+    needs_k = architectures.get(arch).needs_k
+    k = _whole(k_raw, "k", path / "cfg.json") if k_raw is not None and needs_k else None
+    if needs_k and k is None:
         raise GradsaeError(
             f'{path}/cfg.json names a {lens_arch!r} SAE but has no k: add "k" (active latents per token)'
         )

@@ -3,7 +3,7 @@
 Shapes: ``x [..., D]`` model activations, ``h [..., C]`` latent activations,
 ``W_enc [D, C]``, ``b_enc [C]``, ``W_dec [C, D]``, ``b_dec [D]`` (SAELens names and orientation).
 
-Architectures (``cfg.architecture``):
+Architectures (``cfg.architecture``) are declared in the registry ``gradsae.architectures``; built in:
 
 - ``relu``      h = relu(pre)                                  (SAELens "standard")
 - ``jumprelu``  h = relu(pre) * (pre > threshold)              (Gemma Scope)
@@ -29,10 +29,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from . import architectures
+from .architectures import gsae_selection_score  # noqa: F401  (re-exported: the g-SAE's score)
 from .errors import GradsaeError
 from .hooks import parse_hook_name
 
-ARCHITECTURES = ("relu", "jumprelu", "topk", "batchtopk", "gsae", "e2e")
+ARCHITECTURES = architectures.BUILT_IN  # architectures.REGISTRY also holds any registered later
 
 
 @dataclass
@@ -42,7 +44,7 @@ class SAEConfig:
     d_sae: int
     """Number of latents C."""
     architecture: str = "relu"
-    """One of relu, jumprelu, topk, batchtopk, gsae, e2e."""
+    """A registered architecture (``gradsae.architectures``): relu, jumprelu, topk, batchtopk, gsae, e2e, ..."""
     k: int | None = None
     """Active latents per token for topk / batchtopk / gsae / e2e."""
     apply_b_dec_to_input: bool = True
@@ -66,9 +68,7 @@ class SAEConfig:
     """Anything else (training config, provenance, eval numbers)."""
 
     def __post_init__(self):
-        if self.architecture not in ARCHITECTURES:
-            raise GradsaeError(f"unknown SAE architecture {self.architecture!r}: use one of {', '.join(ARCHITECTURES)}")
-        if self.architecture in ("topk", "batchtopk", "gsae", "e2e") and not self.k:
+        if architectures.get(self.architecture).needs_k and not self.k:
             raise GradsaeError(f"a {self.architecture} SAE needs k (active latents per token) in its config")
         s = self.norm_scaling_factor
         if s is not None and not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
@@ -97,23 +97,6 @@ class SparseCode(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # Pure functions (tested on toy tensors)
 # ---------------------------------------------------------------------------------------------
-
-
-def gsae_selection_score(
-    z: torch.Tensor, grad_latent: torch.Tensor | None, beta: float, scale: float | torch.Tensor = 1.0
-) -> torch.Tensor:
-    """The g-SAE selection score ``z + (beta / scale) * z * |grad_latent|``.
-
-    Args:
-        z: pre-activations [N, C].
-        grad_latent: the model-loss gradient projected into latent space, ``grad_x @ W_dec.T`` [N, C];
-            None gives plain TopK (score = z).
-        beta: weight of the gradient term (0 gives plain TopK).
-        scale: divides the gradient term (1 in the paper's raw form; a running RMS in the scale-free form).
-    """
-    if grad_latent is None or beta == 0:
-        return z
-    return z + (beta / scale) * z * grad_latent.abs()
 
 
 def topk_code(score: torch.Tensor, values: torch.Tensor, k: int) -> SparseCode:
@@ -145,10 +128,11 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(C, dtype=dtype))
         self.W_dec = nn.Parameter(torch.zeros(C, D, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(D, dtype=dtype))
-        if cfg.architecture in ("jumprelu", "batchtopk"):
-            self.threshold = nn.Parameter(torch.zeros(C, dtype=dtype))
-        if cfg.architecture == "gsae":
-            self.register_buffer("grad_scale", torch.ones((), dtype=torch.float32))
+        self.arch = architectures.get(cfg.architecture)
+        for name in self.arch.params:
+            setattr(self, name, nn.Parameter(torch.zeros(C, dtype=dtype)))
+        for name in self.arch.buffers:
+            self.register_buffer(name, torch.ones((), dtype=torch.float32))
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -218,28 +202,31 @@ class SAE(nn.Module):
     def encode_sparse(self, x: torch.Tensor, grad_x: torch.Tensor | None = None) -> SparseCode:
         """TopK-family encoding as (values, indices) [..., K]; ``grad_x`` [..., D] is used by g-SAE only."""
         cfg = self.cfg
-        if cfg.architecture not in ("topk", "gsae", "batchtopk", "e2e"):
+        if not self.arch.sparse:
             raise GradsaeError(f"encode_sparse needs a TopK-family SAE, not {cfg.architecture!r}")
         z = self.encode_pre(x)
         score = z
-        if cfg.architecture == "gsae" and grad_x is not None:
-            scale = self.grad_scale if cfg.beta_mode == "rms" else 1.0
-            score = gsae_selection_score(z, self.project_grad(grad_x), cfg.beta, scale)
+        if self.arch.score is not None:
+            glat = None if grad_x is None else self.project_grad(grad_x)
+            score = self.arch.score(z, glat, cfg.beta, self.grad_score_scale())
         return topk_code(score, z, cfg.k)
+
+    def grad_score_scale(self) -> float | torch.Tensor:
+        """What divides the gradient term of the selection score: the running RMS kept in ``grad_scale``
+        (beta_mode rms), else 1 (the paper's raw beta)."""
+        return self.grad_scale if self.cfg.beta_mode == "rms" and hasattr(self, "grad_scale") else 1.0
 
     def encode(self, x: torch.Tensor, grad_x: torch.Tensor | None = None) -> torch.Tensor:
         """Latent activations h [..., C] for x [..., D].
 
         ``grad_x`` (the gradient of the model loss w.r.t. x, [..., D]) only matters for g-SAEs.
         """
-        arch = self.cfg.architecture
-        if arch in ("topk", "gsae", "e2e"):
+        if self.arch.sparse:
             return densify(self.encode_sparse(x, grad_x), self.d_sae)
         pre = self.encode_pre(x)
-        if arch == "relu":
-            return pre.relu()
-        # jumprelu, and batchtopk at inference
-        return pre.relu() * (pre > self.threshold)
+        if "threshold" in self.arch.params:  # jumprelu, and batchtopk at inference
+            return pre.relu() * (pre > self.threshold)
+        return pre.relu()
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         """Reconstruction x_hat [..., D] from latents h [..., C]."""

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import GradsaeError
-from ..sae import SAE, SparseCode, gsae_selection_score, topk_code
+from .. import architectures
 
-TRAINABLE = ("topk", "gsae", "e2e")
+from ..errors import GradsaeError
+from ..sae import SAE, SparseCode, topk_code
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class SAESpec:
     layer: int
     """Block whose output the SAE reads."""
     architecture: str
-    """topk, gsae or e2e."""
+    """A trainable registered architecture (topk, gsae, e2e, ...)."""
     k: int
     beta: float
     """g-SAE gradient weight (0 for the others)."""
@@ -44,33 +44,40 @@ class SAESpec:
     """Initialisation seed of this SAE (the ``--seeds`` value)."""
 
     @property
+    def arch(self) -> architectures.Architecture:
+        return architectures.get(self.architecture)
+
+    @property
     def needs_grad(self) -> bool:
-        return self.architecture == "gsae"
+        return self.arch.training.needs_grad
 
 
 def build_grid(
-    layers: list[int], architectures: list[str], ks: list[int], betas: list[float], d_saes: list[int], seeds: list[int]
+    layers: list[int], archs: list[str], ks: list[int], betas: list[float], d_saes: list[int], seeds: list[int]
 ) -> list[SAESpec]:
     """Every combination, in a fixed order. Name parts that do not vary are left out of the names."""
-    for arch in architectures:
-        if arch not in TRAINABLE:
-            raise GradsaeError(f"cannot train architecture {arch!r}: use {', '.join(TRAINABLE)}")
-    if not architectures or not ks or not d_saes or not seeds or not layers:
+    trainable = architectures.trainable()
+    for arch in archs:
+        if arch not in trainable:
+            raise GradsaeError(f"cannot train architecture {arch!r}: use {', '.join(trainable)}")
+    if not archs or not ks or not d_saes or not seeds or not layers:
         raise GradsaeError("nothing to train: give --architectures, --k, --d-sae, --seeds and --layers")
-    if "gsae" in architectures and not betas:
-        raise GradsaeError("a g-SAE needs --beta (e.g. --beta 0.5)")
+    beta_archs = [a for a in archs if architectures.get(a).training.uses_beta]
+    if beta_archs and not betas:
+        raise GradsaeError(f"a {beta_archs[0]} SAE needs --beta (e.g. --beta 0.5)")
     for k in ks:
         for d in d_saes:
             if not 0 < k <= d:
                 raise GradsaeError(f"--k {k} must be between 1 and --d-sae {d}")
     out = []
     for layer in layers:
-        for arch in architectures:
+        for arch in archs:
+            uses_beta = architectures.get(arch).training.uses_beta
             for k in ks:
-                for b in betas if arch == "gsae" else [0.0]:
+                for b in betas if uses_beta else [0.0]:
                     for d in d_saes:
                         for s in seeds:
-                            name = f"{arch}_k{k}" + (f"_b{b:g}" if arch == "gsae" else "")
+                            name = f"{arch}_k{k}" + (f"_b{b:g}" if uses_beta else "")
                             name += f"_c{d}" if len(d_saes) > 1 else ""
                             name += f"_s{s}" if len(seeds) > 1 else ""
                             if len(layers) > 1:
@@ -153,9 +160,9 @@ def encode_train(
     glat = None
     with torch.no_grad():
         score = z.detach()
-        if spec.architecture == "gsae" and g is not None:
-            glat = g @ sae.W_dec.T
-            score = gsae_selection_score(score, glat, spec.beta, grad_scale)
+        if spec.arch.score is not None:
+            glat = None if g is None else g @ sae.W_dec.T
+            score = spec.arch.score(score, glat, spec.beta, grad_scale)
     return z, topk_code(score, z, spec.k), glat
 
 

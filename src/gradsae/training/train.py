@@ -25,6 +25,7 @@ import torch
 
 from ..config import opt
 from ..errors import GradsaeError
+from .. import architectures as arch_registry
 from ..distributed import Dist
 from ..io import JsonlLog, atomic_write_text, dumps, output_lock, write_json
 from ..options import ModelOptions, Runtime, start
@@ -66,7 +67,10 @@ class TrainConfig(ModelOptions):
         [], "blocks whose output the SAEs read, e.g. 6,14,22 (default: 9; from a cache: its first layer)"
     )
     out: str = opt("", "results folder (default: <gradsae cache>/runs/<model or cache>-L<layers>-<architectures>)")
-    architectures: list[str] = opt(["topk", "gsae"], "comma-separated: topk, gsae, e2e")
+    architectures: list[str] = opt(
+        ["topk", "gsae"],
+        "comma-separated: topk, gsae, e2e, or any trainable architecture registered in gradsae.architectures",
+    )
     k: list[int] = opt([32], "active latents per token; several values train several SAEs")
     beta: list[float] = opt(
         [0.5],
@@ -173,10 +177,22 @@ def check_config(cfg: TrainConfig) -> None:
     bad(cfg.dtype not in ("float32", "bfloat16"), f"unknown --dtype {cfg.dtype!r}: use float32 or bfloat16")
     bad(cfg.device == "mps", "--device mps: training needs CUDA or the CPU (use --device auto)")
     bad(any(d < 1 for d in cfg.d_sae) or any(k < 1 for k in cfg.k), "--d-sae and --k must be at least 1")
+    for a in cfg.architectures:
+        bad(
+            a not in arch_registry.trainable(),
+            f"cannot train architecture {a!r}: use {', '.join(arch_registry.trainable())}",
+        )
+    kl = [a for a in cfg.architectures if arch_registry.get(a).training.loss == "kl"]
     bad(
-        cfg.cache and "e2e" in cfg.architectures,
-        "E2E SAEs need the model's output, which a cache does not hold: train them from a corpus (--data)",
+        cfg.cache and kl,
+        f"{', '.join(kl)} SAEs need the model's output, which a cache does not hold: train them from a corpus (--data)",
     )
+
+
+def _needs(cfg: TrainConfig) -> tuple[bool, bool]:
+    """(some SAE of the grid needs ∇ₓL, some needs the model's output) — what the model pass must give."""
+    trains = [arch_registry.get(a).training for a in cfg.architectures]
+    return any(t.needs_grad for t in trains), any(t.loss == "kl" for t in trains)
 
 
 def _fingerprint(cfg: TrainConfig) -> dict:
@@ -266,7 +282,7 @@ def _setup_cache(cfg: TrainConfig, device: str, rank: int, world: int) -> _Setup
 
     cache = ActivationCache(default_cache() if cfg.cache == "default" else cfg.cache)
     layers = cfg.layers or cache.layers[:1]
-    need_grad = "gsae" in cfg.architectures
+    need_grad, _ = _needs(cfg)
     if need_grad and not cache.has_grads:
         raise GradsaeError(f"g-SAE training needs gradients but the cache {cache.path} has none: re-cache with --grad")
     n_train = len(cache.shards) - cfg.holdout_shards
@@ -306,8 +322,9 @@ def _setup_corpus(cfg: TrainConfig, device: str, rank: int, world: int) -> _Setu
     else:
         raise GradsaeError(f"this model has {n_layers(model)} blocks: choose the SAE layer(s) with --layers")
     reader = RowReader(cfg.data, cfg.text_field, tok, cfg.context_length, cfg.prepend_bos)
-    grad_layers = sorted({l for l in layers if "gsae" in cfg.architectures})
-    seq_layers = layers if "e2e" in cfg.architectures else []
+    need_grad, need_output = _needs(cfg)
+    grad_layers = sorted(layers) if need_grad else []
+    seq_layers = layers if need_output else []
     src = CorpusSource(
         model,
         reader,
@@ -365,7 +382,7 @@ def _run(cfg: TrainConfig, rt: Runtime) -> Path:
     src = setup.source
     tokens_local = src.sae_tokens_per_step // world
     V = 0 if setup.model is None else setup.model.get_output_embeddings().weight.shape[0]
-    n_e2e = sum(s.architecture == "e2e" for s in specs)
+    n_e2e = sum(s.arch.training.loss == "kl" for s in specs)
     # the model is already loaded, so the free memory measured now excludes it
     need = estimate_bytes(
         specs,
@@ -539,7 +556,7 @@ def _step(cfg: TrainConfig, saes, specs, opts, state: TrainState, data, model, t
     for j, (sae, spec, opt_) in enumerate(zip(saes, specs, opts)):
         opt_.zero_grad(set_to_none=True)
         dead = state.dead[j].dead_by_tokens(state.sae_tokens, cfg.dead_tokens).to(sae.W_dec.device)
-        if spec.architecture == "e2e":
+        if spec.arch.training.loss == "kl":
             l = spec.layer
             if l not in logp_clean:
                 logp_clean[l] = clean_logprobs(model, l, data.ids, data.seq[l], cfg.drop_first, cfg.dtype)
@@ -643,7 +660,7 @@ def _finalise(sae: SAE, spec: SAESpec, state: TrainState, j: int, cfg: TrainConf
     """A copy of a trained SAE as it ships: eval mode, norm scaling factor and provenance in its config."""
     final = copy.deepcopy(sae).cpu().eval()
     final.cfg.norm_scaling_factor = state.norm[str(spec.layer)]
-    if spec.architecture == "gsae":
+    if "grad_scale" in spec.arch.buffers:
         rms = state.grad_rms[j]
         final.grad_scale.fill_(math.sqrt(rms) if cfg.beta_mode == "rms" and rms > 0 else 1.0)
     dead = state.dead[j]
