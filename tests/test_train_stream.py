@@ -401,3 +401,112 @@ def test_a_grid_too_big_for_memory_is_refused_before_the_first_step(saved_models
     with pytest.raises(GradsaeError, match=r"needs about \d+\.\d GiB but .* are available"):
         run(_cfg(models["llama"], corpus, tmp_path / "big", d_sae=[2**27]))  # ~0.5 TB of weights and Adam state
     assert not (tmp_path / "big" / "checkpoint.safetensors").exists()
+
+
+# ---- --init-from: a fine-tune from a trained SAE ---------------------------------------------------
+
+
+def test_init_from_starts_every_sae_as_the_given_one(saved_models, tmp_path):
+    """With a learning rate of ~0 the fine-tuned SAEs compute what the starting SAE computes (its own input
+    scaling mapped into the run's), whatever the run's own scaling factor."""
+    from gradsae import load_sae
+
+    models, corpus = saved_models
+    base = run(
+        _cfg(models["llama"], corpus, tmp_path / "base", architectures=["topk"], layers=[1], max_tokens=4 * 16 * 8)
+    )
+    start = load_sae(base / "topk_k4")
+    tuned = run(
+        _cfg(
+            models["llama"],
+            corpus,
+            tmp_path / "tuned",
+            architectures=["topk", "gsae"],
+            layers=[1],
+            max_tokens=4 * 16 * 2,
+            init_from=str(base / "topk_k4"),
+            lr=1e-12,
+            seed=5,
+        )
+    )
+    x = torch.randn(64, 64) * 3
+    for name in ("topk_k4", "gsae_k4_b0.5"):
+        sae = load_sae(tuned / name)
+        torch.testing.assert_close(sae.decode(sae.encode(x)), start.decode(start.encode(x)), rtol=1e-4, atol=1e-4)
+    cfg = json.loads((tuned / "config.json").read_text())
+    assert cfg["init_from"] == str(base / "topk_k4")
+
+
+def test_init_from_resumes_bit_identically_and_refuses_a_changed_start(saved_models, tmp_path):
+    from gradsae.sae import SAE, SAEConfig
+
+    models, corpus = saved_models
+    start = SAE.init_random(
+        SAEConfig(d_in=64, d_sae=32, architecture="topk", k=4, hook_name="blocks.1.hook_resid_post")
+    )
+    start.save(tmp_path / "start")
+    kw = dict(
+        architectures=["topk"],
+        layers=[1],
+        max_tokens=4 * 16 * 12,
+        init_from=str(tmp_path / "start"),
+        checkpoint_every=2,
+    )
+    ref = run(_cfg(models["llama"], corpus, tmp_path / "ref", **kw))
+    run(_cfg(models["llama"], corpus, tmp_path / "cut", max_steps=5, **kw))  # stops after a checkpoint
+    assert (tmp_path / "cut" / "checkpoint.safetensors").exists() and not (tmp_path / "cut" / "topk_k4").exists()
+    run(_cfg(models["llama"], corpus, tmp_path / "cut", **kw))
+    _assert_identical(ref, tmp_path / "cut")
+    with torch.no_grad():
+        start.W_dec.mul_(2)
+    start.save(tmp_path / "start")
+    from gradsae.training import train as tr
+
+    tr._init_sae.cache_clear()
+    with pytest.raises(GradsaeError, match="init_from_sha256"):
+        run(_cfg(models["llama"], corpus, tmp_path / "cut", **{**kw, "max_tokens": 4 * 16 * 14}))
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(d_sae=[64]), "has d_sae 32, but the grid trains d_sae 64"),
+        (dict(layers=[2]), "reads layer 1, but the grid trains layer 2"),
+    ],
+)
+def test_init_from_refuses_another_width_or_layer(saved_models, tmp_path, kw, message):
+    from gradsae.sae import SAE, SAEConfig
+
+    models, corpus = saved_models
+    SAE.init_random(SAEConfig(d_in=64, d_sae=32, architecture="topk", k=4, hook_name="blocks.1.hook_resid_post")).save(
+        tmp_path / "s"
+    )
+    with pytest.raises(GradsaeError, match=message):
+        run(
+            _cfg(
+                models["llama"],
+                corpus,
+                tmp_path / "o",
+                **{"architectures": ["topk"], "layers": [1], "init_from": str(tmp_path / "s"), **kw},
+            )
+        )
+
+
+def test_init_from_refuses_a_dense_sae(saved_models, tmp_path):
+    from gradsae.sae import SAE, SAEConfig
+
+    models, corpus = saved_models
+    SAE.init_random(SAEConfig(d_in=64, d_sae=32, architecture="relu", hook_name="blocks.1.hook_resid_post")).save(
+        tmp_path / "s"
+    )
+    with pytest.raises(GradsaeError, match="starts from a TopK-family SAE"):
+        run(
+            _cfg(
+                models["llama"],
+                corpus,
+                tmp_path / "o",
+                architectures=["topk"],
+                layers=[1],
+                init_from=str(tmp_path / "s"),
+            )
+        )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import math
 import time
@@ -125,6 +126,11 @@ class TrainConfig(ModelOptions):
     log_every: int = opt(50, "steps between metric records in train_log.jsonl")
     max_steps: int = opt(0, "stop this invocation after about this many steps (0: run to the end); for tests")
     memory_limit_gb: float = opt(0.0, "refuse a grid estimated to need more than this (0: the free memory)")
+    init_from: str = opt(
+        "",
+        "start every SAE of the grid from this trained SAE instead of a random initialisation (a fine-tune; any "
+        "format gradsae reads, or a bundled name): same d_in, d_sae and layer; its own input scaling is kept",
+    )
     snapshot_tokens: list[int] = opt(
         [],
         "also export every SAE to <out>/snapshots/<tokens>/ when the run passes "
@@ -198,7 +204,65 @@ def _needs(cfg: TrainConfig) -> tuple[bool, bool]:
 def _fingerprint(cfg: TrainConfig) -> dict:
     import json
 
-    return json.loads(dumps({k: v for k, v in asdict(cfg).items() if k not in _RESUME_FREE}))
+    fp = json.loads(dumps({k: v for k, v in asdict(cfg).items() if k not in _RESUME_FREE}))
+    if cfg.init_from:  # the starting SAE's content, not only its path: a changed file is another run
+        fp["init_from_sha256"] = _init_sae(cfg.init_from)[1]
+    return fp
+
+
+@functools.lru_cache(maxsize=4)
+def _init_sae(spec: str) -> tuple[SAE, str]:
+    """The --init-from SAE (float32, CPU) and the sha256 of its tensors."""
+    import hashlib
+
+    from ..formats import load_sae
+
+    sae = load_sae(spec, device="cpu", dtype="float32")
+    h = hashlib.sha256()
+    for name, t in sorted(sae.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().contiguous().numpy().tobytes())
+    return sae, h.hexdigest()
+
+
+def check_init_from(init: SAE, spec_name: str, specs: list[SAESpec], d_model: int) -> None:
+    """One line for an --init-from SAE that cannot start this grid."""
+    if not init.arch.sparse:
+        raise GradsaeError(
+            f"--init-from {spec_name} is a {init.cfg.architecture} SAE: a fine-tune starts from a TopK-family SAE "
+            "(topk, gsae, e2e)"
+        )
+    if init.d_in != d_model:
+        raise GradsaeError(f"--init-from {spec_name} reads d_in {init.d_in}, but the model's hidden size is {d_model}")
+    widths = sorted({s.d_sae for s in specs} - {init.d_sae})
+    if widths:
+        raise GradsaeError(
+            f"--init-from {spec_name} has d_sae {init.d_sae}, but the grid trains d_sae {widths[0]}: "
+            f"use --d-sae {init.d_sae}"
+        )
+    layers = sorted({s.layer for s in specs} - {init.layer}) if init.layer is not None else []
+    if layers:
+        raise GradsaeError(
+            f"--init-from {spec_name} reads layer {init.layer}, but the grid trains layer {layers[0]}: "
+            f"use --layers {init.layer}"
+        )
+
+
+def init_weights(init: SAE, s: float) -> dict[str, torch.Tensor]:
+    """The weights of ``init`` for a trainer that feeds it s·x: the init SAE computes on s0·x (s0 its own
+    scaling factor, 1 without one), so with r = s0 / s the encoder gets r·W_enc, the decoder W_dec / r and
+    b_dec / r (``fold_input_scaling``); then decoder rows are made unit norm (the trainer's invariant) and
+    each latent's encoder column and bias scaled to keep x̂ — exact when all rows had one norm (TopK
+    selection unchanged), as for SAEs gradsae trained."""
+    from ..formats import fold_input_scaling
+
+    r = (init.cfg.norm_scaling_factor or 1.0) / s
+    W_enc, W_dec, b_dec = fold_input_scaling(init.W_enc.float(), init.W_dec.float(), init.b_dec.float(), r)
+    n = W_dec.norm(dim=-1).clamp_min(1e-12)  # [C]
+    out = {"W_enc": W_enc * n, "b_enc": init.b_enc.float() * n, "W_dec": W_dec / n[:, None], "b_dec": b_dec}
+    if hasattr(init, "grad_scale"):
+        out["grad_scale"] = init.grad_scale.float().clone()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +443,8 @@ def _run(cfg: TrainConfig, rt: Runtime) -> Path:
     rank, world = _dist()
     setup = (_setup_cache if cfg.cache else _setup_corpus)(cfg, device, rank, world)
     specs = build_grid(setup.layers, cfg.architectures, cfg.k, cfg.beta, cfg.d_sae, cfg.seeds)
+    if cfg.init_from:
+        check_init_from(_init_sae(cfg.init_from)[0], cfg.init_from, specs, setup.D)
     src = setup.source
     tokens_local = src.sae_tokens_per_step // world
     V = 0 if setup.model is None else setup.model.get_output_embeddings().weight.shape[0]
@@ -467,6 +533,15 @@ def _train(
             sample = src.sample(first, layer)
             mean_norm = float(_global_mean(sample.norm(dim=-1).mean().to(device)))
             state.norm[str(layer)] = math.sqrt(setup.D) / mean_norm
+            if cfg.init_from:  # a fine-tune: every SAE starts as the given one, in this run's scaling
+                init = init_weights(_init_sae(cfg.init_from)[0], state.norm[str(layer)])
+                for sae, spec in zip(saes, specs):
+                    if spec.layer == layer:
+                        with torch.no_grad():
+                            for name, t in init.items():
+                                if hasattr(sae, name):
+                                    getattr(sae, name).copy_(t.to(device))
+                continue
             b_dec0 = geometric_median(sample * state.norm[str(layer)]).to(device)
             _broadcast([b_dec0])
             for sae, spec in zip(saes, specs):
