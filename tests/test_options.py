@@ -116,3 +116,44 @@ def test_the_cache_records_the_device_it_ran_on(tmp_path):
     conf = json.loads((out / "config.json").read_text())
     assert conf["device"] == "auto" and conf["runtime"]["device_used"] == "cpu"
     assert conf["runtime"]["threads_used"] == torch.get_num_threads()
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--beta", "nan"], "--beta nan: give a finite number"),
+        (["train", "--beta", "-1"], "--beta -1.0: must be at least 0"),
+        (["train", "--memory-limit-gb", "-1"], "--memory-limit-gb -1.0: must be at least 0"),
+        (["eval", "--steer-alphas", "nan"], "--steer-alphas nan: give a finite number"),
+        (["eval", "--steer-alphas", "inf"], "--steer-alphas inf: give a finite number"),
+        (["eval", "--steer-alphas", ""], "--steer-alphas is empty"),
+        (["eval", "--n-seqs", "-1"], "--n-seqs -1: must be at least 0"),
+        (["eval", "--steer-latents", "-1"], "--steer-latents -1: must be at least 0"),
+        (["eval", "--steer-top-n", "0"], "--steer-top-n 0: must be at least 1"),
+        (["eval", "--dead-batch-tokens", "0"], "--dead-batch-tokens 0: must be at least 1"),
+        (["eval", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+        (["dashboard", "--influence-tokens", "-5"], "--influence-tokens -5: must be at least -1"),
+        (["dashboard", "--threads", "-2"], "--threads -2"),
+        (["sensitivity", "--threads", "-2"], "--threads -2"),
+        (["cache", "--layers", "1", "--threads", "-2"], "--threads -2"),
+        (["perturb", "--min-f1", "nan"], "--min-f1 nan"),
+    ],
+)
+def test_values_that_mean_nothing_are_one_line_before_any_work(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_an_option_parser_error_is_one_line_pointing_at_help(capsys):
+    for argv in (["train", "--k", "abc"], ["eval", "--selection", "x"], ["nope"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].endswith("--help)"), err
+
+
+def test_the_command_reference_states_the_ranges():
+    ref = cli.command_reference()
+    assert "(0: all) (≥ 0)" in ref and "0 = none (≥ -1)" in ref

@@ -103,15 +103,22 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad options end in one line naming the problem and where the full usage is, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import add_dataclass_args
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gradsae",
         description="Gradient-aware interpretability with sparse autoencoders (GradSAE, g-SAE).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (mod, cls_name, _, help_) in COMMANDS.items():
         cls = getattr(importlib.import_module(mod), cls_name)
         p = sub.add_parser(name, help=help_, description=(cls.__doc__ or help_).strip())
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from .config import from_args
+    from .config import check_values, from_args
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -159,6 +166,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         module = importlib.import_module(mod)
         cfg = from_args(getattr(module, cls_name), args)
+        check_values(cfg)  # also for the commands without runtime options (rate, report, merge, convert)
         getattr(module, fn_name)(cfg)
     except GradsaeError as e:
         print(f"gradsae {args.command}: error: {e}", file=sys.stderr)

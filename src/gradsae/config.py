@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import MISSING, field
 from typing import Any
+
+from .errors import GradsaeError
 
 
 def opt(
@@ -21,9 +24,12 @@ def opt(
     choices: tuple | None = None,
     short: str | None = None,
     positional: bool = False,
+    low: float | None = None,
+    high: float | None = None,
 ):
-    """A config field with its help text (and optionally choices / a short flag / positional)."""
-    meta = {"help": help, "choices": choices, "short": short, "positional": positional}
+    """A config field with its help text (and optionally choices / a short flag / positional, and the range
+    ``[low, high]`` every value must lie in: ``check_values`` enforces it, and refuses NaN/Inf everywhere)."""
+    meta = {"help": help, "choices": choices, "short": short, "positional": positional, "low": low, "high": high}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -35,6 +41,24 @@ def _base_type(tp):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _base_type(args[0]) if len(args) == 1 else str
     return tp
+
+
+def check_values(cfg) -> None:
+    """One line for the first value of ``cfg`` that is NaN/Inf or outside its field's declared range (a list
+    field's every element is checked)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        flag = f"--{f.name.replace('_', '-')}"
+        lo, hi = f.metadata.get("low"), f.metadata.get("high")
+        for x in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                continue
+            if not math.isfinite(x):
+                raise GradsaeError(f"{flag} {x}: give a finite number")
+            if lo is not None and x < lo:
+                raise GradsaeError(f"{flag} {x}: must be at least {lo:g}")
+            if hi is not None and x > hi:
+                raise GradsaeError(f"{flag} {x}: must be at most {hi:g}")
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
@@ -115,5 +139,10 @@ def describe(cls) -> str:
         tp = getattr(_base_type(hints[f.name]), "__name__", str(hints[f.name]))
         name = f"`{f.name}` (positional)" if f.metadata.get("positional") else f"`--{f.name.replace('_', '-')}`"
         help_ = f.metadata.get("help", "").replace("%%", "%").replace("|", "\\|")
+        lo, hi = f.metadata.get("low"), f.metadata.get("high")
+        if lo is not None or hi is not None:
+            help_ += (
+                " (" + ", ".join(s for s in (lo is not None and f"≥ {lo:g}", hi is not None and f"≤ {hi:g}") if s) + ")"
+            )
         rows.append(f"| {name} | {tp} | `{default}` | {help_} |")
     return "\n".join(rows)

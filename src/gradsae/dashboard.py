@@ -74,6 +74,7 @@ class DashboardConfig(ModelOptions):
         "tokens (the first rows) that also get the influence pass (whole model + "
         "one backward, several times the activation-only cost on a CPU); -1 = all, "
         "0 = none",
+        low=-1,
     )
     context_length: int = opt(128, "tokens per row (BOS included)")
     batch_size: int = opt(8, "rows per forward pass")

@@ -15,7 +15,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from .config import opt
+from .config import check_values, opt
 from .errors import GradsaeError
 
 DEVICE_HELP = "auto (CUDA when present; cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N or mps"
@@ -64,6 +64,7 @@ class RuntimeOptions:
             raise GradsaeError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
         if self.threads < 0:
             raise GradsaeError(f"--threads {self.threads}: give 0 (torch's default) or a positive count")
+        check_values(self)  # every field's declared range, and no NaN/Inf, in every command's config
         post_init_chain(RuntimeOptions, self)
 
 

@@ -53,23 +53,28 @@ class EvalConfig(ModelOptions):
 
     sae: str = opt(DEFAULT_GSAE, "SAE folder/file or bundled name")
     cache: str = opt("", "activation cache (default: the folder `gradsae cache` writes with its defaults)")
-    holdout_shards: int = opt(1, "evaluate on the last N shards of the cache (kept out of training)")
-    n_seqs: int = opt(64, "held-out sequences for CE / KL (0: all)")
-    batch_size: int = opt(8, "sequences per forward pass")
+    holdout_shards: int = opt(1, "evaluate on the last N shards of the cache (kept out of training)", low=1)
+    n_seqs: int = opt(64, "held-out sequences for CE / KL (0: all)", low=0)
+    batch_size: int = opt(8, "sequences per forward pass", low=1)
     selection: str = opt("auto", "auto (g-SAE: both), topk, or gradient", choices=("auto", "topk", "gradient"))
-    steer_latents: int = opt(64, "latents sampled for the steering effect (0 skips steering)")
-    steer_contexts: int = opt(8, "contexts (sequence, position) per latent")
+    steer_latents: int = opt(64, "latents sampled for the steering effect (0 skips steering)", low=0)
+    steer_contexts: int = opt(8, "contexts (sequence, position) per latent", low=1)
     steer_alphas: list[float] = opt(
         [10.0, 25.0, 50.0, 100.0],
         "steering strengths α, the norm of the added vector (for scale: SmolLM2's layer-9 residuals have norm ~140)",
     )
-    steer_top_n: int = opt(10, "associated tokens n per latent (largest W_U·W_dec[i])")
+    steer_top_n: int = opt(10, "associated tokens n per latent (largest W_U·W_dec[i])", low=1)
     out: str = opt("", "results folder (default: <gradsae cache>/evals/<sae name>)")
     dead_batch_tokens: int = opt(
-        1024, "tokens per batch for the g-SAE paper's dead-latent rule (no activation in 5 consecutive batches)"
+        1024, "tokens per batch for the g-SAE paper's dead-latent rule (no activation in 5 consecutive batches)", low=1
     )
     plots: bool = opt(True, "write PNG plots")
     seed: int = opt(0, "seed for the samples of latents and contexts")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.steer_latents > 0 and not self.steer_alphas:
+            raise GradsaeError("--steer-alphas is empty: give at least one strength, e.g. 10,50, or --steer-latents 0")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -72,18 +72,19 @@ class TrainConfig(ModelOptions):
         ["topk", "gsae"],
         "comma-separated: topk, gsae, e2e, or any trainable architecture registered in gradsae.architectures",
     )
-    k: list[int] = opt([32], "active latents per token; several values train several SAEs")
+    k: list[int] = opt([32], "active latents per token; several values train several SAEs", low=1)
     beta: list[float] = opt(
         [0.5],
         "g-SAE gradient weight(s) (default 0.5: best L_added of 0.5/1/2 on SmolLM2 "
         "layer 9, see docs/training.md); several values train several g-SAEs",
+        low=0,
     )
     beta_mode: str = opt(
         "rms", "g-SAE: 'rms' (beta relative to a running RMS of |W_dec grad|) or 'raw' (paper)", choices=("rms", "raw")
     )
-    d_sae: list[int] = opt([4096], "latents C; several values train several SAEs")
+    d_sae: list[int] = opt([4096], "latents C; several values train several SAEs", low=1)
     seeds: list[int] = opt([0], "initialisation seeds; several values train several SAEs")
-    e2e_recon_coef: float = opt(0.0, "E2E: weight of a normalised reconstruction term added to the KL loss")
+    e2e_recon_coef: float = opt(0.0, "E2E: weight of a normalised reconstruction term added to the KL loss", low=0)
     context_length: int = opt(128, "tokens per row T (rows are packed from the corpus)")
     prepend_bos: bool = opt(True, "start every row with the BOS token")
     drop_first: int = opt(1, "first positions of each row the SAEs do not train on (attention sink)")
@@ -125,7 +126,7 @@ class TrainConfig(ModelOptions):
     checkpoint_every: int = opt(200, "steps between checkpoints (taken at the next shuffle-buffer boundary)")
     log_every: int = opt(50, "steps between metric records in train_log.jsonl")
     max_steps: int = opt(0, "stop this invocation after about this many steps (0: run to the end); for tests")
-    memory_limit_gb: float = opt(0.0, "refuse a grid estimated to need more than this (0: the free memory)")
+    memory_limit_gb: float = opt(0.0, "refuse a grid estimated to need more than this (0: the free memory)", low=0)
     init_from: str = opt(
         "",
         "start every SAE of the grid from this trained SAE instead of a random initialisation (a fine-tune; any "
