@@ -42,14 +42,12 @@ METRICS = {  # name -> (path in eval.json's eval_result_metrics, lower is better
 
 
 def mean_ci(values: list[float]) -> tuple[float, float | None]:
-    """Mean and the half-width of its 95% Student-t interval (None for one value)."""
-    from scipy import stats
+    """Mean and the half-width of its 95% Student-t interval (None for one value; gradsae.stats)."""
+    from gradsae.stats import t_interval
 
     m = sum(values) / len(values)
-    if len(values) < 2:
-        return m, None
-    lo, hi = stats.t.interval(0.95, len(values) - 1, loc=m, scale=stats.sem(values))
-    return m, float((hi - lo) / 2)
+    ci = t_interval(values)
+    return m, None if ci is None else (ci[1] - ci[0]) / 2
 
 
 def _get(ev: dict, path: tuple[str, str]):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import re
 import sys
 import time
@@ -31,14 +30,12 @@ from pathlib import Path
 from _common import DEV, write_out
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
-    """Wilson score interval of k successes in n trials."""
-    if n == 0:
-        return None
-    p = k / n
-    c = (p + z * z / (2 * n)) / (1 + z * z / n)
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return round(max(0.0, c - h), 3), round(min(1.0, c + h), 3)
+def wilson(k: int, n: int) -> tuple[float, float] | None:
+    """95% Wilson score interval of k successes in n trials, rounded to 3 places (gradsae.stats)."""
+    from gradsae.stats import wilson_interval
+
+    ci = wilson_interval(k, n)
+    return None if ci is None else (round(ci[0], 3), round(ci[1], 3))
 
 
 def _answers(ctx, qas, batch_size: int, spliced: bool) -> dict[str, float]:

@@ -200,3 +200,85 @@ def test_clicking_answers_stores_and_exports_them(dash_dirs, tmp_path):
     f.write_text(json.dumps(ex))
     rates = {r.sae: r for r in run(RateConfig(score=[str(f)], key=str(key_path(out)), plot=str(tmp_path / "p.png")))}
     assert sum(r.n for r in rates.values()) == 2
+
+
+def _ratings(key, answers, rater="ann"):
+    items = list(key["items"])
+    return {
+        "schema": RATINGS_SCHEMA,
+        "page": key["page"],
+        "rater": rater,
+        "ratings": {i: {"answer": a, "note": ""} for i, a in zip(items, answers)},
+    }
+
+
+def test_answers_as_the_page_spells_them_count_and_unknown_ones_are_refused(dash_dirs, tmp_path):
+    out, key = _build(dash_dirs, tmp_path)
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(_ratings(key, ["Yes", "No", "Maybe", " yes ", None])))
+    rates = run(RateConfig(score=[str(f)], key=str(key_path(out)), plot=str(tmp_path / "p.png")))
+    assert sum(r.n for r in rates) == 4
+    for bad in ("definitely", 1, ["yes"]):
+        f.write_text(json.dumps(_ratings(key, [bad])))
+        with pytest.raises(GradsaeError, match="use Yes, Maybe or No"):
+            run(RateConfig(score=[str(f)], key=str(key_path(out))))
+
+
+def test_a_rater_counts_once(dash_dirs, tmp_path):
+    out, key = _build(dash_dirs, tmp_path)
+    f1, f2, f3 = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    f1.write_text(json.dumps(_ratings(key, ["yes"], rater="")))  # unnamed: the file's name
+    f2.write_text(json.dumps(_ratings(key, ["no"], rater="")))
+    f3.write_text(json.dumps(_ratings(key, ["no"], rater="a")))
+    rates = run(RateConfig(score=[str(f1), str(f2)], key=str(key_path(out)), plot=str(tmp_path / "p.png")))
+    assert max(r.n_raters for r in rates) <= 2 and sum(r.n for r in rates) == 2
+    with pytest.raises(GradsaeError, match="given twice"):
+        run(RateConfig(score=[str(f1), str(f1)], key=str(key_path(out))))
+    with pytest.raises(GradsaeError, match="both by rater 'a'"):
+        run(RateConfig(score=[str(f1), str(f3)], key=str(key_path(out))))
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda k, r: (["not", "a", "key"], r), "not a rating key"),
+        (lambda k, r: ({**k, "items": "x"}, r), "lacks its page"),
+        (lambda k, r: ({**k, "items": {i: "saeA" for i in k["items"]}}, r), "the key is damaged"),
+        (lambda k, r: (k, {**r, "ratings": {i: "yes" for i in r["ratings"]}}), 'not {"answer"'),
+        (lambda k, r: (k, [r]), "not an exported ratings file"),
+        (lambda k, r: (k, {**r, "rater": 7}), "not a name"),
+    ],
+)
+def test_files_of_the_wrong_shape_are_one_line(dash_dirs, tmp_path, mutate, message):
+    out, key = _build(dash_dirs, tmp_path)
+    k, r = mutate(key, _ratings(key, ["yes", "no"]))
+    kf, rf = tmp_path / "k.json", tmp_path / "r.json"
+    kf.write_text(json.dumps(k))
+    rf.write_text(json.dumps(r))
+    with pytest.raises(GradsaeError, match=re.escape(message) if "{" in message else message):
+        run(RateConfig(score=[str(rf)], key=str(kf)))
+
+
+def test_deeply_nested_json_is_one_line(dash_dirs, tmp_path):
+    out, key = _build(dash_dirs, tmp_path)
+    f = tmp_path / "deep.json"
+    f.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(GradsaeError, match="not a JSON"):
+        run(RateConfig(score=[str(f)], key=str(key_path(out))))
+    with pytest.raises(GradsaeError, match="not a JSON"):
+        run(RateConfig(score=[str(tmp_path / "r.json")], key=str(f)))
+
+
+def test_a_second_page_never_replaces_the_key_of_another(dash_dirs, tmp_path):
+    out, key = _build(dash_dirs, tmp_path)
+    _build(dash_dirs, tmp_path)  # the same page again: fine
+    with pytest.raises(GradsaeError, match="key of another page"):
+        run(RateConfig(sae=dash_dirs, n_per_sae=5, seed=9, out=str(out)))
+    assert json.loads(key_path(out).read_text()) == key
+    foreign = tmp_path / "mine.html"
+    foreign.write_text("<html>my own page</html>")
+    with pytest.raises(GradsaeError, match="not a gradsae rating page"):
+        run(RateConfig(sae=dash_dirs, n_per_sae=5, out=str(foreign)))
+    assert foreign.read_text() == "<html>my own page</html>"
+    with pytest.raises(GradsaeError, match="names a folder"):
+        run(RateConfig(sae=dash_dirs, n_per_sae=5, out=str(tmp_path)))

@@ -80,6 +80,8 @@ def read_json(path: str | Path) -> Any:
         return json.loads(read_text_file(path))
     except json.JSONDecodeError as e:
         raise GradsaeError(f"malformed JSON in {path} (line {e.lineno}: {e.msg}): fix or delete the file") from None
+    except RecursionError:
+        raise GradsaeError(f"{path} nests too deeply to be a file gradsae wrote: fix or delete the file") from None
 
 
 class JsonlLog:

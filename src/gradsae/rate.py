@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,11 @@ from typing import Sequence
 
 from .config import opt
 from .errors import GradsaeError
+from .stats import wilson_interval
 
 ANSWERS = ("yes", "maybe", "no")
 RATINGS_SCHEMA = "gradsae.ratings/1"
 KEY_SCHEMA = "gradsae.rating-key/1"
-Z95 = 1.959963984540054
 
 
 @dataclass(kw_only=True)
@@ -57,15 +56,9 @@ class RateConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a proportion k/n (95% by default); (0, 1) when n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion k/n (``gradsae.stats``); (0, 1) when n = 0."""
+    return wilson_interval(k, n) or (0.0, 1.0)
 
 
 @dataclass
@@ -99,8 +92,9 @@ def score_ratings(key: dict, ratings: Sequence[dict]) -> list[SaeRates]:
         rater = r.get("rater") or f"rater{i + 1}"
         for item, ans in r["ratings"].items():
             a = ans.get("answer")
-            if a not in ANSWERS:
+            if a is None:  # left unanswered on the page
                 continue
+            a = str(a).strip().lower()
             sae = items[item]["sae"]
             per[sae]["counts"][a] += 1
             per[sae]["latents"].add(items[item]["latent"])
@@ -264,19 +258,58 @@ def _read_json(path: str | Path, what: str) -> dict:
         return json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise GradsaeError(f"no {what} at {p}: check the path") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise GradsaeError(f"{p}: not a JSON {what} ({type(e).__name__}): export it again") from None
+
+
+def _check_key(key, key_file: str) -> None:
+    """One line for a key file of the wrong shape."""
+    if not isinstance(key, dict) or key.get("schema") != KEY_SCHEMA:
+        raise GradsaeError(f"{key_file} is not a rating key ({KEY_SCHEMA}): pass the .key.json written with the page")
+    saes, items = key.get("saes"), key.get("items")
+    if not isinstance(key.get("page"), str) or not isinstance(saes, list) or not isinstance(items, dict):
+        raise GradsaeError(
+            f"{key_file} lacks its page, saes or items: it is damaged; use the key written with the page"
+        )
+    for item, v in items.items():
+        if not (isinstance(v, dict) and v.get("sae") in saes and isinstance(v.get("latent"), int)):
+            raise GradsaeError(
+                f'{key_file}: item {item!r} is not {{"sae": one of the key\'s SAEs, "latent": a number}}: '
+                "the key is damaged"
+            )
+
+
+def _check_ratings(r, f: str) -> None:
+    """One line for an exported ratings file of the wrong shape or with an answer that is not Yes/Maybe/No."""
+    if not isinstance(r, dict) or r.get("schema") != RATINGS_SCHEMA or not isinstance(r.get("ratings"), dict):
+        raise GradsaeError(f"{f} is not an exported ratings file ({RATINGS_SCHEMA}): use the page's Export button")
+    if r.get("rater") is not None and not isinstance(r["rater"], str):
+        raise GradsaeError(f'{f}: "rater" is a {type(r["rater"]).__name__}, not a name')
+    for item, ans in r["ratings"].items():
+        if not isinstance(ans, dict):
+            raise GradsaeError(f'{f}: item {item!r} is {ans!r}, not {{"answer": ..., "note": ...}}')
+        a = ans.get("answer")
+        if a is not None and (not isinstance(a, str) or a.strip().lower() not in ANSWERS):
+            raise GradsaeError(f"{f}: item {item!r} has the answer {a!r}: use Yes, Maybe or No (or leave it empty)")
 
 
 def load_scoring(key_file: str, rating_files: Sequence[str]) -> tuple[dict, list[dict]]:
     key = _read_json(key_file, "key file")
-    if key.get("schema") != KEY_SCHEMA:
-        raise GradsaeError(f"{key_file} is not a rating key ({KEY_SCHEMA}): pass the .key.json written with the page")
-    ratings = []
+    _check_key(key, key_file)
+    seen = [Path(f).resolve() for f in rating_files]
+    twice = next((f for f, p in zip(rating_files, seen) if seen.count(p) > 1), None)
+    if twice is not None:
+        raise GradsaeError(f"{twice} is given twice: each rater's file counts once")
+    ratings, raters = [], {}
     for f in rating_files:
         r = _read_json(f, "ratings file")
-        if r.get("schema") != RATINGS_SCHEMA or not isinstance(r.get("ratings"), dict):
-            raise GradsaeError(f"{f} is not an exported ratings file ({RATINGS_SCHEMA}): use the page's Export button")
+        _check_ratings(r, f)
+        r = {**r, "rater": (r.get("rater") or "").strip() or Path(f).stem}  # an unnamed rater: the file's name
+        if r["rater"] in raters:
+            raise GradsaeError(
+                f"{f} and {raters[r['rater']]} are both by rater {r['rater']!r}: give each rater's file once"
+            )
+        raters[r["rater"]] = f
         if r.get("page") != key["page"]:
             raise GradsaeError(
                 f"{f} rates page {r.get('page')!r} but the key is for page {key['page']!r}: "
@@ -287,6 +320,26 @@ def load_scoring(key_file: str, rating_files: Sequence[str]) -> tuple[dict, list
             raise GradsaeError(f"{f} has items the key does not know ({sorted(unknown)[:3]}): wrong key file?")
         ratings.append(r)
     return key, ratings
+
+
+def _refuse_overwrite(out: Path, key: dict) -> None:
+    """Never replace a page gradsae did not write, nor the key of another page (its raters could not be
+    unblinded any more); rewriting the same page (same SAEs, seed and sample) is fine."""
+    if out.exists() and RATINGS_SCHEMA not in out.read_text(encoding="utf-8", errors="replace"):
+        raise GradsaeError(f"{out} exists and is not a gradsae rating page: choose another --out")
+    kp = key_path(out)
+    if kp.exists():
+        try:
+            old = json.loads(kp.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = None
+        if not isinstance(old, dict) or old.get("schema") != KEY_SCHEMA:
+            raise GradsaeError(f"{kp} exists and is not a gradsae rating key: choose another --out")
+        if old.get("page") != key["page"]:
+            raise GradsaeError(
+                f"{kp} is the key of another page ({old.get('page')}): its raters could not be unblinded if it were "
+                "replaced; choose another --out"
+            )
 
 
 def run(cfg: RateConfig):
@@ -315,7 +368,10 @@ def run(cfg: RateConfig):
         min_contexts=cfg.min_contexts,
     )
     out = Path(cfg.out)
+    if out.is_dir() or not out.name:
+        raise GradsaeError(f"--out {cfg.out!r} names a folder: give the page's file name, e.g. --out rate.html")
     with output_lock(out.parent if str(out.parent) else Path(".")):
+        _refuse_overwrite(out, key)
         atomic_write_text(out, render_rating_page(key, views))
         write_json(key_path(out), key)
     print(

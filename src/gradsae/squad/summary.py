@@ -9,10 +9,10 @@ with fewer than ``MIN_N`` examples — it is "not enough evidence (n = N)".
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 from ..influence import resolve_k
+from ..stats import t_interval, wilson_interval
 from .config import METHODS, SETS
 from .records import AnswerRecord, Cell, CellKey, EditRecord, Record
 
@@ -22,28 +22,16 @@ MIN_N = 10  # fewer paired examples than this never decide a research question
 SPLICE_WARN_RATIO = 0.5  # warn when the splice keeps fewer than this share of what the plain model answers
 
 
-def wilson_ci(successes: float, n: int, z: float = 1.96) -> tuple[float | None, float | None]:
-    """95% Wilson score interval of a proportion, in percent."""
-    if n < 1:
-        return (None, None)
-    p = successes / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (100 * max(0.0, c - h), 100 * min(1.0, c + h))
+def wilson_ci(successes: float, n: int) -> tuple[float | None, float | None]:
+    """95% Wilson score interval of a proportion, in percent (``gradsae.stats``)."""
+    ci = wilson_interval(successes, n)
+    return (None, None) if ci is None else (100 * ci[0], 100 * ci[1])
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """95% Student-t interval of the mean (same unit as ``values``); scipy gives the t quantile."""
-    from scipy.stats import t
-
-    n = len(values)
-    if n < 2:
-        return (None, None)
-    m = sum(values) / n
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    q = float(t.ppf(0.975, n - 1))
-    return (m - q * sd / math.sqrt(n), m + q * sd / math.sqrt(n))
+    """95% Student-t interval of the mean, in the unit of ``values`` (``gradsae.stats``)."""
+    ci = t_interval(values)
+    return (None, None) if ci is None else ci
 
 
 def overlap(a: Sequence[int], b: Sequence[int]) -> float | None:
