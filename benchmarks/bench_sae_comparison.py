@@ -37,6 +37,8 @@ METRICS = {  # name -> (path in eval.json's eval_result_metrics, lower is better
     "dead (held-out)": (("misc", "dead_frac"), True),
     "dead (5 batches, train)": (("misc", "dead_frac_train_5batches"), True),
     "median density": (("sparsity", "density_median"), None),
+    "L_added (gradient selection)": (("gradient", "model_performance_preservation", "l_added"), True),
+    "NMSE (gradient selection)": (("gradient", "reconstruction_quality", "nmse"), True),
     "decoder max-cos": (("decoder", "max_cos_mean"), None),
 }
 
@@ -50,8 +52,12 @@ def mean_ci(values: list[float]) -> tuple[float, float | None]:
     return m, None if ci is None else (ci[1] - ci[0]) / 2
 
 
-def _get(ev: dict, path: tuple[str, str]):
-    v = ev["eval_result_metrics"].get(path[0], {}).get(path[1])
+def _get(ev: dict, path: tuple[str, ...]):
+    """A metric of eval.json: (section, key) of the main selection, or (selection, section, key)."""
+    metrics = (
+        ev["eval_result_metrics"] if len(path) == 2 else ev.get("eval_result_metrics_by_selection", {}).get(path[0])
+    )
+    v = (metrics or {}).get(path[-2], {}).get(path[-1])
     return None if v is None else float(v)
 
 
@@ -85,8 +91,14 @@ def group_key(ev: dict, meta: dict) -> tuple:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, help="comma list of `gradsae train` results folders")
-    ap.add_argument("--heldout", required=True, help="`gradsae cache` folder of held-out text (with --grad)")
+    ap.add_argument("--run", default="", help="comma list of `gradsae train` results folders")
+    ap.add_argument("--heldout", default="", help="`gradsae cache` folder of held-out text (with --grad)")
+    ap.add_argument(
+        "--results",
+        default="",
+        help="instead of --run/--heldout: a folder of committed per-SAE result files "
+        "(benchmarks/gsae_study.py writes docs/results/gsae/<arch>-k<k>-s<seed>.json); nothing is evaluated",
+    )
     ap.add_argument("--holdout-shards", type=int, default=2)
     ap.add_argument("--n-seqs", type=int, default=64)
     ap.add_argument("--steer-latents", type=int, default=64)
@@ -94,7 +106,28 @@ def main() -> None:
     ap.add_argument("--json", default="benchmarks/out/sae_comparison.json")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    if args.results:
+        evals = load_results(Path(args.results))
+    elif args.run and args.heldout:
+        evals = evaluate_runs(args)
+    else:
+        ap.error("give --results DIR, or --run and --heldout")
+    report(evals, args)
 
+
+def load_results(folder: Path) -> list[tuple[dict, dict, str]]:
+    """(eval.json, SAE metadata, name) of every result file in ``folder`` (not its subfolders)."""
+    out = []
+    for p in sorted(folder.glob("*.json")):
+        rec = json.loads(p.read_text())
+        out.append((rec["eval"], {"seed": rec["seed"], "model_tokens": rec["training_tokens"]}, p.name))
+    if not out:
+        raise SystemExit(f"no result files in {folder}")
+    return out
+
+
+def evaluate_runs(args) -> list[tuple[dict, dict, str]]:
+    """Evaluate every SAE of the --run folders on --heldout (cached per SAE in --out-root)."""
     from gradsae.formats import load_sae
     from gradsae.training.evals import EvalConfig, run as run_eval
 
@@ -123,7 +156,11 @@ def main() -> None:
                 )
             meta = load_sae(folder).cfg.metadata or {}
             evals.append((ev, meta, str(folder)))
+    return evals
 
+
+def report(evals: list[tuple[dict, dict, str]], args) -> dict:
+    """Group SAEs that differ only in their seed; mean and 95% t interval per metric; verdicts; figures."""
     groups = defaultdict(list)
     for ev, meta, folder in evals:
         groups[group_key(ev, meta)].append((ev, meta, folder))
@@ -181,8 +218,10 @@ def main() -> None:
     verdicts = compare(rows)
     for v in verdicts:
         print(v)
-    write_out(args.json, {"args": vars(args), "rows": rows, "verdicts": verdicts})
+    result = {"args": vars(args), "rows": rows, "verdicts": verdicts}
+    write_out(args.json, result)
     plot(rows, Path(args.json).with_suffix(""))
+    return result
 
 
 def compare(rows: list[dict]) -> list[str]:
@@ -239,7 +278,8 @@ def plot(rows: list[dict], stem: Path) -> None:
         xlabel="max cosine to another decoder row", ylabel="latents", title="decoder cosines (§4.4)", xlim=(0, 1)
     )
     for ax in axes:
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(f"{stem}_distributions.png", dpi=110)
     plt.close(fig)
@@ -255,7 +295,8 @@ def plot(rows: list[dict], stem: Path) -> None:
         axes[0].set(xlabel="α", ylabel="Δp on associated tokens", title="steering effect (higher is better)")
         axes[1].set(xlabel="α", ylabel="probability added to other tokens", title="specificity (lower is better)")
         for ax in axes:
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(f"{stem}_steering.png", dpi=110)
         plt.close(fig)

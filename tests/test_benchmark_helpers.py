@@ -42,3 +42,43 @@ def test_verdicts_need_separated_intervals():
     assert v == ["blocks.14.hook_resid_post k=32: NMSE, gsae vs topk: topk lower (0.1000 ± 0.0100 vs 0.2000 ± 0.0100)"]
     assert "intervals overlap" in compare([_row("topk", (0.10, 0.06)), _row("gsae", (0.20, 0.06))])[0]
     assert "one seed" in compare([_row("topk", (0.10, None)), _row("gsae", (0.20, None))])[0]
+
+
+def test_the_comparison_report_rebuilds_from_result_files_alone(tmp_path):
+    """docs/results/gsae-style files (one per SAE and seed) -> grouped rows with t intervals and verdicts."""
+    import json
+    from types import SimpleNamespace
+
+    from bench_sae_comparison import load_results, report
+
+    def ev(arch, nmse, l_added):
+        return {
+            "sae_cfg": {
+                "hook_name": "blocks.14.hook_resid_post",
+                "architecture": arch,
+                "k": 32,
+                "d_sae": 4096,
+                "beta": 0.5 if arch == "gsae" else 0.0,
+            },
+            "eval_result_metrics": {
+                "reconstruction_quality": {"nmse": nmse},
+                "model_performance_preservation": {"l_added": l_added},
+            },
+            "eval_result_metrics_by_selection": {"gradient": {"model_performance_preservation": {"l_added": 0.3}}}
+            if arch == "gsae"
+            else {},
+            "eval_result_details": [],
+        }
+
+    for s, (a, b) in enumerate([(0.10, 0.20), (0.11, 0.21), (0.12, 0.19)]):
+        for arch, nmse, la in (("topk", a, b), ("gsae", a + 0.05, b - 0.05)):
+            rec = {"architecture": arch, "k": 32, "seed": s, "training_tokens": 1000, "eval": ev(arch, nmse, la)}
+            (tmp_path / f"{arch}-k32-s{s}.json").write_text(json.dumps(rec))
+    (tmp_path / "lr-sweep").mkdir()  # subfolders are not part of the comparison
+    res = report(load_results(tmp_path), SimpleNamespace(json=str(tmp_path / "out" / "cmp.json")))
+    rows = {r["architecture"]: r for r in res["rows"]}
+    assert rows["topk"]["seeds"] == [0, 1, 2] and rows["topk"]["NMSE"][0] == pytest.approx(0.11)
+    assert rows["gsae"]["L_added (gradient selection)"][0] == pytest.approx(0.3)
+    assert any("NMSE, gsae vs topk: topk lower" in v for v in res["verdicts"])
+    assert any("L_added, gsae vs topk: gsae lower" in v for v in res["verdicts"])
+    assert json.loads((tmp_path / "out" / "cmp.json").read_text())["verdicts"] == res["verdicts"]
