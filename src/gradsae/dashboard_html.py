@@ -1,6 +1,6 @@
-"""HTML for dashboards: the self-contained dashboard page, latent cards as a reusable fragment, and the
-shared page plumbing (Jinja2 with autoescape, a strict hash-based Content-Security-Policy, page data as JSON
-inside ``<script type="application/json">``).
+"""HTML for dashboards: the self-contained dashboard page and latent cards as a reusable fragment, through the
+one HTML layer (``html.py``: Jinja2 with autoescape, a strict hash-based Content-Security-Policy, page data as
+JSON inside ``<script type="application/json">``).
 
 Every corpus string reaches the page through Jinja2 autoescaping (cards) or through ``script_json`` (the
 search index), never as raw HTML. The pages load nothing from the network: ``default-src 'none'`` and the
@@ -13,80 +13,16 @@ styles.
 
 from __future__ import annotations
 
-import base64
-import functools
-import hashlib
-import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from .dashboard import Dashboard, LatentRecord
+from .html import asset, csp, environment, fmt, level, script_json, token_text  # noqa: F401  (re-exported)
 
-TEMPLATES = Path(__file__).parent / "templates"
 LOWER_PERCENTILE = 90  # band samples shown as "lower activations" lie below this percentile of the latent
 
 
-@functools.lru_cache(maxsize=1)
-def env():
-    import jinja2
-
-    e = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        autoescape=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    e.filters["tokstr"] = token_text
-    e.filters["level"] = level
-    e.filters["fmt"] = fmt
-    return e
-
-
-def asset(name: str) -> str:
-    return (TEMPLATES / name).read_text(encoding="utf-8")
-
-
-def script_json(obj: Any) -> str:
-    """JSON safe inside ``<script type="application/json">``: no ``</script>``, ``<!--`` or line separators."""
-    s = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return (
-        s.replace("&", "\\u0026")
-        .replace("<", "\\u003c")
-        .replace(">", "\\u003e")
-        .replace("\u2028", "\\u2028")
-        .replace("\u2029", "\\u2029")
-    )
-
-
-def csp_hash(text: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
-
-
-def csp(script: str, style: str) -> str:
-    """Nothing from the network, no inline code but ours (by hash), no forms or frames."""
-    return (
-        f"default-src 'none'; script-src {csp_hash(script)}; style-src {csp_hash(style)}; img-src data:; "
-        "base-uri 'none'; form-action 'none'"
-    )
-
-
-def token_text(t: str) -> str:
-    """A token as shown: newlines and tabs made visible (the text itself is escaped by Jinja)."""
-    return t.replace("\n", "⏎").replace("\t", "⇥").replace("\r", "")
-
-
-def level(x: float, top: float, n: int = 9) -> int:
-    """0..n: x relative to top (colour intensity class); 0 for x <= 0 or top <= 0."""
-    if top <= 0 or x <= 0:
-        return 0
-    return max(1, min(n, round(n * x / top)))
-
-
-def fmt(x: float | None, digits: int = 3) -> str:
-    if x is None:
-        return ""
-    return f"{x:.{digits}g}"
+env = environment  # the one page environment (html.py)
 
 
 def card_view(dash: Dashboard, r: LatentRecord, n_top: int = 8, n_bands: int = 6, n_influence: int = 5) -> dict:

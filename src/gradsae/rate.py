@@ -236,7 +236,7 @@ def build_rating(
 
 
 def render_rating_page(key: dict, views: Sequence[dict]) -> str:
-    from .dashboard_html import asset, csp, env, script_json
+    from .html import asset, csp, environment as env, script_json
 
     js, css = asset("rate.js"), asset("dashboard.css")
     data = {"schema": RATINGS_SCHEMA, "page": key["page"], "items": [v["item"] for v in views]}

@@ -27,18 +27,15 @@ Inputs (plain dicts, so the report can be rebuilt from files):
 from __future__ import annotations
 
 import base64
-import functools
-import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .config import opt
 from .errors import GradsaeError
+from .html import asset, csp, environment, script_json, token_text
 from .io import atomic_write_text, output_lock, read_json
 
 METHOD_NAMES = {"baseline": "Baseline", "gradsae": "GradSAE"}
@@ -64,21 +61,8 @@ SUMMARY_SCHEMAS = ("gradsae.experiments.summary/1", "gradsae.experiments.sweep/1
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1)
-def _env():
-    import jinja2
-
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("gradsae", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
-    )
-
-
 def _macros():
-    return _env().get_template("report.html.j2").module
-
-
-def _asset(name: str) -> str:
-    return (resources.files("gradsae") / "templates" / name).read_text(encoding="utf-8")
+    return environment().get_template("report.html.j2").module
 
 
 def _safe(s: str):
@@ -92,16 +76,7 @@ def _safe(s: str):
 # ---------------------------------------------------------------------------------------------
 
 
-def json_for_script(obj: Any) -> str:
-    """JSON that is safe inside ``<script type="application/json">`` (no ``</script>``, no ``<!--``)."""
-    s = json.dumps(obj, ensure_ascii=False, allow_nan=False, default=str)
-    return (
-        s.replace("&", "\\u0026")
-        .replace("<", "\\u003c")
-        .replace(">", "\\u003e")
-        .replace("\u2028", "\\u2028")
-        .replace("\u2029", "\\u2029")
-    )
+json_for_script = script_json  # the one escaper (html.py), under the name this module's callers use
 
 
 def html_id(prefix: str, s: Any) -> str:
@@ -128,11 +103,6 @@ def sig(x: Any, digits: int = 3) -> str:
         return f"{float(x):.{digits}g}"
     except (TypeError, ValueError):
         return str(x)
-
-
-def token_text(t: str) -> str:
-    """How a token is shown: visible newlines and tabs (escaped by the template)."""
-    return t.replace("\n", "↵\n").replace("\t", "⇥")
 
 
 def token_label(t: str) -> str:
@@ -481,7 +451,7 @@ def _token_view(ex: dict, uid: str) -> dict:
             {
                 "cls": "t ans" if j >= n_prompt else "t",
                 "bg": colour(v, vmax),
-                "text": token_text(t),
+                "text": token_text(t, keep_breaks=True),
                 "tip": token_label(t) + (f"  latent {latents[0]}: g = {v:.3g}" if latents else ""),
             }
         )
@@ -555,21 +525,12 @@ def render_example(ex: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _csp(js: str) -> str:
-    """No network at all; images only as data: URIs; scripts only this page's own (by its sha256)."""
-    digest = base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode("ascii")
-    return (
-        f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; "
-        "base-uri 'none'; form-action 'none'"
-    )
-
-
 def render_page(title: str, body: str, subtitle: str = "", nav: Sequence[tuple[str, str]] = ()) -> str:
     """The page shell: inline CSS and JS, a content-security policy that forbids any network request."""
-    js = _asset("report.js")
+    js = asset("report.js")
     # the policy is our own text (quotes kept as quotes; it holds no " or <)
     return str(
-        _macros().page(title, _safe(body), subtitle, list(nav), _safe(_csp(js)), _safe(_asset("report.css")), _safe(js))
+        _macros().page(title, _safe(body), subtitle, list(nav), _safe(csp(js)), _safe(asset("report.css")), _safe(js))
     )
 
 
