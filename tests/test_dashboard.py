@@ -35,7 +35,7 @@ from gradsae.dashboard import (
     moved_logprobs,
     update_state,
 )
-from gradsae.dashboard_html import render_cards, render_dashboard_page, script_json
+from gradsae.dashboard.page import render_cards, render_dashboard_page, script_json
 
 from conftest import make_tiny, random_sae
 

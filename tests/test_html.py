@@ -27,7 +27,8 @@ def test_tokens_show_breaks_tabs_and_never_reorder_the_text():
 
 
 def test_every_page_module_uses_the_one_environment():
-    from gradsae import dashboard_html, report
+    from gradsae import report
+    from gradsae.dashboard import page as dashboard_html
 
     assert dashboard_html.env() is html.environment()
     assert report._macros() is not None and report.environment is html.environment

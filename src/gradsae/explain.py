@@ -182,7 +182,7 @@ def run(cfg: ExplainConfig) -> dict:
         if path and (not path.strip() or Path(path).is_dir()):
             raise GradsaeError(f"{flag} {path!r} is not a file name: give e.g. {flag} explain.{flag[2:]}")
     from .dashboard import card_data, resolve_dashboard
-    from .dashboard_html import insert_before_body_end, render_cards
+    from .dashboard.page import insert_before_body_end, render_cards
 
     from .options import start
 

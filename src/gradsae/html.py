@@ -2,7 +2,7 @@
 ``<script type="application/json">``, the Content-Security-Policy, and how a token is shown.
 
 The pages: the experiment report and the explain page (``report.py``), the dashboard page and latent cards
-(``dashboard_html.py``), the blind rating page (``rate.py``). None loads anything from the network
+(``dashboard/page.py``), the blind rating page (``rate.py``). None loads anything from the network
 (``default-src 'none'``); each page's one script is allowed by its SHA-256 hash.
 """
 

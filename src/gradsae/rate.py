@@ -197,7 +197,7 @@ def build_rating(
     min_contexts: int = 3,
 ) -> tuple[dict, list[dict]]:
     """Sample and shuffle the items. Returns (key, item views for the page, in page order)."""
-    from .dashboard_html import card_view
+    from .dashboard.page import card_view
 
     if len(saes) < 2:
         raise GradsaeError("give at least two SAEs to compare: --sae A,B")

@@ -582,7 +582,7 @@ def render_report(
     """The whole report as one HTML string (see the module docstring for the inputs).
 
     ``plots``: PNG bytes by name to embed instead of drawing them from the summary. ``cards``: an HTML
-    fragment of dashboard cards (``dashboard_html.render_cards``) shown as its own section.
+    fragment of dashboard cards (``dashboard.page.render_cards``) shown as its own section.
     """
     summary = check_summary(summary or {})
     parts = []
@@ -724,7 +724,7 @@ def dashboard_cards(config: dict | None, examples: Sequence[dict], answers: Sequ
     from collections import Counter
 
     from .dashboard import find_dashboard, load_dashboard
-    from .dashboard_html import render_cards
+    from .dashboard.page import render_cards
 
     config = config or {}
     inner = config.get("config") if isinstance(config.get("config"), dict) else {}

@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .dashboard import Dashboard, LatentRecord
-from .html import asset, csp, environment, fmt, level, script_json, token_text  # noqa: F401  (re-exported)
+from .cards import Dashboard, LatentRecord
+from ..html import asset, csp, environment, fmt, level, script_json, token_text  # noqa: F401  (re-exported)
 
 LOWER_PERCENTILE = 90  # band samples shown as "lower activations" lie below this percentile of the latent
 
@@ -113,7 +113,7 @@ def render_dashboard_page(dash: Dashboard, max_latents: int = 0, title: str = ""
 
 
 def write_dashboard_page(path: str | Path, dash: Dashboard, max_latents: int = 0) -> Path:
-    from .io import atomic_write_text
+    from ..io import atomic_write_text
 
     return atomic_write_text(path, render_dashboard_page(dash, max_latents))
 

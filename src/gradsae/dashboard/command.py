@@ -1,0 +1,96 @@
+"""``gradsae dashboard``: the command (``run``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+
+from ..distributed import Dist
+from ..errors import GradsaeError
+from ..options import start
+from .config import DashboardConfig
+from .state import DashboardState, HIST_LO, HIST_PER_DECADE, SCHEMA, merge_states
+from .model_pass import _check, build_state, fingerprint
+from .cards import DEFINITIONS, Dashboard, DashboardMeta, finalize, find_dashboard, load_dashboard
+
+
+def run(cfg: DashboardConfig) -> Dashboard | None:
+    from .page import write_dashboard_page
+    from ..formats import load_sae
+    from ..io import atomic_write_text, output_lock
+    from ..model import load_model, model_name
+    from ..splice import check_compatible
+
+    _check(cfg)
+    if cfg.render:
+        found = find_dashboard(cfg.render)
+        dash = load_dashboard(found if found is not None else cfg.render)
+        with output_lock(cfg.out):
+            page = write_dashboard_page(Path(cfg.out) / "dashboard.html", dash, max_latents=cfg.html_latents)
+        print(f"wrote {page}")
+        return dash
+    rt = start(cfg, "dashboard")
+    ranks = Dist("cpu")  # gloo: the ranks only meet at barriers, whatever device the model is on
+    out = Path(cfg.out)
+    t0 = time.perf_counter()
+    model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
+    sae = load_sae(cfg.sae, device=str(next(model.parameters()).device), dtype="float32")
+    layer = check_compatible(model, sae, cfg.layer or None)
+    state_dir = out / "state"
+    lock_dir = out if ranks.world == 1 else out / "state" / f"rank{ranks.rank}"
+    try:
+        with output_lock(lock_dir):
+            st = build_state(
+                cfg,
+                model,
+                tok,
+                sae,
+                layer,
+                rank=ranks.rank,
+                world=ranks.world,
+                state_path=state_dir / f"rank{ranks.rank}.safetensors",
+            )
+        ranks.barrier()
+        if ranks.rank != 0:
+            return None
+        for r in range(1, ranks.world):
+            st = merge_states(
+                st, DashboardState.load(state_dir / f"rank{r}.safetensors", fingerprint(cfg, ranks.world))
+            )
+    finally:
+        ranks.close()
+    if st.n_tokens == 0:
+        raise GradsaeError(
+            f"the corpus {cfg.data} gave no rows of {cfg.context_length} tokens: add data or lower --context-length"
+        )
+    meta = DashboardMeta(
+        schema=SCHEMA,
+        model=model_name(model),
+        sae=cfg.sae,
+        hook=sae.cfg.hook_name or str(layer),
+        d_sae=sae.d_sae,
+        data=list(cfg.data),
+        n_tokens=st.n_tokens,
+        n_influence_tokens=st.n_influence_tokens,
+        left=cfg.left,
+        right=cfg.right,
+        hist_lo_log10=HIST_LO,
+        hist_per_decade=HIST_PER_DECADE,
+        seconds=round(time.perf_counter() - t0, 1),
+        config={**asdict(cfg), "runtime": rt.as_config()},
+        definitions=DEFINITIONS,
+    )
+    dash = finalize(st, model, tok, sae, meta, n_promoted=cfg.n_promoted, n_neighbours=cfg.n_neighbours)
+    with output_lock(out):
+        # compact separators: an indented file of 4096 latents is three times larger
+        atomic_write_text(out / "dashboard.json", json.dumps(dash.to_json(), ensure_ascii=False, separators=(",", ":")))
+        write_dashboard_page(out / "dashboard.html", dash, max_latents=cfg.html_latents)
+    alive = sum(1 for r in dash.latents if r.count)
+    print(
+        f"dashboard: {st.n_tokens} tokens ({st.n_influence_tokens} with influence), {alive}/{sae.d_sae} latents "
+        f"active, {meta.seconds:.0f} s -> {out / 'dashboard.json'}, {out / 'dashboard.html'}"
+    )
+    return dash
