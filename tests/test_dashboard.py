@@ -224,6 +224,28 @@ def test_resume_after_a_crash_gives_the_same_state(tmp_path, tiny_pair):
         build_state(_cfg(tmp_path, seed=2), model, tok, sae, 1, state_path=path)
 
 
+def test_a_resume_with_other_weights_or_another_corpus_is_refused(tmp_path, tiny_pair):
+    """Names are not enough: the same SAE path with other weights, or the corpus file with other text."""
+    import copy
+
+    from gradsae.errors import GradsaeError
+
+    model, tok, sae = tiny_pair
+    cfg = _cfg(tmp_path)
+    path = tmp_path / "state.safetensors"
+    build_state(cfg, model, tok, sae, 1, state_path=path, stop_after=2)
+    other = copy.deepcopy(sae)
+    with torch.no_grad():
+        other.W_dec.mul_(1.5)
+    with pytest.raises(GradsaeError, match="other settings"):
+        build_state(cfg, model, tok, other, 1, state_path=path)
+    corpus = cfg.data[0]
+    with open(corpus, "a") as f:
+        f.write("\nanother document entirely")
+    with pytest.raises(GradsaeError, match="other settings"):
+        build_state(cfg, model, tok, sae, 1, state_path=path)
+
+
 def test_two_ranks_merged_equal_one(tmp_path, tiny_pair):
     model, tok, sae = tiny_pair
     cfg = _cfg(tmp_path)

@@ -157,3 +157,24 @@ def test_an_option_parser_error_is_one_line_pointing_at_help(capsys):
 def test_the_command_reference_states_the_ranges():
     ref = cli.command_reference()
     assert "(0: all) (≥ 0)" in ref and "0 = none (≥ -1)" in ref
+
+
+def test_no_command_overwrites_a_file_it_did_not_write(tmp_path, capsys):
+    """--out pointing at someone else's folder (a Hugging Face model, a notes folder): one line, nothing written."""
+    folder = tmp_path / "hf-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "hidden_size": 64}')
+    (folder / "dashboard.json").write_text('{"my": "notes"}')
+    before = {p.name: p.read_text() for p in folder.iterdir()}
+    for argv in (
+        ["train", "--out", str(folder), "--layers", "1"],
+        ["cache", "--out", str(folder), "--layers", "1"],
+        ["dashboard", "--out", str(folder)],
+        ["perturb", "--out", str(folder)],
+    ):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "was not written by" in err[0], (argv, err)
+    assert {p.name: p.read_text() for p in folder.iterdir()} == before
+    assert cli.main(["dashboard", "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err

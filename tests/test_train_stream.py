@@ -406,6 +406,18 @@ def test_a_grid_too_big_for_memory_is_refused_before_the_first_step(saved_models
 # ---- --init-from: a fine-tune from a trained SAE ---------------------------------------------------
 
 
+def test_a_resume_on_a_changed_corpus_is_refused(saved_models, tmp_path):
+    """The corpus is fingerprinted by content: the same path with other documents is another run."""
+    models, _ = saved_models
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"doc {i}: the quick brown fox jumps over the lazy dog {i * 7}" for i in range(100)))
+    kw = dict(layers=[1], architectures=["topk"], max_tokens=4 * 16 * 12, checkpoint_every=2)
+    run(_cfg(models["llama"], corpus, tmp_path / "o", max_steps=5, **kw))
+    corpus.write_text("\n".join(f"other {i}: pack my box with five dozen liquor jugs {i}" for i in range(100)))
+    with pytest.raises(GradsaeError, match="data_sha256"):
+        run(_cfg(models["llama"], corpus, tmp_path / "o", **kw))
+
+
 def test_init_from_starts_every_sae_as_the_given_one(saved_models, tmp_path):
     """With a learning rate of ~0 the fine-tuned SAEs compute what the starting SAE computes (its own input
     scaling mapped into the run's), whatever the run's own scaling factor."""
@@ -460,9 +472,6 @@ def test_init_from_resumes_bit_identically_and_refuses_a_changed_start(saved_mod
     with torch.no_grad():
         start.W_dec.mul_(2)
     start.save(tmp_path / "start")
-    from gradsae.training import train as tr
-
-    tr._init_sae.cache_clear()
     with pytest.raises(GradsaeError, match="init_from_sha256"):
         run(_cfg(models["llama"], corpus, tmp_path / "cut", **{**kw, "max_tokens": 4 * 16 * 14}))
 

@@ -53,6 +53,24 @@ def corpus_files(source: str) -> list[Path]:
     )
 
 
+def content_digest(sources: str | list[str]) -> str:
+    """sha256 of what the sources hold: every corpus file's bytes (a Hugging Face dataset, ``hf:NAME``, by its
+    name). A resumed run compares it, so a file replaced by other documents is another run, not a continuation."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for src in [sources] if isinstance(sources, str) else sources:
+        h.update(f"source:{src}\n".encode())
+        if str(src).startswith("hf:"):
+            continue
+        for f in corpus_files(src):
+            h.update(f"file:{f.name}\n".encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
 def _kind(path: Path) -> str | None:
     name = path.name.lower()
     if name.endswith(".gz"):

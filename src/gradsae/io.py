@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .errors import GradsaeError
 
@@ -82,6 +82,23 @@ def read_json(path: str | Path) -> Any:
         raise GradsaeError(f"malformed JSON in {path} (line {e.lineno}: {e.msg}): fix or delete the file") from None
     except RecursionError:
         raise GradsaeError(f"{path} nests too deeply to be a file gradsae wrote: fix or delete the file") from None
+
+
+def refuse_foreign(folder: str | Path, owned: dict[str, Callable[[Any], bool]], what: str) -> None:
+    """Never overwrite a file gradsae did not write: for each ``name -> is_ours(parsed JSON)`` in ``owned``, a
+    file ``folder/name`` that exists and is not ours (or not JSON) stops the command with one line."""
+    for name, is_ours in owned.items():
+        p = Path(folder) / name
+        if not p.exists():
+            continue
+        try:
+            d = read_json(p)
+        except GradsaeError:
+            d = None
+        if not is_ours(d):
+            raise GradsaeError(
+                f"{p} was not written by {what}: choose another --out (gradsae never overwrites files it did not make)"
+            )
 
 
 class JsonlLog:

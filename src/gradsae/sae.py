@@ -241,6 +241,16 @@ class SAE(nn.Module):
         s = self.cfg.norm_scaling_factor
         return d if s is None else d / s
 
+    def digest(self) -> str:
+        """sha256 of every tensor (names, dtypes, values): which SAE this is, whatever file it came from."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, t in sorted(self.state_dict().items()):
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 

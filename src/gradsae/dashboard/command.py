@@ -10,11 +10,22 @@ from pathlib import Path
 
 from ..distributed import Dist
 from ..errors import GradsaeError
+from ..io import refuse_foreign
 from ..options import start
 from .config import DashboardConfig
 from .state import DashboardState, HIST_LO, HIST_PER_DECADE, SCHEMA, merge_states
 from .model_pass import _check, build_state, fingerprint
 from .cards import DEFINITIONS, Dashboard, DashboardMeta, finalize, find_dashboard, load_dashboard
+
+
+def _refuse_foreign(out: Path) -> None:
+    """A dashboard.json / dashboard.html in --out that gradsae did not write is never replaced."""
+    refuse_foreign(
+        out, {"dashboard.json": lambda d: isinstance(d, dict) and d.get("schema") == SCHEMA}, "gradsae dashboard"
+    )
+    page = out / "dashboard.html"
+    if page.exists() and 'class="gd-' not in page.read_text(encoding="utf-8", errors="replace"):
+        raise GradsaeError(f"{page} was not written by gradsae dashboard: choose another --out")
 
 
 def run(cfg: DashboardConfig) -> Dashboard | None:
@@ -25,6 +36,7 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
     from ..splice import check_compatible
 
     _check(cfg)
+    _refuse_foreign(Path(cfg.out))
     if cfg.render:
         found = find_dashboard(cfg.render)
         dash = load_dashboard(found if found is not None else cfg.render)
@@ -58,7 +70,7 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
             return None
         for r in range(1, ranks.world):
             st = merge_states(
-                st, DashboardState.load(state_dir / f"rank{r}.safetensors", fingerprint(cfg, ranks.world))
+                st, DashboardState.load(state_dir / f"rank{r}.safetensors", fingerprint(cfg, ranks.world, sae))
             )
     finally:
         ranks.close()

@@ -102,14 +102,22 @@ _RESULT_KEYS = (
 )
 
 
-def fingerprint(cfg: DashboardConfig, world: int) -> str:
-    """What a resumed state must agree on (batch size, checkpointing and output options do not matter)."""
+def fingerprint(cfg: DashboardConfig, world: int, sae=None) -> str:
+    """What a resumed state must agree on (batch size, checkpointing and output options do not matter): the
+    options, the corpus's content and the SAE's weights (``sae``), not only their names."""
+    from ..corpus import content_digest
+
     d = {k: getattr(cfg, k) for k in _RESULT_KEYS}
     d["world"] = world
+    d["data_sha256"] = content_digest(list(cfg.data))
+    if sae is not None:
+        d["sae_sha256"] = sae.digest()
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _check(cfg: DashboardConfig) -> None:
+    if not str(cfg.out).strip():
+        raise GradsaeError("--out is empty: name the dashboard's folder, e.g. --out dashboard")
     for name in (
         "max_tokens",
         "context_length",
@@ -166,7 +174,7 @@ def build_state(
     into it every ``checkpoint_every`` batches. ``stop_after`` (tests) stops after that many batches."""
     from tqdm.auto import tqdm
 
-    fp = fingerprint(cfg, world)
+    fp = fingerprint(cfg, world, sae)
     W = cfg.left + cfg.right + 1
     if state_path is not None and state_path.is_file():
         st = DashboardState.load(state_path, fp)

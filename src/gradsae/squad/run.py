@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 from ..distributed import Dist
 from ..errors import GradsaeError
 from ..formats import DEFAULT_SAE
-from ..io import atomic_write_bytes, atomic_write_text, output_lock, read_json, write_json
+from ..io import atomic_write_bytes, atomic_write_text, output_lock, read_json, refuse_foreign, write_json
 from ..options import Runtime, start
 from . import data as sq
 from .config import (
@@ -108,21 +108,16 @@ def _progress(it, total, desc, enabled):
 
 def _refuse_foreign(out: Path) -> None:
     """A folder holding a config.json / summary.json that gradsae did not write is never overwritten."""
-    for name, ok in (
-        ("config.json", lambda d: isinstance(d, dict) and "fingerprint" in d and "commands" in d),
-        ("summary.json", lambda d: isinstance(d, dict) and str(d.get("schema", "")).startswith("gradsae.experiments.")),
-    ):
-        p = out / name
-        if p.exists():
-            try:
-                d = read_json(p)
-            except GradsaeError:
-                d = None
-            if not ok(d):
-                raise GradsaeError(
-                    f"{p} was not written by a gradsae experiment: choose another --out "
-                    "(gradsae never overwrites files it did not make)"
-                )
+    refuse_foreign(
+        out,
+        {
+            "config.json": lambda d: isinstance(d, dict) and "fingerprint" in d and "commands" in d,
+            "summary.json": lambda d: (
+                isinstance(d, dict) and str(d.get("schema", "")).startswith("gradsae.experiments.")
+            ),
+        },
+        "a gradsae experiment",
+    )
 
 
 def check_config(out: Path, cfg: SquadConfig, command: str, extra: dict | None = None) -> dict:
@@ -430,8 +425,9 @@ def _run(cfg: SquadConfig, tasks: Sequence[str], command: str, model=None, token
     for t in tasks:
         if t not in TASKS:
             raise GradsaeError(f"unknown task {t!r}: use perturb, steer and/or stats")
-    rt = start(cfg, command)
     runs = _runs(cfg)
+    _refuse_foreign(Path(cfg.out))  # before the model loads: a wrong --out is one line at once
+    rt = start(cfg, command)
     out = Path(cfg.out)
     with Dist(cfg.device) as dist, output_lock(out) if dist.rank == 0 else contextlib.nullcontext():
         if model is None:

@@ -45,7 +45,7 @@ from ..config import opt
 from ..corpus import SAMPLE, iter_documents, pack_sequences  # noqa: F401  (re-exported)
 from ..errors import GradsaeError
 from ..hooks import hook_name_for
-from ..io import output_lock, read_json, write_json
+from ..io import output_lock, read_json, refuse_foreign, write_json
 from ..options import ModelOptions, Runtime, start
 
 log = logging.getLogger(__name__)
@@ -318,6 +318,8 @@ def run(cfg: CacheConfig) -> Path:
     from ..model import load_model
 
     _check(cfg)
+    if cfg.out.strip():  # before the model loads: a wrong --out is one line at once
+        _refuse_foreign(Path(cfg.out).expanduser())
     rt = start(cfg, "cache")
     model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
     return write_cache(model, tok, cfg, rt)
@@ -344,6 +346,17 @@ def write_cache(model, tok, cfg: CacheConfig, rt: Runtime | None = None) -> Path
         return _write_locked(model, tok, cfg, out, rt)
 
 
+def _refuse_foreign(out: Path) -> None:
+    refuse_foreign(
+        out,
+        {
+            "manifest.json": lambda d: isinstance(d, dict) and "shards" in d and "layers" in d,
+            "config.json": lambda d: isinstance(d, dict) and "seqs_per_shard" in d and "layers" in d,
+        },
+        "gradsae cache",
+    )
+
+
 def _write_locked(model, tok, cfg: CacheConfig, out: Path, rt: Runtime | None) -> Path:
     from tqdm import tqdm
 
@@ -357,6 +370,7 @@ def _write_locked(model, tok, cfg: CacheConfig, out: Path, rt: Runtime | None) -
         seqs = seqs[np.random.default_rng(cfg.seed).permutation(len(seqs))]
     ident = _identity(cfg, model_name(model), hidden_size(model), len(seqs))
     mpath = out / "manifest.json"
+    _refuse_foreign(out)
     done: dict[int, dict] = {}
     if mpath.exists():
         old = read_json(mpath)

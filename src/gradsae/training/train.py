@@ -28,7 +28,7 @@ from ..config import opt
 from ..errors import GradsaeError
 from .. import architectures as arch_registry
 from ..distributed import Dist
-from ..io import JsonlLog, atomic_write_text, dumps, output_lock, write_json
+from ..io import JsonlLog, atomic_write_text, dumps, output_lock, refuse_foreign, write_json
 from ..options import ModelOptions, Runtime, start
 from ..sae import SAE, SAEConfig
 from .grid import (
@@ -208,22 +208,40 @@ def _fingerprint(cfg: TrainConfig) -> dict:
     fp = json.loads(dumps({k: v for k, v in asdict(cfg).items() if k not in _RESUME_FREE}))
     if cfg.init_from:  # the starting SAE's content, not only its path: a changed file is another run
         fp["init_from_sha256"] = _init_sae(cfg.init_from)[1]
+    if not cfg.cache:  # the corpus's content, not only its path (a cache checks its own)
+        fp["data_sha256"] = _data_digest(tuple(cfg.data), _stamp(cfg.data))
     return fp
 
 
+def _stamp(paths) -> tuple:
+    """(size, mtime) of every local file below ``paths``: part of the memo keys, so a file changed between two
+    runs in one process is read again."""
+    out = []
+    for p in paths:
+        p = Path(p).expanduser()
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
+        out += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return tuple(out)
+
+
 @functools.lru_cache(maxsize=4)
+def _data_digest(sources: tuple[str, ...], stamp: tuple) -> str:
+    from ..corpus import content_digest
+
+    return content_digest(list(sources))
+
+
 def _init_sae(spec: str) -> tuple[SAE, str]:
     """The --init-from SAE (float32, CPU) and the sha256 of its tensors."""
-    import hashlib
+    return _load_init(spec, _stamp([spec]))
 
+
+@functools.lru_cache(maxsize=4)
+def _load_init(spec: str, stamp: tuple) -> tuple[SAE, str]:
     from ..formats import load_sae
 
     sae = load_sae(spec, device="cpu", dtype="float32")
-    h = hashlib.sha256()
-    for name, t in sorted(sae.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().contiguous().numpy().tobytes())
-    return sae, h.hexdigest()
+    return sae, sae.digest()
 
 
 def check_init_from(init: SAE, spec_name: str, specs: list[SAESpec], d_model: int) -> None:
@@ -433,10 +451,17 @@ def _setup_corpus(cfg: TrainConfig, device: str, rank: int, world: int) -> _Setu
 def run(cfg: TrainConfig) -> Path:
     """Train the grid; returns the results folder (one SAELens folder per SAE + logs + checkpoint)."""
     check_config(cfg)
+    if cfg.out.strip():  # before the model loads: a wrong --out is one line at once
+        _refuse_foreign(Path(cfg.out).expanduser())
     rt = start(cfg, "train")
     # the process group (torchrun) is destroyed on the way out: a live gloo group at exit aborts the process
     with Dist(rt.device):
         return _run(cfg, rt)
+
+
+def _refuse_foreign(out: Path) -> None:
+    ours = {"config.json": lambda d: isinstance(d, dict) and "saes" in d and "world_size" in d}
+    refuse_foreign(out, ours, "gradsae train")
 
 
 def _run(cfg: TrainConfig, rt: Runtime) -> Path:
@@ -467,6 +492,7 @@ def _run(cfg: TrainConfig, rt: Runtime) -> Path:
         if rank == 0:
             from .cache import clean_temp
 
+            _refuse_foreign(out)
             clean_temp(out)
         return _train(cfg, setup, specs, out, device, rank, world, rt)
 
@@ -504,10 +530,11 @@ def _train(
     first = None
     if ckpt.exists():
         state = TrainState.load(ckpt, saes, opts)
-        if state.config != _fingerprint(cfg):
-            changed = sorted(
-                k for k in set(state.config) | set(_fingerprint(cfg)) if state.config.get(k) != _fingerprint(cfg).get(k)
-            )
+        fp = _fingerprint(cfg)
+        # a key the saved run does not have was added by a later gradsae: not a difference of this run
+        changed = sorted(k for k in state.config.keys() & fp.keys() if state.config[k] != fp[k])
+        changed += sorted(k for k in state.config.keys() - fp.keys())
+        if changed:
             if not _can_change_length(changed, state, cfg, src.tokens_per_step, total):
                 raise GradsaeError(
                     f"{out} holds a run with a different config ({', '.join(changed)}): "
