@@ -1,6 +1,7 @@
 """Every SAE format: write from random tensors in that format's own layout, load, compare to a direct formula."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -518,3 +519,97 @@ def test_load_sae_device_auto_and_unknown():
 def test_saelens_jumprelu_training_checkpoint_with_log_threshold(tmp_path):
     write_lens(tmp_path, {"architecture": "jumprelu", "apply_b_dec_to_input": False}, log_threshold=thr.log())
     check(load_sae(tmp_path), jump_ref(X))
+
+
+# ---- files another program or person wrote: one line or a correct load, never a traceback ---------------
+
+
+def _saved(tmp_path, arch="gsae"):
+    from conftest import random_sae
+
+    sae = random_sae(d_in=16, d_sae=32, arch=arch, k=4 if arch in ("topk", "gsae") else None, layer=1, bias=0.1)
+    sae.cfg.beta, sae.cfg.norm_scaling_factor = 0.5, 2.0
+    return sae, sae.save(tmp_path / "sae")
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda c: c.update(k=-3), "k=-3"),
+        (lambda c: c.update(architecture="jumprelu"), "architecture='jumprelu'"),
+        (lambda c: c.update(apply_b_dec_to_input="no"), "apply_b_dec_to_input='no'"),
+        (lambda c: c["metadata"]["gradsae"].update(beta="x"), "beta='x'"),
+        (lambda c: c["metadata"]["gradsae"].update(beta_mode="foo"), "beta_mode='foo'"),
+        (lambda c: c.update(d_in="17"), "d_in=17"),
+        (lambda c: c.update(k="thirty-two"), "k='thirty-two'"),
+    ],
+)
+def test_an_edited_gradsae_folder_is_one_line_not_another_sae(tmp_path, edit, message):
+    """sae-lens reads the top-level fields, gradsae its metadata: when they disagree neither wins silently."""
+    import json
+
+    from gradsae.formats import load_sae
+
+    _, folder = _saved(tmp_path)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    edit(cfg)
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(GradsaeError, match=re.escape(message)):
+        load_sae(folder)
+
+
+def _mutations(cfg: dict):
+    """A few hundred versions of a valid cfg.json: every field deleted or given a value of another type or out
+    of range, at every depth."""
+    import copy
+
+    values = [None, "x", "16", -1, 0, 1.5, 1e300, True, [], {}, [1, 2], {"a": 1}]
+
+    def paths(d, prefix=()):
+        for k, v in d.items():
+            yield prefix + (k,)
+            if isinstance(v, dict):
+                yield from paths(v, prefix + (k,))
+
+    for p in paths(cfg):
+        for v in values + ["DELETE"]:
+            c = copy.deepcopy(cfg)
+            node = c
+            for k in p[:-1]:
+                node = node[k]
+            if v == "DELETE":
+                del node[p[-1]]
+            else:
+                node[p[-1]] = v
+            yield f"{'.'.join(p)}={v!r}", c
+
+
+@pytest.mark.parametrize("arch", ["gsae", "jumprelu", "relu"])
+def test_mutated_cfg_json_loads_or_is_one_line(tmp_path, arch):
+    import json
+
+    from gradsae.formats import load_sae
+
+    sae, folder = _saved(tmp_path, arch)
+    good = json.loads((folder / "cfg.json").read_text())
+    text = (folder / "cfg.json").read_text()
+    x = torch.randn(3, 16)
+    n = loaded = 0
+    cases = list(_mutations(good)) + [(f"truncated at {i}", text[:i]) for i in range(0, len(text), 37)]
+    cases.append(("deep nesting", "[" * 100_000 + "]" * 100_000))
+    for name, c in cases:
+        (folder / "cfg.json").write_text(c if isinstance(c, str) else json.dumps(c))
+        n += 1
+        try:
+            got = load_sae(folder)
+        except GradsaeError as e:
+            assert "\n" not in str(e), name
+            continue
+        except Exception as e:  # pragma: no cover - the failure this test exists for
+            pytest.fail(f"{name}: {type(e).__name__}: {e}")
+        loaded += 1
+        if got.cfg.architecture == sae.cfg.architecture and got.cfg.apply_b_dec_to_input:
+            # a load that kept the architecture computes what the saved SAE computes, or the edit changed k /
+            # metadata that only matters elsewhere: either way a finite reconstruction
+            assert torch.isfinite(got(x)).all(), name
+    assert n > 200 and loaded > 0

@@ -249,6 +249,8 @@ def _read_json(path: Path) -> dict:
         raise GradsaeError(f"malformed JSON in {path} (line {e.lineno}: {e.msg}): fix or regenerate the file") from None
     except UnicodeDecodeError:
         raise GradsaeError(f"{path} is not UTF-8 text: it is not an SAE config; regenerate the file") from None
+    except RecursionError:
+        raise GradsaeError(f"{path} nests too deeply to be an SAE config: fix or regenerate the file") from None
     if not isinstance(raw, dict):
         raise GradsaeError(
             f"{path} holds a JSON {type(raw).__name__}, not an object: an SAE config is "
@@ -277,6 +279,21 @@ def _whole(value, key: str, where) -> int:
             f'{where} has {key}={value!r}, which is not a whole number: set {key} to an integer, e.g. "{key}": 32'
         )
     return int(f)
+
+
+def _flag(raw: dict, key: str, default: bool, where) -> bool:
+    """A config switch: JSON true/false (a string such as "no" is one line, not silently True)."""
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise GradsaeError(f"{where} has {key}={value!r}: set it to true or false")
+    return value
+
+
+def _real(value, key: str, where) -> float:
+    """A finite JSON number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise GradsaeError(f"{where} has {key}={value!r}: give a finite number")
+    return float(value)
 
 
 def _scaling_factor(value, where: Path) -> float | None:
@@ -396,6 +413,8 @@ def _load_saelens(path: Path) -> SAE:
         lens_arch = {"relu": "standard"}.get(raw.get("activation_fn_str", "relu"), raw.get("activation_fn_str"))
     if ours.get("architecture"):  # written by gradsae
         lens_arch = ours["architecture"]
+    if not isinstance(lens_arch, str):
+        raise GradsaeError(f'{path}/cfg.json names the architecture {lens_arch!r}: give its name, e.g. "topk"')
     if lens_arch in _SAELENS_REFUSED:
         raise GradsaeError(
             f"{path} is a sae-lens {lens_arch!r} SAE, which gradsae cannot run: {_SAELENS_REFUSED[lens_arch]}"
@@ -417,7 +436,7 @@ def _load_saelens(path: Path) -> SAE:
         context_size=flat.get("context_size"),
         prepend_bos=bool(flat.get("prepend_bos", True)),
         dataset_path=str(flat.get("dataset_path") or ""),
-        apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
+        apply_b_dec_to_input=_flag(raw, "apply_b_dec_to_input", True, path / "cfg.json"),
     )
     if ours.get("architecture") and "folded_norm_scaling_factor" in ours:
         return _load_gradsae_folder(path, raw, ours, w, D, C, common)
@@ -505,7 +524,7 @@ def _load_saelens(path: Path) -> SAE:
         architecture=arch,
         k=k,
         norm_scaling_factor=nsf,
-        beta=float(ours.get("beta", 0.0)),
+        beta=_real(ours.get("beta", 0.0), "metadata.gradsae.beta", path / "cfg.json"),
         beta_mode=ours.get("beta_mode", "rms"),
         metadata={**extra, **source},
         **common,
@@ -517,9 +536,24 @@ def _load_saelens(path: Path) -> SAE:
 
 
 def _load_gradsae_folder(path: Path, raw: dict, ours: dict, w: dict, D: int, C: int, common: dict) -> SAE:
-    """A folder ``save_saelens`` wrote: undo the folding so the SAE is the one that was saved."""
+    """A folder ``save_saelens`` wrote: undo the folding so the SAE is the one that was saved. The top-level
+    fields (what sae-lens runs) must agree with gradsae's metadata, so both tools read the same SAE."""
+    where = path / "cfg.json"
     arch = ours["architecture"]
-    k = _whole(ours["k"], "k", path / "cfg.json") if ours.get("k") is not None else None
+    if not isinstance(arch, str):
+        raise GradsaeError(f"{where} has metadata.gradsae.architecture={arch!r}: the file is damaged")
+    k = _whole(ours["k"], "k", where) if ours.get("k") is not None else None
+    lens = architectures.get(arch).saelens
+    if raw.get("architecture") != lens:
+        raise GradsaeError(
+            f"{where} says architecture={raw.get('architecture')!r} (what sae-lens runs) but gradsae's metadata says "
+            f"{arch!r}, which sae-lens runs as {lens!r}: the file was edited; make them agree or save the SAE again"
+        )
+    if lens == "topk" and (raw.get("k") is None or _whole(raw["k"], "k", where) != k):
+        raise GradsaeError(
+            f"{where} says k={raw.get('k')!r} (what sae-lens runs) but gradsae's metadata says k={k}: the file was "
+            "edited; make them agree or save the SAE again"
+        )
     s = _scaling_factor(ours.get("folded_norm_scaling_factor"), path / "cfg.json")
     W_enc, W_dec, b_dec = w["W_enc"].float(), w["W_dec"].float(), w["b_dec"].float()
     W_enc, W_dec = _orient(W_enc, D, C, "W_enc", path), _orient(W_dec, C, D, "W_dec", path)
@@ -536,7 +570,7 @@ def _load_gradsae_folder(path: Path, raw: dict, ours: dict, w: dict, D: int, C: 
         architecture=arch,
         k=k,
         norm_scaling_factor=s,
-        beta=float(ours.get("beta", 0.0)),
+        beta=_real(ours.get("beta", 0.0), "metadata.gradsae.beta", where),
         beta_mode=ours.get("beta_mode", "rms"),
         metadata={**meta, "format": "saelens", "source": str(path)},
         **common,

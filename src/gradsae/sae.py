@@ -68,6 +68,8 @@ class SAEConfig:
     """Anything else (training config, provenance, eval numbers)."""
 
     def __post_init__(self):
+        if self.beta_mode not in ("rms", "raw"):
+            raise GradsaeError(f"beta_mode={self.beta_mode!r}: use 'rms' or 'raw'")
         if architectures.get(self.architecture).needs_k and not self.k:
             raise GradsaeError(f"a {self.architecture} SAE needs k (active latents per token) in its config")
         s = self.norm_scaling_factor
