@@ -664,3 +664,48 @@ def test_shrink_keeps_fewer_contexts_and_every_token_it_needs(tiny_dashboard):
     assert tiny_dashboard.latents[0].top == tiny_dashboard.latents[0].top  # the original is untouched
     full = [r for r in tiny_dashboard.latents if len(r.top) > 2]
     assert full and len(full[0].top) > 2
+
+
+def test_a_dashboard_of_another_sae_is_refused():
+    import copy
+    import dataclasses
+
+    from gradsae import load_sae
+    from gradsae.dashboard import check_dashboard, find_dashboard, load_dashboard
+    from gradsae.errors import GradsaeError
+
+    dash = load_dashboard(find_dashboard("smollm2/topk/L6"))
+    own, other = load_sae("smollm2/topk/L6"), load_sae("smollm2/topk/L14")
+    check_dashboard(dash, own)  # the bundled pair: same width and hook
+    with pytest.raises(GradsaeError, match="latents at blocks.6.hook_resid_post"):
+        check_dashboard(dash, other)
+    signed = copy.copy(dash)
+    signed.meta = dataclasses.replace(dash.meta, sae_sha256=own.digest())
+    check_dashboard(signed, load_sae("smollm2/topk/L6", dtype="float32"))  # the digest ignores the dtype
+    moved = copy.deepcopy(own)
+    with torch.no_grad():
+        moved.W_dec.mul_(1.01)
+    with pytest.raises(GradsaeError, match="other weights"):
+        check_dashboard(signed, moved)
+
+
+def test_a_damaged_dashboard_json_is_one_line(tmp_path):
+    import json
+
+    from gradsae.dashboard import find_dashboard, load_dashboard
+    from gradsae.errors import GradsaeError
+
+    src = find_dashboard("smollm2/topk/L6")
+    obj = json.loads(load_dashboard_text(src))
+    for lat in obj["latents"][:3]:
+        lat.pop("top")
+    (tmp_path / "dashboard.json").write_text(json.dumps(obj))
+    with pytest.raises(GradsaeError, match="is damaged"):
+        load_dashboard(tmp_path / "dashboard.json")
+
+
+def load_dashboard_text(path):
+    import gzip
+
+    path = str(path)
+    return gzip.open(path, "rt").read() if path.endswith(".gz") else open(path).read()

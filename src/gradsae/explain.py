@@ -181,7 +181,7 @@ def run(cfg: ExplainConfig) -> dict:
     for flag, path in (("--html", cfg.html), ("--json", cfg.json)):
         if path and (not path.strip() or Path(path).is_dir()):
             raise GradsaeError(f"{flag} {path!r} is not a file name: give e.g. {flag} explain.{flag[2:]}")
-    from .dashboard import card_data, resolve_dashboard
+    from .dashboard import card_data, check_dashboard, resolve_dashboard
     from .dashboard.page import insert_before_body_end, render_cards
 
     from .options import start
@@ -190,6 +190,8 @@ def run(cfg: ExplainConfig) -> dict:
     rt = start(cfg, "explain")
     model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
     sae = load_sae(cfg.sae, device=str(next(model.parameters()).device))
+    if dash is not None:
+        check_dashboard(dash, sae)
     inf, view = explain(
         model,
         tok,

@@ -86,7 +86,7 @@ def run(cfg: InfluenceConfig) -> list[Influence]:
     from .formats import load_sae
     from .model import load_model, model_name
 
-    from .dashboard import card_data, resolve_dashboard
+    from .dashboard import card_data, check_dashboard, resolve_dashboard
 
     if cfg.batch_size < 1:
         raise GradsaeError(f"--batch-size {cfg.batch_size}: give at least 1")
@@ -101,6 +101,8 @@ def run(cfg: InfluenceConfig) -> list[Influence]:
     rt = start(cfg, "influence")
     model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
     sae = load_sae(cfg.sae, device=str(next(model.parameters()).device))
+    if dash is not None:
+        check_dashboard(dash, sae)
     layer = cfg.layer or None
     t0 = time.perf_counter()
     results = influence(

@@ -244,13 +244,15 @@ class SAE(nn.Module):
         return d if s is None else d / s
 
     def digest(self) -> str:
-        """sha256 of every tensor (names, dtypes, values): which SAE this is, whatever file it came from."""
+        """sha256 of every tensor (names, shapes, values as float32): which SAE this is, whatever file it came from
+        and whatever dtype it was loaded in (a float16 file gives the same digest loaded as float16 or float32)."""
         import hashlib
 
         h = hashlib.sha256()
         for name, t in sorted(self.state_dict().items()):
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            t = t.detach().cpu().float() if t.is_floating_point() else t.detach().cpu()
+            h.update(f"{name}:{tuple(t.shape)}".encode())
+            h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

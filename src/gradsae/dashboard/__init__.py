@@ -47,6 +47,7 @@ from .state import (
 )
 from .model_pass import _RESULT_KEYS, _check, batch_evidence, build_state, corpus_rows, fingerprint
 from .cards import (
+    check_dashboard,
     Context,
     DASHBOARD_FILES,
     DEFINITIONS,
@@ -73,6 +74,7 @@ from .cards import (
 from .command import run
 
 __all__ = [
+    "check_dashboard",
     "BAND_BINS",
     "BatchEvidence",
     "Context",

@@ -122,6 +122,8 @@ class DashboardMeta:
     seconds: float
     config: dict
     definitions: dict[str, str]
+    sae_sha256: str = ""
+    """``SAE.digest()`` of the SAE the dashboard describes (empty in dashboards from before it was recorded)."""
 
 
 @dataclass
@@ -358,19 +360,37 @@ def dashboard_from_json(obj: dict, where: str = "dashboard") -> Dashboard:
         d["moved"] = [TokenMove(**m) for m in d.get("moved", [])]
         return InfluenceContext(**d)
 
-    lats = []
-    for r in obj["latents"]:
-        r = dict(r)
-        r["top"] = [ctx(x) for x in r["top"]]
-        r["bands"] = [ctx(x) for x in r["bands"]]
-        r["influence"] = [ictx(x) for x in r["influence"]]
-        r["promoted"] = [TokenScore(**x) for x in r["promoted"]]
-        r["suppressed"] = [TokenScore(**x) for x in r["suppressed"]]
-        r["neighbours"] = [Neighbour(**x) for x in r["neighbours"]]
-        lats.append(LatentRecord(**r))
-    m = dict(obj["meta"])
-    m.pop("schema", None)
-    return Dashboard(DashboardMeta(schema=SCHEMA, **m), {int(k): v for k, v in obj["tokens"].items()}, lats)
+    try:
+        lats = []
+        for r in obj["latents"]:
+            r = dict(r)
+            r["top"] = [ctx(x) for x in r["top"]]
+            r["bands"] = [ctx(x) for x in r["bands"]]
+            r["influence"] = [ictx(x) for x in r["influence"]]
+            r["promoted"] = [TokenScore(**x) for x in r["promoted"]]
+            r["suppressed"] = [TokenScore(**x) for x in r["suppressed"]]
+            r["neighbours"] = [Neighbour(**x) for x in r["neighbours"]]
+            lats.append(LatentRecord(**r))
+        m = dict(obj["meta"])
+        m.pop("schema", None)
+        return Dashboard(DashboardMeta(schema=SCHEMA, **m), {int(k): v for k, v in obj["tokens"].items()}, lats)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise GradsaeError(
+            f"{where} is damaged ({type(e).__name__}: {str(e)[:80]}): rebuild it with gradsae dashboard"
+        ) from None
+
+
+def check_dashboard(dash: Dashboard, sae, where: str = "--dashboard") -> None:
+    """One line when ``dash`` describes another SAE than ``sae``: its weights' digest when the dashboard recorded
+    it, else its width and hook."""
+    m = dash.meta
+    if m.sae_sha256 and m.sae_sha256 != sae.digest():
+        raise GradsaeError(f"{where} describes another SAE ({m.sae}, other weights): give that SAE's dashboard")
+    if m.d_sae != sae.d_sae or (m.hook and sae.cfg.hook_name and m.hook != sae.cfg.hook_name):
+        raise GradsaeError(
+            f"{where} describes an SAE with {m.d_sae} latents at {m.hook}, this one has {sae.d_sae} at "
+            f"{sae.cfg.hook_name}: give this SAE's dashboard"
+        )
 
 
 def load_dashboard(path: str | Path) -> Dashboard:

@@ -92,6 +92,7 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
         hist_lo_log10=HIST_LO,
         hist_per_decade=HIST_PER_DECADE,
         seconds=round(time.perf_counter() - t0, 1),
+        sae_sha256=sae.digest(),
         config={**asdict(cfg), "runtime": rt.as_config()},
         definitions=DEFINITIONS,
     )
