@@ -160,3 +160,25 @@ def test_non_utf8_corpus_is_one_clear_error(tmp_path):
     bad.write_bytes("caf\xe9 na\xefve\n".encode("latin-1") * 50)
     with pytest.raises(GradsaeError, match="not UTF-8"):
         write_cache(model, tok, _cfg(tmp_path, data=[str(bad)]))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "object dtype", "no shards", "layers as text", "missing shard"])
+def test_a_damaged_cache_is_one_line(tmp_path, damage):
+    model, tok = make_tiny("llama")
+    out = write_cache(model, tok, _cfg(tmp_path, layers=[1]))
+    shard = sorted(out.glob("*.L1.acts.npy"))[0]
+    m = json.loads((out / "manifest.json").read_text())
+    if damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[:200])
+    elif damage == "object dtype":
+        np.save(shard, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    elif damage == "no shards":
+        del m["shards"]
+    elif damage == "layers as text":
+        m["layers"] = "1"
+    else:
+        shard.unlink()
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(GradsaeError) as e:
+        ActivationCache(out).load(1, grads=True)
+    assert "\n" not in str(e.value) and ("damaged" in str(e.value) or "missing" in str(e.value))

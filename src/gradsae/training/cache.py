@@ -164,8 +164,25 @@ class ActivationCache:
             raise GradsaeError(
                 f"no activation cache at {self.path} (manifest.json missing): create one with `gradsae cache --out DIR`"
             )
-        self.manifest = read_json(mpath)
-        self.shards: list[dict] = self.manifest["shards"]
+        self.manifest = m = read_json(mpath)
+        ok = (
+            isinstance(m, dict)
+            and isinstance(m.get("shards"), list)
+            and all(
+                isinstance(s, dict) and isinstance(s.get("index"), int) and isinstance(s.get("n_tokens"), int)
+                for s in m["shards"]
+            )
+            and isinstance(m.get("layers"), list)
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in m["layers"])
+            and isinstance(m.get("d_model"), int)
+            and isinstance(m.get("grad"), bool)
+        )
+        if not ok:
+            raise GradsaeError(
+                f"{mpath} is damaged (it needs shards, layers, d_model and grad as gradsae cache writes them): "
+                "delete the folder and cache again"
+            )
+        self.shards: list[dict] = m["shards"]
         if not self.shards:
             raise GradsaeError(f"the cache at {self.path} has no finished shard yet: let `gradsae cache` run longer")
 
@@ -196,10 +213,28 @@ class ActivationCache:
                 "pick one of those or re-cache with --layers"
             )
 
+    def _npy(self, name: str, dtype, shape_tail: tuple = ()) -> np.ndarray:
+        """A shard file, memory-mapped (never unpickled); a missing, truncated or foreign file is one line."""
+        path = self.path / name
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise GradsaeError(f"{path} is missing: rerun the same gradsae cache command to recompute it") from None
+        except (ValueError, OSError, EOFError) as e:
+            raise GradsaeError(
+                f"{path} is damaged ({type(e).__name__}): delete it and rerun the same gradsae cache command"
+            ) from None
+        if arr.dtype != np.dtype(dtype) or tuple(arr.shape[1:]) != tuple(shape_tail) and shape_tail:
+            raise GradsaeError(
+                f"{path} holds {arr.dtype} {tuple(arr.shape)}, not the {np.dtype(dtype)} [N, {self.d_model}] "
+                "gradsae cache writes: delete it and rerun the same gradsae cache command"
+            )
+        return arr
+
     def acts(self, i: int, layer: int) -> np.ndarray:
         """float16 memmap [N, D] of shard i."""
         self._check_layer(layer)
-        return np.load(self.path / f"{shard_stem(self.shards[i]['index'])}.L{layer}.acts.npy", mmap_mode="r")
+        return self._npy(f"{shard_stem(self.shards[i]['index'])}.L{layer}.acts.npy", np.float16, (self.d_model,))
 
     def grads(self, i: int, layer: int) -> tuple[np.ndarray, float]:
         """(float16 memmap [N, D] of dL/dx * scale, scale) of shard i; divide by scale for dL/dx."""
@@ -207,12 +242,12 @@ class ActivationCache:
         if not self.has_grads:
             raise GradsaeError(f"the cache at {self.path} has no gradients: re-cache with --grad to train a g-SAE")
         s = self.shards[i]
-        arr = np.load(self.path / f"{shard_stem(s['index'])}.L{layer}.grads.npy", mmap_mode="r")
+        arr = self._npy(f"{shard_stem(s['index'])}.L{layer}.grads.npy", np.float16, (self.d_model,))
         return arr, float(s["grad_scale"][str(layer)])
 
     def tokens(self, i: int) -> np.ndarray:
         """int32 [S, T] token ids of shard i."""
-        return np.load(self.path / f"{shard_stem(self.shards[i]['index'])}.tokens.npy", mmap_mode="r")
+        return self._npy(f"{shard_stem(self.shards[i]['index'])}.tokens.npy", np.int32)
 
     def load(
         self, layer: int, shards: list[int] | None = None, grads: bool = False
