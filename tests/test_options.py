@@ -83,7 +83,9 @@ def test_start_applies_threads_and_announces_once(capsys, monkeypatch):
     try:
         rt = start(RuntimeOptions(device="cpu", threads=1), "test")
         assert torch.get_num_threads() == 1
-        start(RuntimeOptions(device="cpu", threads=1), "other")
+        assert capsys.readouterr().err == ""  # nothing before the work begins: bad input stays one line
+        rt.announce("test")
+        start(RuntimeOptions(device="cpu", threads=1), "other").announce("other")
     finally:
         torch.set_num_threads(n)
     err = capsys.readouterr().err

@@ -66,6 +66,7 @@ def run(cfg: DemoConfig) -> Path:
     print("loading the model (the first run converts the bundled GGUF file once, ~20 s)...", flush=True)
     rt = start(cfg, "demo")
     model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
+    rt.announce("demo")
     ecfg = ExperimentConfig(
         model=cfg.model,
         sae=cfg.sae,

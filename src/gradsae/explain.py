@@ -192,6 +192,7 @@ def run(cfg: ExplainConfig) -> dict:
     sae = load_sae(cfg.sae, device=str(next(model.parameters()).device))
     if dash is not None:
         check_dashboard(dash, sae)
+    rt.announce("explain")
     inf, view = explain(
         model,
         tok,

@@ -103,6 +103,7 @@ def run(cfg: InfluenceConfig) -> list[Influence]:
     sae = load_sae(cfg.sae, device=str(next(model.parameters()).device))
     if dash is not None:
         check_dashboard(dash, sae)
+    rt.announce("influence")
     layer = cfg.layer or None
     t0 = time.perf_counter()
     results = influence(

@@ -77,6 +77,17 @@ class Runtime:
     threads: int
     device_name: str
 
+    def announce(self, command: str) -> None:
+        """Print the device once (rank 0), when the command's real work begins: after every check of its input,
+        so that bad input stays one line."""
+        key = (self.device, self.dtype, self.threads)  # a command that runs another (demo -> experiment) prints once
+        if key in _announced or int(os.environ.get("RANK", "0")) != 0:
+            return
+        _announced.add(key)
+        where = self.device if self.device_name in ("CPU", self.device) else f"{self.device} ({self.device_name})"
+        extra = f", {self.threads} CPU threads" if self.device == "cpu" else ""
+        print(f"gradsae {command}: running on {where}, {self.dtype}{extra}", file=sys.stderr)
+
     def as_config(self) -> dict:
         """What results folders record beside the options (the options say 'auto'; this says what it was)."""
         return {
@@ -136,8 +147,9 @@ def device_name(device: str) -> str:
 _announced: set[tuple[str, str, int]] = set()
 
 
-def start(opts: RuntimeOptions, command: str, *, announce: bool = True) -> Runtime:
-    """Resolve the device, apply the thread count and print the device once (rank 0): the start of a command."""
+def start(opts: RuntimeOptions, command: str) -> Runtime:
+    """Resolve the device and apply the thread count: the start of a command (``Runtime.announce`` prints the
+    device once the work begins)."""
     import torch
 
     device = resolve_device(opts.device)
@@ -145,14 +157,7 @@ def start(opts: RuntimeOptions, command: str, *, announce: bool = True) -> Runti
         torch.set_num_threads(opts.threads)
     elif int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
         torch.set_num_threads(default_threads())
-    rt = Runtime(device, opts.dtype, torch.get_num_threads(), device_name(device))
-    key = (rt.device, rt.dtype, rt.threads)  # a command that runs another (demo -> experiment) prints once
-    if announce and key not in _announced and int(os.environ.get("RANK", "0")) == 0:
-        _announced.add(key)
-        where = rt.device if rt.device_name in ("CPU", rt.device) else f"{rt.device} ({rt.device_name})"
-        extra = f", {rt.threads} CPU threads" if rt.device == "cpu" else ""
-        print(f"gradsae {command}: running on {where}, {rt.dtype}{extra}", file=sys.stderr)
-    return rt
+    return Runtime(device, opts.dtype, torch.get_num_threads(), device_name(device))
 
 
 @dataclass(kw_only=True)

@@ -397,6 +397,7 @@ def run(cfg: SensitivityConfig) -> SensitivityResults:
         if bad:
             raise GradsaeError(f"layer(s) {bad} do not exist: the model has blocks 0..{L - 1}")
         rows = _corpus_rows(tok, cfg)
+        rt.announce("sensitivity")
         acts, grads = capture_with_grads(model, rows, layers)
         # position 0 (the attention sink) and the last position (no next token: ∇ₓL = 0) are left out
         flat = {

@@ -51,6 +51,7 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
     model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
     sae = load_sae(cfg.sae, device=str(next(model.parameters()).device), dtype="float32")
     layer = check_compatible(model, sae, cfg.layer or None)
+    rt.announce("dashboard")
     state_dir = out / "state"
     lock_dir = out if ranks.world == 1 else out / "state" / f"rank{ranks.rank}"
     try:

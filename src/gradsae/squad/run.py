@@ -358,6 +358,7 @@ def _run_one(
         cfg.retry_failed,
     )
     show = cfg.progress and dist.rank == 0
+    rt.announce(command)
     kept = _answer_phase(ctx, qas, f, dist, show)
     _edit_phase(ctx, kept, tasks, prompt_of, f, dist, show)
     if dist.rank != 0:

@@ -423,6 +423,8 @@ def _write_locked(model, tok, cfg: CacheConfig, out: Path, rt: Runtime | None) -
     todo = [i for i in range(limit) if i not in done]
     per_seq = cfg.context_length - cfg.drop_first
     t0 = time.time()
+    if rt is not None:
+        rt.announce("cache")
     bar = tqdm(
         total=len(todo) * cfg.seqs_per_shard * cfg.context_length,
         unit="tok",

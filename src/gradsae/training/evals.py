@@ -375,6 +375,7 @@ def run(cfg: EvalConfig) -> dict:
     sae = load_sae(cfg.sae, device=rt.device, dtype="float32")  # float16 files are evaluated in float32
     model, _ = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
     cache = ActivationCache(cfg.cache or default_cache())
+    rt.announce("eval")
     return evaluate(model, sae, cache, cfg, runtime=rt.as_config())
 
 

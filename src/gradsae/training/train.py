@@ -592,6 +592,7 @@ def _train(
         )
         _truncate_log(out / "train_log.jsonl", state.step)
     logf = JsonlLog(out / "train_log.jsonl") if rank == 0 else None
+    rt.announce("train")
     bar = tqdm(
         total=total * src.tokens_per_step,
         initial=state.step * src.tokens_per_step,
