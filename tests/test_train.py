@@ -166,3 +166,37 @@ def test_max_tokens_may_change_before_the_decay_and_gives_the_same_weights(toy_c
     run(_cfg(cache, late, max_tokens=256 * 12, max_steps=8, **kw))  # step 8: inside the decay
     with pytest.raises(GradsaeError, match="different config"):
         run(_cfg(cache, late, max_tokens=256 * 40, **kw))
+
+
+def test_a_kill_while_exporting_a_snapshot_gives_the_uninterrupted_snapshot(toy_cache, tmp_path, monkeypatch):
+    """Snapshots are exported before the checkpoint that passes them: a run killed mid-export resumes from the
+    checkpoint before, trains to the same step and exports the same weights."""
+    from gradsae.sae import SAE
+
+    _, cache = toy_cache
+    kw = dict(epochs=0.5, checkpoint_every=2, shuffle_batches=2, snapshot_tokens=[1024], k=[3, 5])
+    ref = run(_cfg(cache, tmp_path / "ref", **kw))
+    real_save, calls = SAE.save, []
+
+    def dying_save(self, path):
+        if "snapshots" in str(path):
+            calls.append(path)
+            if len(calls) == 2:  # the second SAE of the snapshot: killed half-way
+                raise KeyboardInterrupt
+        return real_save(self, path)
+
+    monkeypatch.setattr(SAE, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(cache, tmp_path / "cut", **kw))
+    monkeypatch.setattr(SAE, "save", real_save)
+    out = run(_cfg(cache, tmp_path / "cut", **kw))
+    for name in ("topk_k3", "topk_k5"):
+        a, b = load_sae(ref / "snapshots" / "1024" / name), load_sae(out / "snapshots" / "1024" / name)
+        assert torch.equal(a.W_dec, b.W_dec) and a.cfg.metadata["train_steps"] == b.cfg.metadata["train_steps"]
+    assert not list((tmp_path / "cut").rglob(".*.tmp*"))  # no temp file survives the rerun
+
+
+def test_snapshot_tokens_past_the_end_are_refused(toy_cache, tmp_path):
+    _, cache = toy_cache
+    with pytest.raises(GradsaeError, match="is not before --max-tokens 2048"):
+        run(_cfg(cache, tmp_path / "s", max_tokens=2048, snapshot_tokens=[4096]))

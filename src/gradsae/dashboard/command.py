@@ -56,6 +56,10 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
     lock_dir = out if ranks.world == 1 else out / "state" / f"rank{ranks.rank}"
     try:
         with output_lock(lock_dir):
+            if ranks.world == 1:  # (under torchrun another rank may be writing a temp file right now)
+                from ..training.cache import clean_temp
+
+                clean_temp(out)  # state or page temps a kill left behind
             st = build_state(
                 cfg,
                 model,

@@ -289,9 +289,10 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def clean_temp(folder: Path) -> int:
-    """Remove temp files a killed run left in ``folder`` (call it while holding the folder's lock)."""
+    """Remove temp files a killed run left in ``folder`` and below it (SAE folders, snapshots, states; call it
+    while holding the folder's lock)."""
     n = 0
-    for p in Path(folder).glob(".*.tmp*"):
+    for p in Path(folder).rglob(".*.tmp*"):
         if p.is_file():
             p.unlink(missing_ok=True)
             n += 1

@@ -172,6 +172,12 @@ def check_config(cfg: TrainConfig) -> None:
         any(n <= 0 for n in cfg.snapshot_tokens),
         f"--snapshot-tokens {','.join(map(str, cfg.snapshot_tokens))} must be positive token counts, e.g. 1000000",
     )
+    late = [n for n in cfg.snapshot_tokens if cfg.max_tokens and n >= cfg.max_tokens]
+    bad(
+        bool(late),
+        f"--snapshot-tokens {late[0] if late else ''} is not before --max-tokens {cfg.max_tokens}: the run ends there "
+        "(its final SAEs are that point); give counts below it",
+    )
     for name in ("max_tokens", "max_steps", "warmup_steps", "dead_tokens", "drop_first", "auxk_k"):
         bad(getattr(cfg, name) < 0, f"--{name.replace('_', '-')} {getattr(cfg, name)} must not be negative")
     bad(not 0 <= cfg.decay_frac < 1, f"--decay-frac {cfg.decay_frac} must be in [0, 1)")
@@ -627,8 +633,10 @@ def _train(
         if state.step - last_ckpt >= cfg.checkpoint_every or state.step == total or stop:
             state.reader, state.reader_pending = src.state()
             if rank == 0:
-                state.save(ckpt, saes, opts)
+                # snapshots first: a kill between the two leaves the previous checkpoint, so the rerun trains
+                # to this same step and exports these same weights
                 _snapshot(cfg, saes, specs, state, setup.meta, out, total)
+                state.save(ckpt, saes, opts)
             last_ckpt = state.step
         if stop:
             break
