@@ -180,3 +180,49 @@ def test_no_command_overwrites_a_file_it_did_not_write(tmp_path, capsys):
     assert {p.name: p.read_text() for p in folder.iterdir()} == before
     assert cli.main(["dashboard", "--out", ""]) == 2
     assert "--out is empty" in capsys.readouterr().err
+
+
+def test_wrong_advice_is_gone():
+    from gradsae.cli import _final_name, _resume_hint
+
+    assert _final_name("/d/.rate.html.k3j2_a9.tmp") == "/d/rate.html"  # the file meant, not the temp name
+    assert _final_name("/d/rate.png") == "/d/rate.png"
+    assert _resume_hint("rate") == "" and _resume_hint("eval") == ""  # nothing to resume there
+    assert "rerun the same command" in _resume_hint("train")
+
+
+def test_eval_out_naming_a_file_is_refused_before_any_work(tmp_path, capsys):
+    f = tmp_path / "eval.json"
+    f.write_text("{}")
+    assert cli.main(["eval", "--out", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file" in err[0]
+
+
+def test_rows_longer_than_the_models_context_are_one_line(tmp_path, capsys):
+    from conftest import make_tiny
+
+    from gradsae.model import context_size
+
+    model, tok = make_tiny("llama")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    n = context_size(model)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("some text " * 50)
+    capsys.readouterr()  # the model's own saving output
+    for cmd in ("train", "dashboard"):
+        argv = [
+            cmd,
+            "--model",
+            str(tmp_path / "m"),
+            "--data",
+            str(corpus),
+            "--context-length",
+            str(n + 1),
+            "--out",
+            str(tmp_path / cmd),
+        ]
+        assert cli.main(argv + (["--layers", "1"] if cmd == "train" else ["--sae", "tiny-missing"])) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and (f"context of {n} tokens" in err[0] or "tiny-missing" in err[0]), err

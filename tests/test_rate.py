@@ -282,3 +282,9 @@ def test_a_second_page_never_replaces_the_key_of_another(dash_dirs, tmp_path):
     assert foreign.read_text() == "<html>my own page</html>"
     with pytest.raises(GradsaeError, match="names a folder"):
         run(RateConfig(sae=dash_dirs, n_per_sae=5, out=str(tmp_path)))
+
+
+def test_one_sae_named_twice_is_refused(dash_dirs, tmp_path):
+    a = dash_dirs[0]
+    with pytest.raises(GradsaeError, match="twice"):
+        run(RateConfig(sae=[f"{a}/dashboard.json", a], out=str(tmp_path / "p.html")))

@@ -127,3 +127,14 @@ def test_command_on_bundled_model(tmp_path):
     cfg2 = SensitivityConfig(**{**cfg.__dict__, "sequences": 5})
     with pytest.raises(GradsaeError, match="other settings"):
         run(cfg2)
+
+
+def test_a_foreign_sensitivity_json_is_one_line(tmp_path):
+    from gradsae.errors import GradsaeError
+    from gradsae.sensitivity import SensitivityResults
+
+    p = tmp_path / "sensitivity.json"
+    for text in ('{"my": "notes"}', "[1, 2]", '{"config": {}, "directional": [{"x": 1}], "fig3": [], "tails": []}'):
+        p.write_text(text)
+        with pytest.raises(GradsaeError, match="not written by gradsae sensitivity"):
+            SensitivityResults.load(p)

@@ -144,6 +144,24 @@ def command_reference() -> str:
     return "\n".join(out)
 
 
+# commands that write as they go and continue where a rerun of the same command left off
+RESUMABLE = {"demo", "perturb", "steer", "stats", "experiment", "cache", "train", "dashboard", "sensitivity"}
+
+
+def _resume_hint(command: str) -> str:
+    return "; finished work is saved, rerun the same command to resume" if command in RESUMABLE else ""
+
+
+def _final_name(filename) -> str:
+    """The file a failed atomic write was for, not its temp name (``.NAME.<random>.tmp`` -> ``NAME``)."""
+    import re
+    from pathlib import Path
+
+    p = Path(str(filename))
+    m = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", p.name)
+    return str(p.with_name(m.group(1))) if m else str(p)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input, interruption and file-system failures end in one line on stderr."""
     try:
@@ -172,23 +190,19 @@ def _main(argv: list[str] | None) -> int:
         print(f"gradsae {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"\ngradsae {args.command}: interrupted; finished work is saved, rerun the same command to resume",
-            file=sys.stderr,
-        )
+        print(f"\ngradsae {args.command}: interrupted{_resume_hint(args.command)}", file=sys.stderr)
         return 130
     except OSError as e:  # read-only folder, disk full, a file vanished: the system's reason, in one line
-        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        where = f" ({_final_name(e.filename)})" if getattr(e, "filename", None) else ""
         fix = (
             "free some disk space"
             if e.errno == errno.ENOSPC
-            else "choose a folder you can write to (--out)"
+            else "choose a folder you can write to"
             if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM)
             else "check the path"
         )
         print(
-            f"gradsae {args.command}: error: {e.strerror or e}{where}: {fix}; finished work is saved, rerun "
-            "the same command to resume",
+            f"gradsae {args.command}: error: {e.strerror or e}{where}: {fix}{_resume_hint(args.command)}",
             file=sys.stderr,
         )
         return 2

@@ -253,3 +253,16 @@ def load_model(spec: str = SMOLLM2, device: str | None = "cpu", dtype: str | tor
 
 def model_name(model) -> str:
     return getattr(model.config, "name_or_path", "") or type(model).__name__
+
+
+def context_size(model) -> int | None:
+    """The longest sequence the model was built for (``max_position_embeddings`` / ``n_positions``), or None."""
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
+def check_context_length(model, length: int, flag: str = "--context-length") -> None:
+    """One line for rows longer than the model's context (they would fail deep in attention, or be garbage)."""
+    n_ctx = context_size(model)
+    if n_ctx and length > n_ctx:
+        raise GradsaeError(f"{flag} {length} is beyond this model's context of {n_ctx} tokens: use at most {n_ctx}")

@@ -165,21 +165,28 @@ def plot_rates(rates: Sequence[SaeRates], path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def _dashboard_for(spec: str):
-    from .dashboard import find_dashboard, load_dashboard
+def _dashboard_file(spec: str) -> Path:
+    """The dashboard file an --sae entry stands for: the file, a folder holding one, or an SAE's own."""
+    from .dashboard import DASHBOARD_FILES, find_dashboard
 
     p = Path(spec).expanduser()
     if p.is_file() and p.name.startswith("dashboard.json"):
-        return load_dashboard(p)
-    if p.is_dir() and any((p / n).is_file() for n in ("dashboard.json", "dashboard.json.gz")):
-        return load_dashboard(p)
+        return p
+    if p.is_dir() and any((p / n).is_file() for n in DASHBOARD_FILES):
+        return next(p / n for n in DASHBOARD_FILES if (p / n).is_file())
     found = find_dashboard(spec)
     if found is None:
         raise GradsaeError(
             f"no dashboard for SAE {spec!r}: build one with gradsae dashboard --sae {spec} --out DIR "
             "and pass --sae DIR/dashboard.json"
         )
-    return load_dashboard(found)
+    return found
+
+
+def _dashboard_for(spec: str):
+    from .dashboard import load_dashboard
+
+    return load_dashboard(_dashboard_file(spec), "--sae")
 
 
 def page_id(saes: Sequence[str], seed: int, n: int, items: Sequence[tuple[str, int]]) -> str:
@@ -357,6 +364,10 @@ def run(cfg: RateConfig):
         return rates
     if cfg.n_per_sae < 1 or cfg.n_examples < 1 or cfg.n_random < 0:
         raise GradsaeError("--n-per-sae and --n-examples must be at least 1, --n-random 0 or more")
+    files = [_dashboard_file(s).resolve() for s in cfg.sae]
+    twice = next((s for s, f in zip(cfg.sae, files) if files.count(f) > 1), None)
+    if twice is not None:
+        raise GradsaeError(f"--sae names the dashboard of {twice} twice: a page compares different SAEs")
     dashboards = [_dashboard_for(s) for s in cfg.sae]
     key, views = build_rating(
         cfg.sae,

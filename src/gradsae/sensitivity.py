@@ -48,9 +48,9 @@ class SensitivityConfig(ModelOptions):
     """The g-SAE paper's sensitivity analyses: directional derivatives (Fig. 2), first-order vs norm (Fig. 3),
     derivatives along decoder directions by nearest-neighbour similarity (Table 2)."""
 
-    layers: list[int] = opt([3, 6, 9, 12, 15, 18, 21, 24, 27], "blocks whose output is analysed (Fig. 2)")
+    layers: list[int] = opt([3, 6, 9, 12, 15, 18, 21, 24, 27], "blocks whose output is analysed (Fig. 2)", low=0)
     fig3_layers: list[int] = opt(
-        [6, 9, 22], "blocks for the perturbation analysis (Fig. 3; one forward per perturbation, so fewer)"
+        [6, 9, 22], "blocks for the perturbation analysis (Fig. 3; one forward per perturbation, so fewer)", low=0
     )
     sae: list[str] = opt([], "SAEs for the decoder-similarity analysis (Table 2), comma-separated; empty = skip")
     data: list[str] = opt(["sample"], "corpus (see gradsae.corpus): files, folders, 'sample' or hf:NAME")
@@ -338,13 +338,19 @@ class SensitivityResults:
     @classmethod
     def load(cls, path: Path) -> "SensitivityResults":
         d = read_json(path)
-        return cls(
-            d["config"],
-            [DirectionalRow(**r) for r in d["directional"]],
-            [Fig3Row(**r) for r in d["fig3"]],
-            [TailRow(**r) for r in d["tails"]],
-            d["done"],
-        )
+        try:
+            return cls(
+                d["config"],
+                [DirectionalRow(**r) for r in d["directional"]],
+                [Fig3Row(**r) for r in d["fig3"]],
+                [TailRow(**r) for r in d["tails"]],
+                d["done"],
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise GradsaeError(
+                f"{path} was not written by gradsae sensitivity ({type(e).__name__}: {str(e)[:60]}): use another "
+                "--out or delete the file"
+            ) from None
 
 
 def _corpus_rows(tok, cfg: SensitivityConfig) -> torch.Tensor:

@@ -393,8 +393,9 @@ def check_dashboard(dash: Dashboard, sae, where: str = "--dashboard") -> None:
         )
 
 
-def load_dashboard(path: str | Path) -> Dashboard:
-    """Read dashboard.json (or .json.gz, or a folder holding one)."""
+def load_dashboard(path: str | Path, option: str = "--dashboard") -> Dashboard:
+    """Read dashboard.json (or .json.gz, or a folder holding one); ``option`` names the flag that gave the path
+    in messages."""
     import gzip
 
     p = Path(path).expanduser()
@@ -404,11 +405,11 @@ def load_dashboard(path: str | Path) -> Dashboard:
             raise GradsaeError(f"no dashboard.json in {p}: build one with gradsae dashboard --out {p}")
         p = found[0]
     if not p.is_file():
-        raise GradsaeError(f"no dashboard at {p}: build one with gradsae dashboard, or drop --dashboard")
+        raise GradsaeError(f"no dashboard at {p}: build one with gradsae dashboard, or drop {option}")
     try:
         raw = gzip.decompress(p.read_bytes()) if p.name.endswith(".gz") else p.read_bytes()
         obj = json.loads(raw)
-    except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise GradsaeError(
             f"{p}: unreadable dashboard ({type(e).__name__}): rebuild it with gradsae dashboard"
         ) from None

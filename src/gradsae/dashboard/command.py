@@ -32,14 +32,19 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
     from .page import write_dashboard_page
     from ..formats import load_sae
     from ..io import atomic_write_text, output_lock
-    from ..model import load_model, model_name
+    from ..model import check_context_length, load_model, model_name
     from ..splice import check_compatible
 
     _check(cfg)
     _refuse_foreign(Path(cfg.out))
     if cfg.render:
         found = find_dashboard(cfg.render)
-        dash = load_dashboard(found if found is not None else cfg.render)
+        if found is None and not Path(cfg.render).expanduser().exists():
+            raise GradsaeError(
+                f"--render {cfg.render}: no dashboard.json(.gz) there and no bundled SAE of that name: give the file, "
+                "its folder or a bundled SAE with a dashboard"
+            )
+        dash = load_dashboard(found if found is not None else cfg.render, "--render")
         with output_lock(cfg.out):
             page = write_dashboard_page(Path(cfg.out) / "dashboard.html", dash, max_latents=cfg.html_latents)
         print(f"wrote {page}")
@@ -49,6 +54,7 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
     out = Path(cfg.out)
     t0 = time.perf_counter()
     model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
+    check_context_length(model, cfg.context_length)
     sae = load_sae(cfg.sae, device=str(next(model.parameters()).device), dtype="float32")
     layer = check_compatible(model, sae, cfg.layer or None)
     rt.announce("dashboard")

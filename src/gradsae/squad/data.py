@@ -306,8 +306,9 @@ def _load_hf(spec: str) -> list[QA]:
 def check_prompt_lengths(tok, model, prompts: Sequence[str], max_new_tokens: int) -> None:
     """Refuse prompts that do not fit the model's context with the decoding budget (they would run for minutes
     and then produce garbage or fail deep in attention)."""
-    cfg = getattr(model, "config", None)
-    n_ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    from ..model import context_size
+
+    n_ctx = context_size(model)
     if not n_ctx or not prompts:
         return
     lengths = [len(tok(p, add_special_tokens=True)["input_ids"]) for p in prompts]

@@ -59,7 +59,7 @@ GRAD_TARGET = 2.0**14  # the largest |grad| of a shard is scaled to about this (
 class CacheConfig(ModelOptions):
     """Cache residual-stream activations (and the gradient of the summed next-token CE) as float16 shards."""
 
-    layers: list[int] = opt([9], "blocks whose output (blocks.L.hook_resid_post) is cached, comma-separated")
+    layers: list[int] = opt([9], "blocks whose output (blocks.L.hook_resid_post) is cached, comma-separated", low=0)
     data: list[str] = opt(
         list(DEFAULT_DATA),
         "corpus: .txt/.jsonl/.json files (optionally .gz) or folders, 'sample' (bundled text), "

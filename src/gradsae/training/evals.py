@@ -73,6 +73,8 @@ class EvalConfig(ModelOptions):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.out and Path(self.out).expanduser().is_file():
+            raise GradsaeError(f"--out {self.out} is a file: eval writes a folder (eval.json and plots); give a folder")
         if self.steer_latents > 0 and not self.steer_alphas:
             raise GradsaeError("--steer-alphas is empty: give at least one strength, e.g. 10,50, or --steer-latents 0")
 

@@ -65,7 +65,7 @@ class TrainConfig(ModelOptions):
         "'default': the folder `gradsae cache` writes with its defaults",
     )
     layers: list[int] = opt(
-        [], "blocks whose output the SAEs read, e.g. 6,14,22 (default: 9; from a cache: its first layer)"
+        [], "blocks whose output the SAEs read, e.g. 6,14,22 (default: 9; from a cache: its first layer)", low=0
     )
     out: str = opt("", "results folder (default: <gradsae cache>/runs/<model or cache>-L<layers>-<architectures>)")
     architectures: list[str] = opt(
@@ -400,10 +400,11 @@ def _setup_cache(cfg: TrainConfig, device: str, rank: int, world: int) -> _Setup
 
 def _setup_corpus(cfg: TrainConfig, device: str, rank: int, world: int) -> _Setup:
     from ..hooks import hidden_size, n_layers, resolve_layer
-    from ..model import load_model, model_name
+    from ..model import check_context_length, load_model, model_name
     from .stream import CorpusSource, RowReader, count_rows
 
     model, tok = load_model(cfg.model, device=device, dtype="float32")
+    check_context_length(model, cfg.context_length)
     if cfg.layers:
         layers = sorted({resolve_layer(model, l) for l in cfg.layers})
     elif n_layers(model) > DEFAULT_LAYER:
