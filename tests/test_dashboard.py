@@ -709,3 +709,13 @@ def load_dashboard_text(path):
 
     path = str(path)
     return gzip.open(path, "rt").read() if path.endswith(".gz") else open(path).read()
+
+
+def test_a_second_writer_is_refused_before_the_model_loads(tmp_path, capsys):
+    from gradsae import cli
+    from gradsae.io import output_lock
+
+    with output_lock(tmp_path / "d"):
+        assert cli.main(["dashboard", "--out", str(tmp_path / "d"), "--model", str(tmp_path / "no-such-model")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another gradsae run is writing" in err[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict
@@ -52,66 +53,71 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
     rt = start(cfg, "dashboard")
     ranks = Dist("cpu")  # gloo: the ranks only meet at barriers, whatever device the model is on
     out = Path(cfg.out)
-    t0 = time.perf_counter()
-    model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
-    check_context_length(model, cfg.context_length)
-    sae = load_sae(cfg.sae, device=str(next(model.parameters()).device), dtype="float32")
-    layer = check_compatible(model, sae, cfg.layer or None)
-    rt.announce("dashboard")
-    state_dir = out / "state"
-    lock_dir = out if ranks.world == 1 else out / "state" / f"rank{ranks.rank}"
-    try:
-        with output_lock(lock_dir):
-            if ranks.world == 1:  # (under torchrun another rank may be writing a temp file right now)
-                from ..training.cache import clean_temp
+    with contextlib.ExitStack() as held:
+        # one process: the folder is locked before the model loads and until the page is written, so a second
+        # writer is refused at once and nothing can write between the pass and the page
+        one = ranks.world == 1
+        if one:
+            held.enter_context(output_lock(out))
+            from ..training.cache import clean_temp
 
-                clean_temp(out)  # state or page temps a kill left behind
-            st = build_state(
-                cfg,
-                model,
-                tok,
-                sae,
-                layer,
-                rank=ranks.rank,
-                world=ranks.world,
-                state_path=state_dir / f"rank{ranks.rank}.safetensors",
+            clean_temp(out)  # state or page temps a kill left behind
+        t0 = time.perf_counter()
+        model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
+        check_context_length(model, cfg.context_length)
+        sae = load_sae(cfg.sae, device=str(next(model.parameters()).device), dtype="float32")
+        layer = check_compatible(model, sae, cfg.layer or None)
+        rt.announce("dashboard")
+        state_dir = out / "state"
+        try:
+            with contextlib.nullcontext() if one else output_lock(out / "state" / f"rank{ranks.rank}"):
+                st = build_state(
+                    cfg,
+                    model,
+                    tok,
+                    sae,
+                    layer,
+                    rank=ranks.rank,
+                    world=ranks.world,
+                    state_path=state_dir / f"rank{ranks.rank}.safetensors",
+                )
+            ranks.barrier()
+            if ranks.rank != 0:
+                return None
+            for r in range(1, ranks.world):
+                st = merge_states(
+                    st, DashboardState.load(state_dir / f"rank{r}.safetensors", fingerprint(cfg, ranks.world, sae))
+                )
+        finally:
+            ranks.close()
+        if st.n_tokens == 0:
+            raise GradsaeError(
+                f"the corpus {cfg.data} gave no rows of {cfg.context_length} tokens: add data or lower --context-length"
             )
-        ranks.barrier()
-        if ranks.rank != 0:
-            return None
-        for r in range(1, ranks.world):
-            st = merge_states(
-                st, DashboardState.load(state_dir / f"rank{r}.safetensors", fingerprint(cfg, ranks.world, sae))
-            )
-    finally:
-        ranks.close()
-    if st.n_tokens == 0:
-        raise GradsaeError(
-            f"the corpus {cfg.data} gave no rows of {cfg.context_length} tokens: add data or lower --context-length"
+        meta = DashboardMeta(
+            schema=SCHEMA,
+            model=model_name(model),
+            sae=cfg.sae,
+            hook=sae.cfg.hook_name or str(layer),
+            d_sae=sae.d_sae,
+            data=list(cfg.data),
+            n_tokens=st.n_tokens,
+            n_influence_tokens=st.n_influence_tokens,
+            left=cfg.left,
+            right=cfg.right,
+            hist_lo_log10=HIST_LO,
+            hist_per_decade=HIST_PER_DECADE,
+            seconds=round(time.perf_counter() - t0, 1),
+            sae_sha256=sae.digest(),
+            config={**asdict(cfg), "runtime": rt.as_config()},
+            definitions=DEFINITIONS,
         )
-    meta = DashboardMeta(
-        schema=SCHEMA,
-        model=model_name(model),
-        sae=cfg.sae,
-        hook=sae.cfg.hook_name or str(layer),
-        d_sae=sae.d_sae,
-        data=list(cfg.data),
-        n_tokens=st.n_tokens,
-        n_influence_tokens=st.n_influence_tokens,
-        left=cfg.left,
-        right=cfg.right,
-        hist_lo_log10=HIST_LO,
-        hist_per_decade=HIST_PER_DECADE,
-        seconds=round(time.perf_counter() - t0, 1),
-        sae_sha256=sae.digest(),
-        config={**asdict(cfg), "runtime": rt.as_config()},
-        definitions=DEFINITIONS,
-    )
-    dash = finalize(st, model, tok, sae, meta, n_promoted=cfg.n_promoted, n_neighbours=cfg.n_neighbours)
-    with output_lock(out):
-        # compact separators: an indented file of 4096 latents is three times larger
-        atomic_write_text(out / "dashboard.json", json.dumps(dash.to_json(), ensure_ascii=False, separators=(",", ":")))
-        write_dashboard_page(out / "dashboard.html", dash, max_latents=cfg.html_latents)
+        dash = finalize(st, model, tok, sae, meta, n_promoted=cfg.n_promoted, n_neighbours=cfg.n_neighbours)
+        with contextlib.nullcontext() if one else output_lock(out):
+            # compact separators: an indented file of 4096 latents is three times larger
+            text = json.dumps(dash.to_json(), ensure_ascii=False, separators=(",", ":"))
+            atomic_write_text(out / "dashboard.json", text)
+            write_dashboard_page(out / "dashboard.html", dash, max_latents=cfg.html_latents)
     alive = sum(1 for r in dash.latents if r.count)
     print(
         f"dashboard: {st.n_tokens} tokens ({st.n_influence_tokens} with influence), {alive}/{sae.d_sae} latents "
