@@ -6,7 +6,7 @@ Rows, all in one run so that the ratios are taken under the same machine load:
 * the parts: the model pass to block 9 (no gradient; with dL/dx), float32 and bfloat16 autocast; one SAE
   step (TopK, g-SAE) on 8 x 127 real activations;
 * the streaming trainer (`gradsae.training.train.run`): TopK only; TopK + g-SAE; a grid of N TopK SAEs;
-  float32 and bfloat16 model pass. tokens/s = model tokens (rows x 128) per second of training, from
+  g-SAE alone; 1 and 3 E2E SAEs (with their ratio to the g-SAE pass); float32 and bfloat16 model pass. tokens/s = model tokens (rows x 128) per second of training, from
   the run's own log (the first shuffle fill included, model loading excluded);
 * the cache path: `gradsae cache` of the same tokens, then `gradsae train --cache` (TopK);
 * sparsify's Python `Trainer` (eai-sparsify, if installed) on the same model, rows and batch (TopK, Adam).
@@ -195,6 +195,9 @@ def main(argv=None) -> dict:
             f"stream grid of {a.grid} TopK (bfloat16)",
             dict(architectures=["topk"], dtype="bfloat16", seeds=list(range(a.grid))),
         ),
+        ("stream g-SAE (bfloat16)", dict(architectures=["gsae"], dtype="bfloat16")),
+        ("stream 1 E2E (bfloat16)", dict(architectures=["e2e"], dtype="bfloat16")),
+        ("stream 3 E2E (bfloat16)", dict(architectures=["e2e"], dtype="bfloat16", seeds=[0, 1, 2])),
     ):
         runs[name] = bench_stream("smollm2", data, a.steps, root / name.replace(" ", "_"), threads=a.threads, **kw)
         rows.append({"what": name, "tokens_per_s": runs[name]})
@@ -217,6 +220,11 @@ def main(argv=None) -> dict:
             f"stream grid of {a.grid} TopK (bfloat16)"
         ]
         / grid_pred,
+        # E2E runs the blocks above the layer and a backward through them per SAE: what 1 and 3 cost against
+        # the g-SAE pass (one full forward + backward shared by every g-SAE of a grid)
+        "1 E2E / g-SAE (tokens/s)": runs["stream 1 E2E (bfloat16)"] / runs["stream g-SAE (bfloat16)"],
+        "3 E2E / g-SAE (tokens/s)": runs["stream 3 E2E (bfloat16)"] / runs["stream g-SAE (bfloat16)"],
+        "3 E2E / 1 E2E (tokens/s)": runs["stream 3 E2E (bfloat16)"] / runs["stream 1 E2E (bfloat16)"],
     }
     for r in rows:
         r["vs_sparsify"] = r["tokens_per_s"] / sp if sp else None
