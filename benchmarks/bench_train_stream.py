@@ -6,7 +6,8 @@ Rows, all in one run so that the ratios are taken under the same machine load:
 * the parts: the model pass to block 9 (no gradient; with dL/dx), float32 and bfloat16 autocast; one SAE
   step (TopK, g-SAE) on 8 x 127 real activations;
 * the streaming trainer (`gradsae.training.train.run`): TopK only; TopK + g-SAE; a grid of N TopK SAEs;
-  g-SAE alone; 1 and 3 E2E SAEs (with their ratio to the g-SAE pass); float32 and bfloat16 model pass. tokens/s = model tokens (rows x 128) per second of training, from
+  g-SAE alone; 1 and 3 E2E SAEs (with their ratio to the g-SAE pass); float32 and bfloat16 model pass.
+  tokens/s = model tokens (rows x 128) per second of training, from
   the run's own log (the first shuffle fill included, model loading excluded);
 * the cache path: `gradsae cache` of the same tokens, then `gradsae train --cache` (TopK);
 * sparsify's Python `Trainer` (eai-sparsify, if installed) on the same model, rows and batch (TopK, Adam).
