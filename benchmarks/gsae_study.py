@@ -114,7 +114,7 @@ def chunks(lr: float | None) -> list[Chunk]:
                 f"TopK × k {ks}, seed {s}",
                 [(f"g{s}-topk", ["--architectures", "topk", "--k", ks] + base)],
                 [(f"topk-k{k}-s{s}.json", f"g{s}-topk/topk_k{k}") for k in KS],
-                "~15 min + 5 evals",
+                "~14 min alone, 26 beside test runs, + 7 for 5 evals",
             )
         )
         out.append(
