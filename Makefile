@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo lint format test test-fast docs clean
+.PHONY: install demo lint format test test-fast docs study-status clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-peers.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test: install lint
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+# The TopK / g-SAE / E2E study: which chunks are done (committed result files) and which to run next.
+study-status: install
+	$(BIN)/python benchmarks/gsae_study.py status
 
 # Regenerate docs/cli.md (the options of every command) from the config dataclasses.
 docs: install
