@@ -145,7 +145,7 @@ def missing(chunk: Chunk) -> list[str]:
 def status() -> None:
     lr = study_lr()
     print(
-        f"results: {RESULTS.relative_to(REPO)}   learning rate: "
+        f"results: {RESULTS.relative_to(REPO) if RESULTS.is_relative_to(REPO) else RESULTS}   learning rate: "
         f"{lr_name(lr) + ' (picked by the lr chunk)' if lr else 'not picked yet (run the lr chunk first)'}"
     )
     for c in chunks(lr):
@@ -270,7 +270,7 @@ def run_chunk(name: str, runs: Path, dry_run: bool, threads: int) -> None:
         tmp = dest.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(rec, indent=1, allow_nan=False) + "\n")
         tmp.replace(dest)
-        print(f"wrote {dest.relative_to(REPO)}")
+        print(f"wrote {dest}")
 
 
 def main() -> None:

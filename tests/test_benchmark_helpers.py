@@ -82,3 +82,25 @@ def test_the_comparison_report_rebuilds_from_result_files_alone(tmp_path):
     assert any("NMSE, gsae vs topk: topk lower" in v for v in res["verdicts"])
     assert any("L_added, gsae vs topk: gsae lower" in v for v in res["verdicts"])
     assert json.loads((tmp_path / "out" / "cmp.json").read_text())["verdicts"] == res["verdicts"]
+
+
+def test_the_study_picks_its_learning_rate_and_lists_its_chunks(tmp_path, monkeypatch, capsys):
+    import json
+
+    import gsae_study as st
+
+    assert [st.lr_name(x) for x in (5e-4, 1e-3, 2e-3, 4e-3)] == ["5e-4", "1e-3", "2e-3", "4e-3"]
+    monkeypatch.setattr(st, "RESULTS", tmp_path)
+    assert st.study_lr() is None
+    (tmp_path / "lr-sweep").mkdir()
+    for lr, la in ((5e-4, 0.21), (2e-3, 0.13), (4e-3, 0.15)):
+        rec = {"eval": {"eval_result_metrics": {"model_performance_preservation": {"l_added": la}}}}
+        (tmp_path / "lr-sweep" / f"topk-k32-lr{st.lr_name(lr)}.json").write_text(json.dumps(rec))
+    assert st.study_lr() == 2e-3
+    names = [c.name for c in st.chunks(st.study_lr())]
+    assert names[:4] == ["lr", "g0-topk", "g0-gsae", "e0"] and len(names) == 10
+    g0 = next(c for c in st.chunks(2e-3) if c.name == "g0-gsae")
+    assert [f for f, _ in g0.results] == [f"gsae-k{k}-s0.json" for k in st.KS]
+    assert ["--lr", "2e-3"] == g0.runs[0][1][-2:]
+    st.status()
+    assert "next: python benchmarks/gsae_study.py run lr" in capsys.readouterr().out  # lr-sweep lacks 1e-3
