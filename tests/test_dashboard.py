@@ -719,3 +719,48 @@ def test_a_second_writer_is_refused_before_the_model_loads(tmp_path, capsys):
         assert cli.main(["dashboard", "--out", str(tmp_path / "d"), "--model", str(tmp_path / "no-such-model")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "another gradsae run is writing" in err[0]
+
+
+def test_characters_split_over_several_tokens_are_shown_whole(tmp_path, tiny_pair):
+    """Byte-level tokens: an emoji or a Hebrew letter is 2-4 tokens; each piece decoded alone is U+FFFD. The
+    cards show the whole character on the token that completes it, and the JSON round trip keeps that."""
+    import dataclasses
+    import json
+
+    from gradsae.dashboard import dashboard_from_json
+    from gradsae.dashboard.page import card_view
+
+    model, tok, sae = tiny_pair
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"Line {i}: café 😀 שלום and naïve text number {i}." for i in range(60)))
+    cfg = _cfg(tmp_path, data=[str(corpus)])
+    st = build_state(cfg, model, tok, sae, 1)
+    meta = DashboardMeta(
+        schema=SCHEMA,
+        model="m",
+        sae="s",
+        hook="blocks.1.hook_resid_post",
+        d_sae=64,
+        data=cfg.data,
+        n_tokens=0,
+        n_influence_tokens=0,
+        left=cfg.left,
+        right=cfg.right,
+        hist_lo_log10=HIST_LO,
+        hist_per_decade=HIST_PER_DECADE,
+        seconds=0.0,
+        config=dataclasses.asdict(cfg),
+        definitions=DEFINITIONS,
+    )
+    dash = finalize(st, model, tok, sae, meta)
+    back = dashboard_from_json(json.loads(json.dumps(dash.to_json())))
+    shown = ""
+    for d in (dash, back):
+        for r in d.latents:
+            v = card_view(d, r)
+            for group in ("top", "bands", "influence"):
+                for c in v[group]:
+                    shown += "".join(t["text"] for t in c["tokens"])
+    assert "\ufffd" not in shown
+    assert any(ch in shown for ch in ("😀", "ש", "é", "ï"))
+    assert '"texts": null' not in json.dumps(dash.to_json())

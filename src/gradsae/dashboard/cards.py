@@ -30,6 +30,9 @@ class Context:
         value: the activation there (for band samples too).
         row / pos: where it is in the corpus stream (row index, position in the row).
         percentile: for band samples, the activation's percentile among the latent's active tokens.
+        texts: [W] each token's text, only where the window holds a character split over several tokens
+            (byte-level BPE: emoji, many scripts), shown whole on the token that completes it; None elsewhere
+            (the text is then ``Dashboard.tokens[id]``).
     """
 
     ids: list[int]
@@ -39,6 +42,11 @@ class Context:
     row: int
     pos: int
     percentile: float | None = None
+    texts: list[str] | None = None
+
+    def text(self, dash: "Dashboard", j: int) -> str:
+        """The text of window token j."""
+        return self.texts[j] if self.texts else dash.token(self.ids[j])
 
 
 @dataclass
@@ -146,7 +154,7 @@ class Dashboard:
             "schema": SCHEMA,
             "meta": asdict(self.meta),
             "tokens": {str(k): v for k, v in self.tokens.items()},
-            "latents": [asdict(r) for r in self.latents],
+            "latents": [_drop_empty_texts(asdict(r)) for r in self.latents],
         }
 
 
@@ -331,8 +339,41 @@ def finalize(
         )
     used.discard(-1)
     tokens = {i: tok.decode([i]) for i in sorted(used)}
+    _whole_characters(records, tokens, tok)
     meta.n_tokens, meta.n_influence_tokens = st.n_tokens, st.n_influence_tokens
     return Dashboard(meta, tokens, records)
+
+
+def _whole_characters(records: list[LatentRecord], tokens: dict[int, str], tok) -> None:
+    """Give the contexts that hold a character split over several tokens their own per-token texts
+    (``influence.token_texts``): decoded one by one, each piece would show U+FFFD. The pieces of a character
+    cut by the window's edge show nothing."""
+    from ..influence import token_texts
+
+    split = {i for i, t in tokens.items() if "\ufffd" in t}
+    if not split:
+        return
+    for r in records:
+        for c in (*r.top, *r.bands, *r.influence):
+            if any(i in split for i in c.ids):
+                texts = iter(token_texts(tok, [i for i in c.ids if i >= 0]))
+                # a piece of a character the window edge cut off is no character: shown as nothing
+                c.texts = [_no_orphan(next(texts)) if i >= 0 else "" for i in c.ids]
+
+
+def _no_orphan(text: str) -> str:
+    """Drop the replacement characters of bytes whose character began or ends outside the window (the corpus
+    was valid text: inside such a window U+FFFD only ever stands for such a cut-off piece)."""
+    return text.replace("\ufffd", "")
+
+
+def _drop_empty_texts(record: dict) -> dict:
+    """A latent record as JSON, without ``texts: null`` on every context (most have none)."""
+    for key in ("top", "bands", "influence"):
+        for c in record.get(key, []):
+            if c.get("texts") is None:
+                c.pop("texts", None)
+    return record
 
 
 def row_length(meta: DashboardMeta) -> int:

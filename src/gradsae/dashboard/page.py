@@ -40,7 +40,7 @@ def card_view(dash: Dashboard, r: LatentRecord, n_top: int = 8, n_bands: int = 6
             lv = level(abs(v), scale)
             cls = "" if lv == 0 else f"a{lv}" if kind == "act" else f"p{lv}" if v > 0 else f"n{lv}"
             cls = f"{cls} gd-at".strip() if j == c.at else cls
-            toks.append({"text": dash.token(i), "value": v, "cls": cls})
+            toks.append({"text": c.text(dash, j), "value": v, "cls": cls})
         return toks
 
     edges_lo, per = dash.meta.hist_lo_log10, dash.meta.hist_per_decade
