@@ -226,3 +226,14 @@ def test_rows_longer_than_the_models_context_are_one_line(tmp_path, capsys):
         assert cli.main(argv + (["--layers", "1"] if cmd == "train" else ["--sae", "tiny-missing"])) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and (f"context of {n} tokens" in err[0] or "tiny-missing" in err[0]), err
+
+
+def test_a_second_writer_is_refused_before_any_model_loads(tmp_path, capsys):
+    from gradsae.io import output_lock
+
+    for argv in (["train", "--layers", "1"], ["cache", "--layers", "1"], ["dashboard"]):
+        out = tmp_path / argv[0]
+        with output_lock(out):
+            assert cli.main([*argv, "--out", str(out), "--model", str(tmp_path / "no-such-model")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "another gradsae run is writing" in err[0], (argv, err)

@@ -29,6 +29,7 @@ Row ``s * (T - drop_first) + (t - drop_first)`` of a shard is sequence s, positi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -357,8 +358,12 @@ def run(cfg: CacheConfig) -> Path:
     if cfg.out.strip():  # before the model loads: a wrong --out is one line at once
         _refuse_foreign(Path(cfg.out).expanduser())
     rt = start(cfg, "cache")
-    model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
-    return write_cache(model, tok, cfg, rt)
+    if not cfg.out.strip():  # the default folder is named after the resolved layers: locked once they are known
+        model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
+        return write_cache(model, tok, cfg, rt)
+    with output_lock(Path(cfg.out).expanduser()):  # before the model loads: a second writer is refused at once
+        model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
+        return write_cache(model, tok, cfg, rt, locked=True)
 
 
 def _check(cfg: CacheConfig) -> None:
@@ -370,14 +375,15 @@ def _check(cfg: CacheConfig) -> None:
         raise GradsaeError("--seqs-per-shard and --batch-size must be at least 1")
 
 
-def write_cache(model, tok, cfg: CacheConfig, rt: Runtime | None = None) -> Path:
-    """Write (or resume) the cache of ``model`` described by ``cfg`` (``rt``: the runtime recorded in config.json)."""
+def write_cache(model, tok, cfg: CacheConfig, rt: Runtime | None = None, locked: bool = False) -> Path:
+    """Write (or resume) the cache of ``model`` described by ``cfg`` (``rt``: the runtime recorded in config.json;
+    ``locked``: the caller holds the output folder's lock already)."""
     from ..hooks import resolve_layer
 
     _check(cfg)
     cfg.layers = sorted({resolve_layer(model, l) for l in cfg.layers})
     out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg)
-    with output_lock(out):
+    with contextlib.nullcontext() if locked else output_lock(out):
         clean_temp(out)
         return _write_locked(model, tok, cfg, out, rt)
 

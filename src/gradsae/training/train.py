@@ -18,6 +18,7 @@ import copy
 import functools
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -461,9 +462,12 @@ def run(cfg: TrainConfig) -> Path:
     if cfg.out.strip():  # before the model loads: a wrong --out is one line at once
         _refuse_foreign(Path(cfg.out).expanduser())
     rt = start(cfg, "train")
-    # the process group (torchrun) is destroyed on the way out: a live gloo group at exit aborts the process
-    with Dist(rt.device):
-        return _run(cfg, rt)
+    # a named --out is locked before the model loads (rank 0): a second writer is refused at once
+    early = bool(cfg.out.strip()) and int(os.environ.get("RANK", "0")) == 0
+    with output_lock(Path(cfg.out).expanduser()) if early else contextlib.nullcontext():
+        # the process group (torchrun) is destroyed on the way out: a live gloo group at exit aborts the process
+        with Dist(rt.device):
+            return _run(cfg, rt, locked=early)
 
 
 def _refuse_foreign(out: Path) -> None:
@@ -471,7 +475,7 @@ def _refuse_foreign(out: Path) -> None:
     refuse_foreign(out, ours, "gradsae train")
 
 
-def _run(cfg: TrainConfig, rt: Runtime) -> Path:
+def _run(cfg: TrainConfig, rt: Runtime, locked: bool = False) -> Path:
     device = rt.device
     rank, world = _dist()
     setup = (_setup_cache if cfg.cache else _setup_corpus)(cfg, device, rank, world)
@@ -494,7 +498,7 @@ def _run(cfg: TrainConfig, rt: Runtime) -> Path:
     )
     check_memory(need, device, cfg.memory_limit_gb, len(specs))
     out = resolve_out(cfg, setup.layers)
-    lock = output_lock(out) if rank == 0 else contextlib.nullcontext()
+    lock = output_lock(out) if rank == 0 and not locked else contextlib.nullcontext()
     with lock:
         if rank == 0:
             from .cache import clean_temp
