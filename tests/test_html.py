@@ -32,3 +32,20 @@ def test_every_page_module_uses_the_one_environment():
 
     assert dashboard_html.env() is html.environment()
     assert report._macros() is not None and report.environment is html.environment
+
+
+def test_no_page_shows_a_bidirectional_control_raw():
+    from gradsae.report import render_page
+
+    page = render_page("title \u202eevil", "<p>body</p>", subtitle="sub \u2067x")
+    assert "\u202e" not in page and "\u2067" not in page and "U+202E" in page
+
+
+def test_json_never_holds_nan(tmp_path):
+    import math
+
+    from gradsae.io import read_json, write_json
+
+    write_json(tmp_path / "x.json", {"a": math.nan, "b": [1.0, math.inf], "c": (2.0, -math.inf)})
+    assert "NaN" not in (tmp_path / "x.json").read_text()
+    assert read_json(tmp_path / "x.json") == {"a": None, "b": [1.0, None], "c": [2.0, None]}

@@ -30,6 +30,7 @@ def environment():
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
     )
+    env.finalize = _visible  # every {{ expression }}: no bidirectional control reaches a page raw
     env.filters["tokstr"] = token_text
     env.filters["level"] = level
     env.filters["fmt"] = fmt
@@ -87,6 +88,13 @@ def token_text(t: str, keep_breaks: bool = False) -> str:
     what the reader sees. The text itself is escaped by the template."""
     t = t.replace("\r", "").replace("\n", "↵\n" if keep_breaks else "↵").replace("\t", "⇥")
     return "".join(f"<U+{ord(c):04X}>" if c in _BIDI else c for c in t)
+
+
+def _visible(value: Any) -> Any:
+    """Text with its bidirectional controls shown as code points (they would reorder what the reader sees)."""
+    if isinstance(value, str) and any(c in _BIDI for c in value):
+        return "".join(f"<U+{ord(c):04X}>" if c in _BIDI else c for c in value)
+    return value
 
 
 _BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")

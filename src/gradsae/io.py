@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -41,18 +42,29 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def _default(o: Any):
     if dataclasses.is_dataclass(o):
-        return dataclasses.asdict(o)
+        return _finite(dataclasses.asdict(o))
     if isinstance(o, Path):
         return str(o)
     if hasattr(o, "tolist"):
-        return o.tolist()
+        return _finite(o.tolist())
     if isinstance(o, (set, tuple)):
         return list(o)
     raise TypeError(f"cannot serialise {type(o).__name__}")
 
 
 def dumps(obj: Any, indent: int | None = 2) -> str:
-    return json.dumps(obj, indent=indent, default=_default, ensure_ascii=False)
+    """JSON that every reader accepts: NaN and ±Inf (which JSON has no word for) are written as null."""
+    return json.dumps(_finite(obj), indent=indent, default=_default, ensure_ascii=False, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
