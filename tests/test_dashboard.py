@@ -191,6 +191,27 @@ def _cfg(tmp_path, **kw):
     return DashboardConfig(**base)
 
 
+def _meta(cfg, sae="tiny", model="tiny-llama") -> DashboardMeta:
+    """The meta of a test dashboard built with ``cfg`` (the fields ``finalize`` does not fill)."""
+    return DashboardMeta(
+        schema=SCHEMA,
+        model=model,
+        sae=sae,
+        hook="blocks.1.hook_resid_post",
+        d_sae=64,
+        data=cfg.data,
+        n_tokens=0,
+        n_influence_tokens=0,
+        left=cfg.left,
+        right=cfg.right,
+        hist_lo_log10=HIST_LO,
+        hist_per_decade=HIST_PER_DECADE,
+        seconds=0.0,
+        config=asdict(cfg),
+        definitions=DEFINITIONS,
+    )
+
+
 @pytest.fixture(scope="module")
 def tiny_pair():
     model, tok = make_tiny("llama")
@@ -262,23 +283,7 @@ def tiny_dashboard(tmp_path_factory, tiny_pair):
     tmp = tmp_path_factory.mktemp("dash")
     cfg = _cfg(tmp)
     st = build_state(cfg, model, tok, sae, 1)
-    meta = DashboardMeta(
-        schema=SCHEMA,
-        model="tiny-llama",
-        sae=EVIL,
-        hook="blocks.1.hook_resid_post",
-        d_sae=64,
-        data=cfg.data,
-        n_tokens=0,
-        n_influence_tokens=0,
-        left=cfg.left,
-        right=cfg.right,
-        hist_lo_log10=HIST_LO,
-        hist_per_decade=HIST_PER_DECADE,
-        seconds=0.0,
-        config=asdict(cfg),
-        definitions=DEFINITIONS,
-    )
+    meta = _meta(cfg, sae=EVIL, model="tiny-llama")
     return finalize(st, model, tok, sae, meta, n_promoted=4, n_neighbours=3)
 
 
@@ -343,23 +348,7 @@ def test_dashboard_page_renders_searches_and_keeps_script_as_text(tmp_path, tiny
     model, tok, sae = tiny_pair
     cfg = _cfg(tmp_path, left=24, right=4)
     st = build_state(cfg, model, tok, sae, 1)
-    meta = DashboardMeta(
-        schema=SCHEMA,
-        model="tiny-llama",
-        sae="tiny",
-        hook="blocks.1.hook_resid_post",
-        d_sae=64,
-        data=cfg.data,
-        n_tokens=0,
-        n_influence_tokens=0,
-        left=cfg.left,
-        right=cfg.right,
-        hist_lo_log10=HIST_LO,
-        hist_per_decade=HIST_PER_DECADE,
-        seconds=0.0,
-        config=asdict(cfg),
-        definitions=DEFINITIONS,
-    )
+    meta = _meta(cfg, sae="tiny", model="tiny-llama")
     d = finalize(st, model, tok, sae, meta)
     alive = [r.latent for r in d.latents if r.count]
     target = alive[len(alive) // 2]
@@ -724,7 +713,6 @@ def test_a_second_writer_is_refused_before_the_model_loads(tmp_path, capsys):
 def test_characters_split_over_several_tokens_are_shown_whole(tmp_path, tiny_pair):
     """Byte-level tokens: an emoji or a Hebrew letter is 2-4 tokens; each piece decoded alone is U+FFFD. The
     cards show the whole character on the token that completes it, and the JSON round trip keeps that."""
-    import dataclasses
     import json
 
     from gradsae.dashboard import dashboard_from_json
@@ -735,23 +723,7 @@ def test_characters_split_over_several_tokens_are_shown_whole(tmp_path, tiny_pai
     corpus.write_text("\n".join(f"Line {i}: café 😀 שלום and naïve text number {i}." for i in range(60)))
     cfg = _cfg(tmp_path, data=[str(corpus)])
     st = build_state(cfg, model, tok, sae, 1)
-    meta = DashboardMeta(
-        schema=SCHEMA,
-        model="m",
-        sae="s",
-        hook="blocks.1.hook_resid_post",
-        d_sae=64,
-        data=cfg.data,
-        n_tokens=0,
-        n_influence_tokens=0,
-        left=cfg.left,
-        right=cfg.right,
-        hist_lo_log10=HIST_LO,
-        hist_per_decade=HIST_PER_DECADE,
-        seconds=0.0,
-        config=dataclasses.asdict(cfg),
-        definitions=DEFINITIONS,
-    )
+    meta = _meta(cfg, sae="s", model="m")
     dash = finalize(st, model, tok, sae, meta)
     back = dashboard_from_json(json.loads(json.dumps(dash.to_json())))
     shown = ""
