@@ -101,3 +101,29 @@ def smollm2():
     from gradsae import load_model
 
     return load_model("smollm2")
+
+
+def json_mutations(cfg: dict):
+    """A few hundred versions of a valid cfg.json: every field deleted or given a value of another type or out
+    of range, at every depth."""
+    import copy
+
+    values = [None, "x", "16", -1, 0, 1.5, 1e300, True, [], {}, [1, 2], {"a": 1}]
+
+    def paths(d, prefix=()):
+        for k, v in d.items():
+            yield prefix + (k,)
+            if isinstance(v, dict):
+                yield from paths(v, prefix + (k,))
+
+    for p in paths(cfg):
+        for v in values + ["DELETE"]:
+            c = copy.deepcopy(cfg)
+            node = c
+            for k in p[:-1]:
+                node = node[k]
+            if v == "DELETE":
+                del node[p[-1]]
+            else:
+                node[p[-1]] = v
+            yield f"{'.'.join(p)}={v!r}", c

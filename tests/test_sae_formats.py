@@ -558,32 +558,6 @@ def test_an_edited_gradsae_folder_is_one_line_not_another_sae(tmp_path, edit, me
         load_sae(folder)
 
 
-def _mutations(cfg: dict):
-    """A few hundred versions of a valid cfg.json: every field deleted or given a value of another type or out
-    of range, at every depth."""
-    import copy
-
-    values = [None, "x", "16", -1, 0, 1.5, 1e300, True, [], {}, [1, 2], {"a": 1}]
-
-    def paths(d, prefix=()):
-        for k, v in d.items():
-            yield prefix + (k,)
-            if isinstance(v, dict):
-                yield from paths(v, prefix + (k,))
-
-    for p in paths(cfg):
-        for v in values + ["DELETE"]:
-            c = copy.deepcopy(cfg)
-            node = c
-            for k in p[:-1]:
-                node = node[k]
-            if v == "DELETE":
-                del node[p[-1]]
-            else:
-                node[p[-1]] = v
-            yield f"{'.'.join(p)}={v!r}", c
-
-
 @pytest.mark.parametrize("arch", ["gsae", "jumprelu", "relu"])
 def test_mutated_cfg_json_loads_or_is_one_line(tmp_path, arch):
     import json
@@ -593,9 +567,11 @@ def test_mutated_cfg_json_loads_or_is_one_line(tmp_path, arch):
     sae, folder = _saved(tmp_path, arch)
     good = json.loads((folder / "cfg.json").read_text())
     text = (folder / "cfg.json").read_text()
+    from conftest import json_mutations
+
     x = torch.randn(3, 16)
     n = loaded = 0
-    cases = list(_mutations(good)) + [(f"truncated at {i}", text[:i]) for i in range(0, len(text), 37)]
+    cases = list(json_mutations(good)) + [(f"truncated at {i}", text[:i]) for i in range(0, len(text), 37)]
     cases.append(("deep nesting", "[" * 100_000 + "]" * 100_000))
     for name, c in cases:
         (folder / "cfg.json").write_text(c if isinstance(c, str) else json.dumps(c))

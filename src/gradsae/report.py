@@ -704,18 +704,25 @@ def report_from_folder(
     recs = read_records(folder)
     answers = [r.to_json() for (task, _), r in recs.items() if task == "answer"]
     exs = [attach_records(e, recs) for e in examples]
-    cards = dashboard_cards(config, exs, [r for (task, _), r in recs.items() if task == "answer"])
-    return write_report(
-        out or folder / "report.html",
-        summary,
-        exs,
-        config=config,
-        sae_eval=sae_eval,
-        answers=answers,
-        title=title,
-        plots=plots,
-        cards=cards,
-    )
+    try:
+        cards = dashboard_cards(config, exs, [r for (task, _), r in recs.items() if task == "answer"])
+        return write_report(
+            out or folder / "report.html",
+            summary,
+            exs,
+            config=config,
+            sae_eval=sae_eval,
+            answers=answers,
+            title=title,
+            plots=plots,
+            cards=cards,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as e:
+        # a summary.json / config.json of another shape than a gradsae run writes (edited, or from elsewhere)
+        raise GradsaeError(
+            f"{folder} holds a summary.json or config.json gradsae cannot read ({type(e).__name__}: "
+            f"{str(e)[:80]}): rerun the command that made the folder to rewrite them"
+        ) from None
 
 
 def dashboard_cards(config: dict | None, examples: Sequence[dict], answers: Sequence, n_latents: int = 24) -> str:

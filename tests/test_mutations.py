@@ -1,0 +1,123 @@
+"""Files another program or person wrote, mutated a few hundred ways each (fields deleted, values of another type
+or out of range, at every depth; truncations; deep nesting): every reader gives a correct load or one line
+(GradsaeError), never a traceback."""
+
+import json
+
+import pytest
+
+from conftest import json_mutations, make_tiny
+from gradsae.errors import GradsaeError
+
+
+def _cases(good: dict, text: str):
+    yield from json_mutations(good)
+    yield from ((f"truncated at {i}", text[:i]) for i in range(0, len(text), max(1, len(text) // 40)))
+    yield "deep nesting", "[" * 100_000 + "]" * 100_000
+    yield "not UTF-8", b"\xff\xfe{"
+
+
+def _each(path, good: dict, read):
+    """Write every mutation of ``good`` to ``path`` and call ``read()``; returns (cases, loads)."""
+    text = json.dumps(good)
+    n = loads = 0
+    for name, c in _cases(good, text):
+        if isinstance(c, bytes):
+            path.write_bytes(c)
+        else:
+            path.write_text(c if isinstance(c, str) else json.dumps(c))
+        n += 1
+        try:
+            read()
+            loads += 1
+        except GradsaeError as e:
+            assert "\n" not in str(e), name
+        except Exception as e:  # pragma: no cover - the failure this test exists for
+            pytest.fail(f"{path.name} {name}: {type(e).__name__}: {e}")
+    path.write_text(text)
+    return n, loads
+
+
+def test_activation_cache_manifest(tmp_path):
+    from gradsae.training.cache import ActivationCache, CacheConfig, write_cache
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"line {i}: the quick brown fox {i}" for i in range(40)))
+    model, tok = make_tiny("llama")
+    out = write_cache(
+        model,
+        tok,
+        CacheConfig(
+            model="tiny",
+            layers=[1],
+            data=[str(corpus)],
+            out=str(tmp_path / "k"),
+            context_length=16,
+            seqs_per_shard=4,
+            batch_size=4,
+            max_tokens=200,
+            progress=False,
+        ),
+    )
+    good = json.loads((out / "manifest.json").read_text())
+    n, loads = _each(out / "manifest.json", good, lambda: ActivationCache(out).load(1, grads=True))
+    assert n > 100 and loads > 0
+
+
+def test_rating_key_and_exports(tmp_path):
+    from gradsae.rate import KEY_SCHEMA, RATINGS_SCHEMA, load_scoring, score_ratings
+
+    key = {
+        "schema": KEY_SCHEMA,
+        "page": "p1",
+        "seed": 0,
+        "saes": ["a", "b"],
+        "items": {"i1": {"sae": "a", "latent": 3}, "i2": {"sae": "b", "latent": 5}},
+    }
+    ratings = {
+        "schema": RATINGS_SCHEMA,
+        "page": "p1",
+        "rater": "ann",
+        "ratings": {"i1": {"answer": "yes", "note": ""}, "i2": {"answer": "No", "note": "x"}},
+    }
+    kf, rf = tmp_path / "k.json", tmp_path / "r.json"
+    kf.write_text(json.dumps(key))
+    rf.write_text(json.dumps(ratings))
+
+    def read():
+        k, r = load_scoring(str(kf), [str(rf)])
+        score_ratings(k, r)
+
+    for path, good in ((kf, key), (rf, ratings)):
+        n, loads = _each(path, good, read)
+        assert n > 50 and loads > 0
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: s.update(ks=None),
+        lambda s: s.update(methods=7),
+        lambda s: s.pop("data", None),
+        lambda s: s.update(perturbation={"n": "x"}),
+        lambda s: s.update(tasks=[{"a": 1}]),
+    ],
+)
+def test_an_edited_summary_json_is_one_line_for_the_report(tmp_path, edit):
+    """`gradsae report` reads a results folder another run or person left (a whole report per case, so a few
+    targeted edits rather than hundreds)."""
+    from pathlib import Path
+
+    from gradsae.report import ReportConfig, run
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in (Path(__file__).parent / "data" / "results_v1").iterdir():
+        (src / f.name).write_bytes(f.read_bytes())
+    summary = json.loads((src / "summary.json").read_text())
+    edit(summary)
+    (src / "summary.json").write_text(json.dumps(summary))
+    try:
+        run(ReportConfig(folder=str(src)))
+    except GradsaeError as e:
+        assert "\n" not in str(e)
