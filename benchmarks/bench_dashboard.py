@@ -33,7 +33,7 @@ def main():
 
     from gradsae import load_model
     from gradsae.dashboard import DashboardConfig, DashboardState, batch_evidence, corpus_rows, update_state
-    from gradsae.formats import load_sae
+    from gradsae.saes import load_sae
     from gradsae.splice import check_compatible
 
     model, tok = load_model(args.model)

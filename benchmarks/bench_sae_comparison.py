@@ -128,7 +128,7 @@ def load_results(folder: Path) -> list[tuple[dict, dict, str]]:
 
 def evaluate_runs(args) -> list[tuple[dict, dict, str]]:
     """Evaluate every SAE of the --run folders on --heldout (cached per SAE in --out-root)."""
-    from gradsae.formats import load_sae
+    from gradsae.saes import load_sae
     from gradsae.training.evals import EvalConfig, run as run_eval
 
     root = Path(args.out_root)

@@ -65,7 +65,7 @@ def main() -> None:
 
     import torch
 
-    from gradsae.formats import load_sae
+    from gradsae.saes import load_sae
     from gradsae.io import atomic_write_text
     from gradsae.model import load_model
     from gradsae.splice import check_compatible

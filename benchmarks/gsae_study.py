@@ -239,7 +239,7 @@ def run_chunk(name: str, runs: Path, dry_run: bool, threads: int) -> None:
     for cmd in cmds:
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
-    from gradsae.formats import load_sae
+    from gradsae.saes import load_sae
     from gradsae.training.evals import EvalConfig, run as run_eval
 
     for fname, folder in c.results:

@@ -148,7 +148,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from gradsae.demo import ConvertConfig, convert
-    from gradsae.formats import load_sae
+    from gradsae.saes import load_sae
     from gradsae.io import atomic_write_text
     from gradsae.training.evals import EvalConfig, run as run_eval
 

@@ -28,19 +28,32 @@ def module_deps(root: pathlib.Path = REPO / "src" / "gradsae") -> dict[str, set[
     deps: dict[str, set[str]] = collections.defaultdict(set)
     for name, p in mods.items():
         pkg = name.split(".") if p.name == "__init__.py" else name.split(".")[:-1]
-        for node in ast.walk(ast.parse(p.read_text())):
+        for node in _runtime_nodes(ast.parse(p.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:
                 base = pkg[: len(pkg) - (node.level - 1)] if node.level > 1 else pkg
                 target = ".".join(base + ([node.module] if node.module else []))
-                cands = (
-                    [target] + [f"{target}.{a.name}" for a in node.names] if target else [a.name for a in node.names]
-                )
+                subs = [f"{target}.{a.name}" if target else a.name for a in node.names]
+                # ``from . import x`` where x is a module imports x (the package is already loaded)
+                cands = [s for s in subs if s in mods] if node.module is None else [target] + subs
                 deps[name].update(c.strip(".") for c in cands if c.strip(".") in mods and c.strip(".") != name)
             elif isinstance(node, ast.Import):
                 deps[name].update(
                     a.name[8:] for a in node.names if a.name.startswith("gradsae.") and a.name[8:] in mods
                 )
     return {name: deps[name] - {"__init__"} for name in mods if name != "__init__"}
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of the tree except those under ``if TYPE_CHECKING:`` (imports for annotations only)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and getattr(child.test, "id", None) == "TYPE_CHECKING":
+                todo.extend(child.orelse)
+                continue
+            todo.append(child)
 
 
 def cycles(deps: dict[str, set[str]]) -> list[list[str]]:

@@ -31,3 +31,18 @@ def test_the_graph_sees_function_level_imports_and_cycles(tmp_path):
     deps = ig.module_deps(pkg)
     assert deps == {"a": {"b"}, "b": {"a"}, "sub": set(), "sub.c": {"a", "b"}}
     assert ig.cycles(deps) == [["a", "b"]]
+
+
+def test_no_modules_import_each_other():
+    ig = _import_graph()
+    assert ig.cycles(ig.module_deps()) == []
+
+
+def test_annotation_only_imports_are_not_edges(tmp_path):
+    ig = _import_graph()
+    pkg = tmp_path / "gradsae"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import B\n")
+    (pkg / "b.py").write_text("from . import a\n")
+    assert ig.module_deps(pkg) == {"a": set(), "b": {"a"}}

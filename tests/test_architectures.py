@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import make_tiny
-from gradsae import architectures
+from gradsae.saes import architectures
 from gradsae.errors import GradsaeError
-from gradsae.sae import SAE, SAEConfig
+from gradsae.saes.sae import SAE, SAEConfig
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -31,7 +31,7 @@ def _folder(name):
 
 
 def test_the_bundled_set_is_the_documented_one():
-    from gradsae.formats import DEFAULT_GSAE, DEFAULT_SAE
+    from gradsae.saes import DEFAULT_GSAE, DEFAULT_SAE
 
     assert set(bundled_saes()) == set(EXPECTED)
     assert DEFAULT_SAE in EXPECTED and DEFAULT_GSAE in EXPECTED

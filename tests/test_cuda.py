@@ -87,7 +87,7 @@ def test_smollm2_influence_perturbation_and_training_on_cuda_match_the_cpu(smoll
     Tolerances: scores within 1e-3 relative (float32 kernels differ), the same top-10 latents but at most 2,
     the same greedy answers, SAE weights after 16 Adam steps within 5e-2."""
     from gradsae import RowEdit, Splice, encode_prompts, greedy_generate, load_sae
-    from gradsae.formats import DEFAULT_SAE
+    from gradsae.saes import DEFAULT_SAE
     from gradsae.influence import Example, influence
     from gradsae.training.train import TrainConfig, run
 

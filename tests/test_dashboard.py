@@ -394,7 +394,7 @@ def test_dashboard_page_renders_searches_and_keeps_script_as_text(tmp_path, tiny
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from gradsae.formats import save_saelens
+    from gradsae.saes import save_saelens
 
     tmp = tmp_path_factory.mktemp("cli")
     model, tok = make_tiny("llama")
@@ -540,7 +540,7 @@ def test_explain_and_influence_show_cards(tiny_dir):
 def test_bundled_saes_ship_dashboards_and_explain_shows_their_cards(tmp_path):
     from gradsae.cli import main
     from gradsae.dashboard import find_dashboard, load_dashboard
-    from gradsae.formats import bundled_saes
+    from gradsae.saes import bundled_saes
 
     total = 0
     shipped = {spec: folder for spec, folder in bundled_saes().items() if spec.startswith("smollm2/topk/")}

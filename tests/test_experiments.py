@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from gradsae.formats import DEFAULT_SAE
+from gradsae.saes import DEFAULT_SAE
 from gradsae import GradsaeError
 from gradsae.squad import data as sq
 from gradsae.squad import phases
@@ -346,7 +346,7 @@ def test_bad_options_are_one_line_errors(setup):
 @pytest.mark.slow
 def test_smollm2_perturb_on_the_dev_file(smollm2, tmp_path):
     """The real thing, small: bundled SmolLM2 + bundled SAE, 4 dev questions, few-shot prompt."""
-    from gradsae.formats import bundled_saes
+    from gradsae.saes import bundled_saes
     from gradsae.squad.data import DEFAULT_DATA, PromptBuilder
 
     model, tok = smollm2

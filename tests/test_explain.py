@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from gradsae.formats import DEFAULT_SAE
+from gradsae.saes import DEFAULT_SAE
 from gradsae import GradsaeError, Splice, encode_prompts, greedy_generate
 from gradsae.explain import ExplainConfig, explain, format_masking, mask_answers, parse_stop
 

@@ -24,10 +24,10 @@ except ImportError as e:  # fail loudly: these tests are the point of issue 13
         pytrace=False,
     )
 
-from gradsae.formats import DEFAULT_GSAE, DEFAULT_SAE
+from gradsae.saes import DEFAULT_GSAE, DEFAULT_SAE
 from gradsae import SAE, GradsaeError, SAEConfig, load_sae
-from gradsae.formats import bundled_saes
-from gradsae.sae import ARCHITECTURES
+from gradsae.saes import bundled_saes
+from gradsae.saes.sae import ARCHITECTURES
 
 D, C, K = 12, 40, 5
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gradsae.formats import DEFAULT_SAE
+from gradsae.saes import DEFAULT_SAE
 from gradsae import GradsaeError
 from gradsae.squad.records import (
     AnswerRecord,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gradsae.formats import DEFAULT_SAE
+from gradsae.saes import DEFAULT_SAE
 from gradsae import SAE, GradsaeError, SAEConfig, load_sae
-from gradsae.sae import gsae_selection_score, topk_code
+from gradsae.saes.sae import gsae_selection_score, topk_code
 
 D, C = 16, 48
 g = torch.Generator().manual_seed(0)
@@ -548,7 +548,7 @@ def test_an_edited_gradsae_folder_is_one_line_not_another_sae(tmp_path, edit, me
     """sae-lens reads the top-level fields, gradsae its metadata: when they disagree neither wins silently."""
     import json
 
-    from gradsae.formats import load_sae
+    from gradsae.saes import load_sae
 
     _, folder = _saved(tmp_path)
     cfg = json.loads((folder / "cfg.json").read_text())
@@ -562,7 +562,7 @@ def test_an_edited_gradsae_folder_is_one_line_not_another_sae(tmp_path, edit, me
 def test_mutated_cfg_json_loads_or_is_one_line(tmp_path, arch):
     import json
 
-    from gradsae.formats import load_sae
+    from gradsae.saes import load_sae
 
     sae, folder = _saved(tmp_path, arch)
     good = json.loads((folder / "cfg.json").read_text())
@@ -589,3 +589,40 @@ def test_mutated_cfg_json_loads_or_is_one_line(tmp_path, arch):
             # metadata that only matters elsewhere: either way a finite reconstruction
             assert torch.isfinite(got(x)).all(), name
     assert n > 200 and loaded > 0
+
+
+def test_format_registry_order_and_a_registered_format(tmp_path, monkeypatch):
+    """Detection follows formats.ORDER (a folder with SAELens and Gemma Scope files is read as SAELens); a format
+    registered by other code is one module's ``register`` call and is tried after the built-in ones."""
+    from gradsae.saes import formats
+
+    both = tmp_path / "both"
+    both.mkdir()
+    save_file({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, both / "sae_weights.safetensors")
+    (both / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": D, "d_sae": C}))
+    np.savez(both / "params.npz", W_enc=W_enc.numpy(), b_enc=b_enc.numpy(), W_dec=W_dec.numpy(), b_dec=b_dec.numpy())
+    assert [f.name for f in formats.detection_order()][:4] == list(formats.ORDER)
+    assert load_sae(both).cfg.metadata["format"] == "saelens"
+
+    toy = tmp_path / "toy"
+    toy.mkdir()
+    (toy / "toy.sae").write_text("relu")
+
+    def load(path):
+        sae = SAE(SAEConfig(d_in=D, d_sae=C, architecture=path.read_text(), metadata={"format": "toy"}))
+        with torch.no_grad():
+            sae.W_enc.copy_(W_enc), sae.b_enc.copy_(b_enc), sae.W_dec.copy_(W_dec), sae.b_dec.copy_(b_dec)
+        return sae
+
+    with pytest.raises(GradsaeError, match="not a known SAE folder"):
+        load_sae(toy)
+    monkeypatch.setattr(formats, "REGISTRY", dict(formats.REGISTRY))
+    formats.register(
+        formats.Format(
+            "toy", "toy.sae (a test's format)", lambda p: p / "toy.sae" if (p / "toy.sae").is_file() else None, load
+        )
+    )
+    assert [f.name for f in formats.detection_order()][-1] == "toy"
+    check(load_sae(toy), relu_ref(X))
+    with pytest.raises(GradsaeError, match=re.escape("toy.sae (a test's format)")):
+        load_sae(tmp_path / "toy" / "toy.sae")  # a file no format takes: the message lists every format's files

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gradsae.formats import DEFAULT_SAE, load_sae
+from gradsae.saes import DEFAULT_SAE, load_sae
 from gradsae.errors import GradsaeError
 from gradsae.sensitivity import (
     SensitivityConfig,

@@ -6,7 +6,7 @@ import torch
 from gradsae import SAE, SAEConfig, load_sae
 from gradsae.training.cache import cache_from_arrays
 from gradsae.errors import GradsaeError
-from gradsae.sae import gsae_selection_score, topk_code
+from gradsae.saes.sae import gsae_selection_score, topk_code
 from gradsae.training.grid import build_grid, decode_dense, decode_sparse, geometric_median, lr_at, remove_parallel_grad
 from gradsae.training.train import TrainConfig, run
 
@@ -112,7 +112,7 @@ def test_selection_rule_on_hand_made_tensors():
 
 
 def test_sparse_and_dense_decoders_agree():
-    from gradsae.sae import SparseCode
+    from gradsae.saes.sae import SparseCode
 
     W, b = torch.randn(50, 8), torch.randn(8)
     code = SparseCode(torch.rand(6, 4), torch.stack([torch.randperm(50)[:4] for _ in range(6)]))  # TopK: distinct
@@ -171,7 +171,7 @@ def test_max_tokens_may_change_before_the_decay_and_gives_the_same_weights(toy_c
 def test_a_kill_while_exporting_a_snapshot_gives_the_uninterrupted_snapshot(toy_cache, tmp_path, monkeypatch):
     """Snapshots are exported before the checkpoint that passes them: a run killed mid-export resumes from the
     checkpoint before, trains to the same step and exports the same weights."""
-    from gradsae.sae import SAE
+    from gradsae.saes.sae import SAE
 
     _, cache = toy_cache
     kw = dict(epochs=0.5, checkpoint_every=2, shuffle_batches=2, snapshot_tokens=[1024], k=[3, 5])

@@ -450,7 +450,7 @@ def test_init_from_starts_every_sae_as_the_given_one(saved_models, tmp_path):
 
 
 def test_init_from_resumes_bit_identically_and_refuses_a_changed_start(saved_models, tmp_path):
-    from gradsae.sae import SAE, SAEConfig
+    from gradsae.saes.sae import SAE, SAEConfig
 
     models, corpus = saved_models
     start = SAE.init_random(
@@ -484,7 +484,7 @@ def test_init_from_resumes_bit_identically_and_refuses_a_changed_start(saved_mod
     ],
 )
 def test_init_from_refuses_another_width_or_layer(saved_models, tmp_path, kw, message):
-    from gradsae.sae import SAE, SAEConfig
+    from gradsae.saes.sae import SAE, SAEConfig
 
     models, corpus = saved_models
     SAE.init_random(SAEConfig(d_in=64, d_sae=32, architecture="topk", k=4, hook_name="blocks.1.hook_resid_post")).save(
@@ -502,7 +502,7 @@ def test_init_from_refuses_another_width_or_layer(saved_models, tmp_path, kw, me
 
 
 def test_init_from_refuses_a_dense_sae(saved_models, tmp_path):
-    from gradsae.sae import SAE, SAEConfig
+    from gradsae.saes.sae import SAE, SAEConfig
 
     models, corpus = saved_models
     SAE.init_random(SAEConfig(d_in=64, d_sae=32, architecture="relu", hook_name="blocks.1.hook_resid_post")).save(

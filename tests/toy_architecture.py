@@ -5,7 +5,7 @@ large negative pre-activation stays silent): distinguishable from TopK in a test
 
 import torch
 
-from gradsae.architectures import Architecture, Training, register
+from gradsae.saes.architectures import Architecture, Training, register
 
 
 def abs_score(z: torch.Tensor, grad_latent, beta: float, scale) -> torch.Tensor:

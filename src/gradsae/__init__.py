@@ -11,11 +11,11 @@ __version__ = "0.1.0"
 # The rest is imported on first use (PEP 562), so `import gradsae.cli` stays light: the CLI starts at once and
 # a Ctrl-C in the first second is answered by the CLI's own handler, not a traceback from inside torch.
 _LAZY = {
-    "SAE": "sae",
-    "SAEConfig": "sae",
+    "SAE": "saes",
+    "SAEConfig": "saes",
     "load_model": "model",
-    "load_sae": "formats",
-    "bundled_saes": "formats",
+    "load_sae": "saes",
+    "bundled_saes": "saes",
     "Splice": "splice",
     "RowEdit": "splice",
     "LatentEdits": "splice",

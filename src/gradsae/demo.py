@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import opt
-from .formats import DEFAULT_SAE
+from .saes import DEFAULT_SAE
 from .options import SAE_HELP, ModelOptions, start
 
 from .squad.data import DEFAULT_DATA as SAMPLE_QA, DEFAULT_FEWSHOT as SAMPLE_FEWSHOT
@@ -94,7 +94,7 @@ def run(cfg: DemoConfig) -> Path:
 
 def explain_kept(ecfg, model, tok, n: int) -> list[dict]:
     """Influence views (Influence.to_json + promoted tokens) for the first n examples the filter kept."""
-    from .formats import load_sae
+    from .saes import load_sae
     from .influence import Example, influence, promoted_tokens
     from .squad import data as sq
     from .squad.config import resolve_stop
@@ -131,13 +131,13 @@ def explain_kept(ecfg, model, tok, n: int) -> list[dict]:
 
 
 def write_demo_report(cfg: DemoConfig, ecfg, views: list[dict]) -> Path:
-    from .formats import _resolve_path
+    from .saes import resolve_path
     from .io import read_json
     from .report import report_from_folder
 
     sae_eval = None
     try:
-        eval_path = _resolve_path(ecfg.sae) / "eval.json"
+        eval_path = resolve_path(ecfg.sae) / "eval.json"
         if eval_path.exists():
             sae_eval = read_json(eval_path)
     except Exception:  # an SAE given as a file or a registry name has no eval.json beside it
@@ -156,7 +156,7 @@ def info(cfg: InfoConfig) -> None:
     import torch
     import transformers
 
-    from .formats import bundled_saes, load_sae
+    from .saes import bundled_saes, load_sae
     from .model import cache_dir
 
     print(
@@ -173,7 +173,7 @@ def info(cfg: InfoConfig) -> None:
 
 def bundled_table(saes: dict[str, Path]) -> list[str]:
     """One aligned line per bundled SAE: name, hook, architecture, k, d_sae, training tokens, NMSE, L_added."""
-    from .formats import load_sae
+    from .saes import load_sae
     from .io import read_json
 
     rows = [("name", "hook", "arch", "k", "d_sae", "train tokens", "NMSE", "L_added")]
@@ -216,7 +216,7 @@ def convert(cfg: ConvertConfig) -> None:
     import shutil
 
     from .errors import GradsaeError
-    from .formats import SAVE_DTYPES, load_sae, save_saelens
+    from .saes import SAVE_DTYPES, load_sae, save_saelens
     from .hooks import canonical_hook_name
 
     if cfg.dtype and cfg.dtype not in SAVE_DTYPES:

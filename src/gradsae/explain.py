@@ -154,7 +154,7 @@ def format_masking(view: dict) -> str:
 
 
 def run(cfg: ExplainConfig) -> dict:
-    from .formats import load_sae
+    from .saes import load_sae
     from .influence_cli import format_table
     from .io import atomic_write_text, write_json
     from .model import load_model, model_name

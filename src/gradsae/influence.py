@@ -46,7 +46,7 @@ from .config import opt
 from .errors import GradsaeError
 from .generate import encode_prompts, greedy_generate, position_ids
 from .hooks import unembedding
-from .sae import SAE
+from .saes.sae import SAE
 from .splice import RowEdit, Splice, run_trunk, skip_trunk
 
 TARGETS = ("logprob", "prob", "logit", "first", "bracket")

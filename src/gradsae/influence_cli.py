@@ -13,7 +13,7 @@ from .influence import Example, Influence, InfluenceOptions, influence, promoted
 from .io import read_text_file, write_json
 from .options import SAE_HELP, ModelOptions, start
 
-from .formats import DEFAULT_SAE
+from .saes import DEFAULT_SAE
 
 
 @dataclass(kw_only=True)
@@ -83,7 +83,7 @@ def format_table(res: Influence, promoted: dict[int, list[str]], top: int) -> st
 
 
 def run(cfg: InfluenceConfig) -> list[Influence]:
-    from .formats import load_sae
+    from .saes import load_sae
     from .model import load_model, model_name
 
     from .dashboard import card_data, check_dashboard, resolve_dashboard

@@ -374,7 +374,7 @@ def _corpus_rows(tok, cfg: SensitivityConfig) -> torch.Tensor:
 def run(cfg: SensitivityConfig) -> SensitivityResults:
     from tqdm.auto import tqdm
 
-    from .formats import load_sae
+    from .saes import load_sae
     from .hooks import n_layers
     from .model import load_model
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from .errors import GradsaeError
 from .hooks import block, check_spliceable, decoder_layers, hidden_size, join_output, resolve_layer, split_output
-from .sae import SAE
+from .saes.sae import SAE
 
 
 # ---------------------------------------------------------------------------------------------

@@ -459,7 +459,7 @@ def load_dashboard(path: str | Path, option: str = "--dashboard") -> Dashboard:
 
 def find_dashboard(sae_spec: str | Path) -> Path | None:
     """The dashboard file next to an SAE (bundled name or folder), or None."""
-    from ..formats import bundled_saes
+    from ..saes import bundled_saes
 
     spec = str(sae_spec)
     folder = bundled_saes().get(spec)

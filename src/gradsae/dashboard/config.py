@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 
 from ..config import opt
-from ..formats import DEFAULT_SAE
+from ..saes import DEFAULT_SAE
 from ..options import SAE_HELP, ModelOptions
 
 

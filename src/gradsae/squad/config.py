@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..config import opt
 from ..errors import GradsaeError
-from ..formats import DEFAULT_SAE
+from ..saes import DEFAULT_SAE
 from ..generate import parse_stop as split_stops
 from ..influence import InfluenceOptions, check_k
 from ..options import ModelOptions

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 from ..distributed import Dist
 from ..errors import GradsaeError
-from ..formats import DEFAULT_SAE
+from ..saes import DEFAULT_SAE
 from ..io import atomic_write_bytes, atomic_write_text, output_lock, read_json, refuse_foreign, write_json
 from ..options import Runtime, start
 from . import data as sq
@@ -311,7 +311,7 @@ def _run_one(
     dist: Dist,
     rt: Runtime,
 ) -> dict | None:
-    from ..formats import load_sae
+    from ..saes import load_sae
     from ..model import model_name
     from ..splice import check_compatible
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..sae import SAE
+from ..saes.sae import SAE
 from .grid import SAESpec, StepStats, auxk_loss, decode_sparse, encode_train, fired_counts
 from .stream import autocast
 

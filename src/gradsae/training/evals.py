@@ -38,11 +38,11 @@ import torch
 
 from ..config import opt
 from ..errors import GradsaeError
-from ..formats import DEFAULT_GSAE
+from ..saes import DEFAULT_GSAE
 from ..io import write_json
 from ..kvcache import cache_kwargs, returned_cache
 from ..options import ModelOptions, start
-from ..sae import SAE, densify
+from ..saes.sae import SAE, densify
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ def _sae_slug(spec: str) -> str:
 def run(cfg: EvalConfig) -> dict:
     """Load the SAE, the model and the cache, evaluate, write eval.json (+ plots), print a summary."""
     from .cache import ActivationCache, default_cache
-    from ..formats import load_sae
+    from ..saes import load_sae
     from ..model import load_model
 
     rt = start(cfg, "eval")

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .. import architectures
+from ..saes import architectures
 
 from ..errors import GradsaeError
-from ..sae import SAE, SparseCode, topk_code
+from ..saes.sae import SAE, SparseCode, topk_code
 
 
 @dataclass(frozen=True)

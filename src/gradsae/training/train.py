@@ -27,11 +27,11 @@ import torch
 
 from ..config import opt
 from ..errors import GradsaeError
-from .. import architectures as arch_registry
+from ..saes import architectures as arch_registry
 from ..distributed import Dist
 from ..io import JsonlLog, atomic_write_text, dumps, output_lock, refuse_foreign, write_json
 from ..options import ModelOptions, Runtime, start
-from ..sae import SAE, SAEConfig
+from ..saes.sae import SAE, SAEConfig
 from .grid import (
     SAESpec,
     build_grid,
@@ -71,7 +71,7 @@ class TrainConfig(ModelOptions):
     out: str = opt("", "results folder (default: <gradsae cache>/runs/<model or cache>-L<layers>-<architectures>)")
     architectures: list[str] = opt(
         ["topk", "gsae"],
-        "comma-separated: topk, gsae, e2e, or any trainable architecture registered in gradsae.architectures",
+        "comma-separated: topk, gsae, e2e, or any trainable architecture registered in gradsae.saes.architectures",
     )
     k: list[int] = opt([32], "active latents per token; several values train several SAEs", low=1)
     beta: list[float] = opt(
@@ -245,7 +245,7 @@ def _init_sae(spec: str) -> tuple[SAE, str]:
 
 @functools.lru_cache(maxsize=4)
 def _load_init(spec: str, stamp: tuple) -> tuple[SAE, str]:
-    from ..formats import load_sae
+    from ..saes import load_sae
 
     sae = load_sae(spec, device="cpu", dtype="float32")
     return sae, sae.digest()
@@ -280,7 +280,7 @@ def init_weights(init: SAE, s: float) -> dict[str, torch.Tensor]:
     b_dec / r (``fold_input_scaling``); then decoder rows are made unit norm (the trainer's invariant) and
     each latent's encoder column and bias scaled to keep x̂ — exact when all rows had one norm (TopK
     selection unchanged), as for SAEs gradsae trained."""
-    from ..formats import fold_input_scaling
+    from ..saes import fold_input_scaling
 
     r = (init.cfg.norm_scaling_factor or 1.0) / s
     W_enc, W_dec, b_dec = fold_input_scaling(init.W_enc.float(), init.W_dec.float(), init.b_dec.float(), r)

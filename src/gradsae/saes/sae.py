@@ -3,7 +3,7 @@
 Shapes: ``x [..., D]`` model activations, ``h [..., C]`` latent activations,
 ``W_enc [D, C]``, ``b_enc [C]``, ``W_dec [C, D]``, ``b_dec [D]`` (SAELens names and orientation).
 
-Architectures (``cfg.architecture``) are declared in the registry ``gradsae.architectures``; built in:
+Architectures (``cfg.architecture``) are declared in the registry ``gradsae.saes.architectures``; built in:
 
 - ``relu``      h = relu(pre)                                  (SAELens "standard")
 - ``jumprelu``  h = relu(pre) * (pre > threshold)              (Gemma Scope)
@@ -31,8 +31,9 @@ from torch import nn
 
 from . import architectures
 from .architectures import gsae_selection_score  # noqa: F401  (re-exported: the g-SAE's score)
-from .errors import GradsaeError
-from .hooks import parse_hook_name
+from ..errors import GradsaeError
+from ..hooks import parse_hook_name
+from . import formats
 
 ARCHITECTURES = architectures.BUILT_IN  # architectures.REGISTRY also holds any registered later
 
@@ -44,7 +45,7 @@ class SAEConfig:
     d_sae: int
     """Number of latents C."""
     architecture: str = "relu"
-    """A registered architecture (``gradsae.architectures``): relu, jumprelu, topk, batchtopk, gsae, e2e, ..."""
+    """A registered architecture (``gradsae.saes.architectures``): relu, jumprelu, topk, batchtopk, gsae, e2e, ..."""
     k: int | None = None
     """Active latents per token for topk / batchtopk / gsae / e2e."""
     apply_b_dec_to_input: bool = True
@@ -153,18 +154,14 @@ class SAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str = "cpu", dtype: str | None = None) -> "SAE":
-        """Load any supported format or bundled name (see ``gradsae.formats.load_sae``)."""
-        from .formats import load_sae
-
-        return load_sae(name_or_path, device=device, dtype=dtype)
+        """Load any supported format or bundled name (see ``gradsae.saes.formats.load_sae``)."""
+        return formats.load_sae(name_or_path, device=device, dtype=dtype)
 
     load_from_disk = from_pretrained
 
     def save(self, path: str | Path) -> Path:
-        """Write the SAELens folder format (cfg.json + sae_weights.safetensors)."""
-        from .formats import save_saelens
-
-        return save_saelens(self, path)
+        """Write the SAELens folder format (cfg.json + sae_weights.safetensors): ``saes.saelens.save_saelens``."""
+        return formats.SAVERS["saelens"](self, path)
 
     save_model = save
 

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from .errors import GradsaeError
+from ..errors import GradsaeError
 
 # (pre-activations [..., C], the gradient in latent space W_dec ∇ₓL [..., C], beta, scale) -> score [..., C]
 ScoreFn = Callable[[torch.Tensor, torch.Tensor | None, float, "float | torch.Tensor"], torch.Tensor]
