@@ -252,10 +252,10 @@ def compare(rows: list[dict]) -> list[str]:
 
 
 def plot(rows: list[dict], stem: Path) -> None:
-    import matplotlib
+    from gradsae.io import atomic_write_bytes
+    from gradsae.viz.plots import figure_png, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -281,8 +281,7 @@ def plot(rows: list[dict], stem: Path) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(f"{stem}_distributions.png", dpi=110)
-    plt.close(fig)
+    atomic_write_bytes(f"{stem}_distributions.png", figure_png(fig, dpi=110))
     if any("alphas" in r for r in rows):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for r in rows:
@@ -298,8 +297,7 @@ def plot(rows: list[dict], stem: Path) -> None:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(f"{stem}_steering.png", dpi=110)
-        plt.close(fig)
+        atomic_write_bytes(f"{stem}_steering.png", figure_png(fig, dpi=110))
 
 
 if __name__ == "__main__":

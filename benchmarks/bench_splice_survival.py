@@ -159,10 +159,10 @@ def main() -> None:
 
 def plot_curve(rows: list[dict], path: Path) -> None:
     """Fraction kept (Wilson 95% bars) against training tokens, one line per layer x architecture x k."""
-    import matplotlib
+    from gradsae.io import atomic_write_bytes
+    from gradsae.viz.plots import figure_png, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     lines: dict[str, list[dict]] = {}
     for r in rows:
@@ -189,8 +189,7 @@ def plot_curve(rows: list[dict], path: Path) -> None:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    atomic_write_bytes(path, figure_png(fig, dpi=110))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from gradsae.dashboard import (
     moved_logprobs,
     update_state,
 )
-from gradsae.dashboard.page import render_cards, render_dashboard_page, script_json
+from gradsae.viz.dashboard_page import render_cards, render_dashboard_page, script_json
 
 from conftest import make_tiny, random_sae
 
@@ -716,7 +716,7 @@ def test_characters_split_over_several_tokens_are_shown_whole(tmp_path, tiny_pai
     import json
 
     from gradsae.dashboard import dashboard_from_json
-    from gradsae.dashboard.page import card_view
+    from gradsae.viz.dashboard_page import card_view
 
     model, tok, sae = tiny_pair
     corpus = tmp_path / "corpus.txt"

@@ -117,7 +117,7 @@ def test_config_defaults_are_the_bundled_ones():
 def test_explain_on_smollm2(smollm2, tmp_path):
     """The bundled model with the bundled SAE when it exists (else a random one at layer 9)."""
     from gradsae import SAE, SAEConfig, bundled_saes, load_sae
-    from gradsae.report import render_example_page
+    from gradsae.viz.report import render_example_page
 
     model, tok = smollm2
     if DEFAULT_SAE in bundled_saes():

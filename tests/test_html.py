@@ -2,7 +2,7 @@
 
 import json
 
-from gradsae import html
+from gradsae.viz import html
 
 
 def test_script_json_cannot_close_its_script_element_and_round_trips():
@@ -27,15 +27,15 @@ def test_tokens_show_breaks_tabs_and_never_reorder_the_text():
 
 
 def test_every_page_module_uses_the_one_environment():
-    from gradsae import report
-    from gradsae.dashboard import page as dashboard_html
+    from gradsae.viz import report
+    from gradsae.viz import dashboard_page as dashboard_html
 
     assert dashboard_html.env() is html.environment()
     assert report._macros() is not None and report.environment is html.environment
 
 
 def test_no_page_shows_a_bidirectional_control_raw():
-    from gradsae.report import render_page
+    from gradsae.viz.report import render_page
 
     page = render_page("title \u202eevil", "<p>body</p>", subtitle="sub \u2067x")
     assert "\u202e" not in page and "\u2067" not in page and "U+202E" in page

@@ -108,7 +108,7 @@ def test_an_edited_summary_json_is_one_line_for_the_report(tmp_path, edit):
     targeted edits rather than hundreds)."""
     from pathlib import Path
 
-    from gradsae.report import ReportConfig, run
+    from gradsae.viz.report import ReportConfig, run
 
     src = tmp_path / "src"
     src.mkdir()

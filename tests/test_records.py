@@ -184,7 +184,7 @@ def test_report_on_a_malformed_summary_is_one_line(tmp_path, capsys, content):
 
 def test_report_shows_dashboard_cards_for_the_latents_it_names(tmp_path):
     from gradsae.dashboard import find_dashboard
-    from gradsae.report import report_from_folder
+    from gradsae.viz.report import report_from_folder
 
     if find_dashboard(DEFAULT_SAE) is None:
         pytest.skip("the bundled SAE has no dashboard")

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from gradsae.influence import Example, influence, promoted_tokens
-from gradsae.report import (
+from gradsae.viz.report import (
     attach_records,
     json_for_script,
     render_example,
@@ -356,7 +356,7 @@ def test_report_renders_in_headless_chromium(tmp_path, example):
 
 
 def test_sae_eval_in_saebench_layout_shows_the_metrics_first():
-    from gradsae.report import render_sae_eval
+    from gradsae.viz.report import render_sae_eval
 
     html = render_sae_eval(
         {

@@ -232,7 +232,7 @@ def test_ctrl_c_while_importing_is_a_clean_exit(monkeypatch, capsys):
     [(errno.ENOSPC, "free some disk space"), (errno.EROFS, "choose a folder"), (errno.EACCES, "choose a folder")],
 )
 def test_disk_full_or_read_only_output_is_one_line(tmp_path, monkeypatch, capsys, code, says):
-    import gradsae.report as report
+    import gradsae.viz.report as report
 
     folder = tmp_path / "old"
     shutil.copytree(OLD, folder)
@@ -246,7 +246,7 @@ def test_disk_full_or_read_only_output_is_one_line(tmp_path, monkeypatch, capsys
 
 
 def test_report_csp_allows_only_its_own_script():
-    from gradsae.report import render_report
+    from gradsae.viz.report import render_report
 
     page = render_report({})
     csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', page).group(1)
@@ -407,7 +407,7 @@ def test_a_prompt_longer_than_the_context_is_refused_with_the_numbers(tiny_run):
 
 def test_explain_view_keeps_emoji_and_right_to_left_text():
     from gradsae.explain import explain
-    from gradsae.report import render_example_page
+    from gradsae.viz.report import render_example_page
 
     model, tok = make_tiny("llama")
     prompt = "Ask 😀 and مرحبا:"
@@ -422,7 +422,7 @@ def test_explain_view_keeps_emoji_and_right_to_left_text():
 @pytest.mark.browser
 def test_the_csp_blocks_any_other_inline_script_in_chromium(tmp_path):
     """The page's own script runs (data-ready), a script injected into the page does not."""
-    from gradsae.report import render_report
+    from gradsae.viz.report import render_report
     from test_report import _chrome
 
     page = render_report({}).replace("<main>", "<main><script>document.body.setAttribute('data-evil', '1')</script>", 1)

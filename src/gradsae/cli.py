@@ -59,7 +59,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "join the folders of a run split with --shard i/N into the unsharded result (no model needed)",
     ),
     "report": (
-        "gradsae.report",
+        "gradsae.viz.report",
         "ReportConfig",
         "run",
         "rebuild the HTML report of a results folder (no model needed)",

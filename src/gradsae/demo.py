@@ -133,7 +133,7 @@ def explain_kept(ecfg, model, tok, n: int) -> list[dict]:
 def write_demo_report(cfg: DemoConfig, ecfg, views: list[dict]) -> Path:
     from .saes import resolve_path
     from .io import read_json
-    from .report import report_from_folder
+    from .viz.report import report_from_folder
 
     sae_eval = None
     try:

@@ -159,7 +159,7 @@ def run(cfg: ExplainConfig) -> dict:
     from .io import atomic_write_text, write_json
     from .model import load_model, model_name
     from .influence import check_k
-    from .report import render_example_page
+    from .viz.report import render_example_page
 
     for flag, v, lo in (
         ("--top", cfg.top, 1),
@@ -182,7 +182,7 @@ def run(cfg: ExplainConfig) -> dict:
         if path and (not path.strip() or Path(path).is_dir()):
             raise GradsaeError(f"{flag} {path!r} is not a file name: give e.g. {flag} explain.{flag[2:]}")
     from .dashboard import card_data, check_dashboard, resolve_dashboard
-    from .dashboard.page import insert_before_body_end, render_cards
+    from .viz.dashboard_page import insert_before_body_end, render_cards
 
     from .options import start
 

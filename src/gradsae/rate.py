@@ -129,14 +129,10 @@ def format_rates(rates: Sequence[SaeRates]) -> str:
 
 
 def plot_rates(rates: Sequence[SaeRates], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .io import atomic_write_bytes
-    import io
+    from .viz.plots import figure_png, pyplot
 
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(rates), 3.2))
     w = 0.8 / len(ANSWERS)
     colours = {"yes": "#2e7d32", "maybe": "#f9a825", "no": "#c62828"}
@@ -154,10 +150,7 @@ def plot_rates(rates: Sequence[SaeRates], path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.set_title("Is the latent interpretable? (95% Wilson CI)", fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, figure_png(fig, dpi=120))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +197,7 @@ def build_rating(
     min_contexts: int = 3,
 ) -> tuple[dict, list[dict]]:
     """Sample and shuffle the items. Returns (key, item views for the page, in page order)."""
-    from .dashboard.page import card_view
+    from .viz.dashboard_page import card_view
 
     if len(saes) < 2:
         raise GradsaeError("give at least two SAEs to compare: --sae A,B")
@@ -243,7 +236,7 @@ def build_rating(
 
 
 def render_rating_page(key: dict, views: Sequence[dict]) -> str:
-    from .html import asset, csp, environment as env, script_json
+    from .viz.html import asset, csp, environment as env, script_json
 
     js, css = asset("rate.js"), asset("dashboard.css")
     data = {"schema": RATINGS_SCHEMA, "page": key["page"], "items": [v["item"] for v in views]}

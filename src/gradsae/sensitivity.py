@@ -506,18 +506,12 @@ def summary_markdown(res: SensitivityResults) -> str:
 
 
 def figures(res: SensitivityResults) -> dict[str, bytes]:
-    import io as _io
+    from .viz.plots import figure_png, pyplot
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     def png(fig) -> bytes:
-        buf = _io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-        plt.close(fig)
-        return buf.getvalue()
+        return figure_png(fig, dpi=110, tight=True)
 
     figs = {}
     if res.directional:

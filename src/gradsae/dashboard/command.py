@@ -30,7 +30,7 @@ def _refuse_foreign(out: Path) -> None:
 
 
 def run(cfg: DashboardConfig) -> Dashboard | None:
-    from .page import write_dashboard_page
+    from ..viz.dashboard_page import write_dashboard_page
     from ..saes import load_sae
     from ..io import atomic_write_text, output_lock
     from ..model import check_context_length, load_model, model_name

@@ -267,7 +267,7 @@ def _finalise(
     cfg: SquadConfig, tasks: Sequence[str], merged_cfg: dict, qas: Sequence[sq.QA], f: _Folder, meta: dict, title: str
 ) -> dict:
     """Rank 0: merge shards, write summary.json, table.md, the plots and report.html."""
-    from ..plots import k_curves
+    from ..viz.plots import k_curves
 
     merge_shards(f.out)
     f.reload()
@@ -380,7 +380,7 @@ def _run_one(
 def _write_report(out: Path, title: str, pngs: dict | None = None) -> None:
     """report.html for a results folder; like the plots a convenience, so a failure only warns."""
     try:
-        from ..report import report_from_folder
+        from ..viz.report import report_from_folder
 
         report_from_folder(out, title=title, plots=pngs)
     except Exception as e:

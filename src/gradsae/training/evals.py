@@ -323,11 +323,10 @@ def _copy_cache(pkv, repeats: int):
 
 
 def _plots(out: Path, counts_by_sel: dict, n_tokens: int, maxcos: torch.Tensor, steer: dict | None, title: str):
-    import matplotlib
+    from ..io import atomic_write_bytes
+    from ..viz.plots import figure_png, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for sel, counts in counts_by_sel.items():
         dens = counts.float() / max(1, n_tokens)
@@ -337,8 +336,7 @@ def _plots(out: Path, counts_by_sel: dict, n_tokens: int, maxcos: torch.Tensor, 
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "density_hist.png", dpi=110)
-    plt.close(fig)
+    atomic_write_bytes(out / "density_hist.png", figure_png(fig, dpi=110))
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(maxcos.numpy(), bins=60)
@@ -346,8 +344,7 @@ def _plots(out: Path, counts_by_sel: dict, n_tokens: int, maxcos: torch.Tensor, 
     ax.set_ylabel("latents")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(out / "decoder_maxcos_hist.png", dpi=110)
-    plt.close(fig)
+    atomic_write_bytes(out / "decoder_maxcos_hist.png", figure_png(fig, dpi=110))
 
     if steer:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -359,8 +356,7 @@ def _plots(out: Path, counts_by_sel: dict, n_tokens: int, maxcos: torch.Tensor, 
             a.set_xlabel("α")
         fig.suptitle(title)
         fig.tight_layout()
-        fig.savefig(out / "steering.png", dpi=110)
-        plt.close(fig)
+        atomic_write_bytes(out / "steering.png", figure_png(fig, dpi=110))
 
 
 def _sae_slug(spec: str) -> str:

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .config import opt
-from .errors import GradsaeError
+from ..config import opt
+from ..errors import GradsaeError
 from .html import asset, csp, environment, script_json, token_text
-from .io import atomic_write_text, output_lock, read_json
+from ..io import atomic_write_text, output_lock, read_json
 
 METHOD_NAMES = {"baseline": "Baseline", "gradsae": "GradSAE"}
 SET_NAMES = {"top": "TopK", "bottom": "BottomK"}
@@ -305,7 +305,7 @@ def render_stats(summary: dict) -> str:
 
 
 def render_rq(summary: dict) -> str:
-    from .squad.tables import verdict_word
+    from ..squad.tables import verdict_word
 
     rq = summary.get("rq")
     if not rq:
@@ -582,7 +582,7 @@ def render_report(
     """The whole report as one HTML string (see the module docstring for the inputs).
 
     ``plots``: PNG bytes by name to embed instead of drawing them from the summary. ``cards``: an HTML
-    fragment of dashboard cards (``dashboard.page.render_cards``) shown as its own section.
+    fragment of dashboard cards (``viz.dashboard_page.render_cards``) shown as its own section.
     """
     summary = check_summary(summary or {})
     parts = []
@@ -691,7 +691,7 @@ def report_from_folder(
 ) -> Path:
     """Build ``<folder>/report.html`` from summary.json, config.json and examples.jsonl (plus per-example
     influence views, which the folder does not store)."""
-    from .squad.records import read_records
+    from ..squad.records import read_records
 
     folder = Path(folder)
     summary = read_json(folder / "summary.json") if (folder / "summary.json").exists() else {}
@@ -730,8 +730,8 @@ def dashboard_cards(config: dict | None, examples: Sequence[dict], answers: Sequ
     of the example tables first, then those most often among the kept questions' GradSAE top 10."""
     from collections import Counter
 
-    from .dashboard import find_dashboard, load_dashboard
-    from .dashboard.page import render_cards
+    from ..dashboard import find_dashboard, load_dashboard
+    from .dashboard_page import render_cards
 
     config = config or {}
     inner = config.get("config") if isinstance(config.get("config"), dict) else {}

@@ -2,8 +2,8 @@
 ``<script type="application/json">``, the Content-Security-Policy, and how a token is shown.
 
 The pages: the experiment report and the explain page (``report.py``), the dashboard page and latent cards
-(``dashboard/page.py``), the blind rating page (``rate.py``). None loads anything from the network
-(``default-src 'none'``); each page's one script is allowed by its SHA-256 hash.
+(``dashboard_page.py``), the blind rating page (``rate.py``, ``templates/rate.html.j2``). None loads anything from
+the network (``default-src 'none'``); each page's one script is allowed by its SHA-256 hash.
 """
 
 from __future__ import annotations

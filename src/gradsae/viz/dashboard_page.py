@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .cards import Dashboard, LatentRecord
-from ..html import asset, csp, environment, fmt, level, script_json, token_text  # noqa: F401  (re-exported)
+from ..dashboard.cards import Dashboard, LatentRecord
+from .html import asset, csp, environment, fmt, level, script_json, token_text  # noqa: F401  (re-exported)
 
 LOWER_PERCENTILE = 90  # band samples shown as "lower activations" lie below this percentile of the latent
 

@@ -1,9 +1,11 @@
-"""Figures, returned as PNG bytes (the caller writes them to a file or embeds them in the report).
+"""The one matplotlib setup: every figure of gradsae is drawn through ``pyplot()`` and turned into PNG bytes by
+``figure_png`` (the caller writes them to a file or embeds them in a page).
 
+    pyplot() -> matplotlib.pyplot                         the Agg backend: no display needed
+    figure_png(fig, dpi, tight=False) -> bytes            the figure as PNG (closed; no timestamp, same bytes each run)
     k_curves(summary) -> {"perturb": png, "steer": png}   EM and F1 vs K, one line per method × set, 95% CI bars
 
-matplotlib is imported inside each function with the Agg backend, so importing this module is cheap and
-never needs a display.
+matplotlib is imported on first use, so importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import io
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot with the Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,17 +23,17 @@ def _pyplot():
     return plt
 
 
-def figure_png(fig, dpi: int = 110) -> bytes:
-    """A matplotlib figure as PNG bytes (the figure is closed)."""
+def figure_png(fig, dpi: int = 110, tight: bool = False) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed; ``tight`` crops to the drawn area)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    _pyplot().close(fig)
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None, metadata={"Software": None})
+    pyplot().close(fig)
     return buf.getvalue()
 
 
 def k_curves(s: dict) -> dict[str, bytes]:
     """EM and F1 vs K for the perturbation and steering sections of a summary.json (those present)."""
-    plt = _pyplot()
+    plt = pyplot()
     out = {}
     for sec_name, name, title in (
         ("perturbation", "perturb", "Perturbation: zero the set"),
