@@ -20,7 +20,8 @@ import torch
 from _common import qa_examples, short_prompt, table, write_out
 
 from gradsae import ResidualCapture, load_model, load_sae
-from gradsae.influence import Example, _forward_target, _join_ids, _pack, influence
+from gradsae.influence import Example, influence
+from gradsae.influence.inputs import forward_target, join_ids, pack
 
 
 def timed(fn, repeats: int) -> float:
@@ -44,13 +45,13 @@ def main() -> None:
     model, tok = load_model(args.model)
     sae = load_sae(args.sae)
     exs = [Example(short_prompt(e), e["answers"][0], id=e["id"]) for e in qa_examples(n=args.batch, seed=1)]
-    packed = _pack(tok, [_join_ids(tok, e.prompt, e.output) for e in exs], "cpu")
+    packed = pack(tok, [join_ids(tok, e.prompt, e.output) for e in exs], "cpu")
     tokens = int(packed.mask.sum())
 
     def plain():
         with ResidualCapture(model, [sae.layer], grad=True) as cap:
             with torch.enable_grad():
-                _forward_target(model, packed, "logprob").sum().backward()
+                forward_target(model, packed, "logprob").sum().backward()
         return cap.grads
 
     def scored():

@@ -122,7 +122,7 @@ def test_bad_explain_values(tmp_path, monkeypatch, capsys, args, says):
 def test_device_defaults_to_auto_and_data_defaults_are_bundled():
     from gradsae.demo import DemoConfig
     from gradsae.explain import ExplainConfig
-    from gradsae.influence_cli import InfluenceConfig
+    from gradsae.influence.command import InfluenceConfig
 
     for cfg in (
         PerturbConfig(),

@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     ),
     "explain": ("gradsae.explain", "ExplainConfig", "run", "top influential latents for one prompt (table or HTML)"),
     "influence": (
-        "gradsae.influence_cli",
+        "gradsae.influence.command",
         "InfluenceConfig",
         "run",
         "GradSAE influence scores for prompts (JSON + table)",

@@ -1,5 +1,6 @@
 """The one torch.distributed helper: a process group when launched by ``torchrun`` (WORLD_SIZE > 1), else a
-single process with the same interface, so callers never branch on "am I distributed"."""
+single process with the same interface, so callers never branch on "am I distributed"; and the collectives the
+trainer needs (each a no-op in one process)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,52 @@ class Dist:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Collectives (one process: no-ops), for data-parallel training
+# ---------------------------------------------------------------------------------------------
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, or (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def all_reduce(t: torch.Tensor, mean: bool) -> torch.Tensor:
+    """A copy of t summed (or averaged) over processes."""
+    world = rank_world()[1]
+    t = t.detach().clone()
+    if world > 1:
+        torch.distributed.all_reduce(t)
+        if mean:
+            t /= world
+    return t
+
+
+def global_mean(t: torch.Tensor) -> torch.Tensor:
+    return all_reduce(t, mean=True)
+
+
+def average_grads(params: list[torch.Tensor]) -> None:
+    """Average .grad over processes (what DistributedDataParallel does), one flat all-reduce."""
+    world = rank_world()[1]
+    if world == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    off = 0
+    for g in grads:
+        g.copy_(flat[off : off + g.numel()].view_as(g))
+        off += g.numel()
+
+
+def broadcast(params: list[torch.Tensor]) -> None:
+    """Rank 0's values into every process's tensors."""
+    if rank_world()[1] > 1:
+        for p in params:
+            torch.distributed.broadcast(p.data, 0)

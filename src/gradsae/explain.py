@@ -21,7 +21,7 @@ from .errors import GradsaeError
 from .influence import Example, Influence, influence, promoted_tokens
 from .generate import parse_stop
 from .influence import InfluenceOptions
-from .influence_cli import ScoringOptions
+from .influence.command import ScoringOptions
 
 
 @dataclass(kw_only=True)
@@ -155,7 +155,7 @@ def format_masking(view: dict) -> str:
 
 def run(cfg: ExplainConfig) -> dict:
     from .saes import load_sae
-    from .influence_cli import format_table
+    from .influence.command import format_table
     from .io import atomic_write_text, write_json
     from .model import load_model, model_name
     from .influence import check_k

@@ -7,13 +7,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .config import opt
-from .errors import GradsaeError
-from .influence import Example, Influence, InfluenceOptions, influence, promoted_tokens
-from .io import read_text_file, write_json
-from .options import SAE_HELP, ModelOptions, start
+from ..config import opt
+from ..errors import GradsaeError
+from .inputs import promoted_tokens
+from .methods import influence
+from .options import InfluenceOptions
+from .records import Example, Influence
+from ..io import read_text_file, write_json
+from ..options import SAE_HELP, ModelOptions, start
 
-from .saes import DEFAULT_SAE
+from ..saes import DEFAULT_SAE
 
 
 @dataclass(kw_only=True)
@@ -83,10 +86,10 @@ def format_table(res: Influence, promoted: dict[int, list[str]], top: int) -> st
 
 
 def run(cfg: InfluenceConfig) -> list[Influence]:
-    from .saes import load_sae
-    from .model import load_model, model_name
+    from ..saes import load_sae
+    from ..model import load_model, model_name
 
-    from .dashboard import card_data, check_dashboard, resolve_dashboard
+    from ..dashboard import card_data, check_dashboard, resolve_dashboard
 
     if cfg.batch_size < 1:
         raise GradsaeError(f"--batch-size {cfg.batch_size}: give at least 1")
