@@ -9,6 +9,8 @@ the network (``default-src 'none'``); each page's one script is allowed by its S
 from __future__ import annotations
 
 import base64
+import math
+import re
 import functools
 import hashlib
 import json
@@ -98,3 +100,79 @@ def _visible(value: Any) -> Any:
 
 
 _BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+
+
+def macros(template: str):
+    """The macros of a template (``report.html.j2``) as a module: ``macros(name).table1(...)``."""
+    return environment().get_template(template).module
+
+
+def safe(s: str):
+    """Text this package built (already escaped) that the templates show as is."""
+    from markupsafe import Markup
+
+    return Markup(s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Values as the pages show them
+# ---------------------------------------------------------------------------------------------
+
+
+def html_id(prefix: str, s: Any) -> str:
+    """A valid, unique-enough element id from arbitrary text."""
+    return prefix + re.sub(r"[^A-Za-z0-9_-]", "_", str(s))[:80]
+
+
+def num(x: Any, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def sig(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    try:
+        return f"{float(x):.{digits}g}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def token_label(t: str) -> str:
+    """How a token is named in tooltips and tables: its repr (quotes, visible escapes)."""
+    return repr(t)
+
+
+def colour(v: float, vmax: float) -> str:
+    """Background for a per-token value: red for positive influence, blue for negative, alpha by |v|/vmax."""
+    if not vmax or not v:
+        return "transparent"
+    a = min(1.0, abs(v) / vmax) * 0.85
+    return f"rgba(220,50,32,{a:.3f})" if v > 0 else f"rgba(30,100,220,{a:.3f})"
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += flatten(v, key + ".")
+        elif isinstance(v, (list, tuple)) and any(isinstance(x, dict) for x in v):
+            for i, x in enumerate(v[:12]):
+                out += flatten(x, f"{key}[{i}].") if isinstance(x, dict) else [(f"{key}[{i}]", x)]
+        elif isinstance(v, (list, tuple)) and len(v) > 12:
+            out.append((key, f"[{', '.join(map(str, v[:12]))}, … ({len(v)} items)]"))
+        else:
+            out.append((key, v if not isinstance(v, float) else f"{v:.4g}"))
+    return out

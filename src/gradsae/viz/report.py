@@ -26,116 +26,22 @@ Inputs (plain dicts, so the report can be rebuilt from files):
 
 from __future__ import annotations
 
-import base64
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from ..config import opt
 from ..errors import GradsaeError
-from .html import asset, csp, environment, script_json, token_text
 from ..io import atomic_write_text, output_lock, read_json
-
-METHOD_NAMES = {"baseline": "Baseline", "gradsae": "GradSAE"}
-SET_NAMES = {"top": "TopK", "bottom": "BottomK"}
-# For each task and set: is a lower score the "better" (more influential / weaker) result?
-_LOWER_IS_BEST = {
-    ("perturbation", "top"): True,
-    ("perturbation", "bottom"): False,
-    ("steering", "top"): False,
-    ("steering", "bottom"): True,
-}
-_ARROWS = {
-    ("perturbation", "top"): "↓",
-    ("perturbation", "bottom"): "↑",
-    ("steering", "top"): "↑",
-    ("steering", "bottom"): "↓",
-}
-SUMMARY_SCHEMAS = ("gradsae.experiments.summary/1", "gradsae.experiments.sweep/1")
-
-
-# ---------------------------------------------------------------------------------------------
-# Templates
-# ---------------------------------------------------------------------------------------------
-
-
-def _macros():
-    return environment().get_template("report.html.j2").module
-
-
-def _safe(s: str):
-    from markupsafe import Markup
-
-    return Markup(s)
-
-
-# ---------------------------------------------------------------------------------------------
-# Small helpers (values as the page shows them)
-# ---------------------------------------------------------------------------------------------
-
+from ..squad.tables import METHOD_NAMES, Cell, check_summary, read_summary
+from .html import asset, csp, environment, flatten, html_id, num, png_data_uri, safe, script_json
+from .report_example import render_example
 
 json_for_script = script_json  # the one escaper (html.py), under the name this module's callers use
 
 
-def html_id(prefix: str, s: Any) -> str:
-    """A valid, unique-enough element id from arbitrary text."""
-    return prefix + re.sub(r"[^A-Za-z0-9_-]", "_", str(s))[:80]
-
-
-def num(x: Any, digits: int = 1) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def sig(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "–"
-    try:
-        return f"{float(x):.{digits}g}"
-    except (TypeError, ValueError):
-        return str(x)
-
-
-def token_label(t: str) -> str:
-    """How a token is named in tooltips and tables: its repr (quotes, visible escapes)."""
-    return repr(t)
-
-
-def colour(v: float, vmax: float) -> str:
-    """Background for a per-token value: red for positive influence, blue for negative, alpha by |v|/vmax."""
-    if not vmax or not v:
-        return "transparent"
-    a = min(1.0, abs(v) / vmax) * 0.85
-    return f"rgba(220,50,32,{a:.3f})" if v > 0 else f"rgba(30,100,220,{a:.3f})"
-
-
-def png_data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    out = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out += _flatten(v, key + ".")
-        elif isinstance(v, (list, tuple)) and any(isinstance(x, dict) for x in v):
-            for i, x in enumerate(v[:12]):
-                out += _flatten(x, f"{key}[{i}].") if isinstance(x, dict) else [(f"{key}[{i}]", x)]
-        elif isinstance(v, (list, tuple)) and len(v) > 12:
-            out.append((key, f"[{', '.join(map(str, v[:12]))}, … ({len(v)} items)]"))
-        else:
-            out.append((key, v if not isinstance(v, float) else f"{v:.4g}"))
-    return out
+def _macros():
+    return environment().get_template("report.html.j2").module
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,80 +91,57 @@ def render_header(summary: dict, config: dict | None) -> str:
         if t
         else []
     )
-    return str(_macros().header(rows, q, after, list(s.get("warnings") or []), _flatten(cfg) if cfg else []))
+    return str(_macros().header(rows, q, after, list(s.get("warnings") or []), flatten(cfg) if cfg else []))
 
 
-def _cell(c: dict | None, metric: str) -> dict:
-    """{text, tip, value} of one Table 1 number (text None: not measured)."""
-    if not c or c.get(metric) is None:
-        return {"text": None, "tip": "", "value": None, "mark": ""}
-    lo, hi = (c.get(f"{metric}_ci") or [None, None])[:2]
-    tip = f"{metric.upper()} {c[metric]:.2f}"
-    if lo is not None and hi is not None:
+def _cell(c: Cell, metric: str, mark: str = "") -> dict:
+    """{text, tip, mark} of one Table 1 number (text None: not measured)."""
+    v = c.value(metric)
+    if v is None:
+        return {"text": None, "tip": "", "mark": ""}
+    tip = f"{metric.upper()} {v:.2f}"
+    if c.ci(metric) is not None:
+        lo, hi = c.ci(metric)
         tip += f", 95% CI {lo:.1f}–{hi:.1f}"
-    tip += f", n = {c.get('n', '?')}"
-    if c.get("k_mean") is not None:
-        tip += f", mean latents edited {c['k_mean']:.1f}"
-    if c.get("overlap") is not None:
-        tip += f", overlap with partner {c['overlap']:.1f}%"
-    if c.get("own_f1") is not None:
-        tip += f", F1 vs own answers {c['own_f1']:.1f}"
-    return {"text": f"{c[metric]:.2f}", "tip": tip, "value": float(c[metric]), "mark": ""}
+    tip += f", n = {c.n if c.n is not None else '?'}"
+    if c.k_mean is not None:
+        tip += f", mean latents edited {c.k_mean:.1f}"
+    if c.overlap is not None:
+        tip += f", overlap with partner {c.overlap:.1f}%"
+    if c.own_f1 is not None:
+        tip += f", F1 vs own answers {c.own_f1:.1f}"
+    return {"text": f"{v:.2f}", "tip": tip, "mark": mark}
 
 
 def render_table1(summary: dict) -> str:
-    """Table 1 in the paper's layout: Perturbation and Local Steering × Baseline/GradSAE × TopK/BottomK,
-    columns w/o Task and every K (EM, F1), with the number of examples per row; best per column marked
-    (bold for perturbation, underlined for steering, as in the paper)."""
-    present = [(t, summary[t]) for t in ("perturbation", "steering") if summary.get(t)]
+    """Table 1 in the paper's layout (the records of ``squad.tables``): Perturbation and Local Steering ×
+    Baseline/GradSAE × TopK/BottomK, columns w/o Task and every K (EM, F1), with the number of examples per row;
+    best per column marked (bold for perturbation, underlined for steering, as in the paper)."""
+    view = read_summary(summary)
     ks: list[str] = []
-    for _, sec in present:
-        for k in sec.get("ks") or summary.get("ks") or []:
-            if str(k) not in ks:
-                ks.append(str(k))
-    methods = summary.get("methods") or ["baseline", "gradsae"]
-    sets = summary.get("sets") or ["top", "bottom"]
+    for b in view.table1:
+        ks += [k for k in b.ks if k not in ks]
     tasks = []
-    for task, sec in present:
-        wo = sec.get("control") if task == "perturbation" else sec.get("unsteered")
-        cells = sec.get("cells") or {}
-        best: dict[tuple[str, str, str], float] = {}
-        for side in sets:
-            for k in ks:
-                for metric in ("em", "f1"):
-                    vals = [cells.get(m, {}).get(side, {}).get(k, {}).get(metric) for m in methods]
-                    vals = [v for v in vals if v is not None]
-                    if len(vals) >= 2:
-                        best[(side, k, metric)] = (min if _LOWER_IS_BEST[(task, side)] else max)(vals)
+    for b in view.table1:
+        mark = "strong" if b.task == "perturbation" else "u"
         rows = []
-        for m in methods:
-            for si, side in enumerate(sets):
-                row_cells = cells.get(m, {}).get(side, {})
-                out = []
-                for k in ks:
-                    for metric in ("em", "f1"):
-                        c = _cell(row_cells.get(k), metric)
-                        b = best.get((side, k, metric))
-                        if c["value"] is not None and b is not None and abs(c["value"] - b) < 1e-9:
-                            c["mark"] = "strong" if task == "perturbation" else "u"
-                        out.append(c)
-                rows.append(
-                    {
-                        "method": METHOD_NAMES.get(m, m),
-                        "method_rowspan": len(sets) if si == 0 else 0,
-                        "set": SET_NAMES.get(side, side),
-                        "arrow": _ARROWS.get((task, side), ""),
-                        "n": max([c.get("n", 0) for c in row_cells.values() if isinstance(c, dict)] or [0]),
-                        "cells": out,
-                    }
-                )
-        tasks.append(
-            {
-                "label": "Perturbation" if task == "perturbation" else "Local Steering",
-                "rows": rows,
-                "wo": [_cell(wo, "em"), _cell(wo, "f1")],
-            }
-        )
+        for r in b.rows:
+            out = [
+                _cell(r.cells.get(k, Cell()), metric, mark if k in r.cells and b.is_best(r, k, metric) else "")
+                for k in ks
+                for metric in ("em", "f1")
+            ]
+            rows.append(
+                {
+                    "method": r.method_name,
+                    "method_rowspan": len(view.sets) if r.side == view.sets[0] else 0,
+                    "set": r.set_name,
+                    "arrow": b.arrow(r.side),
+                    "n": r.n,
+                    "cells": out,
+                }
+            )
+        tasks.append({"label": b.name, "rows": rows, "wo": [_cell(b.without, "em"), _cell(b.without, "f1")]})
     notes = []
     if summary.get("perturbation"):
         p = summary["perturbation"]
@@ -283,40 +166,18 @@ def render_table1(summary: dict) -> str:
 
 
 def render_stats(summary: dict) -> str:
-    t = summary.get("stats")
-    if not t:
+    t3 = read_summary(summary).table3
+    if t3 is None:
         return ""
-
-    def pc(x):
-        return "–" if x is None else f"{x:.2f}%"
-
-    inner = t.get("inner") or {}
-    ib, ig = inner.get("baseline") or {}, inner.get("gradsae") or {}
-    rows = [
-        ("Activation Avg. (active at the last prompt token)", num(t.get("active_last_mean"), 2), ""),
-        ("Active at any scored position", num(t.get("active_any_mean"), 2), ""),
-        ("50% Avg. (size of the K = 50% set)", num(t.get("k50_mean"), 2), ""),
-        ("Cross TopK overlap (Baseline ∩ GradSAE)", pc(t.get("cross_top_overlap")), ""),
-        ("Cross BottomK overlap", pc(t.get("cross_bottom_overlap")), ""),
-        ("Inner TopK overlap (same context, other question)", pc(ib.get("top")), pc(ig.get("top"))),
-        ("Inner BottomK overlap", pc(ib.get("bottom")), pc(ig.get("bottom"))),
-    ]
-    return str(_macros().stats({"n": num(t.get("n")), "pairs": num(t.get("n_context_pairs")), "rows": rows}))
+    return str(_macros().stats({"n": num(t3.n), "pairs": num(t3.pairs), "rows": t3.rows}))
 
 
 def render_rq(summary: dict) -> str:
-    from ..squad.tables import verdict_word
-
-    rq = summary.get("rq")
-    if not rq:
-        return ""
     items = []
-    for k, v in rq.items():
-        v = v if isinstance(v, dict) else {"text": str(v)}
-        word = verdict_word(v)
-        cls = "yes" if word == "holds" else "no" if word == "does not hold" else "na"
-        items.append({"name": str(k).upper(), "word": word, "cls": cls, "text": v.get("text", "")})
-    return str(_macros().rq(items))
+    for v in read_summary(summary).verdicts:
+        cls = "yes" if v.word == "holds" else "no" if v.word == "does not hold" else "na"
+        items.append({"name": v.name, "word": v.word, "cls": cls, "text": v.text})
+    return str(_macros().rq(items)) if items else ""
 
 
 _PLOT_CAPTIONS = {
@@ -349,8 +210,8 @@ def render_sae_eval(sae_eval: dict | None) -> str:
     main = sae_eval.get("eval_result_metrics")  # the SAEBench layout `gradsae eval` writes
     if isinstance(main, dict):
         rest = {k: v for k, v in sae_eval.items() if k != "eval_result_metrics"}
-        return str(_macros().sae_eval(_flatten(main), _flatten(rest) if rest else []))
-    return str(_macros().sae_eval(_flatten(sae_eval), []))
+        return str(_macros().sae_eval(flatten(main), flatten(rest) if rest else []))
+    return str(_macros().sae_eval(flatten(sae_eval), []))
 
 
 def render_answers(answers: Sequence[dict]) -> str:
@@ -376,151 +237,6 @@ def render_answers(answers: Sequence[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# One example
-# ---------------------------------------------------------------------------------------------
-
-
-def _latent_rows(rows: Sequence[dict]) -> list[dict]:
-    return [
-        {
-            "latent": r.get("latent"),
-            "score": sig(r.get("score")),
-            "act": sig(r.get("mean_activation")),
-            "rank": r.get("baseline_rank"),
-            "promotes": [token_label(t) for t in r.get("promotes", [])],
-        }
-        for r in rows
-    ]
-
-
-def _k_order(keys: Iterable[str]) -> list[str]:
-    def key(k: str):
-        return (1, float(k[:-1])) if k.endswith("%") else (0, float(k)) if re.fullmatch(r"[\d.]+", k) else (2, 0)
-
-    return sorted(dict.fromkeys(keys), key=key)
-
-
-def _edit_table(cells: dict, golds_label: str) -> dict | None:
-    """Predictions per (method, set) × K from ``cells["method/set/K"] = {prediction, f1, k}``."""
-    parsed = {}
-    for key, c in cells.items():
-        parts = str(key).split("/")
-        if len(parts) != 3 or not isinstance(c, dict):
-            continue
-        parsed[tuple(parts)] = c
-    if not parsed:
-        return None
-    ks = _k_order(k for _, _, k in parsed)
-    rows = []
-    for m, s in dict.fromkeys((m, s) for m, s, _ in parsed):
-        out = []
-        for k in ks:
-            c = parsed.get((m, s, k))
-            if c is None:
-                out.append(None)
-                continue
-            f1 = c.get("f1")
-            tip = f"F1 {golds_label} {f1:.2f}" if f1 is not None else ""
-            if c.get("k") is not None:
-                tip += f"; {c['k']} latents edited"
-            if c.get("own_f1") is not None:
-                tip += f"; F1 vs own answers {c['own_f1']:.2f}"
-            out.append(
-                {
-                    "cls": "ok" if f1 is not None and f1 >= 0.9 else "bad" if f1 is not None else "",
-                    "tip": tip,
-                    "text": c.get("error") or c.get("prediction"),
-                }
-            )
-        rows.append({"method": METHOD_NAMES.get(m, m), "set": SET_NAMES.get(s, s), "cells": out})
-    return {"ks": ks, "rows": rows}
-
-
-def _token_view(ex: dict, uid: str) -> dict:
-    tokens = [str(t) for t in (ex.get("tokens") or [])]
-    n_prompt = int(ex.get("n_prompt") or 0)
-    pt = ex.get("per_token") or None
-    latents = list(pt["latents"]) if pt else []
-    values = [list(v) for v in pt["values"]] if pt else []
-    v0 = values[0] if values else [0.0] * len(tokens)
-    vmax = max((abs(v) for v in v0), default=0.0)
-    spans = []
-    for j, t in enumerate(tokens):
-        v = v0[j] if j < len(v0) else 0.0
-        spans.append(
-            {
-                "cls": "t ans" if j >= n_prompt else "t",
-                "bg": colour(v, vmax),
-                "text": token_text(t, keep_breaks=True),
-                "tip": token_label(t) + (f"  latent {latents[0]}: g = {v:.3g}" if latents else ""),
-            }
-        )
-    data = {"latents": latents, "values": values, "labels": [token_label(t) for t in tokens]}
-    return {"uid": uid, "tokens": spans, "buttons": latents, "data": _safe(json_for_script(data))}
-
-
-def render_example(ex: dict) -> str:
-    """One example's section: prompt and answer tokens coloured by the influence of a chosen top latent
-    (buttons switch the latent; values on hover), top/bottom latents tables, and the answers before and
-    after masking and after steering when those records are attached. ``ex`` is ``Influence.to_json``
-    plus optional ``question``, ``golds``, ``perturb``, ``steer`` (see the module docstring)."""
-    uid = html_id("ex-", ex.get("id", ""))
-    q = ex.get("question")
-    title = str(ex["title"]) if ex.get("title") else f"Example {ex.get('id', '')}" + (f": {q}" if q else "")
-    meta = ex.get("meta") or {}
-    facts = [("output (explained)", ex.get("output"))]
-    if ex.get("golds"):
-        facts.append(("gold answers", " | ".join(ex["golds"])))
-    facts += [
-        ("target", f"{meta.get('target', '?')} = {sig(ex.get('target_value'), 4)}"),
-        ("latents active at the last prompt token", ex.get("n_active_last")),
-        ("latents active at any scored position", ex.get("n_active_any")),
-        (
-            "settings",
-            ", ".join(
-                f"{k}={meta[k]}"
-                for k in ("method", "aggregation", "positions", "error", "layer")
-                if meta.get(k) is not None
-            ),
-        ),
-    ]
-    view = {
-        "uid": uid,
-        "title": title,
-        "facts": facts,
-        "tokens": _token_view(ex, uid),
-        "top": _latent_rows(ex.get("top") or []),
-        "bottom": _latent_rows(ex.get("bottom") or []),
-        "base": _latent_rows(ex.get("baseline_top") or []),
-        "perturb": None,
-        "steer": None,
-    }
-    pert = ex.get("perturb")
-    if pert:
-        ctrl = pert.get("control") or {}
-        view["perturb"] = {
-            "unedited": ctrl.get("prediction", ex.get("output")),
-            "error": pert.get("error"),
-            "table": _edit_table(pert.get("cells") or {}, "vs gold" if ex.get("golds") else "vs explained output"),
-        }
-    st = ex.get("steer")
-    if st:
-        pg, un = st.get("partner_golds"), st.get("unsteered") or {}
-        facts = [
-            ("partner", st.get("partner")),
-            ("partner question", st.get("partner_question")),
-            ("partner answers", " | ".join(pg) if pg else None),
-            ("unsteered F1 vs partner", sig(un.get("f1")) if un else None),
-        ]
-        view["steer"] = {
-            "facts": facts,
-            "error": st.get("error"),
-            "table": _edit_table(st.get("cells") or {}, "vs partner's answers"),
-        }
-    return str(_macros().example(view))
-
-
-# ---------------------------------------------------------------------------------------------
 # The page
 # ---------------------------------------------------------------------------------------------
 
@@ -530,42 +246,12 @@ def render_page(title: str, body: str, subtitle: str = "", nav: Sequence[tuple[s
     js = asset("report.js")
     # the policy is our own text (quotes kept as quotes; it holds no " or <)
     return str(
-        _macros().page(title, _safe(body), subtitle, list(nav), _safe(csp(js)), _safe(asset("report.css")), _safe(js))
+        _macros().page(title, safe(body), subtitle, list(nav), safe(csp(js)), safe(asset("report.css")), safe(js))
     )
 
 
 def _one_run(summary: dict, pngs: dict[str, bytes] | None) -> str:
     return render_table1(summary) + render_plots(summary, pngs) + render_stats(summary) + render_rq(summary)
-
-
-def check_summary(summary: dict, source: str = "summary") -> dict:
-    """A summary.json this version can show, or a one-line error naming its version."""
-    if not isinstance(summary, dict):
-        raise GradsaeError(f"{source} is not a JSON object: it was not written by gradsae; rerun the experiment")
-    schema = summary.get("schema")
-    if schema is not None and schema not in SUMMARY_SCHEMAS:
-        raise GradsaeError(
-            f"{source} has schema {schema!r}; this gradsae reads {' and '.join(SUMMARY_SCHEMAS)}: "
-            "rebuild the report with the gradsae version that wrote the folder"
-        )
-    for key, typ in (
-        ("data", dict),
-        ("perturbation", dict),
-        ("steering", dict),
-        ("stats", dict),
-        ("rq", dict),
-        ("failed", dict),
-        ("timing", dict),
-        ("runs", list),
-        ("ks", list),
-        ("warnings", list),
-    ):
-        if summary.get(key) is not None and not isinstance(summary[key], typ):
-            raise GradsaeError(
-                f'{source}: "{key}" is a {type(summary[key]).__name__}, not a '
-                f"{typ.__name__}: the file is damaged; rerun the command to rewrite it"
-            )
-    return summary
 
 
 def render_report(
