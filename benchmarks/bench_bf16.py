@@ -25,7 +25,8 @@ LAYER, T, ROWS = 9, 128, 8
 def main(argv=None) -> dict:
     from gradsae import load_model, load_sae
     from gradsae.training.evals import activation_metrics, model_metrics
-    from gradsae.training.stream import RowReader, capture
+    from gradsae.splice import capture
+    from gradsae.training.stream import RowReader
     from gradsae.training.train import TrainConfig, run
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -13,11 +13,11 @@ from gradsae.training.cache import (
     cache_from_arrays,
     pack_sequences,
     pow2_scale,
-    summed_next_token_ce,
     to_float16,
     write_cache,
 )
 from gradsae.errors import GradsaeError
+from gradsae.splice import summed_next_token_ce
 
 
 def _cfg(tmp_path, **kw):

@@ -21,7 +21,8 @@ from gradsae.errors import GradsaeError
 from gradsae.hooks import decoder_layers
 from gradsae.training.e2e import kl_per_position, tail_logits
 from gradsae.training.state import DeadLatents
-from gradsae.training.stream import RowReader, capture
+from gradsae.splice import capture
+from gradsae.training.stream import RowReader
 from gradsae.training.train import TrainConfig, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

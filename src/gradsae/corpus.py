@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import GradsaeError
+from .io import json_lines
 
 SAMPLE = "sample"
 SUFFIXES = (".txt", ".jsonl", ".json")
@@ -108,13 +109,7 @@ def _docs_of_file(path: Path, text_field: str) -> Iterator[str]:
             if line.strip():
                 yield line.strip()
     elif kind == ".jsonl":
-        for i, line in _lines(path):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise GradsaeError(f"{path} line {i}: malformed JSON ({e.msg}): fix the line") from None
+        for i, rec in json_lines(_lines(path), path, "fix the line"):
             text = rec.get(text_field) if isinstance(rec, dict) else rec if isinstance(rec, str) else None
             if not isinstance(text, str):
                 raise GradsaeError(
@@ -183,47 +178,61 @@ def _iter_hf_dataset(spec: str, text_field: str) -> Iterator[str]:
         yield text
 
 
+class Packer:
+    """The one row packing: documents tokenised, joined with EOS and cut into rows of ``context_length``, each
+    starting with BOS when ``prepend_bos``. ``pending`` holds the tokens read but not yet in a row (what a
+    resumable reader saves)."""
+
+    def __init__(self, tok, context_length: int, prepend_bos: bool):
+        self.tok = tok
+        self.bos = tok.bos_token_id if prepend_bos else None
+        if prepend_bos and self.bos is None:
+            raise GradsaeError("the tokenizer has no BOS token: pass --no-prepend-bos")
+        self.sep = tok.eos_token_id
+        self.T = context_length
+        self.body = context_length - (1 if prepend_bos else 0)
+        if self.body < 2:
+            raise GradsaeError(f"--context-length {context_length} is too short: use at least 3")
+        self.pending: list[int] = []
+
+    def add(self, docs: list[str]) -> None:
+        """Tokenise documents onto the end of ``pending``."""
+        for ids in self.tok(docs, add_special_tokens=False)["input_ids"]:
+            self.pending.extend(ids)
+            if self.sep is not None:
+                self.pending.append(self.sep)
+
+    @property
+    def ready(self) -> int:
+        """Whole rows in ``pending``."""
+        return len(self.pending) // self.body
+
+    def take(self, n: int, dtype=np.int64) -> np.ndarray:
+        """The next n rows (n <= ``ready``), [n, T]."""
+        need = n * self.body
+        body = np.asarray(self.pending[:need], dtype=dtype).reshape(n, self.body)
+        del self.pending[:need]
+        if self.bos is not None:
+            body = np.concatenate([np.full((n, 1), self.bos, dtype=dtype), body], axis=1)
+        return body
+
+
 def iter_token_rows(
     docs: Iterator[str], tok, context_length: int, prepend_bos: bool, chunk_docs: int = 64
 ) -> Iterator[np.ndarray]:
-    """Stream packed rows: tokenise documents, join them with EOS, cut into rows of ``context_length``.
-
-    Yields int32 [T] arrays; with ``prepend_bos`` each row is BOS + (T - 1) corpus tokens. The incomplete
-    last row is dropped. Deterministic: the same documents give the same rows.
-    """
-    bos = tok.bos_token_id if prepend_bos else None
-    if prepend_bos and bos is None:
-        raise GradsaeError("the tokenizer has no BOS token: pass --no-prepend-bos")
-    sep = tok.eos_token_id
-    body = context_length - (1 if prepend_bos else 0)
-    if body < 2:
-        raise GradsaeError(f"context length {context_length} is too short: use at least 3")
-    stream: list[int] = []
+    """Stream packed rows (``Packer``): yields int32 [T] arrays; the incomplete last row is dropped.
+    Deterministic: the same documents give the same rows."""
+    packer = Packer(tok, context_length, prepend_bos)
     batch: list[str] = []
-
-    def rows() -> Iterator[np.ndarray]:
-        nonlocal stream
-        n = len(stream) // body
-        for i in range(n):
-            r = stream[i * body : (i + 1) * body]
-            yield np.asarray(([bos] if prepend_bos else []) + r, dtype=np.int32)
-        stream = stream[n * body :]
-
-    def flush():
-        for ids in tok(batch, add_special_tokens=False)["input_ids"]:
-            stream.extend(ids)
-            if sep is not None:
-                stream.append(sep)
-        batch.clear()
-
     for doc in docs:
         batch.append(doc)
         if len(batch) >= chunk_docs:
-            flush()
-            yield from rows()
+            packer.add(batch)
+            batch.clear()
+            yield from packer.take(packer.ready, np.int32)
     if batch:
-        flush()
-        yield from rows()
+        packer.add(batch)
+        yield from packer.take(packer.ready, np.int32)
 
 
 def pack_sequences(docs: Iterator[str], tok, context_length: int, prepend_bos: bool, max_tokens: int = 0) -> np.ndarray:

@@ -10,7 +10,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import GradsaeError
 
@@ -111,6 +111,21 @@ def refuse_foreign(folder: str | Path, owned: dict[str, Callable[[Any], bool]], 
             raise GradsaeError(
                 f"{p} was not written by {what}: choose another --out (gradsae never overwrites files it did not make)"
             )
+
+
+def json_lines(lines: Iterable[tuple[int, str]] | Iterable[str], source: Any, hint: str) -> Iterator[tuple[int, Any]]:
+    """The one strict JSONL reader of user files: (line number, value) of every non-blank line; a malformed line is
+    one error naming the file, the line and ``hint`` (what a line should hold). ``lines``: text lines, or
+    (number, text) pairs when the caller numbers them itself."""
+    for n, line in enumerate(lines, 1):
+        if isinstance(line, tuple):
+            n, line = line
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GradsaeError(f"malformed JSON on line {n} of {source} ({e.msg}): {hint}") from None
 
 
 class JsonlLog:

@@ -169,28 +169,19 @@ def mean_ci(x: np.ndarray) -> tuple[float, float, float]:
 # ---------------------------------------------------------------------------------------------
 
 
-def summed_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Per-row summed next-token cross-entropy. logits [B, T, V], ids [B, T] -> [B]."""
-    ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
-    return ce.sum(1)
-
-
 def capture_with_grads(model, rows: torch.Tensor, layers: list[int], batch_size: int = 8):
-    """Activations and ∇ₓL (L = summed CE of each sequence) at every layer. rows [S, T] ->
-    ({layer: x [S, T, D]}, {layer: g [S, T, D]}), float32 on the CPU."""
-    from .splice import ResidualCapture
+    """Activations and ∇ₓL (L = the summed next-token CE) at every layer, ``splice.capture`` in batches.
+    rows [S, T] -> ({layer: x [S, T, D]}, {layer: g [S, T, D]}), float32 on the CPU."""
+    from .splice import capture
 
     acts: dict[int, list] = {l: [] for l in layers}
     grads: dict[int, list] = {l: [] for l in layers}
     dev = next(model.parameters()).device
     for s in range(0, len(rows), batch_size):
-        ids = rows[s : s + batch_size].to(dev)
-        with ResidualCapture(model, layers, grad=True) as cap:
-            out = model(input_ids=ids)
-            summed_ce(out.logits, ids).sum().backward()
+        a, g = capture(model, rows[s : s + batch_size].to(dev), layers, grad=True)
         for l in layers:
-            acts[l].append(cap.acts[l].detach().float().cpu())
-            grads[l].append(cap.grads[l].float().cpu())
+            acts[l].append(a[l].cpu())
+            grads[l].append(g[l].cpu())
     return {l: torch.cat(v) for l, v in acts.items()}, {l: torch.cat(v) for l, v in grads.items()}
 
 

@@ -6,7 +6,9 @@ This module is the only one that registers forward hooks. Two context managers:
   (prompt, teacher-forced pass, every step of a KV-cached generation), exposes the latents H [B, T, C]
   (as a leaf with ``requires_grad`` when ``grad=True``), and removes its hook on exit, also on errors.
 - ``ResidualCapture(model, layers, ...)`` records Z at one or several layers (optionally as gradient
-  leaves, for dL/dx), and can stop the forward pass after the last layer it needs.
+  leaves, for dL/dx), and can stop the forward pass after the last layer it needs; ``capture`` is the one
+  pass that returns activations (and ∇ₓL of the next-token loss) at several layers, for the trainer, the
+  cache and the sensitivity analysis.
 
 Error term (``error=``):
 
@@ -365,6 +367,56 @@ class ResidualCapture:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def summed_next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Sum over all sequences and positions of -log p(token[t+1] | ...). logits [B, T, V], ids [B, T] -> []."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="sum"
+    )
+
+
+def autocast(device: str, dtype: str):
+    """The model pass's autocast context (``dtype`` bfloat16), or nothing for float32."""
+    import contextlib
+
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def capture_with_loss(
+    model: nn.Module, ids: torch.Tensor, layers: list[int], grad: bool, dtype: str = "float32"
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], float]:
+    """The one activation (+ ∇ₓL) capture: the residual stream after each block of ``layers`` for ids [B, T] in
+    one pass; without ``grad`` the forward stops after the highest block, with it the graph is cut below the lowest
+    and one backward of L = ``summed_next_token_ce`` gives every layer's gradient (a token's gradient does not
+    depend on the batch).
+
+    -> ({L: Z [B, T, D] float32}, {L: dL/dZ [B, T, D] float32} or {} without ``grad``, L or nan)."""
+    attn = torch.ones_like(ids)
+    with ResidualCapture(model, layers, grad=grad, stop=not grad) as cap, autocast(str(ids.device), dtype):
+        if grad:
+            with torch.enable_grad():
+                out = cap.run(input_ids=ids, attention_mask=attn)
+                loss = summed_next_token_ce(out.logits, ids)
+                loss.backward()
+            grads = {l: g.detach().float() for l, g in cap.grads.items()}
+            loss_v = float(loss.detach())
+        else:
+            with torch.no_grad():
+                cap.run(input_ids=ids, attention_mask=attn)
+            grads, loss_v = {}, float("nan")
+        acts = {l: a.detach().float() for l, a in cap.acts.items()}
+    return acts, grads, loss_v
+
+
+def capture(
+    model: nn.Module, ids: torch.Tensor, layers: list[int], grad: bool, dtype: str = "float32"
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """``capture_with_loss`` without the loss: ({L: Z [B, T, D]}, {L: dL/dZ [B, T, D]} or {})."""
+    acts, grads, _ = capture_with_loss(model, ids, layers, grad, dtype)
+    return acts, grads
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from .inputs import promoted_tokens
 from .methods import influence
 from .options import InfluenceOptions
 from .records import Example, Influence
-from ..io import read_text_file, write_json
+from ..io import json_lines, read_text_file, write_json
 from ..options import SAE_HELP, ModelOptions, start
 
 from ..saes import DEFAULT_SAE
@@ -49,13 +48,7 @@ def load_examples(cfg: InfluenceConfig) -> list[Example]:
         path = Path(cfg.input)
         if not path.exists():
             raise GradsaeError(f'no input file at {path}: give a JSONL file with one {{"prompt": ...}} per line')
-        for n, line in enumerate(read_text_file(path).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise GradsaeError(f"malformed JSON on line {n} of {path} ({e.msg}): one object per line") from None
+        for n, rec in json_lines(read_text_file(path).splitlines(), path, "one object per line"):
             if not isinstance(rec, dict) or "prompt" not in rec:
                 raise GradsaeError(f'line {n} of {path} has no "prompt" field')
             for key in ("prompt", "output"):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import GradsaeError
-from ..io import read_text_file
+from ..io import json_lines, read_text_file
 
 BUNDLED_DATA = Path(__file__).resolve().parent.parent / "bundled" / "data"
 DEFAULT_DATA = str(BUNDLED_DATA / "sample_qa.json")
@@ -249,16 +249,8 @@ def parse_squad_json(obj: dict, source: str = "") -> list[QA]:
 
 def parse_jsonl(lines: Sequence[str], source: str = "") -> list[QA]:
     out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, r in json_lines(lines, source, "one object per line with context, question, answers"):
         where = f"{source}:{n}"
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GradsaeError(
-                f"{where}: not JSON ({e.msg}): one object per line with context, question, answers"
-            ) from None
         if not isinstance(r, dict):
             raise GradsaeError(f"{where}: expected a JSON object with context, question, answers")
         if r.get("is_impossible"):

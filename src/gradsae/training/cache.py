@@ -110,13 +110,6 @@ def to_float16(x: torch.Tensor, scale: float = 1.0) -> tuple[np.ndarray, float]:
     return h.numpy(), under
 
 
-def summed_next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Sum over all sequences and positions of -log p(token[t+1] | ...). logits [B, T, V], ids [B, T] -> []."""
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="sum"
-    )
-
-
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in s.split("/")[-1]).lower()
 
@@ -304,24 +297,11 @@ def compute_batch(
     model, ids: torch.Tensor, layers: list[int], grad: bool, drop_first: int
 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], float]:
     """One forward (+ backward) pass. ids [B, T] -> ({L: x [B*(T-drop), D]}, {L: dL/dx [...]}, summed CE)."""
-    from ..splice import ResidualCapture
+    from ..splice import capture_with_loss
 
-    B, T = ids.shape
-    attn = torch.ones_like(ids)
-    with ResidualCapture(model, layers, grad=grad, stop=not grad) as cap:
-        if grad:
-            with torch.enable_grad():
-                out = cap.run(input_ids=ids, attention_mask=attn)
-                loss = summed_next_token_ce(out.logits, ids)
-                loss.backward()
-            grads = {l: g[:, drop_first:].reshape(-1, g.shape[-1]).detach() for l, g in cap.grads.items()}
-            loss_v = float(loss.detach())
-        else:
-            with torch.no_grad():
-                cap.run(input_ids=ids, attention_mask=attn)
-            grads, loss_v = {}, float("nan")
-        acts = {l: a[:, drop_first:].reshape(-1, a.shape[-1]).detach() for l, a in cap.acts.items()}
-    return acts, grads, loss_v
+    acts, grads, loss = capture_with_loss(model, ids, layers, grad)
+    flat = {l: a[:, drop_first:].reshape(-1, a.shape[-1]) for l, a in acts.items()}
+    return flat, {l: g[:, drop_first:].reshape(-1, g.shape[-1]) for l, g in grads.items()}, loss
 
 
 def _identity(cfg: CacheConfig, model_id: str, d_model: int, n_seq: int) -> dict:

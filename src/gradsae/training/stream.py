@@ -5,7 +5,7 @@ Both sources hand the trainer *fills*: fill f holds the data of steps ``f·M …
 
 1. reads M global batches of packed rows (``RowReader``: resumable, cycles through the corpus);
 2. runs the model once per batch and captures the residual stream after every requested block in
-   that one pass (``capture``): with no g-SAE in the grid the forward stops after the highest block;
+   that one pass (``splice.capture``): with no g-SAE in the grid the forward stops after the highest block;
    with one, the graph is cut below the lowest block and one backward of the summed next-token CE
    gives ∇ₓL at every requested block;
 3. pools the M batches' tokens (first ``drop_first`` positions of each row left out), permutes them
@@ -19,15 +19,15 @@ run rebuilds the next fill exactly.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from ..corpus import iter_documents
+from ..corpus import Packer, iter_documents
 from ..errors import GradsaeError
+from ..splice import capture
 
 
 @dataclass
@@ -66,26 +66,23 @@ class RowReader:
     def __init__(
         self, sources: list[str], text_field: str, tok, context_length: int, prepend_bos: bool, chunk_docs: int = 64
     ):
-        self.sources, self.text_field, self.tok = sources, text_field, tok
-        self.bos = tok.bos_token_id if prepend_bos else None
-        if prepend_bos and self.bos is None:
-            raise GradsaeError("the tokenizer has no BOS token: pass --no-prepend-bos")
-        self.sep = tok.eos_token_id
+        self.sources, self.text_field = sources, text_field
+        self.packer = Packer(tok, context_length, prepend_bos)
         self.T = context_length
-        self.body = context_length - (1 if prepend_bos else 0)
-        if self.body < 2:
-            raise GradsaeError(f"--context-length {context_length} is too short: use at least 3")
         self.chunk_docs = chunk_docs
         self.epoch, self.docs = 0, 0
-        self.pending: list[int] = []
         self._it: Iterator[str] | None = None
+
+    @property
+    def pending(self) -> list[int]:
+        return self.packer.pending
 
     def state(self) -> tuple[dict, torch.Tensor]:
         return {"epoch": self.epoch, "docs": self.docs}, torch.tensor(self.pending, dtype=torch.int64)
 
     def restore(self, state: dict, pending: torch.Tensor | None) -> None:
         self.epoch, self.docs = int(state["epoch"]), int(state["docs"])
-        self.pending = [] if pending is None else pending.tolist()
+        self.packer.pending = [] if pending is None else pending.tolist()
         self._it = iter_documents(self.sources, self.text_field)
         for _ in range(self.docs):
             if next(self._it, None) is None:
@@ -105,18 +102,14 @@ class RowReader:
                 break
         if not docs:
             return False
-        for ids in self.tok(docs, add_special_tokens=False)["input_ids"]:
-            self.pending.extend(ids)
-            if self.sep is not None:
-                self.pending.append(self.sep)
+        self.packer.add(docs)
         self.docs += len(docs)
         return True
 
     def rows(self, n: int) -> np.ndarray:
         """The next n rows, int64 [n, T]."""
-        need = n * self.body
         empty_epochs = 0
-        while len(self.pending) < need:
+        while self.packer.ready < n:
             if self._pull():
                 empty_epochs = 0
                 continue
@@ -126,11 +119,7 @@ class RowReader:
                 )
             self.epoch, self.docs, self._it = self.epoch + 1, 0, None  # start the next pass
             empty_epochs += 1
-        body = np.asarray(self.pending[:need], dtype=np.int64).reshape(n, self.body)
-        del self.pending[:need]
-        if self.bos is not None:
-            body = np.concatenate([np.full((n, 1), self.bos, dtype=np.int64), body], axis=1)
-        return body
+        return self.packer.take(n)
 
 
 def count_rows(sources: list[str], text_field: str, tok, context_length: int, prepend_bos: bool) -> int:
@@ -138,8 +127,8 @@ def count_rows(sources: list[str], text_field: str, tok, context_length: int, pr
     r = RowReader(sources, text_field, tok, context_length, prepend_bos, chunk_docs=256)
     n = 0
     while r._pull():
-        n += len(r.pending) // r.body
-        del r.pending[: (len(r.pending) // r.body) * r.body]
+        n += r.packer.ready
+        r.packer.take(r.packer.ready)
     if n == 0:
         raise GradsaeError(
             f"the corpus {', '.join(sources)} yields fewer than one row of {context_length} "
@@ -151,38 +140,6 @@ def count_rows(sources: list[str], text_field: str, tok, context_length: int, pr
 # ---------------------------------------------------------------------------------------------
 # One model pass, every requested layer
 # ---------------------------------------------------------------------------------------------
-
-
-def autocast(device: str, dtype: str):
-    """The model pass's autocast context (``dtype`` bfloat16), or nothing for float32."""
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-
-
-def capture(
-    model, ids: torch.Tensor, layers: list[int], grad: bool, dtype: str = "float32"
-) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-    """Residual stream after each block of ``layers`` for ids [B, T] in one pass.
-
-    -> ({L: Z [B, T, D] float32}, {L: dL/dZ [B, T, D] float32} or {} without ``grad``). L is the sum over
-    rows and positions of the next-token CE, so a token's gradient does not depend on the batch."""
-    from ..splice import ResidualCapture
-    from .cache import summed_next_token_ce
-
-    attn = torch.ones_like(ids)
-    with ResidualCapture(model, layers, grad=grad, stop=not grad) as cap, autocast(str(ids.device), dtype):
-        if grad:
-            with torch.enable_grad():
-                out = cap.run(input_ids=ids, attention_mask=attn)
-                summed_next_token_ce(out.logits, ids).backward()
-            grads = {l: g.detach().float() for l, g in cap.grads.items()}
-        else:
-            with torch.no_grad():
-                cap.run(input_ids=ids, attention_mask=attn)
-            grads = {}
-        acts = {l: a.detach().float() for l, a in cap.acts.items()}
-    return acts, grads
 
 
 def _perm(n: int, seed: int, fill: int, rank: int) -> torch.Tensor:
