@@ -45,7 +45,7 @@ from .state import (
     update_state,
     window_index,
 )
-from .model_pass import _RESULT_KEYS, _check, batch_evidence, build_state, corpus_rows, fingerprint
+from .model_pass import _RESULT_KEYS, batch_evidence, build_state, corpus_rows, fingerprint
 from .cards import (
     check_dashboard,
     Context,
@@ -97,7 +97,6 @@ __all__ = [
     "TokenMove",
     "TokenScore",
     "_RESULT_KEYS",
-    "_check",
     "_percentile",
     "_r",
     "_rl",

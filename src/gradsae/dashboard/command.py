@@ -15,7 +15,7 @@ from ..io import refuse_foreign
 from ..options import start
 from .config import DashboardConfig
 from .state import DashboardState, HIST_LO, HIST_PER_DECADE, SCHEMA, merge_states
-from .model_pass import _check, build_state, fingerprint
+from .model_pass import build_state, fingerprint
 from .cards import DEFINITIONS, Dashboard, DashboardMeta, finalize, find_dashboard, load_dashboard
 
 
@@ -36,7 +36,6 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
     from ..model import check_context_length, load_model, model_name
     from ..splice import check_compatible
 
-    _check(cfg)
     _refuse_foreign(Path(cfg.out))
     if cfg.render:
         found = find_dashboard(cfg.render)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 
 from ..config import opt
+from ..errors import GradsaeError
 from ..saes import DEFAULT_SAE
 from ..options import SAE_HELP, ModelOptions
 
@@ -62,3 +63,27 @@ class DashboardConfig(ModelOptions):
         "only (re)write OUT/dashboard.html from this dashboard.json(.gz) or SAE name (no model, "
         "no corpus), e.g. for the dashboards shipped with the bundled SAEs",
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not str(self.out).strip():
+            raise GradsaeError("--out is empty: name the dashboard's folder, e.g. --out dashboard")
+        for name in (
+            "max_tokens",
+            "context_length",
+            "batch_size",
+            "n_top",
+            "n_influence",
+            "n_band",
+            "n_predictions",
+            "checkpoint_every",
+        ):
+            if getattr(self, name) < 1:
+                raise GradsaeError(f"--{name.replace('_', '-')} {getattr(self, name)}: give at least 1")
+        for name in ("left", "right", "skip_first", "n_promoted", "n_neighbours", "html_latents"):
+            if getattr(self, name) < 0:
+                raise GradsaeError(f"--{name.replace('_', '-')} {getattr(self, name)}: give 0 or more")
+        if self.skip_first >= self.context_length - 1:
+            raise GradsaeError(
+                f"--skip-first {self.skip_first} leaves no tokens in rows of {self.context_length}: lower it"
+            )

@@ -11,7 +11,6 @@ from typing import Iterator
 
 import torch
 
-from ..errors import GradsaeError
 from .config import DashboardConfig
 from .state import BatchEvidence, DashboardState, update_state
 
@@ -113,28 +112,6 @@ def fingerprint(cfg: DashboardConfig, world: int, sae=None) -> str:
     if sae is not None:
         d["sae_sha256"] = sae.digest()
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _check(cfg: DashboardConfig) -> None:
-    if not str(cfg.out).strip():
-        raise GradsaeError("--out is empty: name the dashboard's folder, e.g. --out dashboard")
-    for name in (
-        "max_tokens",
-        "context_length",
-        "batch_size",
-        "n_top",
-        "n_influence",
-        "n_band",
-        "n_predictions",
-        "checkpoint_every",
-    ):
-        if getattr(cfg, name) < 1:
-            raise GradsaeError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: give at least 1")
-    for name in ("left", "right", "skip_first", "n_promoted", "n_neighbours", "html_latents"):
-        if getattr(cfg, name) < 0:
-            raise GradsaeError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: give 0 or more")
-    if cfg.skip_first >= cfg.context_length - 1:
-        raise GradsaeError(f"--skip-first {cfg.skip_first} leaves no tokens in rows of {cfg.context_length}: lower it")
 
 
 def corpus_rows(

@@ -83,6 +83,15 @@ class CacheConfig(ModelOptions):
     )
     seed: int = opt(0, "seed of the sequence shuffle")
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.layers:
+            raise GradsaeError("no layers given: pass --layers 9 (comma-separated for several)")
+        if not 0 <= self.drop_first < self.context_length - 1:
+            raise GradsaeError(f"--drop-first {self.drop_first} must be between 0 and context length - 2")
+        if self.seqs_per_shard < 1 or self.batch_size < 1:
+            raise GradsaeError("--seqs-per-shard and --batch-size must be at least 1")
+
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers
@@ -334,7 +343,6 @@ def run(cfg: CacheConfig) -> Path:
     """Load the model and write (or resume) the cache; returns the cache folder."""
     from ..model import load_model
 
-    _check(cfg)
     if cfg.out.strip():  # before the model loads: a wrong --out is one line at once
         _refuse_foreign(Path(cfg.out).expanduser())
     rt = start(cfg, "cache")
@@ -346,21 +354,11 @@ def run(cfg: CacheConfig) -> Path:
         return write_cache(model, tok, cfg, rt, locked=True)
 
 
-def _check(cfg: CacheConfig) -> None:
-    if not cfg.layers:
-        raise GradsaeError("no layers given: pass --layers 9 (comma-separated for several)")
-    if not 0 <= cfg.drop_first < cfg.context_length - 1:
-        raise GradsaeError(f"--drop-first {cfg.drop_first} must be between 0 and context length - 2")
-    if cfg.seqs_per_shard < 1 or cfg.batch_size < 1:
-        raise GradsaeError("--seqs-per-shard and --batch-size must be at least 1")
-
-
 def write_cache(model, tok, cfg: CacheConfig, rt: Runtime | None = None, locked: bool = False) -> Path:
     """Write (or resume) the cache of ``model`` described by ``cfg`` (``rt``: the runtime recorded in config.json;
     ``locked``: the caller holds the output folder's lock already)."""
     from ..hooks import resolve_layer
 
-    _check(cfg)
     cfg.layers = sorted({resolve_layer(model, l) for l in cfg.layers})
     out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg)
     with contextlib.nullcontext() if locked else output_lock(out):

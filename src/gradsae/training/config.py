@@ -113,6 +113,10 @@ class TrainConfig(ModelOptions):
         "a curve over training tokens from one run",
     )
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_config(self)
+
 
 # Fields that may differ between a run and its resume.
 _RESUME_FREE = (

@@ -43,7 +43,6 @@ from .grid import (
 from .config import (
     DEFAULT_LAYER,
     TrainConfig,
-    check_config,
     check_init_from,
     fingerprint,
     init_sae,
@@ -177,7 +176,6 @@ def _setup_corpus(cfg: TrainConfig, device: str, rank: int, world: int) -> _Setu
 
 def run(cfg: TrainConfig) -> Path:
     """Train the grid; returns the results folder (one SAELens folder per SAE + logs + checkpoint)."""
-    check_config(cfg)
     if cfg.out.strip():  # before the model loads: a wrong --out is one line at once
         _refuse_foreign(Path(cfg.out).expanduser())
     rt = start(cfg, "train")
