@@ -12,7 +12,9 @@ import torch
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-ARCHS = ("llama", "gemma2", "qwen2", "gpt2")
+# llama: Llama 3.x (llama3 rope scaling); gemma3: Gemma3ForCausalLM (270M / 1B); gemma3mm: the multimodal wrapper
+# Gemma 3 4B+ loads as (Gemma3ForConditionalGeneration, used for text only)
+ARCHS = ("llama", "gemma2", "gemma3", "gemma3mm", "qwen2", "qwen3", "gpt2")
 D_MODEL = 64
 
 
@@ -49,9 +51,42 @@ def tiny_config(arch: str, vocab: int):
         max_position_embeddings=512,
         **common,
     )
+    if arch == "llama":  # Llama 3.x: llama3 rope scaling
+        kw.update(
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            }
+        )
     if arch == "gemma2":
         kw.update(head_dim=16, sliding_window=64, query_pre_attn_scalar=16)
-    return AutoConfig.for_model(arch, **kw)
+    if arch in ("gemma3", "gemma3mm"):  # local and global layers, a window shorter than the test prompts
+        kw.update(
+            head_dim=16,
+            sliding_window=8,
+            query_pre_attn_scalar=16,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            final_logit_softcapping=30.0,
+        )
+    if arch == "gemma3mm":
+        from transformers import Gemma3Config
+
+        vision = dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        )
+        ids = {k: v for k, v in common.items() if k != "vocab_size"}
+        return Gemma3Config(text_config=kw, vision_config=vision, mm_tokens_per_image=4, image_token_index=300, **ids)
+    if arch == "qwen3":
+        kw.update(head_dim=16)
+    return AutoConfig.for_model({"gemma3": "gemma3_text"}.get(arch, arch), **kw)
 
 
 def make_tiny(arch: str, seed: int = 0):

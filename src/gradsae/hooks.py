@@ -166,9 +166,24 @@ def check_spliceable(hook_name: str) -> None:
         parse_hook_name(name)  # raises the one-line reason
 
 
+# Where Hugging Face causal LMs keep their decoder blocks, tried in order. ``model.language_model.layers``: the
+# multimodal wrappers transformers loads Gemma 3 (4B and up) and others as (``Gemma3ForConditionalGeneration``), used
+# for text only; ``language_model.model.layers``: the same wrappers in transformers < 4.52.
+_BLOCK_PATHS = (
+    "model.layers",
+    "model.language_model.layers",
+    "language_model.model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "transformer.layers",
+)
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks of a Hugging Face causal LM (Llama, Gemma 2, Qwen2, GPT-2, NeoX, ...)."""
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.layers"):
+    """The list of decoder blocks of a Hugging Face causal LM (Llama 3, Gemma 2 and 3, Qwen2 and 3, GPT-2, NeoX, ...;
+    a multimodal wrapper such as ``Gemma3ForConditionalGeneration`` gives its language model's blocks)."""
+    for path in _BLOCK_PATHS:
         obj = model
         for part in path.split("."):
             obj = getattr(obj, part, None)
@@ -203,9 +218,15 @@ def block(model: nn.Module, layer: int) -> nn.Module:
     return decoder_layers(model)[resolve_layer(model, layer)]
 
 
-def hidden_size(model: nn.Module) -> int:
+def text_config(model: nn.Module):
+    """The config of the language model (a multimodal wrapper's ``text_config``, else the model's own)."""
     cfg = model.config
-    cfg = getattr(cfg, "text_config", None) or cfg
+    get = getattr(cfg, "get_text_config", None)
+    return get() if callable(get) else getattr(cfg, "text_config", None) or cfg
+
+
+def hidden_size(model: nn.Module) -> int:
+    cfg = text_config(model)
     for key in ("hidden_size", "n_embd", "d_model"):
         if getattr(cfg, key, None):
             return int(getattr(cfg, key))

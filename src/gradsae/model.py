@@ -257,7 +257,9 @@ def model_name(model) -> str:
 
 def context_size(model) -> int | None:
     """The longest sequence the model was built for (``max_position_embeddings`` / ``n_positions``), or None."""
-    cfg = getattr(model, "config", None)
+    from .hooks import text_config
+
+    cfg = text_config(model) if getattr(model, "config", None) is not None else None
     return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
 
 
