@@ -386,3 +386,58 @@ def test_dictionary_learning_config_over_other_class_weights(tmp_path):
     ae = dl_module("JumpReluAutoEncoder")
     with pytest.raises(GradsaeError, match="names AutoEncoder but .* JumpReluAutoEncoder's weights"):
         load_sae(dl_save(ae, tmp_path / "x", "AutoEncoder"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Gemma Scope 2: sae-lens's own loader on the very same local bytes
+# ---------------------------------------------------------------------------------------------
+
+
+def _lens_gemma_scope_2(monkeypatch, repo_root, folder_name):
+    """sae-lens 6.54's Gemma Scope 2 loader with its hub replaced by ``repo_root`` (a local copy of the repo)."""
+    from safetensors import safe_open
+
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+
+    def hub(repo_id, filename=None, subfolder=None, **_):
+        path = repo_root / (f"{subfolder}/{filename}" if subfolder else filename)
+        if not path.exists():
+            raise loaders.EntryNotFoundError(str(path))
+        return str(path)
+
+    def shapes(repo_id, filename):
+        with safe_open(str(repo_root / filename), "pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+
+    monkeypatch.setattr(loaders, "hf_hub_download", hub)
+    monkeypatch.setattr(loaders, "get_safetensors_tensor_shapes", shapes)
+    cfg, state, _ = loaders.gemma_3_sae_huggingface_loader("google/gemma-scope-2-1b-pt", folder_name)
+    lens = sae_lens.SAE.from_dict(cfg)
+    lens.load_state_dict(state)
+    return lens, cfg
+
+
+@pytest.mark.parametrize("with_config", [False, True])
+def test_gemma_scope_2_residual_sae_equals_saelens_on_the_same_files(tmp_path, monkeypatch, with_config):
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(5)
+    folder_name = "resid_post/layer_3_width_40_l0_small"
+    folder = tmp_path / folder_name
+    folder.mkdir(parents=True)
+    w = {
+        "w_enc": torch.randn(D, C, generator=g),
+        "w_dec": torch.randn(C, D, generator=g),
+        "b_enc": torch.randn(C, generator=g) * 0.3,
+        "b_dec": torch.randn(D, generator=g) * 0.3,
+        "threshold": torch.rand(C, generator=g) * 0.5,
+    }
+    save_file(w, folder / "params.safetensors")
+    if with_config:
+        cfg = {"architecture": "jump_relu", "model_name": "gemma-v3-1b-pt", "hf_hook_point_in": "model.layers.3.output"}
+        (folder / "config.json").write_text(json.dumps(cfg))
+    lens, lens_cfg = _lens_gemma_scope_2(monkeypatch, tmp_path, folder_name)
+    ours = load_sae(folder)
+    assert ours.cfg.hook_name == lens_cfg["hook_name"] == "blocks.3.hook_resid_post"
+    assert ours.cfg.apply_b_dec_to_input is lens_cfg["apply_b_dec_to_input"] is False
+    assert_same(ours, lens, x_batch(scale=1.0))

@@ -601,7 +601,7 @@ def test_format_registry_order_and_a_registered_format(tmp_path, monkeypatch):
     save_file({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, both / "sae_weights.safetensors")
     (both / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": D, "d_sae": C}))
     np.savez(both / "params.npz", W_enc=W_enc.numpy(), b_enc=b_enc.numpy(), W_dec=W_dec.numpy(), b_dec=b_dec.numpy())
-    assert [f.name for f in formats.detection_order()][:4] == list(formats.ORDER)
+    assert [f.name for f in formats.detection_order()][: len(formats.ORDER)] == list(formats.ORDER)
     assert load_sae(both).cfg.metadata["format"] == "saelens"
 
     toy = tmp_path / "toy"
@@ -626,3 +626,73 @@ def test_format_registry_order_and_a_registered_format(tmp_path, monkeypatch):
     check(load_sae(toy), relu_ref(X))
     with pytest.raises(GradsaeError, match=re.escape("toy.sae (a test's format)")):
         load_sae(tmp_path / "toy" / "toy.sae")  # a file no format takes: the message lists every format's files
+
+
+# ---- Gemma Scope 2 -------------------------------------------------------------------------------
+
+
+def gemma_scope_2_folder(root, site="resid_post", layer=2, config=None, extra=None):
+    """A Gemma Scope 2 folder as the release lays it out: <site>/layer_L_width_W_l0_small/params.safetensors."""
+    folder = root / site / f"layer_{layer}_width_48_l0_small"
+    folder.mkdir(parents=True)
+    w = {"w_enc": W_enc, "w_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec, "threshold": thr, **(extra or {})}
+    save_file({k: v.contiguous() for k, v in w.items()}, folder / "params.safetensors")
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_gemma_scope_2_residual_from_the_path_and_from_config(tmp_path):
+    sae = load_sae(gemma_scope_2_folder(tmp_path / "a"))
+    assert sae.cfg.architecture == "jumprelu" and sae.cfg.hook_name == "blocks.2.hook_resid_post"
+    assert sae.cfg.metadata["format"] == "gemma_scope_2" and not sae.cfg.apply_b_dec_to_input
+    check(sae, jump_ref(X, apply=False))
+    cfg = {"architecture": "jump_relu", "model_name": "gemma-v3-1b-pt", "hf_hook_point_in": "model.layers.5.output"}
+    other = load_sae(gemma_scope_2_folder(tmp_path / "b", site="somewhere", config=cfg) / "params.safetensors")
+    assert other.cfg.hook_name == "blocks.5.hook_resid_post" and other.cfg.model_name == "gemma-v3-1b-pt"
+    check(other, jump_ref(X, apply=False))
+
+
+@pytest.mark.parametrize(
+    "site,hf,hook",
+    [
+        ("attn_out", "model.layers.2.self_attn.o_proj.input", "blocks.2.attn.hook_z"),
+        ("mlp_out", "model.layers.2.post_feedforward_layernorm.output", "blocks.2.hook_mlp_out"),
+    ],
+)
+def test_gemma_scope_2_attention_and_mlp_sites_keep_their_hook_and_are_not_spliced(tmp_path, site, hf, hook):
+    from conftest import make_tiny
+    from gradsae.splice import Splice
+
+    assert load_sae(gemma_scope_2_folder(tmp_path / "path", site=site)).cfg.hook_name == hook
+    cfg = {"architecture": "jump_relu", "hf_hook_point_in": hf}
+    sae = load_sae(gemma_scope_2_folder(tmp_path / "cfg", site="x", config=cfg))
+    assert sae.cfg.hook_name == hook
+    model, _ = make_tiny("gemma3")
+    with pytest.raises(GradsaeError, match="not the residual stream|MLP output|attention"):
+        Splice(model, sae.to(torch.float32), layer=2)
+
+
+def test_gemma_scope_2_transcoders_clts_and_unknown_sites_are_one_line(tmp_path):
+    with pytest.raises(GradsaeError, match="transcoder"):
+        load_sae(gemma_scope_2_folder(tmp_path / "a", site="transcoder"))
+    skip = {"affine_skip_connection": torch.randn(D, D)}
+    with pytest.raises(GradsaeError, match="transcoder"):
+        load_sae(gemma_scope_2_folder(tmp_path / "b", extra=skip))
+    cfg = {
+        "architecture": "jump_relu",
+        "hf_hook_point_in": "model.layers.2.pre_feedforward_layernorm.output",
+        "hf_hook_point_out": "model.layers.2.post_feedforward_layernorm.output",
+        "affine_connection": False,
+    }
+    with pytest.raises(GradsaeError, match="transcoder"):
+        load_sae(gemma_scope_2_folder(tmp_path / "c", site="x", config=cfg))
+    clt = tmp_path / "clt" / "width_4k_l0_small"
+    clt.mkdir(parents=True)
+    save_file({"w_enc": W_enc}, clt / "params_layer_0.safetensors")
+    with pytest.raises(GradsaeError, match="cross-layer transcoder"):
+        load_sae(clt)
+    with pytest.raises(GradsaeError, match="cannot tell the site"):
+        load_sae(gemma_scope_2_folder(tmp_path / "d", site="elsewhere"))
+    with pytest.raises(GradsaeError, match="jump_relu"):
+        load_sae(gemma_scope_2_folder(tmp_path / "e", config={"architecture": "topk"}))

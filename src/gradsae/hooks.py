@@ -52,6 +52,10 @@ _OTHER_SITES = [
     (re.compile(r"^(?:model\.)?layers\.(\d+)\.self_attn$"), "hook_attn_out"),
     (re.compile(r"^(?:transformer\.)?h\.(\d+)\.mlp$"), "hook_mlp_out"),
     (re.compile(r"^(?:transformer\.)?h\.(\d+)\.attn$"), "hook_attn_out"),
+    # Hugging Face module hook points (Gemma Scope 2's config.json, as sae-lens hooks them)
+    (re.compile(r"^(?:model\.)?layers\.(\d+)\.self_attn\.o_proj\.input$"), "attn.hook_z"),
+    (re.compile(r"^(?:model\.)?layers\.(\d+)\.post_feedforward_layernorm\.output$"), "hook_mlp_out"),
+    (re.compile(r"^(?:model\.)?layers\.(\d+)\.pre_feedforward_layernorm\.output$"), "hook_mlp_in"),
 ]
 
 _SITE_WORDS = {
@@ -59,6 +63,7 @@ _SITE_WORDS = {
     "hook_attn_out": "the attention output",
     "attn.hook_z": "the attention heads' outputs before W_O",
     "hook_resid_mid": "the mid-block residual",
+    "hook_mlp_in": "the MLP input",
 }
 
 

@@ -10,6 +10,7 @@ SAELens (``saelens``)       cfg.json + sae_weights.safetensors               v6 
 sparsify (``sparsify``)     cfg.json + sae.safetensors                       TopK, encoder.weight [C, D]
 dictionary_learning         ae.pt (+ config.json, or ../config.json)         torch.load(weights_only=True)
 Gemma Scope (``gemma_scope``) params.npz                                     JumpReLU, no b_dec on input
+Gemma Scope 2               <site>/layer_L_width_W_.../params.safetensors    JumpReLU; site from config/path
 bundled                     ``smollm2/topk/L<layer>`` etc.                   shipped in the package
 sae-lens registry           ``saelens:<release>/<sae_id>``                   needs sae-lens + its hub
 ==========================  ===============================================  ===========================
@@ -38,7 +39,7 @@ DEFAULT_SAE = "smollm2/topk/L6"
 DEFAULT_GSAE = "smollm2/gsae/L14"
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 
-ORDER = ("saelens", "sparsify", "dictionary_learning", "gemma_scope")
+ORDER = ("saelens", "sparsify", "dictionary_learning", "gemma_scope", "gemma_scope_2")
 
 
 @dataclass(frozen=True)
