@@ -121,3 +121,26 @@ def test_an_edited_summary_json_is_one_line_for_the_report(tmp_path, edit):
         run(ReportConfig(folder=str(src)))
     except GradsaeError as e:
         assert "\n" not in str(e)
+
+
+def test_summary_json_mutations_are_one_line_or_a_report():
+    """summary.json's declared schema (squad.tables.SUMMARY_SCHEMA): every field of a real one deleted, nulled or
+    given a value of another type, plus truncations and deep nesting, renders a report or is one line."""
+    from gradsae.viz.report import render_report
+
+    from pathlib import Path
+
+    text = (Path(__file__).parent / "data" / "results_v1" / "summary.json").read_text()
+    good = json.loads(text)
+    cases = [(name, s) for name, s in json_mutations(good)]
+    cases += [("deep", {**good, "data": json.loads("[" * 500 + "]" * 500)})]
+    failures = []
+    for name, s in cases:
+        try:
+            render_report(s, [], plots={})
+        except GradsaeError as e:
+            if "\n" in str(e):
+                failures.append((name, str(e)))
+        except Exception as e:  # noqa: BLE001 - the point: nothing but one line
+            failures.append((name, f"{type(e).__name__}: {e}"))
+    assert not failures, failures[:5]

@@ -696,3 +696,25 @@ def test_gemma_scope_2_transcoders_clts_and_unknown_sites_are_one_line(tmp_path)
         load_sae(gemma_scope_2_folder(tmp_path / "d", site="elsewhere"))
     with pytest.raises(GradsaeError, match="jump_relu"):
         load_sae(gemma_scope_2_folder(tmp_path / "e", config={"architecture": "topk"}))
+
+
+def test_gemma_scope_2_config_mutations_are_one_line_or_a_load(tmp_path):
+    from conftest import json_mutations
+
+    good = {
+        "architecture": "jump_relu",
+        "model_name": "gemma-v3-1b-pt",
+        "hf_hook_point_in": "model.layers.2.output",
+        "width": 48,
+        "l0": 10,
+    }
+    folder = gemma_scope_2_folder(tmp_path, config=good)
+    cases = list(json_mutations(good)) + [("deep", json.loads("[" * 400 + "]" * 400)), ("list", [good])]
+    for name, cfg in cases:
+        (folder / "config.json").write_text(json.dumps(cfg))
+        try:
+            sae = load_sae(folder)
+        except GradsaeError as e:
+            assert "\n" not in str(e), name
+            continue
+        assert sae.cfg.hook_name.startswith("blocks."), name

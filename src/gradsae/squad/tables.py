@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import GradsaeError
+from ..schema import ANY, INT, NUM, MapOf, Pair, check
 
 SUMMARY_SCHEMAS = ("gradsae.experiments.summary/1", "gradsae.experiments.sweep/1")
 METHOD_NAMES = {"baseline": "Baseline", "gradsae": "GradSAE"}
@@ -30,6 +31,68 @@ LOWER_IS_BEST = {
 }
 ARROWS = {k: "↓" if low else "↑" for k, low in LOWER_IS_BEST.items()}
 
+# summary.json as gradsae writes it (docs/experiments.md); every key optional, other keys free
+_CELL = {
+    "em": NUM,
+    "f1": NUM,
+    "em_ci": Pair(NUM),
+    "f1_ci": Pair(NUM),
+    "n": INT,
+    "n_kept": INT,
+    "agree": INT,
+    "k_mean": NUM,
+    "overlap": NUM,
+    "own_f1": NUM,
+}
+_SECTION = {
+    "n": INT,
+    "n_without_partner": INT,
+    "ks": [(str, INT)],
+    "control": _CELL,
+    "unsteered": _CELL,
+    "cells": MapOf(MapOf(MapOf(_CELL))),
+    "inject": str,
+    "at": (str, INT),
+    "clamp": ANY,
+}
+SUMMARY_SCHEMA = {
+    "schema": str,
+    "model": str,
+    "sae": str,
+    "layer": (str, INT),
+    "d_sae": INT,
+    "ks": [(str, INT)],
+    "methods": [str],
+    "sets": [str],
+    "tasks": list,
+    "data": {
+        "path": str,
+        "n_examples": INT,
+        "n_answered": INT,
+        "n_kept": INT,
+        "min_f1": NUM,
+        "unedited": _CELL,
+        "unspliced": _CELL,
+    },
+    "failed": {"answer": INT, "perturb": INT, "steer": INT, "errors": [dict]},
+    "perturbation": _SECTION,
+    "steering": _SECTION,
+    "stats": {
+        "n": INT,
+        "n_context_pairs": INT,
+        "active_last_mean": NUM,
+        "active_any_mean": NUM,
+        "k50_mean": NUM,
+        "cross_top_overlap": NUM,
+        "cross_bottom_overlap": NUM,
+        "inner": MapOf(MapOf(NUM)),
+    },
+    "rq": MapOf({"text": str, "verdict": str, "holds": bool}),
+    "timing": MapOf((NUM, str)),
+    "warnings": [str],
+    "runs": [{"tag": (str, INT), "summary": dict}],
+}
+
 
 def check_summary(summary: Any, source: str = "summary") -> dict:
     """A summary.json this version can show, or a one-line error naming its version."""
@@ -41,23 +104,7 @@ def check_summary(summary: Any, source: str = "summary") -> dict:
             f"{source} has schema {schema!r}; this gradsae reads {' and '.join(SUMMARY_SCHEMAS)}: "
             "rebuild the report with the gradsae version that wrote the folder"
         )
-    for key, typ in (
-        ("data", dict),
-        ("perturbation", dict),
-        ("steering", dict),
-        ("stats", dict),
-        ("rq", dict),
-        ("failed", dict),
-        ("timing", dict),
-        ("runs", list),
-        ("ks", list),
-        ("warnings", list),
-    ):
-        if summary.get(key) is not None and not isinstance(summary[key], typ):
-            raise GradsaeError(
-                f'{source}: "{key}" is a {type(summary[key]).__name__}, not a '
-                f"{typ.__name__}: the file is damaged; rerun the command to rewrite it"
-            )
+    check(summary, SUMMARY_SCHEMA, source)
     return summary
 
 
@@ -241,7 +288,7 @@ def read_summary(summary: Any, source: str = "summary") -> Summary:
         ks = [str(k) for k in (sec.get("ks") or s.get("ks") or [])]
         cells = sec.get("cells") or {}
         rows = [
-            Table1Row(m, side, {k: Cell.from_json((cells.get(m) or {}).get(side, {}).get(k)) for k in ks})
+            Table1Row(m, side, {k: Cell.from_json(((cells.get(m) or {}).get(side) or {}).get(k)) for k in ks})
             for m in methods
             for side in sets
         ]

@@ -57,8 +57,8 @@ def render_header(summary: dict, config: dict | None) -> str:
         ("SAE", s.get("sae")),
         ("layer", s.get("layer")),
         ("SAE width (d_sae)", s.get("d_sae")),
-        ("K values", ", ".join(map(str, s.get("ks", [])))),
-        ("methods", ", ".join(METHOD_NAMES.get(m, m) for m in s.get("methods", []))),
+        ("K values", ", ".join(map(str, s.get("ks") or []))),
+        ("methods", ", ".join(METHOD_NAMES.get(m, m) for m in s.get("methods") or [])),
         ("data", d.get("path")),
     ]
     cfg = config or {}

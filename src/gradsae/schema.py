@@ -1,0 +1,168 @@
+"""Declared schemas for the JSON files other programs or people may have written or edited, checked on load: one
+error line naming the file, the field and what was expected, never a traceback further in.
+
+A schema is plain data:
+
+- a type or a tuple of types (``NUM`` is a finite int or float, never a bool; ``INT`` a whole int, never a bool);
+- ``{"key": schema, ...}``: an object whose listed keys, when present and not null, match (other keys are free);
+- ``Required({...})``: the same, with every listed key present;
+- ``[schema]``: a list whose every element matches;
+- ``MapOf(schema)``: an object whose every value matches (any keys);
+- ``Pair(schema)``: a list of exactly two elements that match;
+- ``ANY``: anything.
+
+JSON is also refused past ``MAX_DEPTH`` levels of nesting (a file of nested brackets is damage, not data).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import GradsaeError
+
+MAX_DEPTH = 64
+ANY = object()
+
+
+class _Num:
+    """A finite int or float (not a bool)."""
+
+
+class _Int:
+    """A whole int (not a bool)."""
+
+
+NUM, INT = _Num, _Int
+
+
+@dataclass(frozen=True)
+class Required:
+    fields: dict
+
+
+@dataclass(frozen=True)
+class MapOf:
+    value: Any
+
+
+@dataclass(frozen=True)
+class Pair:
+    value: Any
+
+
+def _describe(spec) -> str:
+    if spec is ANY:
+        return "anything"
+    if spec is NUM:
+        return "a finite number"
+    if spec is INT:
+        return "a whole number"
+    if isinstance(spec, tuple):
+        return " or ".join(_describe(s) for s in spec)
+    if isinstance(spec, type):
+        return {str: "text", bool: "true or false", dict: "an object", list: "a list"}.get(spec, spec.__name__)
+    if isinstance(spec, (dict, Required, MapOf)):
+        return "an object"
+    if isinstance(spec, Pair):
+        return "a list of two values"
+    if isinstance(spec, list):
+        return "a list"
+    return repr(spec)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _matches_scalar(value, spec) -> bool:
+    if spec is ANY:
+        return True
+    if spec is NUM:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if spec is INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(spec, tuple):
+        return any(_matches_scalar(value, s) if not _is_container(s) else _container_ok(value, s) for s in spec)
+    if isinstance(spec, type):
+        return isinstance(value, spec) and not (spec is int and isinstance(value, bool))
+    return False
+
+
+def _is_container(spec) -> bool:
+    return isinstance(spec, (dict, list, Required, MapOf, Pair))
+
+
+def _container_ok(value, spec) -> bool:
+    if isinstance(spec, (dict, Required, MapOf)):
+        return isinstance(value, dict)
+    if isinstance(spec, Pair):
+        return isinstance(value, list) and len(value) == 2
+    return isinstance(value, list)
+
+
+def depth(value, limit: int = MAX_DEPTH) -> int:
+    """Nesting depth of a JSON value, counting up to ``limit + 1`` (without recursion)."""
+    best, todo = 0, [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, (dict, list)):
+            best = max(best, d)
+            if d > limit:
+                return d
+            todo.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return best
+
+
+def check(value, spec, source: str, where: str = "") -> None:
+    """Raise one line when ``value`` does not match ``spec`` (``source``: the file, for the message)."""
+    if not where and depth(value) > MAX_DEPTH:
+        raise GradsaeError(f"{source} nests deeper than {MAX_DEPTH} levels: it is damaged; rerun the command")
+    _check(value, spec, source, where)
+
+
+def _fail(value, spec, source: str, where: str):
+    field = f'"{where}"' if where else "the file"
+    raise GradsaeError(
+        f"{source}: {field} is {_shown(value)}, expected {_describe(spec)}: the file was edited or damaged; "
+        "rerun the command that wrote it"
+    )
+
+
+def _check(value, spec, source: str, where: str) -> None:
+    if spec is ANY:
+        return
+    if not _is_container(spec) or isinstance(spec, tuple):
+        if not _matches_scalar(value, spec):
+            _fail(value, spec, source, where)
+        return
+    if not _container_ok(value, spec):
+        _fail(value, spec, source, where)
+    if isinstance(spec, Required):
+        for key in spec.fields:
+            if key not in value:
+                raise GradsaeError(
+                    f'{source}: "{_join(where, key)}" is missing: the file was edited or damaged; rerun the command'
+                )
+        spec = spec.fields
+    if isinstance(spec, dict):
+        for key, sub in spec.items():
+            if value.get(key) is not None:
+                _check(value[key], sub, source, _join(where, key))
+    elif isinstance(spec, MapOf):
+        for key, v in value.items():
+            if v is not None:
+                _check(v, spec.value, source, _join(where, str(key)))
+    elif isinstance(spec, Pair):
+        for i, v in enumerate(value):
+            if v is not None:
+                _check(v, spec.value, source, f"{where}[{i}]")
+    else:
+        for i, v in enumerate(value):
+            _check(v, spec[0], source, f"{where}[{i}]")
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
