@@ -144,3 +144,77 @@ def test_summary_json_mutations_are_one_line_or_a_report():
         except Exception as e:  # noqa: BLE001 - the point: nothing but one line
             failures.append((name, f"{type(e).__name__}: {e}"))
     assert not failures, failures[:5]
+
+
+def _small_dashboard() -> dict:
+    """Two latents of a bundled dashboard, two contexts of each kind, the tokens they use."""
+    import gzip
+
+    from gradsae.saes import bundled_saes
+
+    raw = gzip.decompress((bundled_saes()["smollm2/topk/L6"] / "dashboard.json.gz").read_bytes())
+    obj = json.loads(raw)
+    lats = [r for r in obj["latents"] if r["top"] and r["bands"] and r["influence"]][:2]
+    for r in lats:
+        for key in ("top", "bands", "influence", "promoted", "suppressed", "neighbours"):
+            r[key] = r[key][:2]
+        for c in r["influence"]:
+            c["moved"] = c["moved"][:2]
+    used = {i for r in lats for key in ("top", "bands", "influence") for c in r[key] for i in c["ids"]}
+    used |= {t["id"] for r in lats for key in ("promoted", "suppressed") for t in r[key]}
+    obj["tokens"] = {k: v for k, v in obj["tokens"].items() if int(k) in used}
+    obj["latents"] = lats
+    return obj
+
+
+def _mutations_into_lists(obj):
+    """Like json_mutations, but also into the first element of every list (a dashboard is mostly lists)."""
+    import copy
+
+    values = [None, "x", -1, 1.5, 1e300, True, [], {}, [1, 2]]
+
+    def paths(v, prefix=()):
+        items = v.items() if isinstance(v, dict) else enumerate(v[:1]) if isinstance(v, list) else ()
+        for k, sub in items:
+            yield prefix + (k,)
+            yield from paths(sub, prefix + (k,))
+
+    for p in paths(obj):
+        if p[0] in ("tokens", "meta") and len(p) > 2:
+            continue  # free-form maps (token texts, the saved config): their values are text or anything
+        for v in values + ["DELETE"]:
+            c = copy.deepcopy(obj)
+            node = c
+            for k in p[:-1]:
+                node = node[k]
+            if v == "DELETE":
+                del node[p[-1]]
+            else:
+                node[p[-1]] = v
+            yield f"{'.'.join(map(str, p))}={v!r}", c
+
+
+def test_dashboard_json_mutations_are_one_line_or_a_page():
+    """dashboard.json's declared schema (dashboard.cards.DASHBOARD_SCHEMA and each context's consistency): every
+    field of a real one, inside its lists too, deleted or given another type, loads and renders or is one line."""
+    from gradsae.dashboard.cards import card_data, dashboard_from_json
+    from gradsae.viz.dashboard_page import render_dashboard_page
+
+    good = _small_dashboard()
+    dash = dashboard_from_json(good)
+    assert render_dashboard_page(dash) and card_data(dash, dash.latents[0].latent)
+    cases = list(_mutations_into_lists(good))
+    assert len(cases) > 1000
+    failures = []
+    for name, obj in cases:
+        try:
+            d = dashboard_from_json(obj)
+            render_dashboard_page(d)
+            for r in d.latents:
+                card_data(d, r.latent)
+        except GradsaeError as e:
+            if "\n" in str(e):
+                failures.append((name, str(e)))
+        except Exception as e:  # noqa: BLE001 - the point: nothing but one line
+            failures.append((name, f"{type(e).__name__}: {e}"))
+    assert not failures, (len(failures), failures[:8])

@@ -5,13 +5,12 @@ A schema is plain data:
 
 - a type or a tuple of types (``NUM`` is a finite int or float, never a bool; ``INT`` a whole int, never a bool);
 - ``{"key": schema, ...}``: an object whose listed keys, when present and not null, match (other keys are free);
-- ``Required({...})``: the same, with every listed key present;
+- ``Required({...})``: the same, with every listed key present and not null;
 - ``[schema]``: a list whose every element matches;
-- ``MapOf(schema)``: an object whose every value matches (any keys);
+- ``MapOf(schema, nullable=True)``: an object whose every value matches (any keys; null too unless
+  ``nullable=False``);
 - ``Pair(schema)``: a list of exactly two elements that match;
 - ``ANY``: anything.
-
-JSON is also refused past ``MAX_DEPTH`` levels of nesting (a file of nested brackets is damage, not data).
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from typing import Any
 
 from .errors import GradsaeError
 
-MAX_DEPTH = 64
 ANY = object()
 
 
@@ -45,6 +43,8 @@ class Required:
 @dataclass(frozen=True)
 class MapOf:
     value: Any
+    nullable: bool = True
+    """False: a null value is refused too."""
 
 
 @dataclass(frozen=True)
@@ -103,30 +103,16 @@ def _container_ok(value, spec) -> bool:
     return isinstance(value, list)
 
 
-def depth(value, limit: int = MAX_DEPTH) -> int:
-    """Nesting depth of a JSON value, counting up to ``limit + 1`` (without recursion)."""
-    best, todo = 0, [(value, 1)]
-    while todo:
-        v, d = todo.pop()
-        if isinstance(v, (dict, list)):
-            best = max(best, d)
-            if d > limit:
-                return d
-            todo.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
-    return best
-
-
 def check(value, spec, source: str, where: str = "") -> None:
-    """Raise one line when ``value`` does not match ``spec`` (``source``: the file, for the message)."""
-    if not where and depth(value) > MAX_DEPTH:
-        raise GradsaeError(f"{source} nests deeper than {MAX_DEPTH} levels: it is damaged; rerun the command")
+    """Raise one line when ``value`` does not match ``spec`` (``source``: the file, for the message). Only the
+    declared structure is walked, so nesting deeper than the schema is a type error at its first level."""
     _check(value, spec, source, where)
 
 
 def _fail(value, spec, source: str, where: str):
     field = f'"{where}"' if where else "the file"
     raise GradsaeError(
-        f"{source}: {field} is {_shown(value)}, expected {_describe(spec)}: the file was edited or damaged; "
+        f"{source}: {field} is {_shown(value)}, expected {_describe(spec)}: the file is damaged or was edited; "
         "rerun the command that wrote it"
     )
 
@@ -142,9 +128,9 @@ def _check(value, spec, source: str, where: str) -> None:
         _fail(value, spec, source, where)
     if isinstance(spec, Required):
         for key in spec.fields:
-            if key not in value:
+            if value.get(key) is None:
                 raise GradsaeError(
-                    f'{source}: "{_join(where, key)}" is missing: the file was edited or damaged; rerun the command'
+                    f'{source}: "{_join(where, key)}" is missing: the file is damaged or was edited; rerun the command'
                 )
         spec = spec.fields
     if isinstance(spec, dict):
@@ -153,15 +139,30 @@ def _check(value, spec, source: str, where: str) -> None:
                 _check(value[key], sub, source, _join(where, key))
     elif isinstance(spec, MapOf):
         for key, v in value.items():
-            if v is not None:
+            if v is not None or not spec.nullable:
                 _check(v, spec.value, source, _join(where, str(key)))
     elif isinstance(spec, Pair):
         for i, v in enumerate(value):
             if v is not None:
                 _check(v, spec.value, source, f"{where}[{i}]")
     else:
+        ok = _fast(spec[0])
         for i, v in enumerate(value):
-            _check(v, spec[0], source, f"{where}[{i}]")
+            if ok is None:
+                _check(v, spec[0], source, f"{where}[{i}]")
+            elif not ok(v):
+                _fail(v, spec[0], source, f"{where}[{i}]")
+
+
+def _fast(spec):
+    """A quick test for the elements of long lists of numbers or text (None: check each element in full)."""
+    if spec is NUM:
+        return lambda v: type(v) in (int, float) and math.isfinite(v)
+    if spec is INT:
+        return lambda v: type(v) is int
+    if spec is str:
+        return lambda v: type(v) is str
+    return None
 
 
 def _join(where: str, key: str) -> str:
