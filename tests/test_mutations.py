@@ -218,3 +218,37 @@ def test_dashboard_json_mutations_are_one_line_or_a_page():
         except Exception as e:  # noqa: BLE001 - the point: nothing but one line
             failures.append((name, f"{type(e).__name__}: {e}"))
     assert not failures, (len(failures), failures[:8])
+
+
+def test_examples_jsonl_mutations_are_one_line_or_a_summary(tmp_path):
+    """examples.jsonl's records are checked on read (squad.records.check_record): every field of a real answer,
+    perturb and steer record deleted or given another type or an out-of-range score either reads and summarises
+    or is one line."""
+    from pathlib import Path
+
+    from gradsae.squad.records import read_records
+    from gradsae.squad.summary import summarize
+
+    src = Path(__file__).parent / "data" / "results_v1"
+    lines = (src / "examples.jsonl").read_text().splitlines()
+    recs = [json.loads(line) for line in lines]
+    s = json.loads((src / "summary.json").read_text())
+    meta = {k: s[k] for k in ("model", "sae", "layer", "d_sae", "ks", "methods", "sets")}
+    meta.update(data=s["data"]["path"], min_f1=s["data"]["min_f1"], tasks=["perturb", "steer"])
+    meta.update(steer_ks=s["steering"]["ks"], inject="activation", at="all", clamp=None)
+    order = sorted({r["id"] for r in recs})
+    summarize(read_records(src), order, meta)  # the real folder summarises
+    failures, n = [], 0
+    for task in ("answer", "perturb", "steer"):
+        i = next(j for j, r in enumerate(recs) if r["task"] == task)
+        for name, d in json_mutations(recs[i]):
+            n += 1
+            (tmp_path / "examples.jsonl").write_text("\n".join(lines[:i] + [json.dumps(d)] + lines[i + 1 :]) + "\n")
+            try:
+                summarize(read_records(tmp_path), order, meta)
+            except GradsaeError as e:
+                if "\n" in str(e):
+                    failures.append((task, name, str(e)))
+            except Exception as e:  # noqa: BLE001 - the point: nothing but one line
+                failures.append((task, name, f"{type(e).__name__}: {e}"))
+    assert n > 1000 and not failures, (len(failures), failures[:6])

@@ -9,7 +9,8 @@ A schema is plain data:
 - ``[schema]``: a list whose every element matches;
 - ``MapOf(schema, nullable=True)``: an object whose every value matches (any keys; null too unless
   ``nullable=False``);
-- ``Pair(schema)``: a list of exactly two elements that match;
+- ``Pair(schema, n=2)``: a list of exactly n elements that match;
+- ``Range(low, high)``: a finite number in [low, high];
 - ``ANY``: anything.
 """
 
@@ -36,6 +37,14 @@ NUM, INT = _Num, _Int
 
 
 @dataclass(frozen=True)
+class Range:
+    """A finite number in [low, high]."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
 class Required:
     fields: dict
 
@@ -50,6 +59,8 @@ class MapOf:
 @dataclass(frozen=True)
 class Pair:
     value: Any
+    n: int = 2
+    """How many elements (a triple is ``Pair(spec, 3)``)."""
 
 
 def _describe(spec) -> str:
@@ -57,6 +68,8 @@ def _describe(spec) -> str:
         return "anything"
     if spec is NUM:
         return "a finite number"
+    if isinstance(spec, Range):
+        return f"a number in [{spec.low:g}, {spec.high:g}]"
     if spec is INT:
         return "a whole number"
     if isinstance(spec, tuple):
@@ -66,7 +79,7 @@ def _describe(spec) -> str:
     if isinstance(spec, (dict, Required, MapOf)):
         return "an object"
     if isinstance(spec, Pair):
-        return "a list of two values"
+        return f"a list of {spec.n} values"
     if isinstance(spec, list):
         return "a list"
     return repr(spec)
@@ -84,6 +97,8 @@ def _matches_scalar(value, spec) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if spec is INT:
         return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(spec, Range):
+        return _matches_scalar(value, NUM) and spec.low <= value <= spec.high
     if isinstance(spec, tuple):
         return any(_matches_scalar(value, s) if not _is_container(s) else _container_ok(value, s) for s in spec)
     if isinstance(spec, type):
@@ -99,7 +114,7 @@ def _container_ok(value, spec) -> bool:
     if isinstance(spec, (dict, Required, MapOf)):
         return isinstance(value, dict)
     if isinstance(spec, Pair):
-        return isinstance(value, list) and len(value) == 2
+        return isinstance(value, list) and len(value) == spec.n
     return isinstance(value, list)
 
 

@@ -20,6 +20,7 @@ from typing import ClassVar, Iterable, Union
 from ..errors import GradsaeError
 from ..influence import resolve_k
 from ..io import JsonlLog
+from ..schema import INT, NUM, MapOf, Pair, Range, Required, check
 
 
 @dataclass(frozen=True, order=True)
@@ -67,7 +68,13 @@ class LatentSet:
     rankings: dict[str, dict[str, list[RankedLatent]]]
 
     def take(self, method: str, side: str, k: str, n_active_last: int) -> list[RankedLatent]:
-        return self.rankings[method][side][: resolve_k(k, n_active_last)]
+        rows = self.rankings.get(method, {}).get(side)
+        if rows is None:
+            raise GradsaeError(
+                f"a kept example has no {method} {side} ranking in examples.jsonl: the file is damaged or was "
+                "edited; delete that line and rerun to recompute it"
+            )
+        return rows[: resolve_k(k, n_active_last)]
 
     def ids(self, method: str, side: str, k: str, n_active_last: int) -> list[int]:
         return [e.latent for e in self.take(method, side, k, n_active_last)]
@@ -268,10 +275,61 @@ def _files(folder: Path) -> list[Path]:
     return [folder / "examples.jsonl"] + sorted(folder.glob("examples.rank*.jsonl"))
 
 
+# One JSON line of examples.jsonl as the records write it (checked on read; other keys are kept as ``extra``)
+_UNIT = Range(0.0, 1.0)
+_CELL = Required({"em": _UNIT, "f1": _UNIT})
+_CELL_MORE = {"prediction": str, "own_f1": _UNIT, "k": INT, "overlap": _UNIT, "agree": bool}
+_ERROR = Required({"id": (str, INT), "error": str})
+_ANSWER = Required({"id": (str, INT), "em": _UNIT, "f1": _UNIT, "kept": bool})
+_ANSWER_MORE = {
+    "context_id": str,
+    "question": str,
+    "golds": [(str, INT, NUM)],
+    "prediction": str,
+    "raw": str,
+    "unspliced": _CELL,
+    "seconds": NUM,
+    "answers_from": str,
+    "traceback": str,
+}
+_KEPT = Required(
+    {
+        "n_active_last": INT,
+        "n_active_any": INT,
+        "sets": MapOf(MapOf([Pair(NUM, 3)], nullable=False), nullable=False),
+    }
+)
+_EDIT = Required({"id": (str, INT), "cells": MapOf(_CELL, nullable=False)})
+_EDIT_MORE = {"control": _CELL, "unsteered": _CELL, "rows": INT, "partner": (str, INT), "seconds": NUM}
+
+
+def check_record(d: dict, where: str) -> None:
+    """One line when a JSON line of examples.jsonl does not hold what its task writes (an error record: its id and
+    message; an answer: scores in [0, 1], and its rankings when stored; an edit: every cell scored)."""
+    if d.get("error") is not None:
+        check(d, _ERROR, where)
+        return
+    if d["task"] == "answer":
+        check(d, _ANSWER, where)
+        check(d, _ANSWER_MORE, where)
+        if d.get("sets") is not None:  # a kept example's rankings (and the counts K rules use)
+            check(d, _KEPT, where)
+        return
+    check(d, _EDIT, where)
+    check(d, _EDIT_MORE, where)
+    for key, cell in d["cells"].items():
+        check(cell, _CELL_MORE, where, f"cells.{key}")
+    for key in ("control", "unsteered"):
+        if d.get(key) is not None:
+            check(d[key], _CELL_MORE, where, key)
+
+
 def _read_file(path: Path) -> Iterable[Record]:
     for n, d in enumerate(JsonlLog(path).records(), 1):
         if not isinstance(d, dict) or "task" not in d or "id" not in d:
             continue
+        if d["task"] in ("answer", "perturb", "steer"):
+            check_record(d, f"{path}: record {n} ({d['task']} {d['id']!r}) is malformed")
         try:
             yield record_from_json(d)
         except (KeyError, TypeError, ValueError, IndexError) as e:
