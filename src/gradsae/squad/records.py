@@ -110,7 +110,7 @@ class Cell:
     @classmethod
     def from_json(cls, d: dict) -> "Cell":
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in d.items() if k in names and v is not None})  # null: the default
 
 
 @dataclass
@@ -177,7 +177,7 @@ class AnswerRecord:
     @classmethod
     def from_json(cls, d: dict) -> "AnswerRecord":
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        kw = {k: v for k, v in d.items() if k in known}
+        kw = {k: v for k, v in d.items() if k in known and v is not None}  # null: the default
         kw["id"] = str(d["id"])
         if kw.get("sets") is not None:
             kw["sets"] = LatentSet.from_json(kw["sets"])
@@ -277,11 +277,14 @@ def _files(folder: Path) -> list[Path]:
 
 # One JSON line of examples.jsonl as the records write it (checked on read; other keys are kept as ``extra``)
 _UNIT = Range(0.0, 1.0)
-_CELL = Required({"em": _UNIT, "f1": _UNIT})
+_CELL = {"em": _UNIT, "f1": _UNIT}
 _CELL_MORE = {"prediction": str, "own_f1": _UNIT, "k": INT, "overlap": _UNIT, "agree": bool}
 _ERROR = Required({"id": (str, INT), "error": str})
-_ANSWER = Required({"id": (str, INT), "em": _UNIT, "f1": _UNIT, "kept": bool})
+_ANSWER = Required({"id": (str, INT)})
 _ANSWER_MORE = {
+    "em": _UNIT,
+    "f1": _UNIT,
+    "kept": bool,
     "context_id": str,
     "question": str,
     "golds": [(str, INT, NUM)],
@@ -299,8 +302,15 @@ _KEPT = Required(
         "sets": MapOf(MapOf([Pair(NUM, 3)], nullable=False), nullable=False),
     }
 )
-_EDIT = Required({"id": (str, INT), "cells": MapOf(_CELL, nullable=False)})
-_EDIT_MORE = {"control": _CELL, "unsteered": _CELL, "rows": INT, "partner": (str, INT), "seconds": NUM}
+_EDIT = Required({"id": (str, INT)})
+_EDIT_MORE = {
+    "cells": MapOf(_CELL, nullable=False),
+    "control": _CELL,
+    "unsteered": _CELL,
+    "rows": INT,
+    "partner": (str, INT),
+    "seconds": NUM,
+}
 
 
 def check_record(d: dict, where: str) -> None:
@@ -317,7 +327,7 @@ def check_record(d: dict, where: str) -> None:
         return
     check(d, _EDIT, where)
     check(d, _EDIT_MORE, where)
-    for key, cell in d["cells"].items():
+    for key, cell in (d.get("cells") or {}).items():
         check(cell, _CELL_MORE, where, f"cells.{key}")
     for key in ("control", "unsteered"):
         if d.get(key) is not None:
