@@ -46,3 +46,12 @@ def test_annotation_only_imports_are_not_edges(tmp_path):
     (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import B\n")
     (pkg / "b.py").write_text("from . import a\n")
     assert ig.module_deps(pkg) == {"a": set(), "b": {"a"}}
+
+
+def test_no_module_is_over_600_lines():
+    long = {
+        str(p.relative_to(REPO)): n
+        for p in (REPO / "src" / "gradsae").rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 600
+    }
+    assert not long, f"split these by concept: {long}"
