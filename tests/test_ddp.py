@@ -11,6 +11,13 @@ from gradsae import load_sae
 from gradsae.training.cache import cache_from_arrays
 
 
+def _why(stderr: str) -> str:
+    """What a failed torchrun said: the workers' own error lines first (torchrun's summary hides them), then its tail."""
+    keys = ("terminate", "Error", "error", "Traceback", "abort", "Signal")
+    own = [line for line in stderr.splitlines() if any(k in line for k in keys)][:20]
+    return "\n".join(own) + "\n---\n" + stderr[-2000:]
+
+
 def _train(cache, out, nproc):
     args = [
         "-m",
@@ -46,7 +53,7 @@ def _train(cache, out, nproc):
         args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] + args
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable] + args, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, _why(r.stderr)
 
 
 def test_two_processes_equal_one(tmp_path):
@@ -112,7 +119,7 @@ def test_streaming_under_two_processes(tmp_path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable] + args, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, _why(r.stderr)
     for name in ("topk_k4", "gsae_k4_b0.5"):
         sae = load_sae(tmp_path / "two" / name)
         assert sae.cfg.metadata["tokens_seen"] == 8 * 4 * 15  # 8 global steps of 4 rows x 15 tokens
