@@ -12,7 +12,7 @@ from gradsae.training.cache import cache_from_arrays
 
 
 def _why(stderr: str) -> str:
-    """What a failed torchrun said: the workers' own error lines first (torchrun's summary hides them), then its tail."""
+    """What a failed torchrun said: the workers' error lines first (torchrun's summary hides them), then its tail."""
     keys = ("terminate", "Error", "error", "Traceback", "abort", "Signal")
     own = [line for line in stderr.splitlines() if any(k in line for k in keys)][:20]
     return "\n".join(own) + "\n---\n" + stderr[-2000:]
