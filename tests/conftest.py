@@ -138,20 +138,23 @@ def smollm2():
     return load_model("smollm2")
 
 
-def json_mutations(cfg: dict):
+def json_mutations(cfg: dict, into_lists: bool = False, values=None, skip=None):
     """A few hundred versions of a valid cfg.json: every field deleted or given a value of another type or out
-    of range, at every depth."""
+    of range, at every depth (``into_lists``: also inside the first element of every list; ``skip``: a path
+    predicate for free-form parts)."""
     import copy
 
-    values = [None, "x", "16", -1, 0, 1.5, 1e300, True, [], {}, [1, 2], {"a": 1}]
+    values = values or [None, "x", "16", -1, 0, 1.5, 1e300, True, [], {}, [1, 2], {"a": 1}]
 
-    def paths(d, prefix=()):
-        for k, v in d.items():
+    def paths(v, prefix=()):
+        items = v.items() if isinstance(v, dict) else enumerate(v[:1]) if into_lists and isinstance(v, list) else ()
+        for k, sub in items:
             yield prefix + (k,)
-            if isinstance(v, dict):
-                yield from paths(v, prefix + (k,))
+            yield from paths(sub, prefix + (k,))
 
     for p in paths(cfg):
+        if skip is not None and skip(p):
+            continue
         for v in values + ["DELETE"]:
             c = copy.deepcopy(cfg)
             node = c
@@ -161,4 +164,4 @@ def json_mutations(cfg: dict):
                 del node[p[-1]]
             else:
                 node[p[-1]] = v
-            yield f"{'.'.join(p)}={v!r}", c
+            yield f"{'.'.join(map(str, p))}={v!r}", c
