@@ -22,6 +22,12 @@ class Dist:
             import torch.distributed as dist
 
             if not dist.is_initialized():
+                # torch._dynamo (imported by the first torch.optim optimizer) keeps references to a process group
+                # that exists when it is imported, so destroy_process_group would not free it: its gloo threads
+                # then outlive the interpreter and abort the process at exit ("terminate called without an
+                # active exception"). Imported first, it holds none.
+                import torch._dynamo  # noqa: F401
+
                 # nccl for CUDA, gloo otherwise; a long timeout because rank 0 may merge and summarise for minutes
                 backend = "nccl" if str(device).startswith(("cuda", "auto")) and torch.cuda.is_available() else "gloo"
                 if backend == "nccl":  # one GPU per process: the one torchrun's LOCAL_RANK names
