@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import os
 
+import json
+
 import pytest
 import torch
 
@@ -165,3 +167,34 @@ def json_mutations(cfg: dict, into_lists: bool = False, values=None, skip=None):
             else:
                 node[p[-1]] = v
             yield f"{'.'.join(map(str, p))}={v!r}", c
+
+
+def _mutated_files(good: dict, text: str):
+    yield from json_mutations(good)
+    yield from ((f"truncated at {i}", text[:i]) for i in range(0, len(text), max(1, len(text) // 40)))
+    yield "deep nesting", "[" * 100_000 + "]" * 100_000
+    yield "not UTF-8", b"\xff\xfe{"
+
+
+def each_mutation(path, good: dict, read):
+    """Write every mutation of ``good`` (and truncations, deep nesting, bytes that are not UTF-8) to ``path`` and
+    call ``read()``: each is a load or one line (GradsaeError), never a traceback. Returns (cases, loads)."""
+    from gradsae.errors import GradsaeError
+
+    text = json.dumps(good)
+    n = loads = 0
+    for name, c in _mutated_files(good, text):
+        if isinstance(c, bytes):
+            path.write_bytes(c)
+        else:
+            path.write_text(c if isinstance(c, str) else json.dumps(c))
+        n += 1
+        try:
+            read()
+            loads += 1
+        except GradsaeError as e:
+            assert "\n" not in str(e), name
+        except Exception as e:  # pragma: no cover - the failure this test exists for
+            pytest.fail(f"{path.name} {name}: {type(e).__name__}: {e}")
+    path.write_text(text)
+    return n, loads

@@ -6,36 +6,9 @@ import json
 
 import pytest
 
+from conftest import each_mutation as _each
 from conftest import json_mutations, make_tiny
 from gradsae.errors import GradsaeError
-
-
-def _cases(good: dict, text: str):
-    yield from json_mutations(good)
-    yield from ((f"truncated at {i}", text[:i]) for i in range(0, len(text), max(1, len(text) // 40)))
-    yield "deep nesting", "[" * 100_000 + "]" * 100_000
-    yield "not UTF-8", b"\xff\xfe{"
-
-
-def _each(path, good: dict, read):
-    """Write every mutation of ``good`` to ``path`` and call ``read()``; returns (cases, loads)."""
-    text = json.dumps(good)
-    n = loads = 0
-    for name, c in _cases(good, text):
-        if isinstance(c, bytes):
-            path.write_bytes(c)
-        else:
-            path.write_text(c if isinstance(c, str) else json.dumps(c))
-        n += 1
-        try:
-            read()
-            loads += 1
-        except GradsaeError as e:
-            assert "\n" not in str(e), name
-        except Exception as e:  # pragma: no cover - the failure this test exists for
-            pytest.fail(f"{path.name} {name}: {type(e).__name__}: {e}")
-    path.write_text(text)
-    return n, loads
 
 
 def test_activation_cache_manifest(tmp_path):
@@ -228,3 +201,101 @@ def test_examples_jsonl_mutations_are_one_line_or_a_summary(tmp_path):
             except Exception as e:  # noqa: BLE001 - the point: nothing but one line
                 failures.append((task, name, f"{type(e).__name__}: {e}"))
     assert n > 1000 and not failures, (len(failures), failures[:6])
+
+
+def test_results_config_json(tmp_path):
+    """A results folder's config.json as a resume (check_config), --answers-from (import_answers) and merge
+    (_shard_config) read it."""
+    import dataclasses
+
+    from gradsae.squad.config import ExperimentConfig, fingerprint
+    from gradsae.squad.merge import _shard_config
+    from gradsae.squad.run import check_config, import_answers
+
+    folder, other = tmp_path / "r", tmp_path / "o"
+    folder.mkdir()
+    other.mkdir()
+    cfg = ExperimentConfig(shard="1/2", out=str(folder))
+    extra = {"stop_resolved": ["\n"], "extract_resolved": "first-line", "data_sha256": "ab" * 32}
+    good = {"commands": ["experiment"], "config": dataclasses.asdict(cfg), "fingerprint": fingerprint(cfg, **extra)}
+
+    def read():
+        check_config(folder, cfg, "experiment", extra)
+        import_answers(folder, other, good["fingerprint"], cfg.ks, [])
+        _shard_config(folder)
+
+    n, loads = _each(folder / "config.json", good, read)
+    assert n > 300 and loads > 0
+
+
+def test_training_checkpoint_metadata(tmp_path):
+    """The JSON a training checkpoint carries (step, token counts, norms, corpus position, config) as a resume
+    reads it: TrainState.load, then the corpus reader's restore."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from conftest import make_tiny
+    from gradsae.saes import SAE, SAEConfig
+    from gradsae.training.state import DeadLatents, TrainState
+    from gradsae.training.stream import RowReader
+
+    def grid():
+        saes = [SAE.init_random(SAEConfig(d_in=8, d_sae=16, architecture="topk", k=2), seed=j) for j in range(2)]
+        opts = [torch.optim.Adam(s.parameters()) for s in saes]
+        return saes, opts
+
+    saes, opts = grid()
+    for s, o in zip(saes, opts):
+        s.W_dec.sum().backward()
+        o.step()
+    state = TrainState(
+        step=4,
+        tokens=512,
+        sae_tokens=512,
+        norm={"1": 2.5},
+        grad_rms=[0.0, 0.1],
+        grad_ema_n=[0, 3],
+        reader={"epoch": 0, "docs": 3},
+        dead=[DeadLatents.fresh(16) for _ in saes],
+        config={"lr": 1e-3},
+    )
+    ckpt = tmp_path / "checkpoint.safetensors"
+    state.save(ckpt, saes, opts)
+    tensors = load_file(ckpt)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"doc {i}" for i in range(10)))
+    _, tok = make_tiny("llama")
+    meta_file = tmp_path / "meta.json"
+
+    def read():
+        meta = {"gradsae_train_state": meta_file.read_text(errors="replace"), "version": "1"}
+        save_file(tensors, ckpt, metadata=meta)
+        got = TrainState.load(ckpt, *grid())
+        RowReader([str(corpus)], "text", tok, 8, True).restore(got.reader, got.reader_pending)
+
+    n, loads = _each(
+        meta_file,
+        json.loads(json.dumps({k: v for k, v in vars(state).items() if k not in ("dead", "reader_pending")})),
+        read,
+    )
+    assert n > 200 and loads > 0
+
+
+def test_dashboard_state_metadata(tmp_path):
+    """The JSON a dashboard's resumable state carries (sizes, counts, the settings' fingerprint)."""
+    from safetensors.torch import load_file, save_file
+
+    from gradsae.dashboard.state import DashboardState
+
+    path = tmp_path / "state.safetensors"
+    DashboardState.new(16, 4, 4, 4, 3, 2).save(path, "fp1")
+    tensors = load_file(path)
+    good = {"d_sae": 16, "n_tokens": 0, "n_influence_tokens": 0, "rows_done": 0, "fingerprint": "fp1"}
+    meta_file = tmp_path / "meta.json"
+
+    def read():
+        save_file(tensors, path, metadata={"state": meta_file.read_text(errors="replace")})
+        DashboardState.load(path, "fp1")
+
+    n, loads = _each(meta_file, good, read)
+    assert n > 50 and loads > 0

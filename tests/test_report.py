@@ -244,7 +244,8 @@ def test_report_from_folder(tmp_path, example):
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "summary.json").write_text(json.dumps(fake_summary()))
-    (folder / "config.json").write_text(json.dumps({"seed": 1, "template": "fewshot"}))
+    config = {"commands": ["experiment"], "config": {"seed": 1, "template": "fewshot"}, "fingerprint": {"seed": 1}}
+    (folder / "config.json").write_text(json.dumps(config))
     ex = {k: v for k, v in example.items() if k not in ("perturb", "steer", "question", "golds")}
     recs = [
         {

@@ -43,6 +43,26 @@ def _base_type(tp):
     return tp
 
 
+def _type_schema(tp):
+    """The ``schema`` spec of one field type: str/int/float/bool, lists of them, optional ones; else anything."""
+    from . import schema
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _type_schema(args[0]) if len(args) == 1 else schema.ANY  # null is always allowed
+    if origin in (list, tuple):
+        inner = typing.get_args(tp)[:1]
+        return [_type_schema(inner[0])] if inner else list
+    return {str: str, bool: bool, int: schema.INT, float: schema.NUM}.get(tp, schema.ANY)
+
+
+def config_schema(cls) -> dict:
+    """The ``schema`` of a saved ``asdict(cls)`` (a results folder's config.json), from the field types: each
+    field, when present and not null, has its declared type."""
+    return {name: _type_schema(tp) for name, tp in typing.get_type_hints(cls).items()}
+
+
 def check_values(cfg) -> None:
     """One line for the first value of ``cfg`` that is NaN/Inf or outside its field's declared range (a list
     field's every element is checked)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .. import schema
 from ..errors import GradsaeError
 
 
@@ -97,6 +98,19 @@ def window_index(t: torch.Tensor, T: int, left: int, right: int) -> tuple[torch.
 # ---------------------------------------------------------------------------------------------
 
 
+_HEAPS = ("top", "band", "infl")
+# the JSON part of a saved state
+_META_SCHEMA = schema.Required(
+    {
+        "d_sae": schema.INT,
+        "n_tokens": schema.INT,
+        "n_influence_tokens": schema.INT,
+        "rows_done": schema.INT,
+        "fingerprint": str,
+    }
+)
+
+
 @dataclass
 class DashboardState:
     """Everything the pass keeps (all mergeable).
@@ -159,7 +173,7 @@ class DashboardState:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"count": self.count, "act_sum": self.act_sum, "hist": self.hist}
-        for name in ("top", "band", "infl"):
+        for name in _HEAPS:
             h: Heap = getattr(self, name)
             out[f"{name}.score"], out[f"{name}.gid"] = h.score, h.gid
             out.update({f"{name}.data.{k}": v for k, v in h.data.items()})
@@ -183,6 +197,7 @@ class DashboardState:
 
     @classmethod
     def load(cls, path: Path, fingerprint: str | None = None) -> "DashboardState":
+        """The state saved at ``path``; one line if it is damaged or (``fingerprint``) made with other settings."""
         from safetensors import safe_open
 
         try:
@@ -193,6 +208,11 @@ class DashboardState:
             raise GradsaeError(
                 f"{path}: unreadable dashboard state ({type(e).__name__}): delete it to start over"
             ) from None
+        schema.check(meta, _META_SCHEMA, str(path))
+        need = ("count", "act_sum", "hist", *(f"{h}.{x}" for h in _HEAPS for x in ("score", "gid")))
+        missing = [k for k in need if k not in t]
+        if missing:
+            raise GradsaeError(f"{path}: dashboard state without {missing[0]!r}: delete it to start over")
         if fingerprint is not None and meta["fingerprint"] != fingerprint:
             raise GradsaeError(
                 f"{path} was written with other settings (SAE, corpus, sizes or seed): use another "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .. import schema
 from ..errors import GradsaeError
 from ..hooks import dictionary_learning_hook
 from . import checks, formats
@@ -37,11 +38,29 @@ _DL_REFUSED = {
 }
 
 
+# the fields of trainSAE's config.json this reader uses (others are free)
+CONFIG_SCHEMA = {
+    "trainer": {
+        "dict_class": str,
+        "trainer_class": str,
+        "activation_dim": schema.INT,
+        "dict_size": schema.INT,
+        "k": schema.INT,
+        "layer": schema.INT,
+        "lm_name": str,
+        "submodule_name": str,
+        "apply_b_dec_to_input": bool,
+    }
+}
+
+
 def _dl_config(folder: Path) -> tuple[dict, Path | None]:
     """config.json beside ae.pt, or one level up for ``checkpoints/ae_<step>.pt`` (trainSAE's layout)."""
     for cand in (folder / "config.json", folder.parent / "config.json" if folder.name == "checkpoints" else None):
         if cand is not None and cand.exists():
-            return checks.read_json(cand), cand
+            raw = checks.read_json(cand)
+            schema.check(raw, CONFIG_SCHEMA, str(cand))
+            return raw, cand
     return {}, None
 
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from dataclasses import dataclass
 
-from ..config import opt
+from .. import schema
+from ..config import config_schema, opt
 from ..errors import GradsaeError
 from ..saes import DEFAULT_SAE
 from ..generate import parse_stop as split_stops
 from ..influence import InfluenceOptions, check_k
+from ..io import read_json
 from ..options import ModelOptions
 from . import data as sq
 
@@ -249,3 +252,27 @@ def fingerprint(cfg: SquadConfig, **extra) -> dict:
     """The result-affecting values of ``cfg`` (plus resolved values such as the data file's hash)."""
     d = dataclasses.asdict(cfg)
     return {**{k: d[k] for k in FINGERPRINT if k in d}, **extra}
+
+
+# A results folder's config.json: the commands run on it, their merged options, and the fingerprint a resume,
+# --answers-from and merge compare; each field of the type its option declares.
+_OPTIONS = {**config_schema(PerturbConfig), **config_schema(StatsConfig), **config_schema(ExperimentConfig)}
+RESULTS_CONFIG_SCHEMA = schema.Required(
+    {
+        "commands": [str],
+        "config": _OPTIONS,
+        "fingerprint": {
+            **{k: _OPTIONS[k] for k in FINGERPRINT if k in _OPTIONS},
+            "data_sha256": str,
+            "stop_resolved": [str],
+            "extract_resolved": str,
+        },
+    }
+)
+
+
+def read_results_config(path: Path) -> dict:
+    """A results folder's config.json, checked against ``RESULTS_CONFIG_SCHEMA`` (one line if it does not fit)."""
+    conf = read_json(path)
+    schema.check(conf, RESULTS_CONFIG_SCHEMA, str(path))
+    return conf

@@ -15,7 +15,7 @@ from ..config import opt
 from ..errors import GradsaeError
 from ..io import output_lock, read_json, write_json
 from . import data as sq
-from .config import ExperimentConfig
+from .config import ExperimentConfig, read_results_config
 from .records import RecordLog, read_records
 
 
@@ -33,8 +33,9 @@ def _shard_config(folder: Path) -> dict:
     if not path.is_file():
         raise GradsaeError(f"{folder} has no config.json: give the results folders of a --shard run")
     conf = read_json(path)
-    if not isinstance(conf, dict) or not isinstance(conf.get("fingerprint"), dict) or "config" not in conf:
+    if not isinstance(conf, dict) or "fingerprint" not in conf or "config" not in conf:
         raise GradsaeError(f"{path} was not written by a gradsae experiment: give the shards' results folders")
+    conf = read_results_config(path)
     if (folder / "sweep.json").exists():
         raise GradsaeError(f"{folder} holds a sweep: merge each of its subfolders separately")
     if not conf["fingerprint"].get("shard"):

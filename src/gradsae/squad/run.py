@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 from ..distributed import Dist
 from ..errors import GradsaeError
 from ..saes import DEFAULT_SAE
-from ..io import atomic_write_bytes, atomic_write_text, output_lock, read_json, refuse_foreign, write_json
+from ..io import atomic_write_bytes, atomic_write_text, output_lock, refuse_foreign, write_json
 from ..options import Runtime, start
 from . import data as sq
 from .config import (
@@ -35,6 +35,7 @@ from .config import (
     SteerConfig,
     fingerprint,
     parse_clamp,
+    read_results_config,
 )
 from .phases import RunContext, answer_batch, perturb_example, pick_partner, steer_example
 from .records import AnswerRecord, EditRecord, Record, RecordLog, merge_shards, read_records
@@ -127,8 +128,8 @@ def check_config(out: Path, cfg: SquadConfig, command: str, extra: dict | None =
     path = out / "config.json"
     merged = {"commands": [command], "config": dataclasses.asdict(cfg), "fingerprint": fp}
     if path.exists():
-        old = read_json(path)
-        ofp = old.get("fingerprint", {})
+        old = read_results_config(path)
+        ofp = old["fingerprint"]
         diff = [k for k in fp if k in ofp and ofp[k] != fp[k]]
         if diff:
             k = diff[0]
@@ -149,7 +150,7 @@ def import_answers(src: Path, out: Path, fp: dict, ks: Sequence[str], qids: Sequ
     cfg_path = src / "config.json"
     if not cfg_path.exists():
         raise GradsaeError(f"--answers-from {src}: no config.json there; give a gradsae results folder")
-    ofp = read_json(cfg_path).get("fingerprint", {})
+    ofp = read_results_config(cfg_path)["fingerprint"]
     keys = ANSWER_FINGERPRINT + (("seed",) if ofp.get("shuffle") else ())  # the seed picks the questions
     diff = [k for k in keys if k in fp and k in ofp and ofp[k] != fp[k]]
     if diff:

@@ -14,10 +14,25 @@ from pathlib import Path
 
 import torch
 
+from .. import schema
 from ..errors import GradsaeError
 from ..io import atomic_write_bytes
 
 STATE_VERSION = 1
+
+# the JSON part of a checkpoint (TrainState's scalars)
+STATE_SCHEMA = schema.Required(
+    {
+        "step": schema.INT,
+        "tokens": schema.INT,
+        "sae_tokens": schema.INT,
+        "norm": schema.MapOf(schema.NUM, nullable=False),
+        "grad_rms": [schema.NUM],
+        "grad_ema_n": [schema.INT],
+        "reader": {"epoch": schema.INT, "docs": schema.INT},
+        "config": dict,
+    }
+)
 
 
 @dataclass
@@ -108,10 +123,27 @@ class TrainState:
             raise GradsaeError(f"cannot read the checkpoint {path} ({e}): delete it to start over") from None
         if meta.get("version") != str(STATE_VERSION) or "gradsae_train_state" not in meta:
             raise GradsaeError(f"{path} is not a checkpoint of this gradsae version: delete it or use another --out")
-        scalars = json.loads(meta["gradsae_train_state"])
+        try:
+            scalars = json.loads(meta["gradsae_train_state"])
+        except (json.JSONDecodeError, RecursionError):
+            raise GradsaeError(f"{path} has damaged metadata: delete it to start over") from None
+        schema.check(scalars, STATE_SCHEMA, str(path))
         n = len(saes)
-        if len(scalars.get("grad_rms", [])) != n or f"dead.{n - 1}.last_fired" not in t:
+        if len(scalars["grad_rms"]) != n or len(scalars["grad_ema_n"]) != n or f"dead.{n - 1}.last_fired" not in t:
             raise GradsaeError(f"{path} holds a different grid of SAEs: use another --out or delete that folder")
+        try:
+            cls._load_modules(t, saes, opts)
+        except (RuntimeError, ValueError, KeyError) as e:  # shapes or keys that are not this grid's
+            raise GradsaeError(
+                f"{path} does not fit this run's SAEs ({type(e).__name__}): use another --out or delete that folder"
+            ) from None
+        dead = [DeadLatents(t[f"dead.{j}.last_fired"], t[f"dead.{j}.quiet_batches"]) for j in range(n)]
+        known = {k: v for k, v in scalars.items() if k in STATE_SCHEMA.fields}  # not keys a later gradsae added
+        return cls(**known, dead=dead, reader_pending=t.get("reader.pending"))
+
+    @staticmethod
+    def _load_modules(t: dict, saes: list, opts: list) -> None:
+        """The SAEs' weights and the optimisers' moments from the checkpoint's tensors ``t``."""
         with torch.no_grad():
             for j, (sae, opt) in enumerate(zip(saes, opts)):
                 dev = sae.W_dec.device
@@ -126,5 +158,3 @@ class TrainState:
                         state.setdefault(int(pid), {})[key] = v
                 sd["state"] = state
                 opt.load_state_dict(sd)
-        dead = [DeadLatents(t[f"dead.{j}.last_fired"], t[f"dead.{j}.quiet_batches"]) for j in range(n)]
-        return cls(**scalars, dead=dead, reader_pending=t.get("reader.pending"))

@@ -81,7 +81,12 @@ class RowReader:
         return {"epoch": self.epoch, "docs": self.docs}, torch.tensor(self.pending, dtype=torch.int64)
 
     def restore(self, state: dict, pending: torch.Tensor | None) -> None:
-        self.epoch, self.docs = int(state["epoch"]), int(state["docs"])
+        if not isinstance(state.get("epoch"), int) or not isinstance(state.get("docs"), int) or state["docs"] < 0:
+            raise GradsaeError(
+                f"the checkpoint's corpus position {state!r:.60} is damaged: "
+                "delete checkpoint.safetensors to start over"
+            )
+        self.epoch, self.docs = state["epoch"], state["docs"]
         self.packer.pending = [] if pending is None else pending.tolist()
         self._it = iter_documents(self.sources, self.text_field)
         for _ in range(self.docs):

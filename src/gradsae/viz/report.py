@@ -33,6 +33,7 @@ from typing import Any, Sequence
 from ..config import opt
 from ..errors import GradsaeError
 from ..io import atomic_write_text, output_lock, read_json
+from ..squad.config import read_results_config
 from ..squad.tables import METHOD_NAMES, Cell, check_summary, read_summary
 from .html import asset, csp, environment, flatten, html_id, num, png_data_uri, safe, script_json
 from .report_example import render_example
@@ -384,9 +385,7 @@ def report_from_folder(
     if not summary and (folder / "sweep.json").exists():
         summary = read_json(folder / "sweep.json")
     check_summary(summary, str(folder / ("summary.json" if (folder / "summary.json").exists() else "sweep.json")))
-    config = read_json(folder / "config.json") if (folder / "config.json").exists() else None
-    if config is not None and not isinstance(config, dict):
-        raise GradsaeError(f"{folder / 'config.json'} is not a JSON object: the file is damaged")
+    config = read_results_config(folder / "config.json") if (folder / "config.json").exists() else None
     recs = read_records(folder)
     answers = [r.to_json() for (task, _), r in recs.items() if task == "answer"]
     exs = [attach_records(e, recs) for e in examples]
