@@ -118,10 +118,10 @@ def tiny_llama():
     return make_tiny("llama")
 
 
-def random_sae(d_in=D_MODEL, d_sae=256, arch="relu", k=None, layer=1, seed=0, bias=0.0):
+def random_sae(d_in=D_MODEL, d_sae=256, arch="relu", k=None, layer=1, seed=0, bias=0.0, site="hook_resid_post"):
     from gradsae import SAE, SAEConfig
 
-    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch, k=k, hook_name=f"blocks.{layer}.hook_resid_post")
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch, k=k, hook_name=f"blocks.{layer}.{site}")
     sae = SAE.init_random(cfg, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

@@ -260,16 +260,28 @@ def test_sparsify_topk_loads_identically(tmp_path):
     torch.testing.assert_close(ours.decode(dense), coder.decode(enc.top_acts, enc.top_indices), **TOL)
 
 
-def test_sparsify_mlp_hook_is_kept_and_not_spliced(tmp_path):
-    from conftest import make_tiny
+def test_sparsify_mlp_sae_splices_at_the_mlp_output(tmp_path):
+    """A sparsify SAE trained on ``layers.1.mlp`` keeps its site: spliced, the MLP's output is what sparsify's
+    own forward reconstructs from it (never the residual stream)."""
+    from conftest import D_MODEL, make_tiny
     from gradsae.splice import Splice
 
-    sparsify_coder().save_to_disk(tmp_path / "layers.1.mlp")
+    coder = randomize(sparsify.SparseCoder(D_MODEL, sparsify.SparseCoderConfig(num_latents=C, k=K)), 3, scale=0.1)
+    coder.save_to_disk(tmp_path / "layers.1.mlp")
     ours = load_sae(tmp_path / "layers.1.mlp")
     assert ours.cfg.hook_name == "blocks.1.hook_mlp_out"
-    model, _ = make_tiny("llama")
-    with pytest.raises(GradsaeError, match="MLP output"):
-        Splice(model, ours, layer=1)
+    model, tok = make_tiny("llama")
+    ids = torch.tensor([tok("the quick brown fox", add_special_tokens=True)["input_ids"]])
+    with torch.no_grad(), Splice(model, ours, error="none"):
+        spliced = model(input_ids=ids).logits
+    mlp = model.model.layers[1].mlp
+    handle = mlp.register_forward_hook(lambda m, a, out: coder(out.flatten(0, 1)).sae_out.view_as(out))
+    try:
+        with torch.no_grad():
+            theirs = model(input_ids=ids).logits
+    finally:
+        handle.remove()
+    torch.testing.assert_close(spliced, theirs, rtol=1e-4, atol=1e-4)
 
 
 def test_sparsify_transcoder_refused(tmp_path):
@@ -364,16 +376,16 @@ def test_dictionary_learning_checkpoint_without_any_config_is_refused_when_ambig
     assert load_sae(tmp_path / "m.pt").cfg.metadata["dict_class"] == "MatryoshkaBatchTopKSAE"
 
 
-def test_dictionary_learning_mlp_out_keeps_its_hook_and_is_not_spliced(tmp_path):
+def test_dictionary_learning_mlp_out_keeps_its_hook_and_is_never_moved_to_the_residual_stream(tmp_path):
     from conftest import make_tiny
-    from gradsae.splice import Splice
+    from gradsae.splice import check_compatible
 
     ae = dl_module("AutoEncoder")
     ours = load_sae(dl_save(ae, tmp_path / "t", "AutoEncoder", submodule="mlp_out_layer_4"))
     assert ours.cfg.hook_name == "blocks.4.hook_mlp_out"
     model, _ = make_tiny("llama")
-    with pytest.raises(GradsaeError, match="MLP output of block 4"):
-        Splice(model, ours, layer=1)
+    with pytest.raises(GradsaeError, match="is at hook_mlp_out: this command splices only at hook_resid_post"):
+        check_compatible(model, ours, 1)  # a residual-only command, even with a block given
 
 
 def test_dictionary_learning_gated_refused(tmp_path):

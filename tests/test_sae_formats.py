@@ -463,19 +463,6 @@ def test_gemma_scope_mlp_and_attention_keep_their_hooks(tmp_path):
         assert load_sae(folder).cfg.hook_name == hook
 
 
-def test_non_residual_hooks_are_refused_by_the_splice():
-    from conftest import make_tiny
-    from gradsae.splice import Splice
-
-    model, _ = make_tiny("llama")
-    for hook in ("blocks.1.hook_mlp_out", "blocks.1.attn.hook_z", "blocks.1.hook_attn_out"):
-        sae = SAE.init_random(SAEConfig(d_in=64, d_sae=32, hook_name=hook))
-        with pytest.raises(GradsaeError, match="not the residual stream"):
-            Splice(model, sae)
-        with pytest.raises(GradsaeError, match="not the residual stream"):
-            Splice(model, sae, layer=1)  # forcing a layer does not move it to the residual stream
-
-
 def test_convert_refuses_existing_file_folder_and_bad_dtype(tmp_path, capsys):
     from gradsae.cli import main
 
@@ -653,17 +640,17 @@ def test_gemma_scope_2_residual_from_the_path_and_from_config(tmp_path):
         ("mlp_out", "model.layers.2.post_feedforward_layernorm.output", "blocks.2.hook_mlp_out"),
     ],
 )
-def test_gemma_scope_2_attention_and_mlp_sites_keep_their_hook_and_are_not_spliced(tmp_path, site, hf, hook):
+def test_gemma_scope_2_attention_and_mlp_sites_keep_their_hook(tmp_path, site, hf, hook):
     from conftest import make_tiny
-    from gradsae.splice import Splice
+    from gradsae.splice import check_compatible
 
     assert load_sae(gemma_scope_2_folder(tmp_path / "path", site=site)).cfg.hook_name == hook
     cfg = {"architecture": "jump_relu", "hf_hook_point_in": hf}
     sae = load_sae(gemma_scope_2_folder(tmp_path / "cfg", site="x", config=cfg))
     assert sae.cfg.hook_name == hook
     model, _ = make_tiny("gemma3")
-    with pytest.raises(GradsaeError, match="not the residual stream|MLP output|attention"):
-        Splice(model, sae.to(torch.float32), layer=2)
+    with pytest.raises(GradsaeError, match="this command splices only at hook_resid_post"):
+        check_compatible(model, sae.to(torch.float32), 2)  # never moved to the residual stream
 
 
 def test_gemma_scope_2_transcoders_clts_and_unknown_sites_are_one_line(tmp_path):

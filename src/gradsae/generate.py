@@ -142,6 +142,7 @@ def greedy_generate(
             raise GradsaeError("shared_trunk needs a splice (its layer is where rows start to differ) and the KV cache")
         if not (mask.all() and (ids == ids[:1]).all()):
             raise GradsaeError("shared_trunk: rows differ or are padded; use it only for rows that repeat one prompt")
+        trunk = splice.trunk_layer >= 0  # a splice inside block 0 leaves no block to share
     for step in range(max_new_tokens):
         if splice is not None:
             splice.offset = ids.shape[1] - cur_ids.shape[1]
@@ -194,10 +195,11 @@ def _forward_last(model, kw: dict):
 
 def _prefill_shared_trunk(model, splice, kw: dict):
     """Prompt pass for B identical rows: blocks 0..L on row 0, then blocks L+1.. on all B rows from the
-    recorded block-L output (the splice applies each row's edits there); the KV caches are merged."""
+    recorded block-L output, L the splice's ``trunk_layer`` (the splice applies each row's edits above it); the
+    KV caches are merged."""
     from .splice import run_trunk, skip_trunk
 
-    L, B = splice.layer, kw["input_ids"].shape[0]
+    L, B = splice.trunk_layer, kw["input_ids"].shape[0]
     cache_a, cache_b = new_cache(model), new_cache(model)
     if not hasattr(cache_a, "layers"):
         raise GradsaeError(

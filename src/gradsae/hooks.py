@@ -12,8 +12,9 @@ Every tool names "the residual stream after block L" differently:
 
 SAEs trained elsewhere (``blocks.L.hook_mlp_out``, ``blocks.L.attn.hook_z``, ``mlp_out_layer_L``,
 ``layers.L.mlp``, Gemma Scope ``-mlp`` / ``-att`` releases) keep their true hook name
-(``canonical_hook_name``) and are refused by the splice (``check_spliceable``), never moved to the
-residual stream.
+(``canonical_hook_name``), never moved to the residual stream. The splice serves the sites in
+``SPLICE_SITES`` (``site_of`` reads the site, ``site_point`` finds its module); other sites are refused in
+one line.
 
 All of them resolve to ``resolve_layer(...) == L``: the output of decoder block L,
 which equals ``hidden_states[L + 1]`` from ``output_hidden_states=True``.
@@ -65,6 +66,67 @@ _SITE_WORDS = {
     "hook_resid_mid": "the mid-block residual",
     "hook_mlp_in": "the MLP input",
 }
+
+
+# The sites the splice serves, as TransformerLens names them; where each lives in a Hugging Face block is
+# ``site_point``'s business.
+SPLICE_SITES = ("hook_resid_post", "hook_attn_out", "attn.hook_z", "hook_mlp_out")
+
+
+def site_of(name: str | None) -> tuple[int, str] | None:
+    """(block L, site) of any known spelling of a hook point; None for a name gradsae does not know.
+
+    >>> site_of("layers.4.mlp"), site_of("blocks.2.hook_resid_pre")
+    ((4, 'hook_mlp_out'), (1, 'hook_resid_post'))
+    """
+    m = re.match(r"^blocks\.(\d+)\.(.+)$", canonical_hook_name(str(name or "")))
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def _child(parent: nn.Module, *names: str) -> nn.Module:
+    for name in names:
+        if isinstance(getattr(parent, name, None), nn.Module):
+            return getattr(parent, name)
+    raise GradsaeError(
+        f"{type(parent).__name__} has no {' / '.join(names)} submodule: gradsae cannot find this site in this model"
+    )
+
+
+def site_point(model: nn.Module, layer: int, site: str) -> tuple[nn.Module, str]:
+    """The module of block ``layer`` whose output (``"output"``) or first input (``"input"``) is ``site``.
+
+    Where each site is, as TransformerLens defines it (and sae-lens hooks Gemma Scope 2 on HF models):
+
+    - ``hook_resid_post``: the block's output;
+    - ``hook_mlp_out``: the MLP's output, after ``post_feedforward_layernorm`` where the block has one (Gemma 2/3);
+    - ``hook_attn_out``: the attention's output (after ``o_proj``), after ``post_attention_layernorm`` where the
+      block normalises both outputs (Gemma 2/3; in Llama-style blocks that name is the pre-MLP norm);
+    - ``attn.hook_z``: the input of the attention's output projection (the heads' outputs, concatenated).
+    """
+    blk = block(model, layer)
+    post_norms = isinstance(getattr(blk, "post_feedforward_layernorm", None), nn.Module)
+    if site == "hook_resid_post":
+        return blk, "output"
+    if site == "hook_mlp_out":
+        return (blk.post_feedforward_layernorm if post_norms else _child(blk, "mlp")), "output"
+    if site == "hook_attn_out":
+        return (blk.post_attention_layernorm if post_norms else _child(blk, "self_attn", "attn", "attention")), "output"
+    if site == "attn.hook_z":
+        attn = _child(blk, "self_attn", "attn", "attention")
+        return _child(attn, "o_proj", "c_proj", "dense", "out_proj"), "input"
+    raise GradsaeError(
+        f"gradsae does not splice at {_SITE_WORDS.get(site, site)}: it splices at {', '.join(SPLICE_SITES)}"
+    )
+
+
+def site_width(model: nn.Module, layer: int, site: str) -> int:
+    """The width of the activation at ``site`` (d_model, or n_heads × d_head for ``attn.hook_z``)."""
+    if site != "attn.hook_z":
+        return hidden_size(model)
+    proj, _ = site_point(model, layer, site)
+    if isinstance(proj, nn.Linear):
+        return proj.in_features
+    return int(proj.weight.shape[0])  # GPT-2's Conv1D keeps its weight as [in, out]
 
 
 def hook_name_for(layer: int, site: str = "hook_resid_post") -> str:
@@ -128,8 +190,8 @@ def dictionary_learning_hook(submodule_name: str | None, layer: int | None) -> s
 def parse_hook_name(name: str) -> int:
     """Map any residual-stream hook name to the index L of the block whose output it is.
 
-    Non-residual hooks (MLP / attention outputs) are refused with one line: the splice replaces a block's
-    output, so an SAE trained elsewhere would read activations it never saw.
+    Non-residual hooks (MLP / attention outputs) are refused with one line (``site_of`` reads those): a block
+    index for them would read activations their SAE never saw.
 
     >>> parse_hook_name("blocks.9.hook_resid_post"), parse_hook_name("layers.9")
     (9, 9)
@@ -152,23 +214,13 @@ def parse_hook_name(name: str) -> int:
         if m:
             what = _SITE_WORDS.get(site, "not the residual stream")
             raise GradsaeError(
-                f"hook {name!r} is {what} of block {m.group(1)}, not the residual stream: gradsae splices SAEs "
-                "only at a block's output (blocks.L.hook_resid_post); use a residual-stream SAE"
+                f"hook {name!r} is {what} of block {m.group(1)}, not the residual stream: this needs a "
+                "residual-stream SAE (blocks.L.hook_resid_post)"
             )
     raise GradsaeError(
         f"cannot map hook name {name!r} to a residual-stream layer: use one of "
         "'blocks.L.hook_resid_post', 'blocks.L.hook_resid_pre', 'model.layers.L', 'layers.L' or pass --layer L"
     )
-
-
-def check_spliceable(hook_name: str) -> None:
-    """Refuse (one line) an SAE whose own hook is a known non-residual site, even when --layer is given.
-
-    A hook name gradsae does not know at all still lets an explicit layer decide (the user vouches for it).
-    """
-    name = (hook_name or "").strip()
-    if any(pattern.match(name) for pattern, _ in _OTHER_SITES):
-        parse_hook_name(name)  # raises the one-line reason
 
 
 # Where Hugging Face causal LMs keep their decoder blocks, tried in order. ``model.language_model.layers``: the

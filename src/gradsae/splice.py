@@ -1,4 +1,6 @@
-"""The splice: put an SAE into the residual stream after block L, optionally edit its latents.
+"""The splice: put an SAE into the model at its site of block L (the residual stream after the block, the
+attention or MLP output, or the attention heads' outputs before W_O: ``hooks.SPLICE_SITES``), optionally edit
+its latents.
 
 This module is the only one that registers forward hooks. Two context managers:
 
@@ -30,7 +32,17 @@ import torch
 from torch import nn
 
 from .errors import GradsaeError
-from .hooks import block, check_spliceable, decoder_layers, hidden_size, join_output, resolve_layer, split_output
+from .hooks import (
+    SPLICE_SITES,
+    block,
+    decoder_layers,
+    join_output,
+    resolve_layer,
+    site_of,
+    site_point,
+    site_width,
+    split_output,
+)
 from .saes.sae import SAE
 
 
@@ -171,26 +183,55 @@ def _start_position(at: str | int, prompt_len: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_compatible(model: nn.Module, sae: SAE, layer: int | str | None) -> int:
-    """Resolve the layer (argument, else the SAE's hook) and check d_in against the model."""
-    check_spliceable(sae.cfg.hook_name)  # an MLP/attention SAE must not be moved to the residual stream
-    layer = sae.cfg.hook_name if layer is None else layer
-    idx = resolve_layer(model, layer if layer not in ("", None) else None)
-    D = hidden_size(model)
-    if sae.d_in != D:
+def splice_point(
+    model: nn.Module, sae: SAE, layer: int | str | None = None, sites: Sequence[str] = SPLICE_SITES
+) -> tuple[int, str]:
+    """(block L, site) where ``sae`` splices: the site is the SAE's own (never moved to another); the block is
+    ``layer`` when given (an index, or a hook name, which must name the same site), else the SAE's hook's.
+    Checks the site is one of ``sites`` and d_in against the activation's width there."""
+    own = site_of(sae.cfg.hook_name)
+    site = own[1] if own is not None else "hook_resid_post"  # a name gradsae does not know: the user vouches
+    given = site_of(layer) if isinstance(layer, str) and not layer.strip().lstrip("-").isdigit() else None
+    if given is not None and given[1] != site:
         raise GradsaeError(
-            f"SAE d_in={sae.d_in} does not match the model's hidden size {D}: use an SAE trained on this model"
+            f"--layer {layer!r} names the site {given[1]}, but the SAE was trained at {site} "
+            f"({sae.cfg.hook_name}): give a block index, or an SAE trained at that site"
         )
-    return idx
+    if site not in sites:
+        raise GradsaeError(
+            f"the SAE's hook {sae.cfg.hook_name!r} is at {site}: this command splices only at "
+            f"{', '.join(sites)}; use an SAE trained there"
+        )
+    if layer not in ("", None):
+        idx = resolve_layer(model, given[0] if given is not None else layer)
+    elif own is not None:
+        idx = resolve_layer(model, own[0])
+    else:
+        idx = resolve_layer(model, sae.cfg.hook_name or None)  # one line: no layer given
+    width = site_width(model, idx, site)
+    if sae.d_in != width:
+        what = "hidden size" if site != "attn.hook_z" else "attention heads' width (n_heads x d_head)"
+        raise GradsaeError(
+            f"SAE d_in={sae.d_in} does not match the model's {what} {width}: use an SAE trained on this model"
+        )
+    return idx, site
+
+
+def check_compatible(
+    model: nn.Module, sae: SAE, layer: int | str | None, sites: Sequence[str] = ("hook_resid_post",)
+) -> int:
+    """The block where ``sae`` splices (``splice_point``); by default refuses SAEs not at the residual stream,
+    for the commands that read or change the residual stream itself."""
+    return splice_point(model, sae, layer, sites)[0]
 
 
 class Splice:
-    """Context manager that splices ``sae`` after block ``layer`` (default: the SAE's own hook).
+    """Context manager that splices ``sae`` at its site of block ``layer`` (default: the SAE's own hook).
 
     Args:
         model: a Hugging Face causal LM.
-        sae: the SAE.
-        layer: block index or hook name; None uses ``sae.cfg.hook_name``.
+        sae: the SAE (its hook's site: ``hooks.SPLICE_SITES``).
+        layer: block index or hook name (of the SAE's site); None uses ``sae.cfg.hook_name``.
         error: ``"none"`` or ``"keep"`` (see module docstring).
         edits: ``LatentEdits`` or a list of ``RowEdit`` (one per row; built at the first forward call).
         grad: make H a leaf that requires grad (for ∂target/∂H); the graph below layer L is cut.
@@ -223,7 +264,7 @@ class Splice:
         if error not in ("none", "keep"):
             raise GradsaeError(f"unknown error mode {error!r}: use 'none' (paper) or 'keep'")
         self.model, self.sae, self.error = model, sae, error
-        self.layer = check_compatible(model, sae, layer)
+        self.layer, self.site = splice_point(model, sae, layer)
         self.edits = edits
         self.grad, self.capture = grad, capture
         self.keep_first = keep_first
@@ -242,6 +283,16 @@ class Splice:
         T0 = self.prompt_len if self.prompt_len is not None else T
         self.edits = LatentEdits.from_rows(list(e), self.sae.d_sae, prompt_len=T0, device=device)
         return self.edits
+
+    @property
+    def trunk_layer(self) -> int:
+        """The last block whose output the splice does not change (-1: none): the shared trunk runs blocks
+        0..trunk_layer once."""
+        return self.layer if self.site == "hook_resid_post" else self.layer - 1
+
+    def _pre_hook(self, module, args):
+        """A site that is a module's input (``attn.hook_z``): the same splice on its first argument."""
+        return (self._hook(module, args, args[0]), *args[1:])
 
     def _hook(self, module, args, out):
         Z, rest = split_output(out)
@@ -290,7 +341,11 @@ class Splice:
         return Z + self.sae.decode_delta(He - H0)
 
     def __enter__(self) -> "Splice":
-        self._handle = block(self.model, self.layer).register_forward_hook(self._hook)
+        module, where = site_point(self.model, self.layer, self.site)
+        if where == "input":
+            self._handle = module.register_forward_pre_hook(self._pre_hook)
+        else:
+            self._handle = module.register_forward_hook(self._hook)
         self.offset = 0
         return self
 

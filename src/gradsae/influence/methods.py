@@ -3,6 +3,7 @@ backward per batch), ``exact`` (ablation), ``ig`` (integrated gradients)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -240,7 +241,7 @@ def _ig_scores(model, sae, packed: Packed, opts: InfluenceOptions, run: _RunSett
 def _exact_scores(model, sae, packed: Packed, opts: InfluenceOptions, run: _RunSettings) -> dict:
     """Δtarget when one latent is zeroed at all scored positions, divided by their number N (so it is on the
     scale of the ``mean`` aggregation of grad × act, whose first-order sum it approximates). Blocks 0..L
-    run once; each chunk of ablations runs only the blocks above L."""
+    run once; each chunk of ablations runs only the blocks above L (from block L on, for a site inside it)."""
     if packed.ids.shape[0] != 1:
         raise GradsaeError("exact ablation runs one example at a time")
     layer, target, error, keep_first = run.layer, opts.target, opts.error, run.keep_first
@@ -249,15 +250,9 @@ def _exact_scores(model, sae, packed: Packed, opts: InfluenceOptions, run: _RunS
     with Splice(model, sae, layer=layer, error=error, capture=True, keep_first=keep_first) as s:
         full = forward_target(model, packed, target, s)[0]
         H = s.latents[0].float()
-    L = s.layer
-    trunk = run_trunk(
-        model,
-        L,
-        input_ids=packed.ids,
-        attention_mask=packed.mask,
-        position_ids=position_ids(packed.mask),
-        use_cache=False,
-    )
+    L = s.trunk_layer  # blocks 0..L are the same in every ablation (none for a site inside block 0)
+    inputs = dict(input_ids=packed.ids, attention_mask=packed.mask, position_ids=position_ids(packed.mask))
+    trunk = run_trunk(model, L, **inputs, use_cache=False) if L >= 0 else None
     active = torch.nonzero(((H > 0) & mask[:, None]).any(0)).flatten()
     if n_cand is not None and active.numel() > 3 * n_cand:
         grad_res = _grad_scores(model, sae, packed, opts, dataclasses.replace(run, keep=1), aggregation="mean")[0]
@@ -276,7 +271,7 @@ def _exact_scores(model, sae, packed: Packed, opts: InfluenceOptions, run: _RunS
         rows = [RowEdit(zero=[c], at=lo, until=hi) for c in lat]
         rep = packed.repeat(len(lat))
         with (
-            skip_trunk(model, L, trunk, len(lat)),
+            skip_trunk(model, L, trunk, len(lat)) if trunk is not None else contextlib.nullcontext(),
             Splice(model, sae, layer=layer, error=error, edits=rows, keep_first=keep_first) as s,
         ):
             tv = forward_target(model, rep, target, s)

@@ -257,22 +257,28 @@ def fingerprint(cfg: SquadConfig, **extra) -> dict:
 # A results folder's config.json: the commands run on it, their merged options, and the fingerprint a resume,
 # --answers-from and merge compare; each field of the type its option declares.
 _OPTIONS = {**config_schema(PerturbConfig), **config_schema(StatsConfig), **config_schema(ExperimentConfig)}
-RESULTS_CONFIG_SCHEMA = schema.Required(
-    {
-        "commands": [str],
-        "config": _OPTIONS,
-        "fingerprint": {
-            **{k: _OPTIONS[k] for k in FINGERPRINT if k in _OPTIONS},
-            "data_sha256": str,
-            "stop_resolved": [str],
-            "extract_resolved": str,
-        },
-    }
-)
+_RESULTS_CONFIG = {
+    "commands": [str],
+    "config": _OPTIONS,
+    "fingerprint": {
+        **{k: _OPTIONS[k] for k in FINGERPRINT if k in _OPTIONS},
+        "data_sha256": str,
+        "stop_resolved": [str],
+        "extract_resolved": str,
+    },
+}
+RESULTS_CONFIG_SCHEMA = schema.Required(_RESULTS_CONFIG)
 
 
-def read_results_config(path: Path) -> dict:
-    """A results folder's config.json, checked against ``RESULTS_CONFIG_SCHEMA`` (one line if it does not fit)."""
+def read_results_config(path: Path, to_show: bool = False) -> dict:
+    """A results folder's config.json, checked against ``RESULTS_CONFIG_SCHEMA`` (one line if it does not fit).
+    ``to_show`` (the report): every part optional, and the flat options of folders written before config.json
+    nested them under "config" are read too."""
     conf = read_json(path)
-    schema.check(conf, RESULTS_CONFIG_SCHEMA, str(path))
+    if not to_show:
+        schema.check(conf, RESULTS_CONFIG_SCHEMA, str(path))
+    elif isinstance(conf, dict) and "config" not in conf and "fingerprint" not in conf:
+        schema.check(conf, _OPTIONS, str(path))
+    else:
+        schema.check(conf, _RESULTS_CONFIG, str(path))
     return conf

@@ -314,10 +314,11 @@ def _run_one(
 ) -> dict | None:
     from ..saes import load_sae
     from ..model import model_name
+    from ..hooks import SPLICE_SITES
     from ..splice import check_compatible
 
     sae = load_sae(sae_spec, device=str(next(model.parameters()).device))
-    check_compatible(model, sae, layer)
+    check_compatible(model, sae, layer, SPLICE_SITES)
     qas = sq.load_questions(cfg.data, limit=cfg.limit or None, seed=cfg.seed, shuffle=cfg.shuffle)
     builder = make_prompt_builder(cfg, tok, qas)  # from every question: a shard's prompts are the run's
     shard = sq.parse_shard(cfg.shard)

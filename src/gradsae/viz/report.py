@@ -385,7 +385,7 @@ def report_from_folder(
     if not summary and (folder / "sweep.json").exists():
         summary = read_json(folder / "sweep.json")
     check_summary(summary, str(folder / ("summary.json" if (folder / "summary.json").exists() else "sweep.json")))
-    config = read_results_config(folder / "config.json") if (folder / "config.json").exists() else None
+    config = read_results_config(folder / "config.json", to_show=True) if (folder / "config.json").exists() else None
     recs = read_records(folder)
     answers = [r.to_json() for (task, _), r in recs.items() if task == "answer"]
     exs = [attach_records(e, recs) for e in examples]

@@ -1,0 +1,174 @@
+"""SAEs at the attention output, the MLP output and the heads' outputs before W_O (``hooks.SPLICE_SITES``):
+spliced where TransformerLens / sae-lens define each site, on the tiny models of every architecture."""
+
+import pytest
+import torch
+
+from conftest import ARCHS, make_tiny, random_sae
+from gradsae import GradsaeError
+from gradsae.hooks import decoder_layers, site_of
+from gradsae.influence import Example, influence
+from gradsae.splice import RowEdit, Splice
+
+SITES = ("hook_attn_out", "attn.hook_z", "hook_mlp_out")
+
+
+def _attn(blk):
+    return next(getattr(blk, n) for n in ("self_attn", "attn") if hasattr(blk, n))
+
+
+def _proj(attn):
+    return next(getattr(attn, n) for n in ("o_proj", "c_proj") if hasattr(attn, n))
+
+
+def _zeroed_by_hand(model, layer: int, site: str):
+    """A hook that makes ``site`` of block ``layer`` what it is when the site's activation is zero, written
+    from the module structure without gradsae: the attention / MLP module's output set to what its own
+    layers give for a zero input (a post-norm, where the block has one, maps 0 to 0)."""
+    blk = decoder_layers(model)[layer]
+    if site == "hook_mlp_out":
+        return blk.mlp.register_forward_hook(lambda m, a, out: torch.zeros_like(out))
+    attn = _attn(blk)
+
+    def hook(m, a, out):
+        first = out[0] if isinstance(out, tuple) else out
+        proj = _proj(attn)
+        new = (
+            proj(torch.zeros(*first.shape[:-1], _width(proj), dtype=first.dtype))
+            if site == "attn.hook_z"
+            else 0 * first
+        )
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+    return attn.register_forward_hook(hook)
+
+
+def _width(proj):
+    return proj.in_features if isinstance(proj, torch.nn.Linear) else proj.weight.shape[0]
+
+
+def _site_sae(model, site, layer=1, **kw):
+    width = _width(_proj(_attn(decoder_layers(model)[layer]))) if site == "attn.hook_z" else 64
+    return random_sae(d_in=width, site=site, layer=layer, **kw)
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("site", SITES)
+def test_a_zero_sae_at_a_site_is_that_site_zeroed(arch, site):
+    """An SAE whose reconstruction is 0, spliced without the error term, is the site's activation zeroed: the
+    splice is at the right module and nothing else of the block changes."""
+    model, tok = make_tiny(arch)
+    sae = _site_sae(model, site)
+    with torch.no_grad():
+        sae.W_dec.zero_()
+        sae.b_dec.zero_()
+    ids = torch.tensor([tok("the quick brown fox", add_special_tokens=True)["input_ids"]])
+    clean = _logits(model, ids)
+    with Splice(model, sae, error="none"):
+        spliced = _logits(model, ids)
+    handle = _zeroed_by_hand(model, 1, site)
+    try:
+        by_hand = _logits(model, ids)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(spliced, by_hand, rtol=1e-4, atol=1e-4)
+    assert (spliced - clean).abs().max() > 1e-3  # the site matters: the test can fail
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("site", SITES)
+def test_keeping_the_error_term_leaves_the_model_unchanged_and_passes_gradients(arch, site):
+    model, tok = make_tiny(arch)
+    sae = _site_sae(model, site, bias=0.2)
+    ids = torch.tensor([tok("hello there", add_special_tokens=True)["input_ids"]])
+    clean = _logits(model, ids)
+    with Splice(model, sae, error="keep", grad=True) as s:
+        out = model(input_ids=ids).logits.float()
+        out[0, -1].log_softmax(-1)[5].backward()
+    torch.testing.assert_close(out.detach(), clean, rtol=1e-4, atol=1e-4)
+    g = s.latents.grad
+    assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
+@pytest.mark.parametrize("site,layer", [("hook_mlp_out", 1), ("attn.hook_z", 1), ("hook_attn_out", 0)])
+def test_exact_ablation_at_a_site_equals_rerunning_by_hand(arch, site, layer):
+    """The exact method's shared trunk stops below the block that holds the site (none for block 0)."""
+    model, tok = make_tiny(arch)
+    sae = _site_sae(model, site, layer=layer, d_sae=3, bias=0.5, seed=4)
+    res = influence(model, tok, sae, [Example("hello", "abc")], target="logprob", method="exact")[0]
+    ids = tok("hello abc", add_special_tokens=True)["input_ids"]
+    x = torch.tensor([ids])
+    n_p = len(tok("hello")["input_ids"])
+
+    def lp(edit=None):
+        with torch.no_grad(), Splice(model, sae, edits=None if edit is None else [edit]):
+            logits = model(input_ids=x).logits[0].log_softmax(-1)
+        return sum(logits[t - 1, ids[t]].item() for t in range(n_p, len(ids)))
+
+    full = lp()
+    assert res.target_value == pytest.approx(full, abs=1e-5)
+    for c in range(3):
+        by_hand = (full - lp(RowEdit(zero=[c], at=0, until=len(ids) - 1))) / (len(ids) - 1)
+        assert res.scores[c].item() == pytest.approx(by_hand, abs=1e-5)
+
+
+def test_site_names_and_refusals():
+    model, _ = make_tiny("llama")
+    assert site_of("layers.1.mlp") == (1, "hook_mlp_out") == site_of("blocks.1.hook_mlp_out")
+    assert site_of("model.layers.2.self_attn.o_proj.input") == (2, "attn.hook_z")
+    assert site_of("blocks.3.hook_resid_pre") == (2, "hook_resid_post") and site_of("nonsense") is None
+    mlp = random_sae(site="hook_mlp_out")
+    assert Splice(model, mlp, layer=2).layer == 2 and Splice(model, mlp, layer=2).site == "hook_mlp_out"
+    with pytest.raises(GradsaeError, match="names the site hook_resid_post"):
+        Splice(model, mlp, layer="blocks.1.hook_resid_post")  # never moved to the residual stream
+    for hook in ("blocks.1.hook_resid_mid", "blocks.1.hook_mlp_in"):
+        with pytest.raises(GradsaeError, match="splices only at"):
+            Splice(model, random_sae(site=hook.split(".", 2)[2]))
+    with pytest.raises(GradsaeError, match="does not match the model's hidden size"):
+        Splice(model, random_sae(d_in=32, site="hook_mlp_out"))
+
+
+def test_residual_only_commands_refuse_a_site_sae_in_one_line(tmp_path, capsys):
+    from gradsae.cli import main
+
+    model, tok = make_tiny("llama")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    random_sae(site="hook_mlp_out").save(tmp_path / "sae")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world\n" * 20)
+    args = ["dashboard", "--model", str(tmp_path / "m"), "--sae", str(tmp_path / "sae"), "--data", str(corpus)]
+    capsys.readouterr()  # save_pretrained's progress
+    assert main([*args, "--out", str(tmp_path / "d"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "splices only at hook_resid_post" in err
+
+
+def _reader(site: str, layer: int = 1):
+    """An SAE whose latents are [relu(Z), relu(-Z)]: Z at ``site`` read back exactly as H[:D] - H[D:]."""
+    sae = random_sae(d_in=64, d_sae=128, site=site, layer=layer)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([torch.eye(64), -torch.eye(64)], dim=1))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_attention_and_mlp_outputs_add_up_to_the_block_update(arch):
+    """TransformerLens's definition, checked structurally: resid_post = resid_pre + attn_out + mlp_out (Gemma's
+    post-norms included in the two outputs)."""
+    model, tok = make_tiny(arch)
+    ids = torch.tensor([tok("the quick brown fox", add_special_tokens=True)["input_ids"]])
+    with torch.no_grad(), Splice(model, _reader("hook_attn_out"), error="keep", capture=True) as a:
+        with Splice(model, _reader("hook_mlp_out"), error="keep", capture=True) as m:
+            hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+    z = [s.latents[..., :64] - s.latents[..., 64:] for s in (a, m)]
+    torch.testing.assert_close(z[0] + z[1], hs[2] - hs[1], rtol=1e-4, atol=1e-4)
+    assert z[0].abs().max() > 1e-3 and z[1].abs().max() > 1e-3
