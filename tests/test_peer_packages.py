@@ -453,3 +453,42 @@ def test_gemma_scope_2_residual_sae_equals_saelens_on_the_same_files(tmp_path, m
     assert ours.cfg.hook_name == lens_cfg["hook_name"] == "blocks.3.hook_resid_post"
     assert ours.cfg.apply_b_dec_to_input is lens_cfg["apply_b_dec_to_input"] is False
     assert_same(ours, lens, x_batch(scale=1.0))
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_gemma_scope_2_transcoder_equals_saelens_on_the_same_files(tmp_path, monkeypatch, affine):
+    """A transcoder (d_out != d_in here, and an asymmetric skip matrix: a transposed one would show) computes what
+    sae-lens's JumpReLU(Skip)Transcoder computes from the same bytes, skip term included."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(6)
+    O = D + 4
+    folder_name = f"transcoder/layer_3_width_40_l0_small{'_affine' if affine else ''}"
+    folder = tmp_path / folder_name
+    folder.mkdir(parents=True)
+    w = {
+        "w_enc": torch.randn(D, C, generator=g),
+        "w_dec": torch.randn(C, O, generator=g),
+        "b_enc": torch.randn(C, generator=g) * 0.3,
+        "b_dec": torch.randn(O, generator=g) * 0.3,
+        "threshold": torch.rand(C, generator=g) * 0.5,
+    }
+    if affine:
+        w["affine_skip_connection"] = torch.randn(D, O, generator=g)
+    save_file(w, folder / "params.safetensors")
+    cfg = {
+        "architecture": "jump_relu",
+        "model_name": "gemma-v3-1b-pt",
+        "hf_hook_point_in": "model.layers.3.pre_feedforward_layernorm.output",
+        "hf_hook_point_out": "model.layers.3.post_feedforward_layernorm.output",
+        "affine_connection": affine,
+    }
+    (folder / "config.json").write_text(json.dumps(cfg))
+    lens, lens_cfg = _lens_gemma_scope_2(monkeypatch, tmp_path, folder_name)
+    ours = load_sae(folder)
+    assert lens_cfg["architecture"] == ("jumprelu_skip_transcoder" if affine else "jumprelu_transcoder")
+    assert ours.cfg.hook_name_out == lens_cfg["hook_name_out"] == "blocks.3.hook_mlp_out"
+    assert ours.cfg.out_dim == lens_cfg["d_out"] == O and ours.cfg.skip_connection is affine
+    x = x_batch(scale=1.0)
+    assert_same(ours, lens, x)
+    torch.testing.assert_close(ours(x), lens(x), **TOL)  # the whole output, skip term included

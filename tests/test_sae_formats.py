@@ -653,20 +653,29 @@ def test_gemma_scope_2_attention_and_mlp_sites_keep_their_hook(tmp_path, site, h
         check_compatible(model, sae.to(torch.float32), 2)  # never moved to the residual stream
 
 
-def test_gemma_scope_2_transcoders_clts_and_unknown_sites_are_one_line(tmp_path):
-    with pytest.raises(GradsaeError, match="transcoder"):
-        load_sae(gemma_scope_2_folder(tmp_path / "a", site="transcoder"))
-    skip = {"affine_skip_connection": torch.randn(D, D)}
-    with pytest.raises(GradsaeError, match="transcoder"):
-        load_sae(gemma_scope_2_folder(tmp_path / "b", extra=skip))
+def test_gemma_scope_2_transcoders_with_and_without_skip(tmp_path):
+    """Transcoders read the MLP input (pre_feedforward_layernorm's output: ln2.hook_normalized) and write the MLP
+    output; the skip matrix is used as stored, x @ affine_skip_connection (asymmetric here, so a transpose shows)."""
+    plain = load_sae(gemma_scope_2_folder(tmp_path / "a", site="transcoder"))
+    assert (plain.cfg.hook_name, plain.cfg.hook_name_out) == ("blocks.2.ln2.hook_normalized", "blocks.2.hook_mlp_out")
+    assert plain.cfg.is_transcoder and not plain.cfg.skip_connection
+    check(plain, jump_ref(X, apply=False))
+    A = torch.randn(D, D, generator=torch.Generator().manual_seed(9))
+    assert (A - A.T).abs().max() > 0.1
     cfg = {
         "architecture": "jump_relu",
-        "hf_hook_point_in": "model.layers.2.pre_feedforward_layernorm.output",
-        "hf_hook_point_out": "model.layers.2.post_feedforward_layernorm.output",
-        "affine_connection": False,
+        "hf_hook_point_in": "model.layers.4.pre_feedforward_layernorm.output",
+        "hf_hook_point_out": "model.layers.4.post_feedforward_layernorm.output",
+        "affine_connection": True,
     }
-    with pytest.raises(GradsaeError, match="transcoder"):
-        load_sae(gemma_scope_2_folder(tmp_path / "c", site="x", config=cfg))
+    skip = load_sae(gemma_scope_2_folder(tmp_path / "b", site="x", config=cfg, extra={"affine_skip_connection": A}))
+    assert skip.cfg.skip_connection and skip.cfg.hook_name_out == "blocks.4.hook_mlp_out"
+    torch.testing.assert_close(skip(X), jump_ref(X) @ W_dec + b_dec + X @ A, rtol=1e-5, atol=1e-5)
+    with pytest.raises(GradsaeError, match="transcoder's weights"):
+        load_sae(gemma_scope_2_folder(tmp_path / "c", extra={"affine_skip_connection": A}))  # under resid_post/
+
+
+def test_gemma_scope_2_clts_and_unknown_sites_are_one_line(tmp_path):
     clt = tmp_path / "clt" / "width_4k_l0_small"
     clt.mkdir(parents=True)
     save_file({"w_enc": W_enc}, clt / "params_layer_0.safetensors")

@@ -172,3 +172,110 @@ def test_attention_and_mlp_outputs_add_up_to_the_block_update(arch):
     z = [s.latents[..., :64] - s.latents[..., 64:] for s in (a, m)]
     torch.testing.assert_close(z[0] + z[1], hs[2] - hs[1], rtol=1e-4, atol=1e-4)
     assert z[0].abs().max() > 1e-3 and z[1].abs().max() > 1e-3
+
+
+# ---- transcoders: read the MLP's input, write its output ------------------------------------------------
+
+
+def _transcoder(read: str = "ln2.hook_normalized", layer: int = 1, skip: bool = True, seed: int = 0):
+    from gradsae import SAE, SAEConfig
+
+    cfg = SAEConfig(
+        d_in=64,
+        d_sae=96,
+        architecture="relu",
+        apply_b_dec_to_input=False,
+        hook_name=f"blocks.{layer}.{read}",
+        hook_name_out=f"blocks.{layer}.hook_mlp_out",
+        d_out=64,
+        skip_connection=skip,
+    )
+    t = SAE.init_random(cfg, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        t.b_enc.copy_(torch.randn(96, generator=g) * 0.1)
+        if skip:
+            t.W_skip.copy_(torch.randn(64, 64, generator=g) * 0.1)
+    return t
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("read", ["ln2.hook_normalized", "hook_mlp_in"])
+def test_a_skip_only_transcoder_replaces_the_mlp_by_its_skip_map(arch, read):
+    """With a zero decoder, a spliced skip transcoder makes the MLP's output x @ W_skip, x what it reads: the MLP's
+    input (ln2.hook_normalized) or the residual before the pre-MLP norm (hook_mlp_in), written where sae-lens
+    writes a Gemma Scope 2 transcoder (after the post-MLP norm in Gemma 2/3)."""
+    model, tok = make_tiny(arch)
+    t = _transcoder(read)
+    with torch.no_grad():
+        t.W_dec.zero_()
+        t.b_dec.zero_()
+    ids = torch.tensor([tok("the quick brown fox", add_special_tokens=True)["input_ids"]])
+    with Splice(model, t, error="none"):
+        spliced = _logits(model, ids)
+    blk = decoder_layers(model)[1]
+    post = getattr(blk, "post_feedforward_layernorm", None)
+    norm = getattr(blk, "pre_feedforward_layernorm", None) if post is not None else None
+    src = (
+        blk.mlp if read == "ln2.hook_normalized" else norm or getattr(blk, "post_attention_layernorm", None) or blk.ln_2
+    )
+    seen = {}
+    handles = [src.register_forward_pre_hook(lambda m, a: seen.update(x=a[0]))]
+    handles.append((post or blk.mlp).register_forward_hook(lambda m, a, out: seen["x"] @ t.W_skip))
+    try:
+        by_hand = _logits(model, ids)
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(spliced, by_hand, rtol=1e-4, atol=1e-4)
+    assert (spliced - _logits(model, ids)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_a_transcoder_with_its_error_term_leaves_the_model_unchanged(arch):
+    model, tok = make_tiny(arch)
+    t = _transcoder()
+    ids = torch.tensor([tok("hello there", add_special_tokens=True)["input_ids"]])
+    clean = _logits(model, ids)
+    with Splice(model, t, error="keep", grad=True) as s:
+        out = model(input_ids=ids).logits.float()
+        out[0, -1].log_softmax(-1)[5].backward()
+    torch.testing.assert_close(out.detach(), clean, rtol=1e-4, atol=1e-4)
+    assert s.latents.grad is not None and s.latents.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_exact_ablation_of_transcoder_latents_equals_rerunning_by_hand(arch):
+    model, tok = make_tiny(arch)
+    t = _transcoder(seed=3)
+    res = influence(model, tok, t, [Example("hello", "abc")], target="logprob", method="exact")[0]
+    ids = tok("hello abc", add_special_tokens=True)["input_ids"]
+    x = torch.tensor([ids])
+    n_p = len(tok("hello")["input_ids"])
+
+    def lp(edit=None):
+        with torch.no_grad(), Splice(model, t, edits=None if edit is None else [edit]):
+            logits = model(input_ids=x).logits[0].log_softmax(-1)
+        return sum(logits[i - 1, ids[i]].item() for i in range(n_p, len(ids)))
+
+    full = lp()
+    active = res.baseline.nonzero().flatten()[:3].tolist()
+    assert active
+    for c in active:
+        by_hand = (full - lp(RowEdit(zero=[c], at=0, until=len(ids) - 1))) / (len(ids) - 1)
+        assert res.scores[c].item() == pytest.approx(by_hand, abs=1e-5)
+
+
+def test_transcoders_gradsae_cannot_splice_are_one_line():
+    from gradsae import SAE, SAEConfig
+
+    model, _ = make_tiny("llama")
+    for src, dst in (
+        ("blocks.1.hook_resid_post", "blocks.1.hook_mlp_out"),
+        ("blocks.1.hook_mlp_in", "blocks.2.hook_mlp_out"),
+    ):
+        cfg = SAEConfig(d_in=64, d_sae=8, apply_b_dec_to_input=False, hook_name=src, hook_name_out=dst, d_out=64)
+        with pytest.raises(GradsaeError, match="replace one block's MLP"):
+            Splice(model, SAE(cfg))
+    with pytest.raises(GradsaeError, match="needs hook_name_out"):
+        SAEConfig(d_in=64, d_sae=8, d_out=32)

@@ -89,8 +89,8 @@ def test_edits_reach_generated_tokens(tiny_llama):
     captured = []
 
     class Recorder(Splice):
-        def _rebuild(self, Z, H, H0):
-            out = super()._rebuild(Z, H, H0)
+        def _rebuild(self, X, Z, H, H0):
+            out = super()._rebuild(X, Z, H, H0)
             captured.append(self.edits.apply(H, self.offset - 0) if self.edits is not None else H)
             return out
 
@@ -141,7 +141,7 @@ def test_grad_wrt_latents_matches_finite_differences(tiny):
     class OneEntry(Splice):  # set exactly H[0, pos, lat] to `value`
         value = h
 
-        def _rebuild(self, Z, Hh, H0):
+        def _rebuild(self, X, Z, Hh, H0):
             Hh = Hh.clone()
             Hh[0, pos, lat] = self.value
             return self.sae.decode(Hh)

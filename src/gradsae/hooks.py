@@ -46,7 +46,9 @@ _OTHER_SITES = [
     (re.compile(r"^blocks\.(\d+)\.hook_attn_out$"), "hook_attn_out"),
     (re.compile(r"^blocks\.(\d+)\.attn\.hook_z$"), "attn.hook_z"),
     (re.compile(r"^blocks\.(\d+)\.hook_resid_mid$"), "hook_resid_mid"),
-    (re.compile(r"^blocks\.(\d+)\.(hook_mlp_in|mlp\.hook_post|mlp\.hook_pre|ln2\.hook_normalized)$"), None),
+    (re.compile(r"^blocks\.(\d+)\.hook_mlp_in$"), "hook_mlp_in"),
+    (re.compile(r"^blocks\.(\d+)\.ln2\.hook_normalized$"), "ln2.hook_normalized"),
+    (re.compile(r"^blocks\.(\d+)\.(mlp\.hook_post|mlp\.hook_pre)$"), None),
     (re.compile(r"^mlp_out_layer_(\d+)$"), "hook_mlp_out"),  # dictionary_learning
     (re.compile(r"^attn_out_layer_(\d+)$"), "hook_attn_out"),  # dictionary_learning
     (re.compile(r"^(?:model\.)?layers\.(\d+)\.mlp$"), "hook_mlp_out"),  # sparsify / HF module paths
@@ -56,7 +58,7 @@ _OTHER_SITES = [
     # Hugging Face module hook points (Gemma Scope 2's config.json, as sae-lens hooks them)
     (re.compile(r"^(?:model\.)?layers\.(\d+)\.self_attn\.o_proj\.input$"), "attn.hook_z"),
     (re.compile(r"^(?:model\.)?layers\.(\d+)\.post_feedforward_layernorm\.output$"), "hook_mlp_out"),
-    (re.compile(r"^(?:model\.)?layers\.(\d+)\.pre_feedforward_layernorm\.output$"), "hook_mlp_in"),
+    (re.compile(r"^(?:model\.)?layers\.(\d+)\.pre_feedforward_layernorm\.output$"), "ln2.hook_normalized"),
 ]
 
 _SITE_WORDS = {
@@ -64,13 +66,15 @@ _SITE_WORDS = {
     "hook_attn_out": "the attention output",
     "attn.hook_z": "the attention heads' outputs before W_O",
     "hook_resid_mid": "the mid-block residual",
-    "hook_mlp_in": "the MLP input",
+    "hook_mlp_in": "the MLP input before its norm",
+    "ln2.hook_normalized": "the MLP input",
 }
 
 
 # The sites the splice serves, as TransformerLens names them; where each lives in a Hugging Face block is
-# ``site_point``'s business.
+# ``site_point``'s business. A transcoder reads one of TRANSCODER_INPUTS and writes hook_mlp_out of the same block.
 SPLICE_SITES = ("hook_resid_post", "hook_attn_out", "attn.hook_z", "hook_mlp_out")
+TRANSCODER_INPUTS = ("ln2.hook_normalized", "hook_mlp_in")
 
 
 def site_of(name: str | None) -> tuple[int, str] | None:
@@ -101,7 +105,9 @@ def site_point(model: nn.Module, layer: int, site: str) -> tuple[nn.Module, str]
     - ``hook_mlp_out``: the MLP's output, after ``post_feedforward_layernorm`` where the block has one (Gemma 2/3);
     - ``hook_attn_out``: the attention's output (after ``o_proj``), after ``post_attention_layernorm`` where the
       block normalises both outputs (Gemma 2/3; in Llama-style blocks that name is the pre-MLP norm);
-    - ``attn.hook_z``: the input of the attention's output projection (the heads' outputs, concatenated).
+    - ``attn.hook_z``: the input of the attention's output projection (the heads' outputs, concatenated);
+    - ``ln2.hook_normalized``: the MLP's input (after the pre-MLP norm); ``hook_mlp_in``: the pre-MLP norm's input
+      (the residual between attention and MLP). Transcoders read these; they are not replaced.
     """
     blk = block(model, layer)
     post_norms = isinstance(getattr(blk, "post_feedforward_layernorm", None), nn.Module)
@@ -114,6 +120,11 @@ def site_point(model: nn.Module, layer: int, site: str) -> tuple[nn.Module, str]
     if site == "attn.hook_z":
         attn = _child(blk, "self_attn", "attn", "attention")
         return _child(attn, "o_proj", "c_proj", "dense", "out_proj"), "input"
+    if site == "ln2.hook_normalized":
+        return _child(blk, "mlp"), "input"
+    if site == "hook_mlp_in":
+        norm = "pre_feedforward_layernorm" if post_norms else "post_attention_layernorm"
+        return _child(blk, norm, "ln_2", "post_attention_layernorm"), "input"
     raise GradsaeError(
         f"gradsae does not splice at {_SITE_WORDS.get(site, site)}: it splices at {', '.join(SPLICE_SITES)}"
     )

@@ -34,6 +34,7 @@ from torch import nn
 from .errors import GradsaeError
 from .hooks import (
     SPLICE_SITES,
+    TRANSCODER_INPUTS,
     block,
     decoder_layers,
     join_output,
@@ -186,10 +187,12 @@ def _start_position(at: str | int, prompt_len: int) -> int:
 def splice_point(
     model: nn.Module, sae: SAE, layer: int | str | None = None, sites: Sequence[str] = SPLICE_SITES
 ) -> tuple[int, str]:
-    """(block L, site) where ``sae`` splices: the site is the SAE's own (never moved to another); the block is
-    ``layer`` when given (an index, or a hook name, which must name the same site), else the SAE's hook's.
-    Checks the site is one of ``sites`` and d_in against the activation's width there."""
-    own = site_of(sae.cfg.hook_name)
+    """(block L, site) where ``sae`` splices: the site is the SAE's own (a transcoder's: where it writes; never
+    moved to another); the block is ``layer`` when given (an index, or a hook name, which must name the same site),
+    else the SAE's hook's. Checks the site is one of ``sites`` and the widths against the model's there."""
+    if sae.cfg.is_transcoder:
+        read_site(sae)  # one line for a transcoder gradsae cannot splice
+    own = site_of(sae.cfg.hook_name_out or sae.cfg.hook_name)
     site = own[1] if own is not None else "hook_resid_post"  # a name gradsae does not know: the user vouches
     given = site_of(layer) if isinstance(layer, str) and not layer.strip().lstrip("-").isdigit() else None
     if given is not None and given[1] != site:
@@ -209,12 +212,25 @@ def splice_point(
     else:
         idx = resolve_layer(model, sae.cfg.hook_name or None)  # one line: no layer given
     width = site_width(model, idx, site)
-    if sae.d_in != width:
+    if sae.d_in != width or sae.cfg.out_dim != width:
         what = "hidden size" if site != "attn.hook_z" else "attention heads' width (n_heads x d_head)"
-        raise GradsaeError(
-            f"SAE d_in={sae.d_in} does not match the model's {what} {width}: use an SAE trained on this model"
-        )
+        dims = f"d_in={sae.d_in}" + (f", d_out={sae.cfg.out_dim}" if sae.cfg.is_transcoder else "")
+        raise GradsaeError(f"SAE {dims} does not match the model's {what} {width}: use an SAE trained on this model")
     return idx, site
+
+
+def read_site(sae: SAE) -> str | None:
+    """Where a transcoder reads (one of ``hooks.TRANSCODER_INPUTS``; it writes the MLP output of the same block);
+    None for an SAE, which reads where it writes."""
+    if not sae.cfg.is_transcoder:
+        return None
+    src, dst = site_of(sae.cfg.hook_name), site_of(sae.cfg.hook_name_out)
+    if src is None or dst is None or src[1] not in TRANSCODER_INPUTS or dst[1] != "hook_mlp_out" or src[0] != dst[0]:
+        raise GradsaeError(
+            f"a transcoder from {sae.cfg.hook_name!r} to {sae.cfg.hook_name_out!r}: gradsae splices transcoders that "
+            "replace one block's MLP (blocks.L.ln2.hook_normalized or blocks.L.hook_mlp_in -> blocks.L.hook_mlp_out)"
+        )
+    return src[1]
 
 
 def check_compatible(
@@ -265,6 +281,8 @@ class Splice:
             raise GradsaeError(f"unknown error mode {error!r}: use 'none' (paper) or 'keep'")
         self.model, self.sae, self.error = model, sae, error
         self.layer, self.site = splice_point(model, sae, layer)
+        self.read_site = read_site(sae)  # a transcoder's input; None: the SAE reads the site it writes
+        self._x_in: torch.Tensor | None = None
         self.edits = edits
         self.grad, self.capture = grad, capture
         self.keep_first = keep_first
@@ -274,7 +292,7 @@ class Splice:
         self.offset = 0
         self.prompt_len: int | None = None  # set by the generation loop; else the first call's length
         self.row_start: torch.Tensor | None = None  # [B] first real (non-pad) position per row, for keep_first
-        self._handle = None
+        self._handles: list = []
 
     def _dense_edits(self, B: int, T: int, device) -> LatentEdits | None:
         e = self.edits
@@ -294,17 +312,21 @@ class Splice:
         """A site that is a module's input (``attn.hook_z``): the same splice on its first argument."""
         return (self._hook(module, args, args[0]), *args[1:])
 
+    def _read_input(self, module, args):
+        """A transcoder's input, kept for the hook at its output (the same forward call)."""
+        self._x_in = args[0]
+
     def _hook(self, module, args, out):
         Z, rest = split_output(out)
         sae = self.sae
-        Zs = Z.to(sae.W_dec.dtype)
+        Zs = Z.to(sae.W_dec.dtype).detach()
+        X = Zs if self.read_site is None else self._x_in.to(sae.W_dec.dtype).detach()
         with torch.enable_grad() if self.grad else torch.no_grad():
-            Zs = Zs.detach()
-            H0 = sae.encode(Zs).detach()
+            H0 = sae.encode(X).detach()
             H = H0 if self.latent_fn is None else self.latent_fn(H0)
             if self.grad:
                 H = H.requires_grad_(True)
-            new = self._rebuild(Zs, H, H0)
+            new = self._rebuild(X, Zs, H, H0)
         if self.grad or self.capture:
             self.latents = H
         if self.capture:
@@ -327,32 +349,41 @@ class Splice:
             return new
         return torch.where(keep[..., None], Z.detach().to(new.dtype), new)
 
-    def _rebuild(self, Z: torch.Tensor, H: torch.Tensor, H0: torch.Tensor) -> torch.Tensor:
-        """New residual stream from (possibly transformed) latents H; H0 are the plain encoder latents,
-        which define the error term Z - decode(H0) in ``keep`` mode."""
+    def _rebuild(self, X: torch.Tensor, Z: torch.Tensor, H: torch.Tensor, H0: torch.Tensor) -> torch.Tensor:
+        """New activation at the site from (possibly transformed) latents H of the input X (Z itself for an SAE,
+        a transcoder's input otherwise); H0 are the plain encoder latents, which define the error term
+        Z - output(H0) in ``keep`` mode."""
         edits = self._dense_edits(H.shape[0], H.shape[1], H.device)
         He = H if edits is None else edits.apply(H, self.offset)
+        skip = self.sae.skip(X)
+
+        def output(h):
+            return self.sae.decode(h) if skip is None else self.sae.decode(h) + skip
+
         if self.error == "none":
-            return self.sae.decode(He)
+            return output(He)
         if self.grad:  # keep the reconstruction path so d(out)/dH = W_dec
-            return self.sae.decode(He) + (Z - self.sae.decode(H0)).detach()
+            return output(He) + (Z - output(H0)).detach()
         if He is H0:
             return Z
         return Z + self.sae.decode_delta(He - H0)
 
     def __enter__(self) -> "Splice":
+        if self.read_site is not None:
+            src, _ = site_point(self.model, self.layer, self.read_site)  # an input site
+            self._handles.append(src.register_forward_pre_hook(self._read_input))
         module, where = site_point(self.model, self.layer, self.site)
         if where == "input":
-            self._handle = module.register_forward_pre_hook(self._pre_hook)
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook))
         else:
-            self._handle = module.register_forward_hook(self._hook)
+            self._handles.append(module.register_forward_hook(self._hook))
         self.offset = 0
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        for h in self._handles:
+            h.remove()
+        self._handles = []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,9 +94,11 @@ def orient(t: torch.Tensor, rows: int, cols: int, name: str, where: Path) -> tor
     )
 
 
-def build(cfg: SAEConfig, W_enc, b_enc, W_dec, b_dec, where: Path, threshold=None) -> SAE:
-    D, C = cfg.d_in, cfg.d_sae
-    for name, t, shape in (("b_enc", b_enc, (C,)), ("b_dec", b_dec, (D,))):
+def build(cfg: SAEConfig, W_enc, b_enc, W_dec, b_dec, where: Path, threshold=None, W_skip=None) -> SAE:
+    """The SAE of ``cfg`` with these weights (W_enc / W_dec oriented by shape; a skip transcoder's ``W_skip``
+    already as [d_in, d_out]: its orientation is each format's convention, invisible in a square shape)."""
+    D, C, O = cfg.d_in, cfg.d_sae, cfg.out_dim
+    for name, t, shape in (("b_enc", b_enc, (C,)), ("b_dec", b_dec, (O,))):
         if tuple(t.shape) != shape:
             raise GradsaeError(
                 f"{name} in {where} has shape {tuple(t.shape)}, expected {shape}: config says d_in={D}, d_sae={C}"
@@ -105,8 +107,13 @@ def build(cfg: SAEConfig, W_enc, b_enc, W_dec, b_dec, where: Path, threshold=Non
     with torch.no_grad():
         sae.W_enc.copy_(orient(W_enc, D, C, "W_enc", where))
         sae.b_enc.copy_(b_enc)
-        sae.W_dec.copy_(orient(W_dec, C, D, "W_dec", where))
+        sae.W_dec.copy_(orient(W_dec, C, O, "W_dec", where))
         sae.b_dec.copy_(b_dec)
+        if cfg.skip_connection:
+            if W_skip is None or tuple(W_skip.shape) != (D, O):
+                got = "none" if W_skip is None else tuple(W_skip.shape)
+                raise GradsaeError(f"the skip matrix in {where} has shape {got}, expected ({D}, {O})")
+            sae.W_skip.copy_(W_skip)
         if hasattr(sae, "threshold"):
             if threshold is None:
                 raise GradsaeError(

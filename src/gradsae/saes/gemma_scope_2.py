@@ -9,12 +9,17 @@ path, and is where sae-lens hooks it on the HF model:
 ==============  =============================================  ====================================================
 site            Hugging Face hook point                        gradsae
 ==============  =============================================  ====================================================
-resid_post      ``model.layers.L.output``                      ``blocks.L.hook_resid_post``: spliced
-attn_out        input of ``model.layers.L.self_attn.o_proj``   ``blocks.L.attn.hook_z``: read, refused by the splice
-mlp_out         ``model.layers.L.post_feedforward_layernorm``  ``blocks.L.hook_mlp_out``: read, refused by the splice
-transcoder      ``pre_feedforward_layernorm`` → ``post_...``   refused at load (maps one site to another)
+resid_post      ``model.layers.L.output``                      ``blocks.L.hook_resid_post``
+attn_out        input of ``model.layers.L.self_attn.o_proj``   ``blocks.L.attn.hook_z``
+mlp_out         ``model.layers.L.post_feedforward_layernorm``  ``blocks.L.hook_mlp_out``
+transcoder      ``pre_feedforward_layernorm`` → ``post_...``   ``blocks.L.ln2.hook_normalized`` → ``...hook_mlp_out``
+                (``_affine``: + ``affine_skip_connection``)    a skip transcoder: W_skip = the file's [d_in, d_out]
 clt             ``params_layer_{i}.safetensors``, every layer  refused at load (a cross-layer transcoder)
 ==============  =============================================  ====================================================
+
+sae-lens 6.54 names a transcoder's input ``blocks.L.hook_mlp_in``, which in TransformerLens is the residual before
+the pre-MLP norm; the weights read ``pre_feedforward_layernorm.output``, the norm's output, which is
+``ln2.hook_normalized``: gradsae uses that name, so it splices where the weights were trained.
 """
 
 from __future__ import annotations
@@ -32,44 +37,43 @@ _KEYS = ("w_enc", "w_dec", "b_enc", "b_dec", "threshold")
 _PATH_SITES = {"resid_post": "hook_resid_post", "attn_out": "attn.hook_z", "mlp_out": "hook_mlp_out"}
 
 
-def _transcoder_refusal(where: Path) -> GradsaeError:
-    return GradsaeError(
-        f"{where} is a Gemma Scope 2 transcoder: it reads the MLP input and writes the MLP output, and gradsae "
-        "splices dictionaries that reconstruct their input; use a resid_post, attn_out or mlp_out SAE"
-    )
-
-
-def site_hook(folder: Path, raw: dict) -> str:
-    """The TransformerLens hook name of a Gemma Scope 2 SAE, from its config.json (``raw``) or its folder path.
-
-    -> ``blocks.L.hook_resid_post`` / ``blocks.L.attn.hook_z`` / ``blocks.L.hook_mlp_out``; a transcoder is one line.
-    """
-    if raw.get("hf_hook_point_out") or raw.get("affine_connection") is not None:
-        raise _transcoder_refusal(folder)
-    hf = raw.get("hf_hook_point_in")
-    if hf is not None:
-        if not isinstance(hf, str):
-            raise GradsaeError(f"{folder}/config.json has hf_hook_point_in={hf!r}: give the hook point's name")
-        hook = canonical_hook_name(hf)
-        if hook.endswith(".hook_mlp_in"):
-            raise _transcoder_refusal(folder)
-        if hook.startswith("blocks."):
-            return hook
+def _hf_hook(folder: Path, raw: dict, key: str) -> str | None:
+    hf = raw.get(key)
+    if hf is None:
+        return None
+    if not isinstance(hf, str):
+        raise GradsaeError(f"{folder}/config.json has {key}={hf!r}: give the hook point's name")
+    hook = canonical_hook_name(hf)
+    if not hook.startswith("blocks."):
         raise GradsaeError(
-            f"{folder}/config.json reads at {hf!r}, which gradsae does not know: Gemma Scope 2 SAEs read at "
-            "model.layers.L.output, self_attn.o_proj.input or post_feedforward_layernorm.output"
+            f"{folder}/config.json names {hf!r}, which gradsae does not know: Gemma Scope 2 reads at "
+            "model.layers.L.output, self_attn.o_proj.input, pre_ or post_feedforward_layernorm.output"
         )
+    return hook
+
+
+def site_hooks(folder: Path, raw: dict) -> tuple[str, str]:
+    """(hook_name, hook_name_out) of a Gemma Scope 2 dictionary, from its config.json (``raw``) or its folder path:
+    ``blocks.L.hook_resid_post`` / ``blocks.L.attn.hook_z`` / ``blocks.L.hook_mlp_out`` with "" for an SAE,
+    ``blocks.L.ln2.hook_normalized`` -> ``blocks.L.hook_mlp_out`` for a transcoder."""
+    hook_in, hook_out = _hf_hook(folder, raw, "hf_hook_point_in"), _hf_hook(folder, raw, "hf_hook_point_out")
+    if hook_in is not None:
+        if hook_out is None and raw.get("affine_connection") is not None:  # a transcoder's config without its output
+            hook_out = hook_name_for(int(hook_in.split(".")[1]), "hook_mlp_out")
+        return hook_in, hook_out or ""
     parts = (folder.absolute().parent.name, folder.absolute().name)  # <site>/layer_L_...: the release's layout
-    if any("transcoder" in p or re.search(r"(^|[_-])clt([_-]|$)", p) for p in parts):
-        raise _transcoder_refusal(folder)
     m = re.match(r"layer_(\d+)_width_", folder.name)
+    transcoder = any("transcoder" in p for p in parts)
     site = next((_PATH_SITES[p] for p in reversed(parts) if p in _PATH_SITES), None)
-    if m is None or site is None:
+    if m is None or (site is None and not transcoder):
         raise GradsaeError(
             f"cannot tell the site of the Gemma Scope 2 SAE in {folder}: keep the release's layout "
-            "(<resid_post|attn_out|mlp_out>/layer_L_width_W_l0_.../params.safetensors) or its config.json"
+            "(<resid_post|attn_out|mlp_out|transcoder>/layer_L_width_W_l0_.../params.safetensors) or its config.json"
         )
-    return hook_name_for(int(m.group(1)), site)
+    layer = int(m.group(1))
+    if transcoder:
+        return hook_name_for(layer, "ln2.hook_normalized"), hook_name_for(layer, "hook_mlp_out")
+    return hook_name_for(layer, site), ""
 
 
 def load(folder: Path) -> SAE:
@@ -78,16 +82,19 @@ def load(folder: Path) -> SAE:
     arch = raw.get("architecture", "jump_relu")
     if arch != "jump_relu":
         raise GradsaeError(f"{folder}/config.json names architecture {arch!r}; Gemma Scope 2 SAEs are jump_relu")
-    hook = site_hook(folder, raw)
+    hook, hook_out = site_hooks(folder, raw)
     w = checks.read_safetensors(folder / PARAMS)
-    if "affine_skip_connection" in w:
-        raise _transcoder_refusal(folder)
     missing = [k for k in _KEYS if k not in w]
     if missing:
         raise GradsaeError(f"{folder}/{PARAMS} lacks {', '.join(missing)}: not a Gemma Scope 2 SAE")
-    D, C = checks.dims(w["b_enc"], w["b_dec"])
-    if tuple(w["w_dec"].shape) not in ((C, D), (D, C)):
-        raise _transcoder_refusal(folder)  # d_out != d_in: it writes somewhere else than it reads
+    skip = w.get("affine_skip_connection")
+    if (skip is not None or tuple(w["w_enc"].shape) != tuple(reversed(w["w_dec"].shape))) and not hook_out:
+        raise GradsaeError(
+            f"{folder} holds a transcoder's weights (a skip matrix, or w_dec not the shape of w_enc transposed) but "
+            "its path and config.json name an SAE site: keep the release's transcoder/ layout or its config.json"
+        )
+    C = int(w["b_enc"].shape[-1])
+    D, O = int(w["w_enc"].shape[0]), int(w["b_dec"].shape[-1])
     model = raw.get("model_name")
     cfg = SAEConfig(
         d_in=D,
@@ -95,6 +102,9 @@ def load(folder: Path) -> SAE:
         architecture="jumprelu",
         apply_b_dec_to_input=False,
         hook_name=hook,
+        hook_name_out=hook_out,
+        d_out=O if hook_out else None,
+        skip_connection=skip is not None,
         model_name=str(model) if isinstance(model, str) else "",
         metadata={"format": "gemma_scope_2", "source": str(folder)},
     )
@@ -106,6 +116,7 @@ def load(folder: Path) -> SAE:
         w["b_dec"].float(),
         folder,
         w["threshold"].float(),
+        None if skip is None else skip.float(),  # stored [d_in, d_out], as x @ W_skip uses it
     )
 
 

@@ -52,6 +52,13 @@ class SAEConfig:
     """Subtract b_dec from x before encoding (SAELens convention)."""
     hook_name: str = ""
     """Where the SAE reads, e.g. blocks.9.hook_resid_post (any name hooks.parse_hook_name knows)."""
+    hook_name_out: str = ""
+    """Transcoders: where the output is written (``blocks.L.hook_mlp_out``); "" for an SAE, which writes where it
+    reads."""
+    d_out: int | None = None
+    """Transcoders: the output's width (None: d_in)."""
+    skip_connection: bool = False
+    """Transcoders: the output also gets the affine skip term x @ W_skip (W_skip [d_in, d_out])."""
     model_name: str = ""
     dtype: str = "float32"
     device: str = "cpu"
@@ -69,6 +76,12 @@ class SAEConfig:
     """Anything else (training config, provenance, eval numbers)."""
 
     def __post_init__(self):
+        if (self.d_out is not None or self.skip_connection) and not self.hook_name_out:
+            raise GradsaeError("a transcoder (d_out or skip_connection set) needs hook_name_out, where it writes")
+        if self.hook_name_out and self.apply_b_dec_to_input:
+            raise GradsaeError(
+                "a transcoder cannot subtract b_dec (of its output) from its input: apply_b_dec_to_input"
+            )
         if self.beta_mode not in ("rms", "raw"):
             raise GradsaeError(f"beta_mode={self.beta_mode!r}: use 'rms' or 'raw'")
         if architectures.get(self.architecture).needs_k and not self.k:
@@ -85,6 +98,15 @@ class SAEConfig:
     @property
     def layer(self) -> int | None:
         return parse_hook_name(self.hook_name) if self.hook_name else None
+
+    @property
+    def is_transcoder(self) -> bool:
+        return bool(self.hook_name_out)
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the output: d_out for a transcoder, else d_in."""
+        return self.d_out if self.d_out is not None else self.d_in
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -125,12 +147,14 @@ class SAE(nn.Module):
     def __init__(self, cfg: SAEConfig):
         super().__init__()
         self.cfg = cfg
-        D, C = cfg.d_in, cfg.d_sae
+        D, C, O = cfg.d_in, cfg.d_sae, cfg.out_dim
         dtype = getattr(torch, cfg.dtype)
         self.W_enc = nn.Parameter(torch.zeros(D, C, dtype=dtype))
         self.b_enc = nn.Parameter(torch.zeros(C, dtype=dtype))
-        self.W_dec = nn.Parameter(torch.zeros(C, D, dtype=dtype))
-        self.b_dec = nn.Parameter(torch.zeros(D, dtype=dtype))
+        self.W_dec = nn.Parameter(torch.zeros(C, O, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(O, dtype=dtype))
+        if cfg.skip_connection:
+            self.W_skip = nn.Parameter(torch.zeros(D, O, dtype=dtype))
         self.arch = architectures.get(cfg.architecture)
         for name in self.arch.params:
             setattr(self, name, nn.Parameter(torch.zeros(C, dtype=dtype)))
@@ -143,11 +167,13 @@ class SAE(nn.Module):
         """Random unit-norm decoder rows, encoder = decoder transpose (Gao et al.), b_dec from data if given."""
         sae = cls(cfg)
         g = torch.Generator().manual_seed(seed)
-        W = torch.randn(cfg.d_sae, cfg.d_in, generator=g)
+        W = torch.randn(cfg.d_sae, cfg.out_dim, generator=g)
         W = W / W.norm(dim=-1, keepdim=True)
         with torch.no_grad():
             sae.W_dec.copy_(W)
-            sae.W_enc.copy_(W.T)
+            sae.W_enc.copy_(
+                W.T if cfg.out_dim == cfg.d_in else torch.randn(cfg.d_in, cfg.d_sae, generator=g) / cfg.d_in**0.5
+            )
             if x_sample is not None:
                 sae.b_dec.copy_(x_sample.float().median(dim=0).values)
         return sae
@@ -228,7 +254,8 @@ class SAE(nn.Module):
         return pre.relu()
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
-        """Reconstruction x_hat [..., D] from latents h [..., C]."""
+        """Reconstruction x_hat [..., D] from latents h [..., C] (a transcoder: [..., d_out], without the skip
+        term, which ``skip`` gives)."""
         x_hat = h.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
         s = self.cfg.norm_scaling_factor
         return x_hat if s is None else x_hat / s
@@ -252,8 +279,15 @@ class SAE(nn.Module):
             h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
+    def skip(self, x: torch.Tensor) -> torch.Tensor | None:
+        """A skip transcoder's affine term x @ W_skip [..., d_out] for its input x [..., D]; None without one."""
+        return x.to(self.W_skip.dtype) @ self.W_skip if self.cfg.skip_connection else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        """decode(encode(x)): the reconstruction, or a transcoder's output (skip term included)."""
+        out = self.decode(self.encode(x))
+        s = self.skip(x)
+        return out if s is None else out + s
 
     # ---- helpers ------------------------------------------------------------------------
     @torch.no_grad()
@@ -263,6 +297,12 @@ class SAE(nn.Module):
     def describe(self) -> str:
         c = self.cfg
         k = f", k={c.k}" if c.k else ""
+        if c.is_transcoder:
+            skip = ", skip" if c.skip_connection else ""
+            return (
+                f"Transcoder({c.architecture}, d_in={c.d_in}, d_sae={c.d_sae}, d_out={c.out_dim}{k}{skip}, "
+                f"{c.hook_name or '?'} -> {c.hook_name_out})"
+            )
         return f"SAE({c.architecture}, d_in={c.d_in}, d_sae={c.d_sae}{k}, hook={c.hook_name or '?'})"
 
     def __repr__(self) -> str:
