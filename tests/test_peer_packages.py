@@ -284,11 +284,43 @@ def test_sparsify_mlp_sae_splices_at_the_mlp_output(tmp_path):
     torch.testing.assert_close(spliced, theirs, rtol=1e-4, atol=1e-4)
 
 
-def test_sparsify_transcoder_refused(tmp_path):
+def test_sparsify_transcoder_not_on_an_mlp_is_one_line(tmp_path):
     coder = sparsify.SparseCoder(D, sparsify.SparseCoderConfig(num_latents=C, k=K, transcode=True))
     coder.save_to_disk(tmp_path / "layers.2")
-    with pytest.raises(GradsaeError, match="transcoder"):
+    with pytest.raises(GradsaeError, match="transcoders trained on a block's MLP"):
         load_sae(tmp_path / "layers.2")
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_sparsify_transcoder_equals_sparsify_and_replaces_the_mlp(tmp_path, skip):
+    """A sparsify (skip) transcoder of layers.1.mlp computes what sparsify computes (an asymmetric W_skip: a
+    transpose would show), and spliced it replaces the MLP module's output by sparsify's output from its input."""
+    from conftest import D_MODEL, make_tiny
+    from gradsae.splice import Splice
+
+    sc = sparsify.SparseCoderConfig(num_latents=C, k=K, transcode=True, skip_connection=skip)
+    coder = randomize(sparsify.SparseCoder(D_MODEL, sc), 4, scale=0.1)
+    coder.save_to_disk(tmp_path / "layers.1.mlp")
+    ours = load_sae(tmp_path / "layers.1.mlp")
+    assert (ours.cfg.hook_name, ours.cfg.hook_name_out) == ("blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out")
+    x = torch.randn(16, D_MODEL, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), coder(x).sae_out, **TOL)
+    model, tok = make_tiny("llama")
+    ids = torch.tensor([tok("the quick brown fox", add_special_tokens=True)["input_ids"]])
+    with torch.no_grad(), Splice(model, ours, error="none"):
+        spliced = model(input_ids=ids).logits
+    mlp = model.model.layers[1].mlp
+    handle = mlp.register_forward_hook(lambda m, a, out: coder(a[0].flatten(0, 1)).sae_out.view_as(out))
+    try:
+        with torch.no_grad():
+            theirs = model(input_ids=ids).logits
+    finally:
+        handle.remove()
+    torch.testing.assert_close(spliced, theirs, rtol=1e-4, atol=1e-4)
+    gemma, _ = make_tiny("gemma2")
+    with pytest.raises(GradsaeError, match="MLP module's own output"):
+        Splice(gemma, ours)  # Gemma normalises the MLP's output before adding it: not where sparsify trained
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,3 +524,50 @@ def test_gemma_scope_2_transcoder_equals_saelens_on_the_same_files(tmp_path, mon
     x = x_batch(scale=1.0)
     assert_same(ours, lens, x)
     torch.testing.assert_close(ours(x), lens(x), **TOL)  # the whole output, skip term included
+
+
+# ---------------------------------------------------------------------------------------------
+# sae-lens transcoder folders, both ways
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch,skip", [("jumprelu", True), ("jumprelu", False), ("relu", True), ("relu", False)])
+def test_gradsae_transcoders_load_in_saelens_and_back(tmp_path, arch, skip):
+    from gradsae import SAE, SAEConfig
+
+    O = D + 3  # d_out != d_in, and a non-square skip matrix: a transposed one could not even load
+    cfg = SAEConfig(
+        d_in=D,
+        d_sae=C,
+        architecture=arch,
+        apply_b_dec_to_input=False,
+        hook_name="blocks.2.ln2.hook_normalized",
+        hook_name_out="blocks.2.hook_mlp_out",
+        d_out=O,
+        skip_connection=skip,
+    )
+    ours = randomize(SAE(cfg), 7)
+    ours.save(tmp_path / "t")
+    lens = sae_lens.SAE.load_from_disk(str(tmp_path / "t"))
+    assert type(lens).__name__ == f"{'JumpReLU' if arch == 'jumprelu' else ''}{'Skip' if skip else ''}Transcoder"
+    x = x_batch(scale=1.0)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), lens(x), **TOL)
+    back = load_sae(tmp_path / "t")
+    assert (back.cfg.hook_name, back.cfg.hook_name_out, back.cfg.out_dim) == (cfg.hook_name, cfg.hook_name_out, O)
+    assert back.digest() == ours.digest()
+
+
+def test_saelens_skip_transcoder_reads_in_gradsae(tmp_path):
+    from sae_lens.saes.transcoder import JumpReLUSkipTranscoder, JumpReLUSkipTranscoderConfig
+
+    lens_cfg = JumpReLUSkipTranscoderConfig(d_in=D, d_sae=C, d_out=D, apply_b_dec_to_input=False)
+    lens_cfg.metadata.hook_name = "blocks.1.ln2.hook_normalized"
+    lens = randomize(JumpReLUSkipTranscoder(lens_cfg), 8)
+    assert (lens.W_skip - lens.W_skip.T).abs().max() > 0.1  # asymmetric: a transpose would show
+    lens.save_model(tmp_path / "lens")
+    ours = load_sae(tmp_path / "lens")
+    assert ours.cfg.skip_connection and ours.cfg.hook_name_out == "blocks.1.hook_mlp_out"
+    x = x_batch(scale=1.0)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), lens(x), **TOL)

@@ -727,3 +727,21 @@ def test_mutated_dictionary_learning_config_loads_or_is_one_line(tmp_path, dict_
     cfg, _ = _dictionary_learning_folder(tmp_path, dict_class)
     n, loaded = each_mutation(tmp_path / "config.json", cfg, _finite_load(tmp_path))
     assert n > 80 and loaded > 0
+
+
+def test_mutated_transcoder_cfg_json_loads_or_is_one_line(tmp_path):
+    cfg = SAEConfig(
+        d_in=D,
+        d_sae=C,
+        architecture="jumprelu",
+        apply_b_dec_to_input=False,
+        hook_name="blocks.2.ln2.hook_normalized",
+        hook_name_out="blocks.2.hook_mlp_out",
+        d_out=D + 2,
+        skip_connection=True,
+    )
+    SAE.init_random(cfg, seed=2).save(tmp_path / "t")
+    n, loaded = each_mutation(
+        tmp_path / "t" / "cfg.json", json.loads((tmp_path / "t" / "cfg.json").read_text()), _finite_load(tmp_path / "t")
+    )
+    assert n > 150 and loaded > 0

@@ -211,6 +211,11 @@ def splice_point(
         idx = resolve_layer(model, own[0])
     else:
         idx = resolve_layer(model, sae.cfg.hook_name or None)  # one line: no layer given
+    if sae.cfg.metadata.get("writes_mlp_module_output") and hasattr(block(model, idx), "post_feedforward_layernorm"):
+        raise GradsaeError(
+            f"{sae.describe()} was trained on the MLP module's own output, which this model's blocks normalise "
+            "before adding (Gemma 2/3): blocks.L.hook_mlp_out is after that norm, so gradsae refuses to splice it there"
+        )
     width = site_width(model, idx, site)
     if sae.d_in != width or sae.cfg.out_dim != width:
         what = "hidden size" if site != "attn.hook_z" else "attention heads' width (n_heads x d_head)"

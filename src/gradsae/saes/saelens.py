@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import GradsaeError
-from ..hooks import canonical_hook_name
+from ..hooks import canonical_hook_name, hook_name_for, site_of
 from ..io import atomic_write_bytes, atomic_write_text
 from . import architectures, checks, formats
 from .sae import SAE, SAEConfig
@@ -55,6 +55,8 @@ def save_saelens(sae: SAE, path: str | Path, dtype: str | None = None) -> Path:
     if dtype is not None and dtype not in formats.SAVE_DTYPES:
         raise GradsaeError(f"cannot save as dtype {dtype!r}: use one of {', '.join(formats.SAVE_DTYPES)}")
     c = sae.cfg
+    if c.is_transcoder:
+        return _save_transcoder(sae, Path(path), dtype)
     # what sae-lens runs at inference (it has no g-SAE / e2e / BatchTopK inference class): the registry's
     # ``saelens`` name, e.g. a g-SAE or e2e SAE without a gradient is plain TopK, BatchTopK runs as JumpReLU
     arch = architectures.get(c.architecture).saelens
@@ -135,13 +137,15 @@ _SAELENS_ARCH = {
 _SAELENS_REFUSED = {
     "gated": "gated SAEs (b_gate, b_mag, r_mag) have no gradsae equivalent",
     "abstopk": "AbsTopK keeps negative latents, which gradsae's TopK does not",
-    "transcoder": "a transcoder maps one hook to another; gradsae splices SAEs that reconstruct their input",
-    "skip_transcoder": "a transcoder maps one hook to another; gradsae splices SAEs that reconstruct their input",
-    "jumprelu_transcoder": "a transcoder maps one hook to another; gradsae splices SAEs that reconstruct their input",
-    "jumprelu_skip_transcoder": "a transcoder maps one hook to another; gradsae splices SAEs that reconstruct "
-    "their input",
     "temporal": "temporal SAEs attend over earlier tokens, which gradsae's per-token splice cannot run",
     "matching_pursuit": "matching pursuit encodes iteratively, which gradsae does not implement",
+}
+# sae-lens transcoder classes: (gradsae architecture, skip connection); W_skip is stored [d_out, d_in]
+_TRANSCODERS = {
+    "transcoder": ("relu", False),
+    "skip_transcoder": ("relu", True),
+    "jumprelu_transcoder": ("jumprelu", False),
+    "jumprelu_skip_transcoder": ("jumprelu", True),
 }
 _PER_TOKEN_NORM = {
     "layer_norm": "normalises each token by its own mean and standard deviation",
@@ -164,6 +168,8 @@ def load(path: Path) -> SAE:
         lens_arch = ours["architecture"]
     if not isinstance(lens_arch, str):
         raise GradsaeError(f'{path}/cfg.json names the architecture {lens_arch!r}: give its name, e.g. "topk"')
+    if isinstance(raw.get("architecture"), str) and raw["architecture"] in _TRANSCODERS:
+        return _load_transcoder(path, raw, flat, w)
     if lens_arch in _SAELENS_REFUSED:
         raise GradsaeError(
             f"{path} is a sae-lens {lens_arch!r} SAE, which gradsae cannot run: {_SAELENS_REFUSED[lens_arch]}"
@@ -375,3 +381,100 @@ def find(path: Path) -> Path | None:
 formats.register(formats.Format("saelens", "cfg.json+sae_weights.safetensors (SAELens)", find, load))
 formats.register_prefix("saelens:", load_from_hub)
 formats.register_saver("saelens", save_saelens)
+
+
+def _transcoder_hooks(path: Path, flat: dict) -> tuple[str, str]:
+    """(hook_name, hook_name_out) of a sae-lens transcoder: the Hugging Face hook points where the folder names them
+    (Gemma Scope 2's ``hf_hook_name``: sae-lens's ``hook_mlp_in`` there is the norm's output), else its TransformerLens
+    names; a transcoder without an output hook writes the MLP output of the block it reads."""
+    hook_in = canonical_hook_name(str(flat.get("hf_hook_name") or flat.get("hook_name") or ""))
+    out = flat.get("hf_hook_name_out") or flat.get("hook_name_out")
+    if out:
+        return hook_in, canonical_hook_name(str(out))
+    site = site_of(hook_in)
+    if site is None:
+        raise GradsaeError(
+            f"{path}/cfg.json names no hook for the transcoder's input (hook_name): add the hook it reads, "
+            "e.g. blocks.L.ln2.hook_normalized"
+        )
+    return hook_in, hook_name_for(site[0], "hook_mlp_out")
+
+
+def _load_transcoder(path: Path, raw: dict, flat: dict, w: dict) -> SAE:
+    """A sae-lens transcoder folder (``transcoder``, ``skip_transcoder``, ``jumprelu_[skip_]transcoder``)."""
+    arch, skip = _TRANSCODERS[raw["architecture"]]
+    need = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if arch == "jumprelu" else []) + (["W_skip"] * skip)
+    missing = [k_ for k_ in need if k_ not in w]
+    if missing:
+        raise GradsaeError(f"{path}/cfg.json names a {raw['architecture']!r} but the weights lack {', '.join(missing)}")
+    if checks.flag(raw, "apply_b_dec_to_input", False, path / "cfg.json"):
+        raise GradsaeError(f"{path}/cfg.json sets apply_b_dec_to_input for a transcoder, which sae-lens refuses too")
+    if raw.get("normalize_activations") not in (None, "none"):
+        raise GradsaeError(f"{path}: a transcoder with normalize_activations={raw['normalize_activations']!r}")
+    C, D, O = int(w["b_enc"].shape[-1]), int(w["W_enc"].shape[0]), int(w["b_dec"].shape[-1])
+    for key, expect in (("d_in", D), ("d_sae", C), ("d_out", O)):
+        if raw.get(key) is not None and checks.whole(raw[key], key, path / "cfg.json") != expect:
+            raise GradsaeError(f"{path}/cfg.json says {key}={raw[key]} but the weights have {expect}")
+    hook_in, hook_out = _transcoder_hooks(path, flat)
+    cfg = SAEConfig(
+        d_in=D,
+        d_sae=C,
+        architecture=arch,
+        apply_b_dec_to_input=False,
+        hook_name=hook_in,
+        hook_name_out=hook_out,
+        d_out=O,
+        skip_connection=skip,
+        model_name=str(flat.get("model_name") or ""),
+        metadata={"format": "saelens", "source": str(path), "saelens_architecture": raw["architecture"]},
+    )
+    W_skip = w["W_skip"].float().T if skip else None  # sae-lens: x @ W_skip.T with W_skip [d_out, d_in]
+    f = {k_: v.float() for k_, v in w.items()}
+    return checks.build(cfg, f["W_enc"], f["b_enc"], f["W_dec"], f["b_dec"], path, f.get("threshold"), W_skip)
+
+
+def _save_transcoder(sae: SAE, path: Path, dtype: str | None) -> Path:
+    """A sae-lens transcoder folder (``[jumprelu_][skip_]transcoder``: W_skip stored [d_out, d_in]); the hooks go
+    in the metadata, where sae-lens keeps what it does not model."""
+    c = sae.cfg
+    lens_arch = {("relu", False): "transcoder", ("relu", True): "skip_transcoder"}
+    lens_arch |= {("jumprelu", False): "jumprelu_transcoder", ("jumprelu", True): "jumprelu_skip_transcoder"}
+    arch = lens_arch.get((c.architecture, c.skip_connection))
+    if arch is None or c.norm_scaling_factor is not None:
+        raise GradsaeError(
+            f"{sae.describe()} has no sae-lens class (sae-lens has relu and jumprelu transcoders, without an input "
+            "scaling factor): it cannot be saved as a sae-lens folder"
+        )
+    if path.exists() and not path.is_dir():
+        raise GradsaeError(f"{path} is a file, not a folder: give a folder to save the SAE in")
+    path.mkdir(parents=True, exist_ok=True)
+    out_dtype = getattr(torch, dtype or c.dtype)
+    state = {k: v.detach().cpu().float() for k, v in sae.state_dict().items()}
+    if c.skip_connection:
+        state["W_skip"] = state["W_skip"].T
+    tensors = {k: state[k].to(out_dtype).contiguous() for k in (*_LENS_KEYS, "W_skip") if k in state}
+    cfg = {
+        "architecture": arch,
+        "d_in": c.d_in,
+        "d_sae": c.d_sae,
+        "d_out": c.out_dim,
+        "dtype": dtype or c.dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "model_name": c.model_name,
+            "hook_name": c.hook_name,
+            "hook_name_out": c.hook_name_out,
+            "hook_head_index": None,
+            "prepend_bos": c.prepend_bos,
+            "context_size": c.context_size,
+            "dataset_path": c.dataset_path,
+            "sae_lens_version": "6.0.0",
+        },
+    }
+    _atomic_safetensors(tensors, path / "sae_weights.safetensors")
+    (path / EXTRA_FILE).unlink(missing_ok=True)
+    atomic_write_text(path / "cfg.json", json.dumps(cfg, indent=2))  # last: a folder with cfg.json is whole
+    return path

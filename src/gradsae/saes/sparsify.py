@@ -1,12 +1,15 @@
 """EleutherAI sparsify: ``cfg.json`` + ``sae.safetensors`` (TopK, ``encoder.weight`` [C, D]); the folder is named
-after the module it hooked (``layers.6``)."""
+after the module it hooked (``layers.6``). A transcoder (``transcode``, optionally ``skip_connection`` with
+``W_skip`` [d_in, d_in] used as ``x @ W_skip.T``) trained on ``layers.N.mlp`` reads that module's input and writes
+its output: ``blocks.N.ln2.hook_normalized`` -> ``blocks.N.hook_mlp_out``, which is that output where the block has
+no norm after its MLP (``metadata["writes_mlp_module_output"]``; the splice refuses Gemma 2/3 blocks)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import GradsaeError
-from ..hooks import canonical_hook_name
+from ..hooks import canonical_hook_name, hook_name_for, site_of
 from . import checks, formats
 from .sae import SAE, SAEConfig
 
@@ -18,8 +21,13 @@ def load(path: Path) -> SAE:
     missing = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"} - set(w)
     if missing:
         raise GradsaeError(f"{path}/sae.safetensors lacks {', '.join(sorted(missing))}: not a sparsify SAE")
-    if raw.get("transcode") or raw.get("skip_connection") or "W_skip" in w:
-        raise GradsaeError(f"{path} is a sparsify transcoder/skip SAE: gradsae reads SAEs that reconstruct their input")
+    transcode = checks.flag(raw, "transcode", False, path / "cfg.json")
+    skip = checks.flag(raw, "skip_connection", False, path / "cfg.json")
+    if skip != ("W_skip" in w) or (skip and not transcode):
+        raise GradsaeError(
+            f"{path}: cfg.json's skip_connection={skip} and transcode={transcode} do not match the weights "
+            f"({'with' if 'W_skip' in w else 'without'} W_skip): the config and the weights do not belong together"
+        )
     act = raw.get("activation", "topk")
     if act != "topk":
         raise GradsaeError(f"sparsify activation {act!r} in {path} is not supported: gradsae reads topk")
@@ -36,16 +44,31 @@ def load(path: Path) -> SAE:
         ),
         "",
     )
+    meta = {"format": "sparsify", "source": str(path)}
+    hook_out = ""
+    if transcode:
+        site = site_of(hook)
+        if site is None or site[1] != "hook_mlp_out":
+            raise GradsaeError(
+                f"{path} is a sparsify transcoder of {hook or 'an unknown module'!r}: gradsae splices transcoders "
+                "trained on a block's MLP (a folder named layers.N.mlp)"
+            )
+        hook, hook_out = hook_name_for(site[0], "ln2.hook_normalized"), hook
+        meta["writes_mlp_module_output"] = True
     cfg = SAEConfig(
         d_in=D,
         d_sae=C,
         architecture="topk",
         k=checks.whole(raw.get("k", 32), "k", path / "cfg.json"),
-        apply_b_dec_to_input=True,
+        apply_b_dec_to_input=not transcode,
         hook_name=hook,
-        metadata={"format": "sparsify", "source": str(path)},
+        hook_name_out=hook_out,
+        d_out=D if transcode else None,
+        skip_connection=skip,
+        metadata=meta,
     )
-    return checks.build(cfg, w["encoder.weight"], w["encoder.bias"], w["W_dec"], w["b_dec"], path)
+    W_skip = w["W_skip"].float().T if skip else None  # sparsify: x @ W_skip.mT
+    return checks.build(cfg, w["encoder.weight"], w["encoder.bias"], w["W_dec"], w["b_dec"], path, None, W_skip)
 
 
 def find(path: Path) -> Path | None:
