@@ -134,20 +134,15 @@ def test_site_names_and_refusals():
         Splice(model, random_sae(d_in=32, site="hook_mlp_out"))
 
 
-def test_residual_only_commands_refuse_a_site_sae_in_one_line(tmp_path, capsys):
-    from gradsae.cli import main
+def test_residual_only_commands_refuse_a_site_sae_in_one_line():
+    """eval, sensitivity and train --init-from change or read the residual stream itself (check_compatible's
+    default); the dashboard and every splicing command take every site."""
+    from gradsae.splice import check_compatible
 
-    model, tok = make_tiny("llama")
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
-    random_sae(site="hook_mlp_out").save(tmp_path / "sae")
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("hello world\n" * 20)
-    args = ["dashboard", "--model", str(tmp_path / "m"), "--sae", str(tmp_path / "sae"), "--data", str(corpus)]
-    capsys.readouterr()  # save_pretrained's progress
-    assert main([*args, "--out", str(tmp_path / "d"), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "splices only at hook_resid_post" in err
+    model, _ = make_tiny("llama")
+    for sae in (random_sae(site="hook_mlp_out"), _transcoder()):
+        with pytest.raises(GradsaeError, match="splices only at hook_resid_post"):
+            check_compatible(model, sae, None)
 
 
 def _reader(site: str, layer: int = 1):
@@ -279,3 +274,40 @@ def test_transcoders_gradsae_cannot_splice_are_one_line():
             Splice(model, SAE(cfg))
     with pytest.raises(GradsaeError, match="needs hook_name_out"):
         SAEConfig(d_in=64, d_sae=8, d_out=32)
+
+
+# ---- dashboards read latents at the SAE's own site -------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["hook_mlp_out", "attn.hook_z", "transcoder"])
+def test_dashboard_evidence_is_the_latents_at_the_sites_own_place(kind):
+    """The dashboard's activation-only pass (stopped after the block) and its influence pass give the latents the
+    SAE computes from the activation it reads, taken by hand from the module."""
+    from gradsae.dashboard.model_pass import batch_evidence
+
+    model, tok = make_tiny("gemma2")
+    sae = _transcoder(seed=2) if kind == "transcoder" else _site_sae(model, kind, bias=0.2)
+    blk = decoder_layers(model)[1]
+    module, pre = {
+        "hook_mlp_out": (blk.post_feedforward_layernorm, False),
+        "attn.hook_z": (blk.self_attn.o_proj, True),
+    }.get(kind, (blk.mlp, True))
+    ids = torch.tensor([tok("the quick brown fox jumps", add_special_tokens=True)["input_ids"]] * 2)
+    seen = {}
+    hook = (
+        module.register_forward_pre_hook(lambda m, a: seen.update(x=a[0]))
+        if pre
+        else module.register_forward_hook(lambda m, a, out: seen.update(x=out))
+    )
+    try:
+        with torch.no_grad():
+            model(input_ids=ids)
+    finally:
+        hook.remove()
+    want = sae.encode(seen["x"].float())
+    rows = torch.arange(2)
+    fast = batch_evidence(model, sae, 1, ids, rows, skip_first=0, influence=False)
+    full = batch_evidence(model, sae, 1, ids, rows, skip_first=0, influence=True)
+    torch.testing.assert_close(fast.H, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(full.H, want, rtol=1e-4, atol=1e-5)
+    assert want.abs().sum() > 0

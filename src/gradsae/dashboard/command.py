@@ -34,6 +34,7 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
     from ..saes import load_sae
     from ..io import atomic_write_text, output_lock
     from ..model import check_context_length, load_model, model_name
+    from ..hooks import SPLICE_SITES
     from ..splice import check_compatible
 
     _refuse_foreign(Path(cfg.out))
@@ -65,7 +66,7 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
         model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
         check_context_length(model, cfg.context_length)
         sae = load_sae(cfg.sae, device=str(next(model.parameters()).device), dtype="float32")
-        layer = check_compatible(model, sae, cfg.layer or None)
+        layer = check_compatible(model, sae, cfg.layer or None, SPLICE_SITES)
         rt.announce("dashboard")
         state_dir = out / "state"
         try:

@@ -35,8 +35,9 @@ def batch_evidence(
 ) -> BatchEvidence:
     """Latents (and, with ``influence``, grad x act on the rows' next-token log-likelihood) for ids [B, T].
 
-    Activation-only batches stop the forward pass after block ``layer``; influence batches run the whole
-    model with the SAE spliced in (``error``) and one backward pass from Σ_m log p(x_{m+1} | x_≤m).
+    Activation-only batches read the latents at the SAE's site (the splice with its error term: the model is
+    unchanged) and stop the forward pass after block ``layer``; influence batches run the whole model with the SAE
+    spliced in (``error``) and one backward pass from Σ_m log p(x_{m+1} | x_≤m).
     """
     from ..splice import ResidualCapture, Splice
 
@@ -44,9 +45,10 @@ def batch_evidence(
     n_tok = B * max(T - skip_first, 0)
     dev = sae.W_dec.device
     if not influence:
-        with torch.no_grad(), ResidualCapture(model, [layer], stop=True) as cap:
-            cap.run(input_ids=ids, use_cache=False)
-            H = sae.encode(cap.acts[layer].to(sae.W_dec.dtype)).float()
+        with torch.no_grad(), Splice(model, sae, layer=layer, error="keep", capture=True) as s:
+            with ResidualCapture(model, [layer], stop=True) as cap:  # registered after: stops after the splice
+                cap.run(input_ids=ids, use_cache=False)
+            H = s.latents.float()
         H[:, :skip_first] = 0
         return BatchEvidence(ids, rows, H, n_tok)
     with Splice(model, sae, layer=layer, error=error, grad=True) as s:
