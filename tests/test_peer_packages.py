@@ -14,6 +14,8 @@ import torch
 try:
     import sae_lens
     import sparsify
+    from circuit_tracer.transcoder.activation_functions import JumpReLU as CTJumpReLU
+    from circuit_tracer.transcoder.single_layer_transcoder import SingleLayerTranscoder
     from dictionary_learning import dictionary as dl_dict
     from dictionary_learning.trainers.batch_top_k import BatchTopKSAE
     from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKSAE
@@ -571,3 +573,83 @@ def test_saelens_skip_transcoder_reads_in_gradsae(tmp_path):
     x = x_batch(scale=1.0)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), lens(x), **TOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# circuit-tracer per-layer transcoders: its own to_safetensors -> gradsae reads
+# ---------------------------------------------------------------------------------------------
+
+
+def _circuit_tracer_set(folder, d_model, jumprelu: bool, skip: bool, input_hook: str, seed=0):
+    """A one-layer circuit-tracer transcoder set written by circuit-tracer itself (layer_1.safetensors)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    act = CTJumpReLU(torch.zeros(C), 0.1) if jumprelu else torch.nn.functional.relu
+    ct = SingleLayerTranscoder(
+        d_model, C, act, 1, skip_connection=skip, device=torch.device("cpu"), dtype=torch.float32
+    )
+    randomize(ct, seed, scale=0.2)
+    if jumprelu:
+        ct.activation_function.threshold.data = torch.rand(C, generator=torch.Generator().manual_seed(seed)) * 0.2
+    ct.to_safetensors(str(folder / "layer_1.safetensors"))
+    (folder / "config.yaml").write_text(
+        f"model_name: tiny\nfeature_input_hook: {input_hook}\nfeature_output_hook: hook_mlp_out\n"
+        "transcoders:\n  - layer_0.safetensors\n  - layer_1.safetensors\n"
+    )
+    return ct
+
+
+@pytest.mark.parametrize("jumprelu,skip", [(True, True), (True, False), (False, True)])
+def test_circuit_tracer_transcoder_equals_circuit_tracer(tmp_path, jumprelu, skip):
+    ct = _circuit_tracer_set(tmp_path / "set", D, jumprelu, skip, "ln2.hook_normalized")
+    if skip:
+        assert (ct.W_skip - ct.W_skip.T).abs().max() > 0.1  # asymmetric: a transpose would show
+    ours = load_sae(tmp_path / "set" / "layer_1.safetensors")
+    assert (ours.cfg.hook_name, ours.cfg.hook_name_out) == ("blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out")
+    assert ours.cfg.architecture == ("jumprelu" if jumprelu else "relu") and ours.cfg.skip_connection is skip
+    x = x_batch(scale=1.0)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(x), ct.encode(x), **TOL)
+        torch.testing.assert_close(ours(x), ct(x), **TOL)
+    with pytest.raises(GradsaeError, match="transcoder set"):
+        load_sae(tmp_path / "set")
+
+
+def test_circuit_tracer_resid_mid_transcoder_replaces_the_mlp(tmp_path):
+    """feature_input_hook hook_resid_mid: the residual the pre-MLP norm reads; spliced, the MLP's output becomes
+    circuit-tracer's transcoder output from it."""
+    from conftest import D_MODEL, make_tiny
+    from gradsae.splice import Splice
+
+    ct = _circuit_tracer_set(tmp_path / "set", D_MODEL, True, True, "hook_resid_mid", seed=3)
+    ours = load_sae(tmp_path / "set" / "layer_1.safetensors")
+    assert ours.cfg.hook_name == "blocks.1.hook_mlp_in"
+    model, tok = make_tiny("llama")
+    ids = torch.tensor([tok("the quick brown fox", add_special_tokens=True)["input_ids"]])
+    with torch.no_grad(), Splice(model, ours, error="none"):
+        spliced = model(input_ids=ids).logits
+    blk, seen = model.model.layers[1], {}
+    hooks = [
+        blk.post_attention_layernorm.register_forward_pre_hook(lambda m, a: seen.update(x=a[0])),
+        blk.mlp.register_forward_hook(lambda m, a, out: ct(seen["x"])),
+    ]
+    try:
+        with torch.no_grad():
+            theirs = model(input_ids=ids).logits
+    finally:
+        for h in hooks:
+            h.remove()
+    torch.testing.assert_close(spliced, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_mutated_circuit_tracer_config_yaml_loads_or_is_one_line(tmp_path):
+    from conftest import each_mutation
+
+    _circuit_tracer_set(tmp_path / "set", D, True, True, "ln2.hook_normalized")
+    good = {"model_name": "tiny", "feature_input_hook": "ln2.hook_normalized", "feature_output_hook": "hook_mlp_out"}
+    x = x_batch()
+
+    def read():  # JSON is YAML: the mutations are YAML files too
+        assert torch.isfinite(load_sae(tmp_path / "set" / "layer_1.safetensors")(x)).all()
+
+    n, loaded = each_mutation(tmp_path / "set" / "config.yaml", good, read)
+    assert n > 40 and loaded > 0

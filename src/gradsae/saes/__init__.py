@@ -10,7 +10,7 @@
 """
 
 from . import architectures
-from . import dictionary_learning, gemma_scope, gemma_scope_2, saelens, sparsify  # noqa: F401  (each registers its format)
+from . import circuit_tracer, dictionary_learning, gemma_scope, gemma_scope_2, saelens, sparsify  # noqa: F401  (each registers its format)
 from .formats import BUNDLED_DIR, DEFAULT_GSAE, DEFAULT_SAE, SAVE_DTYPES, bundled_saes, load_sae, resolve_path
 from .sae import SAE, SAEConfig
 from .saelens import fold_input_scaling, save_saelens

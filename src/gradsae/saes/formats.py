@@ -39,7 +39,7 @@ DEFAULT_SAE = "smollm2/topk/L6"
 DEFAULT_GSAE = "smollm2/gsae/L14"
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 
-ORDER = ("saelens", "sparsify", "dictionary_learning", "gemma_scope", "gemma_scope_2")
+ORDER = ("saelens", "sparsify", "dictionary_learning", "gemma_scope", "gemma_scope_2", "circuit_tracer")
 
 
 @dataclass(frozen=True)
@@ -146,9 +146,10 @@ def detect(path: Path) -> tuple[Format, Path] | None:
 
 def load_path(path: Path) -> "SAE":
     """The SAE at an existing file or folder, read by the format that detects it."""
-    if path.is_file() and path.suffix == ".safetensors":
-        path = path.parent  # a weights file stands for its folder (its config sits beside it)
     hit = detect(path)
+    if hit is None and path.is_file() and path.suffix == ".safetensors":
+        path = path.parent  # a weights file no format reads alone stands for its folder (its config beside it)
+        hit = detect(path)
     if hit is not None:
         fmt, found = hit
         return fmt.load(found)
