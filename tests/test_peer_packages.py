@@ -653,3 +653,14 @@ def test_mutated_circuit_tracer_config_yaml_loads_or_is_one_line(tmp_path):
 
     n, loaded = each_mutation(tmp_path / "set" / "config.yaml", good, read)
     assert n > 40 and loaded > 0
+
+
+def test_circuit_tracer_cross_layer_transcoder_is_refused_in_one_line(tmp_path):
+    from circuit_tracer.transcoder.cross_layer_transcoder import CrossLayerTranscoder
+
+    kw = dict(device=torch.device("cpu"), dtype=torch.float32, lazy_decoder=False)
+    clt = CrossLayerTranscoder(n_layers=2, d_transcoder=C, d_model=D, **kw)
+    clt.to_safetensors(str(tmp_path / "clt"))
+    for path in (tmp_path / "clt", tmp_path / "clt" / "W_enc_0.safetensors"):
+        with pytest.raises(GradsaeError, match="cross-layer transcoder"):
+            load_sae(path)

@@ -74,7 +74,16 @@ def load(path: Path) -> SAE:
 
 
 def find(path: Path) -> Path | None:
-    """A ``layer_{L}.safetensors`` with a config.yaml beside it; the set's folder is one line (pick a layer)."""
+    """A ``layer_{L}.safetensors`` with a config.yaml beside it; the set's folder is one line (pick a layer), and so
+    is a cross-layer transcoder (``W_enc_{i}.safetensors`` / ``W_dec_{i}.safetensors``)."""
+    folder = path.parent if path.is_file() else path
+    if re.match(r"W_(enc|dec)_\d+\.safetensors$", path.name) or (
+        path.is_dir() and any(re.match(r"W_enc_\d+\.safetensors$", p.name) for p in path.iterdir())
+    ):
+        raise GradsaeError(
+            f"{folder} holds a circuit-tracer cross-layer transcoder: each latent writes to every later layer, which "
+            "gradsae's one-site splice cannot run exactly, so it is refused rather than approximated"
+        )
     if path.is_file():
         ok = _LAYER_FILE.search(path.name) and (path.parent / "config.yaml").is_file()
         return path if ok else None
