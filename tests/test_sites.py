@@ -311,3 +311,75 @@ def test_dashboard_evidence_is_the_latents_at_the_sites_own_place(kind):
     torch.testing.assert_close(fast.H, want, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(full.H, want, rtol=1e-4, atol=1e-5)
     assert want.abs().sum() > 0
+
+
+# ---- several SAEs scored in one backward ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
+def test_several_saes_in_one_backward_score_each_latent_as_its_sae_alone(arch):
+    """A residual SAE at block 0, an attention-output SAE and a transcoder at block 1, a residual SAE at block 2:
+    spliced together with their error terms, each passes the others' gradients through unchanged."""
+    model, tok = make_tiny(arch)
+    saes = [
+        random_sae(layer=0, bias=0.2, seed=1),
+        _site_sae(model, "hook_attn_out", layer=1, bias=0.2, seed=2),
+        _transcoder(layer=1, seed=3),
+        random_sae(layer=2, bias=0.2, seed=4),
+    ]
+    exs = [Example("the quick brown", " fox jumps"), Example("hello", " world again")]
+    together = influence(model, tok, saes, exs, error="keep", batch_size=2)
+    assert len(together) == 4 and all(len(r) == 2 for r in together)
+    for sae, res in zip(saes, together):
+        alone = influence(model, tok, sae, exs, error="keep", batch_size=2)
+        for a, b in zip(alone, res):
+            torch.testing.assert_close(b.scores, a.scores, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(b.baseline, a.baseline)
+            assert b.target_value == pytest.approx(a.target_value, abs=1e-5)
+            assert a.scores.abs().sum() > 0
+
+
+def test_several_saes_refuse_what_they_do_not_do():
+    model, tok = make_tiny("llama")
+    two = [random_sae(layer=0), random_sae(layer=2)]
+    ex = [Example("hello", " world")]
+    for kw, says in (({"method": "exact"}, "method='exact'"), ({"error": "none"}, "error='none'")):
+        with pytest.raises(GradsaeError, match=says):
+            influence(model, tok, two, ex, **{"error": "keep", **kw})
+    with pytest.raises(GradsaeError, match="give each example's output"):
+        influence(model, tok, two, ["hello"], error="keep")
+    with pytest.raises(GradsaeError, match="same site of the same block"):
+        influence(model, tok, [random_sae(layer=1), random_sae(layer=1, seed=5)], ex, error="keep")
+
+
+def test_influence_command_ranks_several_saes_together(tmp_path, capsys):
+    import json
+
+    from gradsae.cli import main
+
+    model, tok = make_tiny("llama")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    random_sae(layer=0, bias=0.3, seed=1).save(tmp_path / "a")
+    _site_sae(model, "hook_mlp_out", layer=1, bias=0.3, seed=2).save(tmp_path / "b")
+    args = [
+        "influence",
+        "--model",
+        str(tmp_path / "m"),
+        "--prompt",
+        "hello there",
+        "--output",
+        " world",
+        "--error",
+        "keep",
+    ]
+    out = tmp_path / "r.json"
+    assert main([*args, "--sae", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--top", "6", "--out", str(out)]) == 0
+    ex = json.loads(out.read_text())["examples"][0]
+    rows = ex["ranking"]
+    assert len(rows) == 6 and [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    assert {r["hook"] for r in rows} <= {"blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"}
+    assert len(ex["per_sae"]) == 2
+    capsys.readouterr()
+    assert main([*args, "--sae", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--layer", "1"]) == 2
+    assert "drop --layer" in capsys.readouterr().err

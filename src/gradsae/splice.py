@@ -262,6 +262,9 @@ class Splice:
             ``row_start`` (set by the generation loop and by influence from the attention mask).
         latent_fn: optional map applied to H [B, T, C] right after encoding (before it becomes the grad leaf),
             e.g. ``lambda H: H * alpha`` for integrated gradients.
+        pass_grad: (``grad`` with ``error="keep"``) the site's output also passes the gradient of the activation
+            it replaces through unchanged (identity), so splices below this one still get theirs: several SAEs
+            scored in one backward.
 
     Attributes:
         latents: H [B, T, C] of the last forward call (when ``grad`` or ``capture``).
@@ -281,9 +284,13 @@ class Splice:
         capture: bool = False,
         latent_fn=None,
         keep_first: int = 0,
+        pass_grad: bool = False,
     ):
         if error not in ("none", "keep"):
             raise GradsaeError(f"unknown error mode {error!r}: use 'none' (paper) or 'keep'")
+        if pass_grad and error != "keep":
+            raise GradsaeError("several SAEs are scored together with their error terms kept: use --error keep")
+        self.pass_grad = pass_grad
         self.model, self.sae, self.error = model, sae, error
         self.layer, self.site = splice_point(model, sae, layer)
         self.read_site = read_site(sae)  # a transcoder's input; None: the SAE reads the site it writes
@@ -324,7 +331,8 @@ class Splice:
     def _hook(self, module, args, out):
         Z, rest = split_output(out)
         sae = self.sae
-        Zs = Z.to(sae.W_dec.dtype).detach()
+        live = Z.to(sae.W_dec.dtype)
+        Zs = live.detach()
         X = Zs if self.read_site is None else self._x_in.to(sae.W_dec.dtype).detach()
         with torch.enable_grad() if self.grad else torch.no_grad():
             H0 = sae.encode(X).detach()
@@ -338,6 +346,8 @@ class Splice:
             self.captured.append(H.detach())
         if self.keep_first:
             new = self._keep_first_positions(Zs, new)
+        if self.pass_grad and self.grad:  # same value; d(new)/dZ = I besides d(new)/dH = W_dec
+            new = live + (new - Zs)
         self.offset += Z.shape[1]
         return join_output(new.to(Z.dtype), rest)
 

@@ -33,6 +33,11 @@ class ScoringOptions(ModelOptions):
 class InfluenceConfig(ScoringOptions, InfluenceOptions):
     """Rank every SAE latent by its influence on the model's output (GradSAE, Shu et al. 2025)."""
 
+    sae: str = opt(
+        DEFAULT_SAE,
+        SAE_HELP + "; several, comma-separated (different layers or sites): all spliced with their error terms, "
+        "scored from one backward and ranked together",
+    )
     prompt: str = opt("", "the prompt (use --input for many)")
     output: str = opt("", "the output to explain; empty = generate it greedily through the splice")
     input: str = opt("", 'JSONL file with {"prompt": ..., "output": ..., "id": ...} per line')
@@ -95,7 +100,16 @@ def run(cfg: InfluenceConfig) -> list[Influence]:
     exs = load_examples(cfg)
     dash = resolve_dashboard(cfg.dashboard, cfg.sae)
     rt = start(cfg, "influence")
+    specs = [s.strip() for s in cfg.sae.split(",") if s.strip()]
+    if len(specs) > 1 and (cfg.layer or cfg.dashboard not in ("", "none")):
+        raise GradsaeError(
+            "with several SAEs, each splices at its own hook and has its own cards: drop --layer / --dashboard"
+        )
     model, tok = load_model(cfg.model, device=rt.device, dtype=cfg.dtype)
+    if len(specs) > 1:
+        return _run_several(
+            cfg, [load_sae(s, device=str(next(model.parameters()).device)) for s in specs], exs, rt, model, tok
+        )
     sae = load_sae(cfg.sae, device=str(next(model.parameters()).device))
     if dash is not None:
         check_dashboard(dash, sae)
@@ -133,3 +147,54 @@ def run(cfg: InfluenceConfig) -> list[Influence]:
         write_json(cfg.out, {"meta": meta, "examples": records})
         print(f"wrote {cfg.out}")
     return results
+
+
+def ranked_together(results: list[Influence], top: int) -> list[dict]:
+    """The ``top`` latents of one example across several SAEs (``results[j]``: SAE j's), by score."""
+    rows = [
+        {
+            "sae": j,
+            "hook": r.meta["layer"],
+            "latent": int(c),
+            "score": float(r.scores[c]),
+            "mean_act": float(r.baseline[c]),
+        }
+        for j, r in enumerate(results)
+        for c in r.top(top)
+    ]
+    return sorted(rows, key=lambda row: -row["score"])[:top]
+
+
+def _run_several(cfg: InfluenceConfig, saes: list, exs: list[Example], rt, model, tok) -> list[list[Influence]]:
+    """``--sae A,B,...``: every SAE spliced at its own hook, scored from one backward, ranked together."""
+    from ..model import model_name
+
+    rt.announce("influence")
+    t0 = time.perf_counter()
+    per = influence(model, tok, saes, exs, cfg.influence_options(), batch_size=cfg.batch_size)
+    elapsed = time.perf_counter() - t0
+    records = []
+    for i in range(len(exs)):
+        rows = ranked_together([per[j][i] for j in range(len(saes))], cfg.top)
+        r0 = per[0][i]
+        print(
+            f"prompt: {r0.prompt[-70:]!r}\noutput: {r0.output!r}   target={r0.meta['target']} ({r0.target_value:.4g})"
+        )
+        print(f"{'rank':>4}  {'hook':<28}  {'latent':>7}  {'score':>10}  {'mean act':>9}")
+        for n, row in enumerate(rows, 1):
+            print(f"{n:>4}  {row['hook']:<28}  {row['latent']:>7}  {row['score']:>10.4g}  {row['mean_act']:>9.3f}")
+        print()
+        records.append(
+            {"id": r0.id, "ranking": rows, "per_sae": [per[j][i].to_json(top=cfg.top) for j in range(len(saes))]}
+        )
+    if cfg.out:
+        meta = {
+            "config": asdict(cfg),
+            "runtime": rt.as_config(),
+            "model": model_name(model),
+            "saes": [s.describe() for s in saes],
+            "seconds": round(elapsed, 3),
+        }
+        write_json(cfg.out, {"meta": meta, "examples": records})
+        print(f"wrote {cfg.out}")
+    return per

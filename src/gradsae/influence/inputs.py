@@ -135,11 +135,12 @@ def pack(tok, pairs: Sequence[tuple[list[int], list[int]]], device, picks: list[
     )
 
 
-def forward_target(model, packed: Packed, target: str, splice: Splice | None = None) -> torch.Tensor:
-    """Run the teacher-forced batch and return the target per row [B] (keeps only the logits needed)."""
-    if splice is not None:
-        splice.offset, splice.prompt_len = 0, packed.T
-        splice.row_start = (packed.mask == 0).sum(1)
+def forward_target(model, packed: Packed, target: str, splice: Splice | Sequence[Splice] | None = None) -> torch.Tensor:
+    """Run the teacher-forced batch and return the target per row [B] (keeps only the logits needed); the
+    splice(s) count positions from the batch's start."""
+    for s in [splice] if isinstance(splice, Splice) else splice or []:
+        s.offset, s.prompt_len = 0, packed.T
+        s.row_start = (packed.mask == 0).sum(1)
     M = max(max(packed.n_out), 1)
     kw = dict(input_ids=packed.ids, attention_mask=packed.mask, position_ids=position_ids(packed.mask))
     try:

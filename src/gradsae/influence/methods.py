@@ -24,7 +24,7 @@ from .rules import aggregate, top_latents
 def influence(
     model,
     tok,
-    sae: SAE,
+    sae: SAE | Sequence[SAE],
     examples: Sequence[Example | tuple | str],
     opts: InfluenceOptions | None = None,
     *,
@@ -39,6 +39,11 @@ def influence(
     **option_overrides,
 ) -> list[Influence]:
     """Score every latent for each example.
+
+    ``sae`` may be a list of SAEs (at different layers or sites): all are spliced at once with their error terms
+    kept, every latent of every SAE is scored from one backward (each SAE passes the others' gradients through
+    unchanged, so a latent gets the score it gets with its SAE alone), and the result is one list per SAE
+    (``result[j][i]``: SAE j, example i). Outputs must then be given, and the method is ``grad``.
 
     Args:
         examples: ``Example``s, (prompt, output) pairs or prompts (outputs are then generated greedily
@@ -59,6 +64,10 @@ def influence(
         opts = dataclasses.replace(opts, **option_overrides)
     if batch_size < 1:
         raise GradsaeError(f"--batch-size {batch_size}: give at least 1")
+    saes = list(sae) if isinstance(sae, (list, tuple)) else None
+    if saes is not None:
+        _check_several(saes, opts, layer, examples, output_ids)
+        sae = saes[0]
     exs = [e if isinstance(e, Example) else Example(*e) if isinstance(e, tuple) else Example(e) for e in examples]
     for i, e in enumerate(exs):
         if not e.id:
@@ -113,44 +122,104 @@ def influence(
     for start in range(0, len(exs), step):
         chunk = list(range(start, min(start + step, len(exs))))
         packed = pack(tok, [pairs[i] for i in chunk], device, [picks[i] for i in chunk] if picks else None)
-        if opts.method == "grad":
+        if saes is not None:
+            per_sae = _grad_scores_several(model, saes, packed, opts, run)
+            res = [[per_sae[j][b] for j in range(len(saes))] for b in range(len(chunk))]
+        elif opts.method == "grad":
             res = _grad_scores(model, sae, packed, opts, run)
         elif opts.method == "ig":
             res = [_ig_scores(model, sae, packed, opts, run)]
         else:
             res = [_exact_scores(model, sae, packed, opts, run)]
-        for i, r in zip(chunk, res):
-            extra = r.pop("meta_extra", {})
-            p, o = pairs[i]
-            ids = p + o
-            results.append(
-                Influence(
-                    id=exs[i].id,
-                    prompt=exs[i].prompt,
-                    output=tok.decode(o, skip_special_tokens=True).strip(),
-                    token_ids=ids,
-                    tokens=token_texts(tok, ids),
-                    n_prompt=len(p),
-                    **r,
-                    meta={
-                        "target": opts.target,
-                        "aggregation": opts.aggregation,
-                        "positions": opts.positions,
-                        "method": opts.method,
-                        "error": opts.error,
-                        "layer": sae.cfg.hook_name if layer is None else layer,
-                        "ig_steps": opts.ig_steps if opts.method == "ig" else None,
-                        "seed": opts.seed,
-                        "keep_first": keep_first,
-                        **extra,
-                    },
-                )
-            )
+        for i, rs in zip(chunk, res):
+            for j, r in enumerate(rs if saes is not None else [rs]):
+                results.append(_record(tok, exs[i], pairs[i], r, opts, (saes or [sae])[j], layer, keep_first))
     elapsed = time.perf_counter() - t0
     for r in results:
         r.meta["seconds_total"] = round(elapsed, 3)
         r.meta["seconds_generation"] = round(t_gen, 3)
+    if saes is not None:  # [example][sae] -> [sae][example]
+        return [results[j :: len(saes)] for j in range(len(saes))]
     return results
+
+
+def _record(tok, ex: Example, pair, r: dict, opts: InfluenceOptions, sae: SAE, layer, keep_first: int) -> Influence:
+    """The ``Influence`` record of one example and one SAE from its scores ``r``."""
+    extra = r.pop("meta_extra", {})
+    p, o = pair
+    ids = p + o
+    return Influence(
+        id=ex.id,
+        prompt=ex.prompt,
+        output=tok.decode(o, skip_special_tokens=True).strip(),
+        token_ids=ids,
+        tokens=token_texts(tok, ids),
+        n_prompt=len(p),
+        **r,
+        meta={
+            "target": opts.target,
+            "aggregation": opts.aggregation,
+            "positions": opts.positions,
+            "method": opts.method,
+            "error": opts.error,
+            "layer": sae.cfg.hook_name if layer is None else layer,
+            "ig_steps": opts.ig_steps if opts.method == "ig" else None,
+            "seed": opts.seed,
+            "keep_first": keep_first,
+            **extra,
+        },
+    )
+
+
+def _check_several(saes: list, opts: InfluenceOptions, layer, examples, output_ids) -> None:
+    """One line for what scoring several SAEs at once does not do."""
+    if not saes:
+        raise GradsaeError("no SAE given: give one SAE or a list of them")
+    if opts.method != "grad" or opts.error != "keep":
+        raise GradsaeError(
+            f"several SAEs are scored together by grad x act with their error terms kept, not method={opts.method!r}"
+            f" error={opts.error!r}: use --method grad --error keep, or score each SAE alone"
+        )
+    if layer is not None:
+        raise GradsaeError("--layer names one block; several SAEs are each spliced at their own hook")
+    if output_ids is None and any(
+        not (isinstance(e, Example) and e.output) and not isinstance(e, tuple) for e in examples
+    ):
+        raise GradsaeError("with several SAEs, give each example's output (it is not generated through all of them)")
+
+
+_SITE_ORDER = {"attn.hook_z": 0, "hook_attn_out": 1, "hook_mlp_out": 2, "hook_resid_post": 3}
+
+
+def _grad_scores_several(model, saes: list, packed: Packed, opts: InfluenceOptions, run: _RunSettings) -> list:
+    """Per SAE, per row: grad x act of every latent of every SAE from one backward; every splice above the lowest
+    passes the gradient of the activation it replaces through, so each latent's score is its score alone."""
+    import contextlib
+
+    mask = packed.score_mask(opts.positions, opts.target)
+    with contextlib.ExitStack() as stack:
+        splices = [Splice(model, s, error="keep", grad=True, keep_first=run.keep_first, pass_grad=True) for s in saes]
+        seen = {(sp.layer, sp.site) for sp in splices}
+        if len(seen) != len(splices):
+            raise GradsaeError("two of the SAEs splice at the same site of the same block: give one SAE per site")
+        lowest = min(splices, key=lambda sp: (sp.layer, _SITE_ORDER[sp.site]))
+        lowest.pass_grad = False  # nothing below it is scored: the graph stays cut there
+        for sp in splices:
+            stack.enter_context(sp)
+        with torch.enable_grad():
+            tv = forward_target(model, packed, opts.target, splices)
+            tv.sum().backward()
+    out = []
+    for sp in splices:
+        H, G = sp.latents.detach(), sp.latents.grad
+        rows = []
+        for b in range(packed.ids.shape[0]):
+            g = (G[b] * H[b]).float()
+            r = _finish(g, H[b].float(), mask[b], packed, opts.aggregation, run.keep, b)
+            r["target_value"] = float(tv[b].detach())
+            rows.append(r)
+        out.append(rows)
+    return out
 
 
 @dataclass(frozen=True)
