@@ -161,3 +161,41 @@ def test_influence_rejects_bad_options(tiny_llama):
     model, tok = tiny_llama
     with pytest.raises(GradsaeError, match="unknown aggregation"):
         influence(model, tok, random_sae(), [Example("a", "b")], aggregation="max")
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_completeness_curves_run_from_none_to_all(ablation):
+    """Keeping no latent recovers 0 of the target and keeping all of them 1, for every ranking; a curve point
+    equals the target re-run by hand with the rest ablated."""
+    from gradsae.influence.completeness import RANKINGS, completeness, orders
+    from gradsae.influence.inputs import forward_target, join_ids, pack
+    from gradsae.splice import RowEdit, Splice
+
+    model, tok = make_tiny("llama")
+    sae = random_sae(d_sae=24, bias=0.3, seed=2)
+    means = torch.rand(24) * 0.2
+    exs = [Example("the cat", " sat down"), Example("hello", " world")]
+    curves = completeness(model, tok, sae, exs, [0, 3, 24], ablation=ablation, means=means, seed=1)
+    for r in RANKINGS:
+        f = curves.fraction[r]
+        assert f.shape == (2, 3) and torch.isfinite(f).all()
+        torch.testing.assert_close(f[:, 0], torch.zeros(2), atol=1e-5, rtol=0)
+        torch.testing.assert_close(f[:, 2], torch.ones(2), atol=1e-4, rtol=0)
+    # the GradSAE point at N = 3 by hand
+    res = influence(model, tok, sae, exs[:1], error="keep")[0]
+    packed = pack(tok, [join_ids(tok, exs[0].prompt, exs[0].output)], "cpu")
+
+    def target(edit):
+        with torch.no_grad(), Splice(model, sae, error="keep", edits=[edit]) as s:
+            return float(forward_target(model, packed, "logprob", s)[0])
+
+    def ablate(keep):
+        rest = [c for c in range(24) if c not in keep]
+        return RowEdit(zero=rest, at=0) if ablation == "zero" else RowEdit(set={c: float(means[c]) for c in rest}, at=0)
+
+    with torch.no_grad(), Splice(model, sae, error="keep", capture=True) as s:
+        forward_target(model, packed, "logprob", s)
+    keep = orders(res.scores, res.baseline, (s.latents[0] > 0).any(0), 1)["gradsae"][:3].tolist()
+    none = target(ablate([]))
+    want = (target(ablate(keep)) - none) / (res.target_value - none)
+    assert float(curves.fraction["gradsae"][0, 1]) == pytest.approx(want, abs=1e-4)
