@@ -1,0 +1,89 @@
+"""How far to trust a latent's grad x act: the second-order term of zeroing it.
+
+Zeroing latent c at the scored positions moves H along v_c (v_c[n, c] = -H[n, c] there, 0 elsewhere). The change
+of the target is, to second order,
+
+    Δ_c ≈ g · v_c + ½ v_cᵀ ∇²T v_c,       g = ∂T/∂H,
+
+where g · v_c is (minus) GradSAE's grad x act summed over positions. The quadratic term of every latent at once
+comes from Hessian-vector products along random-sign mixtures of the directions (Hutchinson): with r ∈ {±1}^C,
+z = Σ_c r_c v_c and u = ∇²T z, E[r_c · v_c · u] = v_cᵀ ∇²T v_c, because the cross terms r_c r_d (c ≠ d) average to
+zero. So one forward, one backward with its graph kept and ``samples`` Hessian-vector products (double backwards)
+give a corrected estimate Δ1 + ½q for every latent, and a flag where the two orders disagree by more than
+``tolerance``: the latents whose first-order score should be checked by exact ablation. One example at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import GradsaeError
+from ..splice import Splice
+from .inputs import Packed, forward_target
+
+
+@dataclass
+class Reliability:
+    """Per latent [C], for one example, on the scale of the target's change when the latent is zeroed."""
+
+    first: torch.Tensor
+    """g · v_c: the first-order change (= -grad x act summed over the scored positions)."""
+    quadratic: torch.Tensor
+    """The estimate of v_cᵀ ∇²T v_c."""
+    corrected: torch.Tensor
+    """first + quadratic / 2."""
+    flagged: torch.Tensor
+    """[C] bool: active latents whose half quadratic term exceeds ``tolerance`` × |first| (and an absolute floor)."""
+
+
+def quadratic_terms(g: torch.Tensor, leaf: torch.Tensor, v: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """[C] the mean over sign patterns of r_c Σ_n v[n, c] (∇²T z)[n, c], z = v * r.
+
+    g [T, C] = ∂T/∂leaf with its graph kept; leaf [1, T, C]; v [T, C] the directions; signs [S, C] in {±1}."""
+    q = torch.zeros(v.shape[-1], dtype=torch.float32, device=v.device)
+    for r in signs:
+        z = v * r.to(v.dtype)
+        (u,) = torch.autograd.grad((g * z).sum(), leaf, retain_graph=True)
+        q += (r.float() * (v.float() * u[0].float()).sum(0)).to(q.device)
+    return q / signs.shape[0]
+
+
+def reliability(
+    model,
+    sae,
+    packed: Packed,
+    target: str,
+    positions: str,
+    error: str = "none",
+    *,
+    samples: int = 16,
+    tolerance: float = 0.2,
+    seed: int = 0,
+    signs: torch.Tensor | None = None,
+    keep_first: int = 0,
+) -> Reliability:
+    """First-order change, quadratic term, corrected estimate and flag of every latent for one example.
+    ``signs`` [S, C] overrides the random sign patterns (all 2^C of them make the estimate exact)."""
+    if packed.ids.shape[0] != 1:
+        raise GradsaeError("the reliability check runs one example at a time")
+    if samples < 1:
+        raise GradsaeError(f"--reliability-samples {samples}: give at least 1")
+    mask = packed.score_mask(positions, target)[0]
+    with Splice(model, sae, error=error, grad=True, keep_first=keep_first) as s, torch.enable_grad():
+        tv = forward_target(model, packed, target, s)
+        leaf = s.latents
+        (g,) = torch.autograd.grad(tv.sum(), leaf, create_graph=True)
+        H = leaf.detach()[0]
+        v = -(H * mask[:, None].to(H.dtype))  # [T, C]: zero each latent at the scored positions
+        first = (g[0].detach().float() * v.float()).sum(0)
+        if signs is None:
+            gen = torch.Generator().manual_seed(seed)
+            signs = torch.randint(0, 2, (samples, H.shape[-1]), generator=gen) * 2 - 1
+        q = quadratic_terms(g[0], leaf, v, signs.to(H.device))
+    active = (v != 0).any(0)
+    half = 0.5 * q
+    floor = 1e-3 * float(first.abs().max()) if active.any() else 0.0
+    flagged = active & (half.abs() > tolerance * first.abs()) & (half.abs() > floor)
+    return Reliability(first.cpu(), q.cpu(), (first + half).cpu(), flagged.cpu())
