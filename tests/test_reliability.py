@@ -71,3 +71,30 @@ def test_the_corrected_change_is_closer_to_exact_ablation():
             errs2.append(abs(float(rel.corrected[c]) - true))
     assert len(errs1) >= 6
     assert torch.tensor(errs2).median() < torch.tensor(errs1).median()
+
+
+def test_influence_command_flags_and_verifies(tmp_path, capsys):
+    import json
+
+    from gradsae.cli import main
+
+    model, tok = make_tiny("llama")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    random_sae(d_sae=16, bias=0.8, seed=5).save(tmp_path / "sae")
+    out = tmp_path / "r.json"
+    args = ["influence", "--model", str(tmp_path / "m"), "--sae", str(tmp_path / "sae"), "--prompt", "hello there"]
+    args += ["--output", " my friend", "--verify", "flagged", "--reliability-tolerance", "0", "--out", str(out)]
+    assert main(args) == 0
+    rel = json.loads(out.read_text())["examples"][0]["reliability"]
+    assert rel["active"] > 0 and rel["flagged"]  # tolerance 0: every active latent with curvature is flagged
+    packed = pack(tok, [join_ids(tok, "hello there", " my friend")], "cpu")
+    mask = packed.score_mask("all", "logprob")[0]
+    lo, hi = int(mask.nonzero().min()), int(mask.nonzero().max()) + 1
+    sae = random_sae(d_sae=16, bias=0.8, seed=5)
+    with torch.no_grad(), Splice(model, sae) as s:
+        full = float(forward_target(model, packed, "logprob", s)[0])
+    row = rel["flagged"][0]
+    with torch.no_grad(), Splice(model, sae, edits=[RowEdit(zero=[row["latent"]], at=lo, until=hi)]) as s:
+        assert row["exact"] == pytest.approx(float(forward_target(model, packed, "logprob", s)[0]) - full, abs=1e-5)
+    assert "flagged" in capsys.readouterr().out

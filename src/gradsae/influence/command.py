@@ -45,6 +45,16 @@ class InfluenceConfig(ScoringOptions, InfluenceOptions):
     top: int = opt(10, "latents shown per example")
     max_new_tokens: int = opt(32, "when generating the output")
     out: str = opt("", "write the JSON here (default: print the table only)")
+    reliability: bool = opt(
+        False,
+        "second-order check per example: flag the latents whose first-order change the second-order term moves "
+        "by more than --reliability-tolerance (Hessian-vector products, one example at a time)",
+    )
+    reliability_samples: int = opt(16, "random-sign Hessian-vector products per example", low=1)
+    reliability_tolerance: float = opt(0.2, "flag when |second-order term| > this x |first-order change|", low=0)
+    verify: str = opt(
+        "", "'flagged': ablate the flagged latents exactly and report all three numbers", choices=("", "flagged")
+    )
 
 
 def load_examples(cfg: InfluenceConfig) -> list[Example]:
@@ -132,8 +142,10 @@ def run(cfg: InfluenceConfig) -> list[Influence]:
         latents = sorted({int(c) for c in r.top(cfg.top)} | {int(c) for c in r.bottom(cfg.top)})
         promoted = promoted_tokens(model, tok, sae, latents)
         print(format_table(r, promoted, cfg.top))
-        print()
         records.append(r.to_json(top=cfg.top, promoted=promoted))
+        if cfg.reliability or cfg.verify:
+            records[-1]["reliability"] = check_reliability(cfg, model, tok, sae, r)
+        print()
         if dash is not None:  # each listed latent's compact dashboard card
             records[-1]["cards"] = {str(c): card_data(dash, c) for c in latents}
     if cfg.out:
@@ -198,3 +210,39 @@ def _run_several(cfg: InfluenceConfig, saes: list, exs: list[Example], rt, model
         write_json(cfg.out, {"meta": meta, "examples": records})
         print(f"wrote {cfg.out}")
     return per
+
+
+def check_reliability(cfg: InfluenceConfig, model, tok, sae, r: Influence) -> dict:
+    """The second-order check of one example's scores (and, with ``--verify flagged``, exact ablation of the
+    flagged latents), printed in one line per flagged latent and returned for the JSON."""
+    from .inputs import pack
+    from .reliability import exact_changes, reliability
+
+    opts = cfg.influence_options()
+    packed = pack(tok, [(r.token_ids[: r.n_prompt], r.token_ids[r.n_prompt :])], sae.W_dec.device)
+    kw = dict(target=opts.target, positions=opts.positions, error=opts.error)
+    rel = reliability(
+        model, sae, packed, **kw, samples=cfg.reliability_samples, tolerance=cfg.reliability_tolerance, seed=opts.seed
+    )
+    flagged = rel.flagged.nonzero().flatten().tolist()
+    active = int((rel.first != 0).sum())
+    exact = exact_changes(model, sae, packed, **kw, latents=flagged).tolist() if cfg.verify == "flagged" else None
+    tol = cfg.reliability_tolerance
+    print(f"reliability: {len(flagged)} of {active} active latents flagged (|second-order| > {tol:g} x |first-order|)")
+    rows = []
+    for j, c in enumerate(flagged):
+        row = {"latent": c, "first_order": float(rel.first[c]), "second_order": float(rel.corrected[c])}
+        if exact is not None:
+            row["exact"] = exact[j]
+        rows.append(row)
+        print(
+            f"  latent {c}: change first order {row['first_order']:.4g}, second order {row['second_order']:.4g}"
+            + (f", exact {row['exact']:.4g}" if exact is not None else "")
+        )
+    return {
+        "samples": cfg.reliability_samples,
+        "tolerance": cfg.reliability_tolerance,
+        "active": active,
+        "flagged": rows,
+        "scale": "the target's change when the latent is zeroed at the scored positions",
+    }

@@ -70,9 +70,13 @@ def reliability(
         raise GradsaeError("the reliability check runs one example at a time")
     if samples < 1:
         raise GradsaeError(f"--reliability-samples {samples}: give at least 1")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     mask = packed.score_mask(positions, target)[0]
+    # the math attention kernel: the fused ones (flash, memory-efficient) have no double backward
     with Splice(model, sae, error=error, grad=True, keep_first=keep_first) as s, torch.enable_grad():
-        tv = forward_target(model, packed, target, s)
+        with sdpa_kernel([SDPBackend.MATH]):
+            tv = forward_target(model, packed, target, s)
         leaf = s.latents
         (g,) = torch.autograd.grad(tv.sum(), leaf, create_graph=True)
         H = leaf.detach()[0]
@@ -87,3 +91,34 @@ def reliability(
     floor = 1e-3 * float(first.abs().max()) if active.any() else 0.0
     flagged = active & (half.abs() > tolerance * first.abs()) & (half.abs() > floor)
     return Reliability(first.cpu(), q.cpu(), (first + half).cpu(), flagged.cpu())
+
+
+def exact_changes(
+    model,
+    sae,
+    packed: Packed,
+    target: str,
+    positions: str,
+    error: str,
+    latents,
+    *,
+    batch: int = 16,
+    keep_first: int = 0,
+) -> torch.Tensor:
+    """[len(latents)] the target's true change when each latent is zeroed at the scored positions (re-run,
+    ``batch`` ablations per forward): what ``--verify flagged`` compares the two estimates with."""
+    from ..splice import RowEdit
+
+    mask = packed.score_mask(positions, target)[0]
+    pos = mask.nonzero().flatten()
+    lo, hi = int(pos.min()), int(pos.max()) + 1
+    with torch.no_grad(), Splice(model, sae, error=error, keep_first=keep_first) as s:
+        full = float(forward_target(model, packed, target, s)[0])
+    out = []
+    latents = [int(c) for c in latents]
+    for a in range(0, len(latents), batch):
+        part = latents[a : a + batch]
+        rows = [RowEdit(zero=[c], at=lo, until=hi) for c in part]
+        with torch.no_grad(), Splice(model, sae, error=error, edits=rows, keep_first=keep_first) as s:
+            out.append(forward_target(model, packed.repeat(len(part)), target, s).float().cpu() - full)
+    return torch.cat(out) if out else torch.zeros(0)
