@@ -15,13 +15,14 @@ import time
 
 import torch
 
+from gradsae.saes import DEFAULT_SAE
 from _common import REPO, table, write_out
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--sae", default="smollm2/topk/L9")
+    ap.add_argument("--sae", default=DEFAULT_SAE)
     ap.add_argument("--data", default="sample")
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--context-length", type=int, default=128)

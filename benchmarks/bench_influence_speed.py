@@ -19,6 +19,7 @@ import torch
 
 from _common import qa_examples, short_prompt, table, write_out
 
+from gradsae.saes import DEFAULT_SAE
 from gradsae import ResidualCapture, load_model, load_sae
 from gradsae.influence import Example, influence
 from gradsae.influence.inputs import forward_target, join_ids, pack
@@ -35,7 +36,7 @@ def timed(fn, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sae", default="smollm2/topk/L9")
+    ap.add_argument("--sae", default=DEFAULT_SAE)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--exact-examples", type=int, default=2)

@@ -28,6 +28,7 @@ import torch
 
 from _common import DEV, table, write_out
 
+from gradsae.saes import DEFAULT_SAE
 from gradsae import RowEdit, Splice, encode_prompts, greedy_generate, load_model, load_sae
 from gradsae.squad import data as sq
 from gradsae.squad import phases
@@ -37,7 +38,7 @@ from gradsae.squad.config import PerturbConfig
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--sae", default="smollm2/topk/L9")
+    ap.add_argument("--sae", default=DEFAULT_SAE)
     ap.add_argument("--data", default=str(DEV), help="SQuAD JSON (default: the shared dev subset)")
     ap.add_argument(
         "--fewshot-data",

@@ -20,13 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+from gradsae.saes import DEFAULT_SAE
 from _common import DEV, write_out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--sae", default="smollm2/topk/L9", help="one SAE, or a comma list (a sweep)")
+    ap.add_argument("--sae", default=DEFAULT_SAE, help="one SAE, or a comma list (a sweep)")
     ap.add_argument("--data", default=str(DEV), help="SQuAD JSON/JSONL (default: the shared dev subset)")
     ap.add_argument("--limit", type=int, default=150, help="questions of the dev file (file order)")
     ap.add_argument("--out", default="benchmarks/out/reproduction")

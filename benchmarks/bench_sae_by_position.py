@@ -16,6 +16,7 @@ import torch
 
 from _common import DEV, table, write_out
 
+from gradsae.saes import DEFAULT_SAE
 from gradsae import ResidualCapture, Splice, encode_prompts, load_model, load_sae
 from gradsae.squad import data as sq
 from gradsae.squad.config import PerturbConfig
@@ -34,7 +35,7 @@ def token_ce(model, ids: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--sae", default="smollm2/topk/L9")
+    ap.add_argument("--sae", default=DEFAULT_SAE)
     ap.add_argument("--data", default=str(DEV), help="SQuAD JSON (default: the shared dev subset)")
     ap.add_argument("--n", type=int, default=8, help="few-shot SQuAD prompts")
     ap.add_argument("--threads", type=int, default=2)

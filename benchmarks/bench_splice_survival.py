@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from gradsae.saes import DEFAULT_SAE
 from _common import DEV, write_out
 
 
@@ -54,7 +55,7 @@ def _answers(ctx, qas, batch_size: int, spliced: bool) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--sae", default="smollm2/topk/L9", help="comma list of SAEs (bundled names or folders)")
+    ap.add_argument("--sae", default=DEFAULT_SAE, help="comma list of SAEs (bundled names or folders)")
     ap.add_argument("--data", default=str(DEV), help="SQuAD JSON/JSONL (default: the shared dev subset)")
     ap.add_argument("--limit", type=int, default=150)
     ap.add_argument("--out-root", default="benchmarks/out/splice_survival")
