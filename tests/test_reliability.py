@@ -98,3 +98,21 @@ def test_influence_command_flags_and_verifies(tmp_path, capsys):
     with torch.no_grad(), Splice(model, sae, edits=[RowEdit(zero=[row["latent"]], at=lo, until=hi)]) as s:
         assert row["exact"] == pytest.approx(float(forward_target(model, packed, "logprob", s)[0]) - full, abs=1e-5)
     assert "flagged" in capsys.readouterr().out
+
+
+def test_batched_rows_give_the_listed_latents_exact_quadratic_terms():
+    model, sae, packed = _setup("llama", d_sae=6, seed=4)
+    want = _one_latent_at_a_time(model, sae, packed)
+    rel = reliability(model, sae, packed, "logprob", "all", latents=[5, 1, 3])
+    torch.testing.assert_close(rel.quadratic[[5, 1, 3]], want[[5, 1, 3]], rtol=1e-3, atol=1e-5)
+    assert rel.quadratic[[0, 2, 4]].abs().sum() == 0 and not rel.flagged[[0, 2, 4]].any()
+
+
+def test_rows_in_several_passes_give_the_same_terms():
+    from gradsae.influence.reliability import quadratic_rows
+
+    model, sae, packed = _setup("llama", d_sae=6, seed=4)
+    mask = packed.score_mask("all", "logprob")[0]
+    one = quadratic_rows(model, sae, packed, "logprob", mask, "none", [0, 1, 2, 3, 4], rows=8)
+    three = quadratic_rows(model, sae, packed, "logprob", mask, "none", [0, 1, 2, 3, 4], rows=2)
+    torch.testing.assert_close(three, one, rtol=1e-4, atol=1e-6)

@@ -50,7 +50,15 @@ class InfluenceConfig(ScoringOptions, InfluenceOptions):
         "second-order check per example: flag the latents whose first-order change the second-order term moves "
         "by more than --reliability-tolerance (Hessian-vector products, one example at a time)",
     )
-    reliability_samples: int = opt(16, "random-sign Hessian-vector products per example", low=1)
+    reliability_latents: int = opt(
+        16,
+        "check the top N latents by |grad x act| exactly (the example as N rows: memory N x T x d_sae); "
+        "0: every active latent, estimated from --reliability-samples random-sign products",
+        low=0,
+    )
+    reliability_samples: int = opt(
+        16, "random-sign Hessian-vector products per example (--reliability-latents 0)", low=1
+    )
     reliability_tolerance: float = opt(0.2, "flag when |second-order term| > this x |first-order change|", low=0)
     verify: str = opt(
         "", "'flagged': ablate the flagged latents exactly and report all three numbers", choices=("", "flagged")
@@ -221,14 +229,24 @@ def check_reliability(cfg: InfluenceConfig, model, tok, sae, r: Influence) -> di
     opts = cfg.influence_options()
     packed = pack(tok, [(r.token_ids[: r.n_prompt], r.token_ids[r.n_prompt :])], sae.W_dec.device)
     kw = dict(target=opts.target, positions=opts.positions, error=opts.error)
+    top = r.scores.abs().argsort(descending=True)[: cfg.reliability_latents]
+    listed = [int(c) for c in top if r.scores[c] != 0] if cfg.reliability_latents else None
     rel = reliability(
-        model, sae, packed, **kw, samples=cfg.reliability_samples, tolerance=cfg.reliability_tolerance, seed=opts.seed
+        model,
+        sae,
+        packed,
+        **kw,
+        samples=cfg.reliability_samples,
+        tolerance=cfg.reliability_tolerance,
+        seed=opts.seed,
+        latents=listed,
     )
     flagged = rel.flagged.nonzero().flatten().tolist()
-    active = int((rel.first != 0).sum())
+    active = len(listed) if listed is not None else int((rel.first != 0).sum())
     exact = exact_changes(model, sae, packed, **kw, latents=flagged).tolist() if cfg.verify == "flagged" else None
     tol = cfg.reliability_tolerance
-    print(f"reliability: {len(flagged)} of {active} active latents flagged (|second-order| > {tol:g} x |first-order|)")
+    what = "checked" if listed is not None else "active"
+    print(f"reliability: {len(flagged)} of {active} {what} latents flagged (|second-order| > {tol:g} x |first-order|)")
     rows = []
     for j, c in enumerate(flagged):
         row = {"latent": c, "first_order": float(rel.first[c]), "second_order": float(rel.corrected[c])}
@@ -240,7 +258,10 @@ def check_reliability(cfg: InfluenceConfig, model, tok, sae, r: Influence) -> di
             + (f", exact {row['exact']:.4g}" if exact is not None else "")
         )
     return {
-        "samples": cfg.reliability_samples,
+        "checked": "the top latents by |grad x act|, exactly"
+        if listed is not None
+        else "every active latent, estimated",
+        "samples": cfg.reliability_samples if listed is None else None,
         "tolerance": cfg.reliability_tolerance,
         "active": active,
         "flagged": rows,

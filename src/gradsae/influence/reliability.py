@@ -11,6 +11,10 @@ z = Σ_c r_c v_c and u = ∇²T z, E[r_c · v_c · u] = v_cᵀ ∇²T v_c, becau
 zero. So one forward, one backward with its graph kept and ``samples`` Hessian-vector products (double backwards)
 give a corrected estimate Δ1 + ½q for every latent, and a flag where the two orders disagree by more than
 ``tolerance``: the latents whose first-order score should be checked by exact ablation. One example at a time.
+
+The cross terms make that estimate noisy when many latents are active. ``latents=[...]`` instead takes the exact
+quadratic term of each listed latent (e.g. the top K by |grad x act|), the example repeated as K rows, each row
+differentiated along its own latent's direction: one forward of K rows, one backward and one double backward.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ def reliability(
     seed: int = 0,
     signs: torch.Tensor | None = None,
     keep_first: int = 0,
+    latents=None,
 ) -> Reliability:
     """First-order change, quadratic term, corrected estimate and flag of every latent for one example.
     ``signs`` [S, C] overrides the random sign patterns (all 2^C of them make the estimate exact)."""
@@ -82,11 +87,22 @@ def reliability(
         H = leaf.detach()[0]
         v = -(H * mask[:, None].to(H.dtype))  # [T, C]: zero each latent at the scored positions
         first = (g[0].detach().float() * v.float()).sum(0)
-        if signs is None:
-            gen = torch.Generator().manual_seed(seed)
-            signs = torch.randint(0, 2, (samples, H.shape[-1]), generator=gen) * 2 - 1
-        q = quadratic_terms(g[0], leaf, v, signs.to(H.device))
+        if latents is None:
+            if signs is None:
+                gen = torch.Generator().manual_seed(seed)
+                signs = torch.randint(0, 2, (samples, H.shape[-1]), generator=gen) * 2 - 1
+            q = quadratic_terms(g[0], leaf, v, signs.to(H.device))
+    if latents is not None:
+        q = torch.zeros(H.shape[-1], dtype=torch.float32, device=H.device)
+        if len(latents):
+            q[torch.as_tensor(list(latents))] = quadratic_rows(
+                model, sae, packed, target, mask, error, latents, keep_first
+            )
     active = (v != 0).any(0)
+    if latents is not None:  # only the listed latents are checked
+        listed = torch.zeros_like(active)
+        listed[torch.as_tensor(list(latents), dtype=torch.long)] = True
+        active = active & listed
     half = 0.5 * q
     floor = 1e-3 * float(first.abs().max()) if active.any() else 0.0
     flagged = active & (half.abs() > tolerance * first.abs()) & (half.abs() > floor)
@@ -122,3 +138,35 @@ def exact_changes(
         with torch.no_grad(), Splice(model, sae, error=error, edits=rows, keep_first=keep_first) as s:
             out.append(forward_target(model, packed.repeat(len(part)), target, s).float().cpu() - full)
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def quadratic_rows(
+    model, sae, packed: Packed, target: str, mask: torch.Tensor, error: str, latents, keep_first=0, rows: int = 8
+) -> torch.Tensor:
+    """[K] v_cᵀ ∇²T v_c exactly for each listed latent: the example repeated, row k differentiated along latent
+    latents[k]'s direction (rows are independent, so one double backward gives every row's own term); ``rows``
+    latents per pass bound the memory (a double backward keeps the whole graph of every row)."""
+    lat = [int(c) for c in latents]
+    parts = [
+        _quadratic_rows(model, sae, packed, target, mask, error, lat[a : a + rows], keep_first)
+        for a in range(0, len(lat), rows)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _quadratic_rows(model, sae, packed: Packed, target: str, mask: torch.Tensor, error: str, latents, keep_first):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    lat = torch.as_tensor(list(latents), dtype=torch.long)
+    K = lat.numel()
+    with Splice(model, sae, error=error, grad=True, keep_first=keep_first) as s, torch.enable_grad():
+        with sdpa_kernel([SDPBackend.MATH]):
+            tv = forward_target(model, packed.repeat(K), target, s)
+        leaf = s.latents  # [K, T, C]
+        (g,) = torch.autograd.grad(tv.sum(), leaf, create_graph=True)
+        H = leaf.detach()
+        V = torch.zeros_like(H)
+        rows = torch.arange(K, device=H.device)
+        V[rows, :, lat.to(H.device)] = -(H[rows, :, lat.to(H.device)] * mask[None, :].to(H.dtype))
+        (u,) = torch.autograd.grad((g * V).sum(), leaf)
+    return (V.float() * u.float()).sum((1, 2))
