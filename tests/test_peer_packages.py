@@ -463,22 +463,29 @@ def _lens_gemma_scope_2(monkeypatch, repo_root, folder_name):
     return lens, cfg
 
 
-@pytest.mark.parametrize("with_config", [False, True])
-def test_gemma_scope_2_residual_sae_equals_saelens_on_the_same_files(tmp_path, monkeypatch, with_config):
+def _gemma_scope_2_params(folder, seed: int, d_out: int = D, skip: bool = False):
+    """Random Gemma Scope 2 weights in ``folder/params.safetensors`` (w_dec [C, d_out]; the skip matrix [D, d_out])."""
     from safetensors.torch import save_file
 
-    g = torch.Generator().manual_seed(5)
-    folder_name = "resid_post/layer_3_width_40_l0_small"
-    folder = tmp_path / folder_name
+    g = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True)
     w = {
         "w_enc": torch.randn(D, C, generator=g),
-        "w_dec": torch.randn(C, D, generator=g),
+        "w_dec": torch.randn(C, d_out, generator=g),
         "b_enc": torch.randn(C, generator=g) * 0.3,
-        "b_dec": torch.randn(D, generator=g) * 0.3,
+        "b_dec": torch.randn(d_out, generator=g) * 0.3,
         "threshold": torch.rand(C, generator=g) * 0.5,
     }
+    if skip:
+        w["affine_skip_connection"] = torch.randn(D, d_out, generator=g)
     save_file(w, folder / "params.safetensors")
+
+
+@pytest.mark.parametrize("with_config", [False, True])
+def test_gemma_scope_2_residual_sae_equals_saelens_on_the_same_files(tmp_path, monkeypatch, with_config):
+    folder_name = "resid_post/layer_3_width_40_l0_small"
+    folder = tmp_path / folder_name
+    _gemma_scope_2_params(folder, 5)
     if with_config:
         cfg = {"architecture": "jump_relu", "model_name": "gemma-v3-1b-pt", "hf_hook_point_in": "model.layers.3.output"}
         (folder / "config.json").write_text(json.dumps(cfg))
@@ -493,23 +500,10 @@ def test_gemma_scope_2_residual_sae_equals_saelens_on_the_same_files(tmp_path, m
 def test_gemma_scope_2_transcoder_equals_saelens_on_the_same_files(tmp_path, monkeypatch, affine):
     """A transcoder (d_out != d_in here, and an asymmetric skip matrix: a transposed one would show) computes what
     sae-lens's JumpReLU(Skip)Transcoder computes from the same bytes, skip term included."""
-    from safetensors.torch import save_file
-
-    g = torch.Generator().manual_seed(6)
     O = D + 4
     folder_name = f"transcoder/layer_3_width_40_l0_small{'_affine' if affine else ''}"
     folder = tmp_path / folder_name
-    folder.mkdir(parents=True)
-    w = {
-        "w_enc": torch.randn(D, C, generator=g),
-        "w_dec": torch.randn(C, O, generator=g),
-        "b_enc": torch.randn(C, generator=g) * 0.3,
-        "b_dec": torch.randn(O, generator=g) * 0.3,
-        "threshold": torch.rand(C, generator=g) * 0.5,
-    }
-    if affine:
-        w["affine_skip_connection"] = torch.randn(D, O, generator=g)
-    save_file(w, folder / "params.safetensors")
+    _gemma_scope_2_params(folder, 6, d_out=O, skip=affine)
     cfg = {
         "architecture": "jump_relu",
         "model_name": "gemma-v3-1b-pt",
