@@ -25,7 +25,7 @@ LAYER, T, ROWS = 9, 128, 8
 def main(argv=None) -> dict:
     from gradsae import load_model, load_sae
     from gradsae.training.evals import activation_metrics, model_metrics
-    from gradsae.splice import capture
+    from gradsae.capture import capture
     from gradsae.training.stream import RowReader
     from gradsae.training.train import TrainConfig, run
 

@@ -42,7 +42,7 @@ def _per_s(fn, reps: int, tokens: int) -> float:
 def bench_parts(model, batches: list[torch.Tensor], reps: int) -> tuple[list[dict], dict]:
     from gradsae import SAE, SAEConfig
     from gradsae.training.grid import SAESpec, local_loss
-    from gradsae.splice import capture
+    from gradsae.capture import capture
 
     rows, it = [], iter(batches * 100)
     for dtype in ("float32", "bfloat16"):

@@ -17,7 +17,7 @@ from gradsae.training.cache import (
     write_cache,
 )
 from gradsae.errors import GradsaeError
-from gradsae.splice import summed_next_token_ce
+from gradsae.capture import summed_next_token_ce
 
 
 def _cfg(tmp_path, **kw):

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def test_streaming_trainer_on_cuda(tmp_path):
     from gradsae import load_sae
-    from gradsae.splice import capture
+    from gradsae.capture import capture
     from gradsae.training.train import TrainConfig, run
 
     model, tok = make_tiny("llama")

@@ -144,7 +144,7 @@ def test_influence_is_grad_times_act_of_next_token_loglik():
     ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
     ev = batch_evidence(model, sae, 1, ids, torch.arange(2), skip_first=1, influence=True, n_pred=3)
     # independent: dL/dZ at block 1 on the clean model, mapped to latents by the decoder
-    from gradsae.splice import ResidualCapture
+    from gradsae.capture import ResidualCapture
 
     with ResidualCapture(model, [1], grad=True) as cap:
         logp = model(input_ids=ids).logits.log_softmax(-1)

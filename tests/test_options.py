@@ -133,7 +133,7 @@ def test_the_cache_records_the_device_it_ran_on(tmp_path):
         (["eval", "--steer-latents", "-1"], "--steer-latents -1: must be at least 0"),
         (["eval", "--steer-top-n", "0"], "--steer-top-n 0: must be at least 1"),
         (["eval", "--dead-batch-tokens", "0"], "--dead-batch-tokens 0: must be at least 1"),
-        (["eval", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+        (["eval", "--batch-size", "-1"], "--batch-size -1: must be at least 0"),
         (["dashboard", "--influence-tokens", "-5"], "--influence-tokens -5: must be at least -1"),
         (["dashboard", "--threads", "-2"], "--threads -2"),
         (["sensitivity", "--threads", "-2"], "--threads -2"),

@@ -383,3 +383,121 @@ def test_influence_command_ranks_several_saes_together(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--sae", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--layer", "1"]) == 2
     assert "drop --layer" in capsys.readouterr().err
+
+
+# ---- capture and training at a site ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
+def test_capture_at_sites_gives_the_site_and_its_gradient(arch):
+    """attn_out + mlp_out is the block update (as the splice reads them), and the gradient at hook_mlp_out is the
+    gradient at the block's output (the MLP output is added to the residual last)."""
+    from gradsae.capture import capture
+
+    model, tok = make_tiny(arch)
+    ids = torch.tensor([tok("the quick brown fox jumps", add_special_tokens=True)["input_ids"]] * 2)
+    res, res_g = capture(model, ids, [0, 1], grad=True)
+    att, att_g = capture(model, ids, [1], grad=True, site="hook_attn_out")
+    mlp, mlp_g = capture(model, ids, [1], grad=True, site="hook_mlp_out")
+    torch.testing.assert_close(att[1] + mlp[1], res[1] - res[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mlp_g[1], res_g[1], rtol=1e-4, atol=1e-6)
+    assert att_g[1].abs().max() > 0
+    stopped, none = capture(model, ids, [1], grad=False, site="hook_attn_out")
+    torch.testing.assert_close(stopped[1], att[1])
+    assert none == {}
+
+
+def _train_args(model_dir, corpus, out, *extra):
+    return [
+        "train",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(corpus),
+        "--layers",
+        "1",
+        "--k",
+        "4",
+        "--d-sae",
+        "32",
+        "--batch-size",
+        "4",
+        "--context-length",
+        "16",
+        "--max-tokens",
+        str(4 * 16 * 6),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+@pytest.fixture
+def llama_dir(tmp_path):
+    model, tok = make_tiny("llama")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"the {i} quick brown foxes jump over {i + 1} lazy dogs today" for i in range(60)))
+    return tmp_path / "m", corpus
+
+
+@pytest.mark.parametrize("site", ["hook_attn_out", "hook_mlp_out"])
+def test_train_at_a_site_writes_saes_that_read_it_and_splice_there(llama_dir, tmp_path, site):
+    from gradsae import load_sae
+    from gradsae.cli import main
+
+    model_dir, corpus = llama_dir
+    out = tmp_path / f"run-{site}"
+    assert main(_train_args(model_dir, corpus, out, "--site", site, "--architectures", "topk,gsae")) == 0
+    folders = sorted(p for p in out.iterdir() if (p / "cfg.json").is_file())
+    assert len(folders) == 2
+    model, tok = make_tiny("llama")
+    for f in folders:
+        sae = load_sae(f)
+        assert sae.cfg.hook_name == f"blocks.1.{site}"
+        [r] = influence(model, tok, sae, [Example("the quick brown", " fox")])
+        assert r.scores.abs().sum() > 0
+
+
+def test_train_and_cache_refuse_what_a_site_cannot_do(llama_dir, tmp_path, capsys):
+    from gradsae.cli import main
+
+    model_dir, corpus = llama_dir
+    cases = [
+        (["--site", "hook_mlp_out", "--architectures", "e2e"], "trained at the residual stream"),
+        (["--site", "hook_attn_out", "--cache", str(tmp_path)], "a cache holds the residual stream"),
+    ]
+    for extra, says in cases:
+        assert main(_train_args(model_dir, corpus, tmp_path / "x", *extra)) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(err) == 1 and says in err[0], err
+
+
+def test_eval_of_a_site_sae_needs_a_cache_of_that_site(llama_dir, tmp_path, capsys):
+    from gradsae.cli import main
+
+    model_dir, corpus = llama_dir
+    out = tmp_path / "run"
+    assert main(_train_args(model_dir, corpus, out, "--site", "hook_mlp_out", "--architectures", "topk")) == 0
+    [sae_dir] = [p for p in out.iterdir() if (p / "cfg.json").is_file()]
+    common = ["--model", str(model_dir), "--data", str(corpus), "--layers", "1", "--context-length", "16"]
+    common += ["--seqs-per-shard", "8", "--device", "cpu", "--no-progress"]
+    assert main(["cache", *common, "--site", "hook_mlp_out", "--out", str(tmp_path / "c-mlp")]) == 0
+    assert main(["cache", *common, "--out", str(tmp_path / "c-res")]) == 0
+    ev = ["eval", "--model", str(model_dir), "--sae", str(sae_dir), "--device", "cpu", "--no-progress"]
+    ev += ["--holdout-shards", "1", "--n-seqs", "4"]
+    assert main([*ev, "--cache", str(tmp_path / "c-res"), "--out", str(tmp_path / "e0")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "gradsae cache --site hook_mlp_out" in err[0], err
+    assert main([*ev, "--cache", str(tmp_path / "c-mlp"), "--out", str(tmp_path / "e1")]) == 0
+    import json
+
+    result = json.loads((tmp_path / "e1" / "eval.json").read_text())
+    metrics = result["eval_result_metrics"]
+    assert result["sae_cfg"]["hook_name"] == "blocks.1.hook_mlp_out"
+    assert metrics["model_performance_preservation"]["ce_loss_with_sae"] > 0
+    assert "steering" not in metrics  # the steering probe adds to the residual stream

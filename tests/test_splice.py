@@ -5,7 +5,8 @@ import torch
 
 from gradsae import GradsaeError, RowEdit, Splice, encode_prompts, greedy_generate
 from gradsae.hooks import decoder_layers, parse_hook_name, resolve_layer
-from gradsae.splice import LatentEdits, ResidualCapture
+from gradsae.capture import ResidualCapture
+from gradsae.splice import LatentEdits
 
 from conftest import random_sae
 

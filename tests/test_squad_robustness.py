@@ -53,7 +53,7 @@ def _one_line_error(capsys, *parts):
         (["--max-new-tokens", "-2"], "--max-new-tokens -2"),
         (["--limit", "-3"], "--limit -3"),
         (["--batch-size", "-4"], "--batch-size -4"),
-        (["--batch-size", "0"], "--batch-size 0"),
+        (["--batch-size", "-2"], "--batch-size -2"),
         (["--out", ""], "--out is empty"),
         (["--methods", "random"], "'random'"),
         (["--ig-steps", "0"], "--ig-steps 0"),

@@ -21,7 +21,7 @@ from gradsae.errors import GradsaeError
 from gradsae.hooks import decoder_layers
 from gradsae.training.e2e import kl_per_position, tail_logits
 from gradsae.training.state import DeadLatents
-from gradsae.splice import capture
+from gradsae.capture import capture
 from gradsae.training.stream import RowReader
 from gradsae.training.train import TrainConfig, run
 
@@ -399,7 +399,7 @@ def test_resume_refuses_a_changed_config(saved_models, tmp_path):
 
 def test_a_grid_too_big_for_memory_is_refused_before_the_first_step(saved_models, tmp_path):
     models, corpus = saved_models
-    with pytest.raises(GradsaeError, match=r"needs about \d+\.\d GiB but .* are available"):
+    with pytest.raises(GradsaeError, match=r"needs about \d+\.\d [GM]iB \(estimated\) but .* are available"):
         run(_cfg(models["llama"], corpus, tmp_path / "big", d_sae=[2**27]))  # ~0.5 TB of weights and Adam state
     assert not (tmp_path / "big" / "checkpoint.safetensors").exists()
 

@@ -19,7 +19,7 @@ _LAZY = {
     "Splice": "splice",
     "RowEdit": "splice",
     "LatentEdits": "splice",
-    "ResidualCapture": "splice",
+    "ResidualCapture": "capture",
     "greedy_generate": "generate",
     "encode_prompts": "generate",
     "Batch": "generate",

@@ -26,10 +26,20 @@ def opt(
     positional: bool = False,
     low: float | None = None,
     high: float | None = None,
+    auto: bool = False,
 ):
     """A config field with its help text (and optionally choices / a short flag / positional, and the range
-    ``[low, high]`` every value must lie in: ``check_values`` enforces it, and refuses NaN/Inf everywhere)."""
-    meta = {"help": help, "choices": choices, "short": short, "positional": positional, "low": low, "high": high}
+    ``[low, high]`` every value must lie in: ``check_values`` enforces it, and refuses NaN/Inf everywhere).
+    ``auto``: an integer option that also takes the word ``auto``, stored as 0 (``--batch-size auto``)."""
+    meta = {
+        "help": help,
+        "choices": choices,
+        "short": short,
+        "positional": positional,
+        "low": low,
+        "high": high,
+        "auto": auto,
+    }
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -101,6 +111,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
         elif origin in (list, tuple):
             (inner,) = typing.get_args(tp)[:1] or (str,)
             kw["type"] = _list_parser(inner)
+        elif meta.get("auto"):
+            kw["type"] = _int_or_auto
         elif tp in (int, float, str):
             kw["type"] = tp
         else:
@@ -115,6 +127,14 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
             if f.default is MISSING and f.default_factory is MISSING:
                 kw["required"] = True
             parser.add_argument(*flags, dest=f.name, **kw)
+
+
+def _int_or_auto(s: str) -> int:
+    """``auto`` -> 0, else an integer (argparse reports anything else as an invalid value)."""
+    return 0 if str(s).strip().lower() == "auto" else int(s)
+
+
+_int_or_auto.__name__ = "integer or 'auto'"
 
 
 def _list_parser(inner):

@@ -78,6 +78,15 @@ def all_reduce(t: torch.Tensor, mean: bool) -> torch.Tensor:
     return t
 
 
+def all_min(x: int, device: str = "cpu") -> int:
+    """The smallest of every process's ``x`` (e.g. a batch size each rank sized to its own free memory)."""
+    if rank_world()[1] == 1:
+        return x
+    t = torch.tensor([x], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return int(t.item())
+
+
 def global_mean(t: torch.Tensor) -> torch.Tensor:
     return all_reduce(t, mean=True)
 

@@ -54,6 +54,12 @@ class RuntimeOptions:
         0, "torch CPU threads per process (0: torch's default, divided among the processes of a torchrun launch)"
     )
     progress: bool = opt(True, "show progress bars")
+    memory_limit_gb: float = opt(
+        0.0,
+        "plan for this much device memory: refuse work estimated to need more, and size --batch-size auto to it "
+        "(0: 90%% of the memory free once the weights are loaded)",
+        low=0,
+    )
 
     def __post_init__(self):
         dev = str(self.device).strip().lower()
@@ -152,7 +158,10 @@ def start(opts: RuntimeOptions, command: str) -> Runtime:
     device once the work begins)."""
     import torch
 
+    from . import memory
+
     device = resolve_device(opts.device)
+    memory.set_limit(opts.memory_limit_gb)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     elif int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:

@@ -170,9 +170,9 @@ def mean_ci(x: np.ndarray) -> tuple[float, float, float]:
 
 
 def capture_with_grads(model, rows: torch.Tensor, layers: list[int], batch_size: int = 8):
-    """Activations and ∇ₓL (L = the summed next-token CE) at every layer, ``splice.capture`` in batches.
+    """Activations and ∇ₓL (L = the summed next-token CE) at every layer, ``capture.capture`` in batches.
     rows [S, T] -> ({layer: x [S, T, D]}, {layer: g [S, T, D]}), float32 on the CPU."""
-    from .splice import capture
+    from .capture import capture
 
     acts: dict[int, list] = {l: [] for l in layers}
     grads: dict[int, list] = {l: [] for l in layers}

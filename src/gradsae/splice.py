@@ -2,15 +2,15 @@
 attention or MLP output, or the attention heads' outputs before W_O: ``hooks.SPLICE_SITES``), optionally edit
 its latents.
 
-This module is the only one that registers forward hooks. Two context managers:
+This module and ``capture.py`` are the only ones that register forward hooks.
 
 - ``Splice(model, sae, ...)`` replaces Z [B, T, D] by decode(edit(encode(Z))) at every forward call
   (prompt, teacher-forced pass, every step of a KV-cached generation), exposes the latents H [B, T, C]
   (as a leaf with ``requires_grad`` when ``grad=True``), and removes its hook on exit, also on errors.
-- ``ResidualCapture(model, layers, ...)`` records Z at one or several layers (optionally as gradient
-  leaves, for dL/dx), and can stop the forward pass after the last layer it needs; ``capture`` is the one
-  pass that returns activations (and ∇ₓL of the next-token loss) at several layers, for the trainer, the
-  cache and the sensitivity analysis.
+- ``RowEdit`` / ``LatentEdits``: per-row latent edits at absolute positions.
+
+Recording activations without an SAE (``ResidualCapture``, ``capture``) is ``capture.py``'s business; ``run_trunk``
+/ ``skip_trunk`` (blocks 0..L once for rows of one prompt) and ``AddAt`` (a probe) are here.
 
 Error term (``error=``):
 
@@ -26,11 +26,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from .capture import StopForward
 from .errors import GradsaeError
 from .hooks import (
     SPLICE_SITES,
@@ -402,125 +403,6 @@ class Splice:
 
 
 # ---------------------------------------------------------------------------------------------
-# Residual capture (activation caching, dL/dx for g-SAE)
-# ---------------------------------------------------------------------------------------------
-
-
-class _StopForward(Exception):
-    pass
-
-
-class ResidualCapture:
-    """Record the residual stream after the given blocks.
-
-    Args:
-        layers: block indices (or hook names).
-        grad: make the lowest captured activation a gradient leaf (graph below it is cut) and retain
-            gradients of the others; after ``loss.backward()`` read ``self.grads[layer]``.
-        stop: raise after the highest layer so the rest of the model is skipped (no logits; use
-            ``run(...)``), only when ``grad`` is False.
-
-    Attributes:
-        acts: {layer: Z [B, T, D]}; grads: {layer: dL/dZ [B, T, D]} after backward.
-    """
-
-    def __init__(self, model: nn.Module, layers: Iterable[int | str], grad: bool = False, stop: bool = False):
-        self.model = model
-        self.layers = sorted({resolve_layer(model, l) for l in layers})
-        self.grad, self.stop = grad, stop and not grad
-        self.acts: dict[int, torch.Tensor] = {}
-        self._handles = []
-
-    def _make_hook(self, layer: int):
-        def hook(module, args, out):
-            Z, rest = split_output(out)
-            if self.grad:
-                if layer == self.layers[0]:
-                    Z = Z.detach().requires_grad_(True)
-                else:
-                    Z.retain_grad()
-                self.acts[layer] = Z
-                return join_output(Z, rest)
-            self.acts[layer] = Z.detach()
-            if self.stop and layer == self.layers[-1]:
-                raise _StopForward
-            return None
-
-        return hook
-
-    @property
-    def grads(self) -> dict[int, torch.Tensor]:
-        return {l: z.grad for l, z in self.acts.items() if z.grad is not None}
-
-    def run(self, **inputs):
-        """Call the model; returns its output, or None when the forward was stopped early."""
-        try:
-            return self.model(**inputs)
-        except _StopForward:
-            return None
-
-    def __enter__(self) -> "ResidualCapture":
-        self.acts = {}
-        self._handles = [block(self.model, l).register_forward_hook(self._make_hook(l)) for l in self.layers]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-
-def summed_next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Sum over all sequences and positions of -log p(token[t+1] | ...). logits [B, T, V], ids [B, T] -> []."""
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="sum"
-    )
-
-
-def autocast(device: str, dtype: str):
-    """The model pass's autocast context (``dtype`` bfloat16), or nothing for float32."""
-    import contextlib
-
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-
-
-def capture_with_loss(
-    model: nn.Module, ids: torch.Tensor, layers: list[int], grad: bool, dtype: str = "float32"
-) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], float]:
-    """The one activation (+ ∇ₓL) capture: the residual stream after each block of ``layers`` for ids [B, T] in
-    one pass; without ``grad`` the forward stops after the highest block, with it the graph is cut below the lowest
-    and one backward of L = ``summed_next_token_ce`` gives every layer's gradient (a token's gradient does not
-    depend on the batch).
-
-    -> ({L: Z [B, T, D] float32}, {L: dL/dZ [B, T, D] float32} or {} without ``grad``, L or nan)."""
-    attn = torch.ones_like(ids)
-    with ResidualCapture(model, layers, grad=grad, stop=not grad) as cap, autocast(str(ids.device), dtype):
-        if grad:
-            with torch.enable_grad():
-                out = cap.run(input_ids=ids, attention_mask=attn)
-                loss = summed_next_token_ce(out.logits, ids)
-                loss.backward()
-            grads = {l: g.detach().float() for l, g in cap.grads.items()}
-            loss_v = float(loss.detach())
-        else:
-            with torch.no_grad():
-                cap.run(input_ids=ids, attention_mask=attn)
-            grads, loss_v = {}, float("nan")
-        acts = {l: a.detach().float() for l, a in cap.acts.items()}
-    return acts, grads, loss_v
-
-
-def capture(
-    model: nn.Module, ids: torch.Tensor, layers: list[int], grad: bool, dtype: str = "float32"
-) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-    """``capture_with_loss`` without the loss: ({L: Z [B, T, D]}, {L: dL/dZ [B, T, D]} or {})."""
-    acts, grads, _ = capture_with_loss(model, ids, layers, grad, dtype)
-    return acts, grads
-
-
-# ---------------------------------------------------------------------------------------------
 # Shared trunk: blocks 0..L computed once for rows that repeat one prompt
 # ---------------------------------------------------------------------------------------------
 
@@ -533,12 +415,12 @@ def run_trunk(model: nn.Module, layer: int, **inputs):
 
     def hook(module, args, out):
         holder["out"] = out
-        raise _StopForward
+        raise StopForward
 
     handle = block(model, layer).register_forward_hook(hook, prepend=True)
     try:
         model(**inputs)
-    except _StopForward:
+    except StopForward:
         pass
     finally:
         handle.remove()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 
+from .. import memory
 from ..distributed import Dist
 from ..errors import GradsaeError
 from ..io import refuse_foreign
@@ -27,6 +29,21 @@ def _refuse_foreign(out: Path) -> None:
     page = out / "dashboard.html"
     if page.exists() and 'class="gd-' not in page.read_text(encoding="utf-8", errors="replace"):
         raise GradsaeError(f"{page} was not written by gradsae dashboard: choose another --out")
+
+
+def rows_per_batch(cfg: DashboardConfig, model, sae, layer: int, device: str) -> int:
+    """``--batch-size`` checked against the memory estimate (``auto``: the most rows that fit)."""
+    m = memory.ModelShape.of(model)
+    C, cb = memory.sae_shape(sae)
+    T = cfg.context_length
+    influence = cfg.influence_tokens < 0 or cfg.influence_tokens >= T
+
+    def passes(b: int) -> list[memory.Pass]:
+        return memory.dashboard(m, C, cb, b, T, layer, influence)
+
+    return memory.plan_rows(
+        "the dashboard", passes, m, requested=cfg.batch_size, most=max(1, cfg.max_tokens // T), device=device
+    )
 
 
 def run(cfg: DashboardConfig) -> Dashboard | None:
@@ -67,6 +84,7 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
         check_context_length(model, cfg.context_length)
         sae = load_sae(cfg.sae, device=str(next(model.parameters()).device), dtype="float32")
         layer = check_compatible(model, sae, cfg.layer or None, SPLICE_SITES)
+        cfg = dataclasses.replace(cfg, batch_size=rows_per_batch(cfg, model, sae, layer, rt.device))
         rt.announce("dashboard")
         state_dir = out / "state"
         try:

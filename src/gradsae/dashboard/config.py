@@ -34,7 +34,9 @@ class DashboardConfig(ModelOptions):
         low=-1,
     )
     context_length: int = opt(128, "tokens per row (BOS included)")
-    batch_size: int = opt(8, "rows per forward pass")
+    batch_size: int = opt(
+        8, "rows per forward pass; auto (or 0): the most that fit the device memory (estimated)", low=0, auto=True
+    )
     skip_first: int = opt(
         1,
         "positions at the start of each row left out of every statistic (BOS / "
@@ -71,7 +73,6 @@ class DashboardConfig(ModelOptions):
         for name in (
             "max_tokens",
             "context_length",
-            "batch_size",
             "n_top",
             "n_influence",
             "n_band",
@@ -80,7 +81,7 @@ class DashboardConfig(ModelOptions):
         ):
             if getattr(self, name) < 1:
                 raise GradsaeError(f"--{name.replace('_', '-')} {getattr(self, name)}: give at least 1")
-        for name in ("left", "right", "skip_first", "n_promoted", "n_neighbours", "html_latents"):
+        for name in ("batch_size", "left", "right", "skip_first", "n_promoted", "n_neighbours", "html_latents"):
             if getattr(self, name) < 0:
                 raise GradsaeError(f"--{name.replace('_', '-')} {getattr(self, name)}: give 0 or more")
         if self.skip_first >= self.context_length - 1:

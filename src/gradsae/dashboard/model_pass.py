@@ -39,7 +39,8 @@ def batch_evidence(
     unchanged) and stop the forward pass after block ``layer``; influence batches run the whole model with the SAE
     spliced in (``error``) and one backward pass from Σ_m log p(x_{m+1} | x_≤m).
     """
-    from ..splice import ResidualCapture, Splice
+    from ..capture import ResidualCapture
+    from ..splice import Splice
 
     B, T = ids.shape
     n_tok = B * max(T - skip_first, 0)

@@ -41,7 +41,12 @@ class InfluenceConfig(ScoringOptions, InfluenceOptions):
     prompt: str = opt("", "the prompt (use --input for many)")
     output: str = opt("", "the output to explain; empty = generate it greedily through the splice")
     input: str = opt("", 'JSONL file with {"prompt": ..., "output": ..., "id": ...} per line')
-    batch_size: int = opt(4, "examples per forward+backward")
+    batch_size: int = opt(
+        4,
+        "examples per forward+backward; auto (or 0): the most that fit the device memory (estimated)",
+        low=0,
+        auto=True,
+    )
     top: int = opt(10, "latents shown per example")
     max_new_tokens: int = opt(32, "when generating the output")
     out: str = opt("", "write the JSON here (default: print the table only)")
@@ -107,8 +112,6 @@ def run(cfg: InfluenceConfig) -> list[Influence]:
 
     from ..dashboard import card_data, check_dashboard, resolve_dashboard
 
-    if cfg.batch_size < 1:
-        raise GradsaeError(f"--batch-size {cfg.batch_size}: give at least 1")
     if cfg.top < 1:
         raise GradsaeError(f"--top {cfg.top}: give at least 1")
     if cfg.max_new_tokens < 1:

@@ -11,10 +11,11 @@ from typing import Sequence
 
 import torch
 
+from .. import memory
 from ..errors import GradsaeError
 from ..generate import position_ids
 from ..saes.sae import SAE
-from ..splice import RowEdit, Splice, run_trunk, skip_trunk
+from ..splice import RowEdit, Splice, run_trunk, skip_trunk, splice_point
 from .inputs import Packed, forward_target, generate_outputs, join_ids, pack, token_texts, bracket_index
 from .options import InfluenceOptions
 from .records import Example, Influence
@@ -50,8 +51,9 @@ def influence(
             through the splice).
         opts: target, aggregation, positions, method, error, ig_steps, exact_latents, seed (see
             ``InfluenceOptions``); keyword arguments of the same names override single fields.
-        batch_size: examples per forward+backward (``grad``); scores do not depend on it.
-        exact_batch: ablated latents per batched forward (``exact``).
+        batch_size: examples per forward+backward (``grad``); scores do not depend on it. 0: the most that fit
+            the device's memory (``gradsae.memory``); a batch estimated not to fit is refused in one line.
+        exact_batch: ablated latents per batched forward (``exact``), lowered to what fits the memory.
         keep_per_token: P, how many top latents keep their per-token influence (heatmaps).
         output_ids: already tokenised outputs (e.g. from generation), overriding ``Example.output``.
         keep_first: leave each row's first N real tokens unspliced (attention sink), see ``Splice``.
@@ -62,8 +64,8 @@ def influence(
         if unknown:
             raise TypeError(f"influence() got unexpected keyword arguments {sorted(unknown)}")
         opts = dataclasses.replace(opts, **option_overrides)
-    if batch_size < 1:
-        raise GradsaeError(f"--batch-size {batch_size}: give at least 1")
+    if batch_size < 0:
+        raise GradsaeError(f"--batch-size {batch_size}: give at least 1, or 0 (auto)")
     saes = list(sae) if isinstance(sae, (list, tuple)) else None
     if saes is not None:
         _check_several(saes, opts, layer, examples, output_ids)
@@ -76,6 +78,20 @@ def influence(
     t0 = time.perf_counter()
     pairs = []
     todo = [i for i, e in enumerate(exs) if e.output is None] if output_ids is None else []
+    shape = memory.ModelShape.of(model)
+    C, cb = memory.sae_shape(saes or sae)
+    layers = [splice_point(model, s, layer)[0] for s in saes or [sae]]
+    gen_batch = batch_size
+    if todo:
+        longest = max(len(tok(exs[i].prompt, add_special_tokens=True)["input_ids"]) for i in todo)
+        gen_batch = memory.plan_rows(
+            "generating the outputs",
+            lambda b: [memory.generation(C, cb, b, longest, max_new_tokens)],
+            shape,
+            requested=batch_size,
+            most=len(todo),
+            device=str(device),
+        )
     generated = (
         dict(
             zip(
@@ -89,7 +105,7 @@ def influence(
                     error=opts.error,
                     max_new_tokens=max_new_tokens,
                     stop=stop,
-                    batch_size=batch_size,
+                    batch_size=gen_batch,
                     keep_first=keep_first,
                 ),
             )
@@ -116,6 +132,9 @@ def influence(
                 "authors' answer opener) is undefined: use --template official, or another --target"
             )
     t_gen = time.perf_counter() - t0
+    T = max(len(p) + len(o) for p, o in pairs)
+    M = max(len(o) for _, o in pairs)
+    batch_size, exact_batch = _plan_memory(shape, C, cb, T, M, layers, opts, batch_size, exact_batch, len(exs), device)
     results: list[Influence] = []
     step = batch_size if opts.method == "grad" else 1
     run = _RunSettings(layer=layer, keep=keep_per_token, keep_first=keep_first, exact_batch=exact_batch)
@@ -138,9 +157,43 @@ def influence(
     for r in results:
         r.meta["seconds_total"] = round(elapsed, 3)
         r.meta["seconds_generation"] = round(t_gen, 3)
+        r.meta["batch_size"] = batch_size if opts.method == "grad" else 1  # examples per backward, as planned
     if saes is not None:  # [example][sae] -> [sae][example]
         return [results[j :: len(saes)] for j in range(len(saes))]
     return results
+
+
+def _plan_memory(
+    shape: memory.ModelShape,
+    C: int,
+    cb: int,
+    T: int,
+    M: int,
+    layers: list[int],
+    opts: InfluenceOptions,
+    batch_size: int,
+    exact_batch: int,
+    n: int,
+    device,
+) -> tuple[int, int]:
+    """(examples per grad batch, ablations per exact chunk) checked against the memory estimate of the longest
+    example (T tokens, M of them output): a grad batch that does not fit is refused (0: the most that fit); exact
+    chunks are lowered to what fits; integrated gradients (``ig_steps`` rows) are refused when they do not fit."""
+    dev = str(device)
+
+    def scoring(b: int) -> list[memory.Pass]:
+        return [memory.scoring(shape, C, cb, b, T, M, layers)]
+
+    if opts.method == "grad":
+        return memory.plan_rows("influence", scoring, shape, requested=batch_size, most=n, device=dev), exact_batch
+    if opts.method == "ig":
+        memory.check("integrated gradients", memory.peak(scoring(opts.ig_steps), shape), dev, "lower --ig-steps")
+        return 1, exact_batch
+
+    def ablation(b: int) -> list[memory.Pass]:
+        return [*scoring(1), memory.exact_ablation(C, cb, b, T, M)]
+
+    return 1, memory.plan_rows("exact ablation", ablation, shape, requested=0, most=exact_batch, device=dev)
 
 
 def _record(tok, ex: Example, pair, r: dict, opts: InfluenceOptions, sae: SAE, layer, keep_first: int) -> Influence:

@@ -77,7 +77,12 @@ class SquadConfig(ModelOptions, InfluenceOptions):
     )
     methods: list[str] = opt(["baseline", "gradsae"], "latent rankings: baseline (mean activation), gradsae")
     sets: list[str] = opt(["top", "bottom"], "which sets: top (TopK), bottom (BottomK)")
-    batch_size: int = opt(8, "questions per batch when answering and scoring")
+    batch_size: int = opt(
+        8,
+        "questions per batch when answering and scoring; auto (or 0): the most that fit the device memory (estimated)",
+        low=0,
+        auto=True,
+    )
     out: str = opt("results/squad", "results folder (rerun the same command to resume)")
     retry_failed: bool = opt(False, "recompute examples recorded with an error")
     answers_from: str = opt(
@@ -103,7 +108,7 @@ class SquadConfig(ModelOptions, InfluenceOptions):
         for name, v, lo in (
             ("--limit", self.limit, 0),
             ("--max-new-tokens", self.max_new_tokens, 1),
-            ("--batch-size", self.batch_size, 1),
+            ("--batch-size", self.batch_size, 0),
         ):
             if not isinstance(v, int) or v < lo:
                 raise GradsaeError(f"{name} {v}: give an integer >= {lo}")

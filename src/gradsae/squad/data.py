@@ -295,22 +295,23 @@ def _load_hf(spec: str) -> list[QA]:
     return parse_jsonl(lines, name)
 
 
-def check_prompt_lengths(tok, model, prompts: Sequence[str], max_new_tokens: int) -> None:
+def check_prompt_lengths(tok, model, prompts: Sequence[str], max_new_tokens: int) -> int:
     """Refuse prompts that do not fit the model's context with the decoding budget (they would run for minutes
-    and then produce garbage or fail deep in attention)."""
+    and then produce garbage or fail deep in attention); returns the longest prompt's length in tokens."""
     from ..model import context_size
 
-    n_ctx = context_size(model)
-    if not n_ctx or not prompts:
-        return
+    if not prompts:
+        return 0
     lengths = [len(tok(p, add_special_tokens=True)["input_ids"]) for p in prompts]
     i = max(range(len(lengths)), key=lengths.__getitem__)
-    if lengths[i] + max_new_tokens > n_ctx:
+    n_ctx = context_size(model)
+    if n_ctx and lengths[i] + max_new_tokens > n_ctx:
         raise GradsaeError(
             f"prompt {i + 1} is {lengths[i]} tokens, plus {max_new_tokens} new tokens that exceeds the "
             f"model's context of {n_ctx}: use shorter contexts, fewer few-shot exemplars "
             "(--template plain) or a lower --max-new-tokens"
         )
+    return lengths[i]
 
 
 def load_questions(

@@ -19,6 +19,7 @@ from typing import Hashable, Mapping, Sequence
 
 import torch
 
+from .. import memory
 from . import data as sq
 from .config import SquadConfig, parse_clamp, resolve_stop
 from .records import AnswerRecord, Cell, CellKey, EditRecord, LatentSet, RankedLatent
@@ -84,6 +85,14 @@ def run_variants(
         return H * keep[:, None, :].to(H.dtype)
 
     batch = encode_prompts(tok, [prompt] * R, device=device)
+    shape = memory.ModelShape.of(model)
+    C, cb = memory.sae_shape(sae)
+    memory.check(
+        f"a batch of {R} edited rows",
+        memory.peak([memory.generation(C, cb, R, batch.prompt_len, max_new_tokens)], shape),
+        str(device),
+        "use fewer --ks, --methods or --sets (one row each), or a shorter prompt",
+    )
     with Splice(
         model,
         sae,
@@ -163,6 +172,25 @@ class RunContext:
             at=at,
             use_cache=c.kv_cache,
         )
+
+
+def answer_rows(cfg: SquadConfig, model, sae, layer, longest: int, n: int, device: str) -> int:
+    """Questions per answer batch: ``--batch-size`` checked against the memory estimate of the longest prompt
+    (``longest`` tokens) answered and scored (``auto``: the most that fit)."""
+    from ..splice import splice_point
+
+    shape = memory.ModelShape.of(model)
+    C, cb = memory.sae_shape(sae)
+    new = cfg.max_new_tokens
+    layers = [splice_point(model, sae, layer)[0]]
+
+    def passes(b: int) -> list[memory.Pass]:
+        return [
+            memory.generation(C, cb, b, longest, new),
+            memory.scoring(shape, C, cb, b, longest + new, new, layers),
+        ]
+
+    return memory.plan_rows("the answer phase", passes, shape, requested=cfg.batch_size, most=n, device=device)
 
 
 def _kmax(cfg: SquadConfig, n_active_last: int) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..distributed import Dist
+from ..distributed import Dist, all_min
 from ..errors import GradsaeError
 from ..saes import DEFAULT_SAE
 from ..io import atomic_write_bytes, atomic_write_text, output_lock, refuse_foreign, write_json
@@ -37,7 +37,7 @@ from .config import (
     parse_clamp,
     read_results_config,
 )
-from .phases import RunContext, answer_batch, perturb_example, pick_partner, steer_example
+from .phases import RunContext, answer_batch, answer_rows, perturb_example, pick_partner, steer_example
 from .records import AnswerRecord, EditRecord, Record, RecordLog, merge_shards, read_records
 from .summary import SWEEP_SCHEMA, summarize
 from .tables import sweep_markdown, table_markdown
@@ -332,7 +332,9 @@ def _run_one(
     def prompt_of(qid):
         return builder(by_id[qid].context, by_id[qid].question)
 
-    sq.check_prompt_lengths(tok, model, [prompt_of(q.id) for q in qas], cfg.max_new_tokens)
+    longest = sq.check_prompt_lengths(tok, model, [prompt_of(q.id) for q in qas], cfg.max_new_tokens)
+    rows = all_min(answer_rows(cfg, model, sae, layer, longest, len(qas), rt.device), rt.device)  # same on every rank
+    ctx.cfg = dataclasses.replace(cfg, batch_size=rows)  # the answer phase's batches (results do not depend on it)
 
     out.mkdir(parents=True, exist_ok=True)
     merged_cfg = check_config(
@@ -345,7 +347,7 @@ def _run_one(
     if dist.rank == 0:
         merged_cfg["sae_resolved"] = sae_spec
         merged_cfg["layer_resolved"] = str(layer) if layer is not None else sae.cfg.hook_name
-        merged_cfg["runtime"] = rt.as_config()
+        merged_cfg["runtime"] = {**rt.as_config(), "batch_size_used": rows}
         write_json(out / "config.json", merged_cfg)
         if cfg.answers_from:
             ks = list(cfg.ks) + list(getattr(cfg, "steer_ks", []) or [])

@@ -61,6 +61,11 @@ class CacheConfig(ModelOptions):
     """Cache residual-stream activations (and the gradient of the summed next-token CE) as float16 shards."""
 
     layers: list[int] = opt([9], "blocks whose output (blocks.L.hook_resid_post) is cached, comma-separated", low=0)
+    site: str = opt(
+        "hook_resid_post",
+        "what of each block is cached: hook_resid_post (its output), hook_attn_out or hook_mlp_out",
+        choices=("hook_resid_post", "hook_attn_out", "hook_mlp_out"),
+    )
     data: list[str] = opt(
         list(DEFAULT_DATA),
         "corpus: .txt/.jsonl/.json files (optionally .gz) or folders, 'sample' (bundled text), "
@@ -72,7 +77,12 @@ class CacheConfig(ModelOptions):
     prepend_bos: bool = opt(True, "start every sequence with the BOS token")
     drop_first: int = opt(1, "leave out the first positions of each sequence (attention sink)")
     grad: bool = opt(True, "also cache dL/dx (needed by g-SAE training and gradient-aware evals)")
-    batch_size: int = opt(8, "sequences per forward/backward pass")
+    batch_size: int = opt(
+        8,
+        "sequences per forward/backward pass; auto (or 0): the most that fit the device memory (estimated)",
+        low=0,
+        auto=True,
+    )
     seqs_per_shard: int = opt(64, "sequences per shard file")
     max_tokens: int = opt(0, "stop after about this many corpus tokens (0 = the whole corpus)")
     max_shards: int = opt(0, "compute at most the first N shards (0 = all); rerun with a larger N to extend")
@@ -89,8 +99,8 @@ class CacheConfig(ModelOptions):
             raise GradsaeError("no layers given: pass --layers 9 (comma-separated for several)")
         if not 0 <= self.drop_first < self.context_length - 1:
             raise GradsaeError(f"--drop-first {self.drop_first} must be between 0 and context length - 2")
-        if self.seqs_per_shard < 1 or self.batch_size < 1:
-            raise GradsaeError("--seqs-per-shard and --batch-size must be at least 1")
+        if self.seqs_per_shard < 1 or self.batch_size < 0:
+            raise GradsaeError("--seqs-per-shard must be at least 1 and --batch-size at least 0 (auto)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,7 +150,12 @@ def default_out(cfg: CacheConfig) -> Path:
     from ..model import cache_dir
 
     layers = "-".join(str(l) for l in cfg.layers)
-    return cache_dir() / "acts" / f"{_slug(cfg.model)}-L{layers}-ctx{cfg.context_length}-{data_fingerprint(cfg.data)}"
+    site = "" if cfg.site == "hook_resid_post" else "-" + cfg.site.replace("hook_", "")
+    return (
+        cache_dir()
+        / "acts"
+        / f"{_slug(cfg.model)}-L{layers}{site}-ctx{cfg.context_length}-{data_fingerprint(cfg.data)}"
+    )
 
 
 def default_cache() -> Path:
@@ -192,6 +207,15 @@ class ActivationCache:
     @property
     def layers(self) -> list[int]:
         return list(self.manifest["layers"])
+
+    @property
+    def site(self) -> str:
+        """What of each block the cache holds (``hook_resid_post`` for caches from before sites existed)."""
+        from ..hooks import site_of
+
+        names = self.manifest.get("hook_names") or []
+        own = site_of(names[0]) if names and isinstance(names[0], str) else None
+        return own[1] if own is not None else "hook_resid_post"
 
     @property
     def d_model(self) -> int:
@@ -303,12 +327,12 @@ def clean_temp(folder: Path) -> int:
 
 
 def compute_batch(
-    model, ids: torch.Tensor, layers: list[int], grad: bool, drop_first: int
+    model, ids: torch.Tensor, layers: list[int], grad: bool, drop_first: int, site: str = "hook_resid_post"
 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], float]:
     """One forward (+ backward) pass. ids [B, T] -> ({L: x [B*(T-drop), D]}, {L: dL/dx [...]}, summed CE)."""
-    from ..splice import capture_with_loss
+    from ..capture import capture_with_loss
 
-    acts, grads, loss = capture_with_loss(model, ids, layers, grad)
+    acts, grads, loss = capture_with_loss(model, ids, layers, grad, site=site)
     flat = {l: a[:, drop_first:].reshape(-1, a.shape[-1]) for l, a in acts.items()}
     return flat, {l: g[:, drop_first:].reshape(-1, g.shape[-1]) for l, g in grads.items()}, loss
 
@@ -318,7 +342,7 @@ def _identity(cfg: CacheConfig, model_id: str, d_model: int, n_seq: int) -> dict
         "format_version": FORMAT_VERSION,
         "model": model_id,
         "layers": list(cfg.layers),
-        "hook_names": [hook_name_for(l) for l in cfg.layers],
+        "hook_names": [hook_name_for(l, cfg.site) for l in cfg.layers],
         "d_model": d_model,
         "context_length": cfg.context_length,
         "prepend_bos": cfg.prepend_bos,
@@ -337,6 +361,29 @@ def _identity(cfg: CacheConfig, model_id: str, d_model: int, n_seq: int) -> dict
         "total_sequences": n_seq,
         "tokens_per_sequence": cfg.context_length - cfg.drop_first,
     }
+
+
+def cache_rows(cfg: CacheConfig, model) -> int:
+    """Sequences per batch: ``--batch-size`` checked against the memory estimate (``auto``: the most that fit).
+    With ``--grad`` a whole forward and a backward down to the lowest layer; without, blocks up to the highest."""
+    from .. import memory
+
+    shape = memory.ModelShape.of(model)
+    T = cfg.context_length
+
+    def passes(b: int) -> list[memory.Pass]:
+        if cfg.grad:
+            return [
+                memory.Pass(
+                    "grad", rows=b, tokens=T, logits=T, latents=0, grad_blocks=memory.grad_blocks(shape, cfg.layers)
+                )
+            ]
+        return [memory.Pass("forward", rows=b, tokens=T, logits=0, latents=0)]
+
+    device = str(next(model.parameters()).device)
+    return memory.plan_rows(
+        "the cache", passes, shape, requested=cfg.batch_size, most=cfg.seqs_per_shard, device=device
+    )
 
 
 def run(cfg: CacheConfig) -> Path:
@@ -408,6 +455,7 @@ def _write_locked(model, tok, cfg: CacheConfig, out: Path, rt: Runtime | None) -
     todo = [i for i in range(limit) if i not in done]
     per_seq = cfg.context_length - cfg.drop_first
     t0 = time.time()
+    B = cache_rows(cfg, model)
     if rt is not None:
         rt.announce("cache")
     bar = tqdm(
@@ -436,9 +484,9 @@ def _write_locked(model, tok, cfg: CacheConfig, out: Path, rt: Runtime | None) -
         acts = {l: [] for l in cfg.layers}
         grads = {l: [] for l in cfg.layers}
         loss_sum = 0.0
-        for b in range(0, len(rows), cfg.batch_size):
-            ids = torch.from_numpy(rows[b : b + cfg.batch_size].astype(np.int64)).to(dev)
-            a, g, loss = compute_batch(model, ids, cfg.layers, cfg.grad, cfg.drop_first)
+        for b in range(0, len(rows), B):
+            ids = torch.from_numpy(rows[b : b + B].astype(np.int64)).to(dev)
+            a, g, loss = compute_batch(model, ids, cfg.layers, cfg.grad, cfg.drop_first, cfg.site)
             loss_sum += loss
             for l in cfg.layers:
                 acts[l].append(a[l].cpu())

@@ -20,6 +20,7 @@ from .grid import SAESpec
 
 
 DEFAULT_LAYER = 9  # the layer trained when --layers is not given (SmolLM2 has 30 blocks)
+TRAIN_SITES = ("hook_resid_post", "hook_attn_out", "hook_mlp_out")  # where `gradsae train --site` reads
 
 
 @dataclass(kw_only=True)
@@ -40,6 +41,12 @@ class TrainConfig(ModelOptions):
     )
     layers: list[int] = opt(
         [], "blocks whose output the SAEs read, e.g. 6,14,22 (default: 9; from a cache: its first layer)", low=0
+    )
+    site: str = opt(
+        "hook_resid_post",
+        "where in each block the SAEs read and write: hook_resid_post (the block's output), hook_attn_out (the "
+        "attention output) or hook_mlp_out (the MLP output); TransformerLens names, placed as hooks.site_point says",
+        choices=TRAIN_SITES,
     )
     out: str = opt("", "results folder (default: <gradsae cache>/runs/<model or cache>-L<layers>-<architectures>)")
     architectures: list[str] = opt(
@@ -100,7 +107,6 @@ class TrainConfig(ModelOptions):
     checkpoint_every: int = opt(200, "steps between checkpoints (taken at the next shuffle-buffer boundary)")
     log_every: int = opt(50, "steps between metric records in train_log.jsonl")
     max_steps: int = opt(0, "stop this invocation after about this many steps (0: run to the end); for tests")
-    memory_limit_gb: float = opt(0.0, "refuse a grid estimated to need more than this (0: the free memory)", low=0)
     init_from: str = opt(
         "",
         "start every SAE of the grid from this trained SAE instead of a random initialisation (a fine-tune; any "
@@ -178,6 +184,16 @@ def check_config(cfg: TrainConfig) -> None:
         cfg.cache and kl,
         f"{', '.join(kl)} SAEs need the model's output, which a cache does not hold: train them from a corpus (--data)",
     )
+    bad(cfg.site not in TRAIN_SITES, f"--site {cfg.site!r}: use one of {', '.join(TRAIN_SITES)}")
+    bad(
+        cfg.site != "hook_resid_post" and bool(kl),
+        f"{', '.join(kl)} SAEs are trained at the residual stream (their loss runs the blocks above it): "
+        "drop --site, or train topk / gsae there",
+    )
+    bad(
+        cfg.site != "hook_resid_post" and bool(cfg.cache),
+        f"a cache holds the residual stream: train at --site {cfg.site} from a corpus (--data)",
+    )
 
 
 def needs(cfg: TrainConfig) -> tuple[bool, bool]:
@@ -190,6 +206,8 @@ def fingerprint(cfg: TrainConfig) -> dict:
     import json
 
     fp = json.loads(dumps({k: v for k, v in asdict(cfg).items() if k not in _RESUME_FREE}))
+    if fp.get("site") == "hook_resid_post":  # runs from before --site existed resume as they were
+        del fp["site"]
     if cfg.init_from:  # the starting SAE's content, not only its path: a changed file is another run
         fp["init_from_sha256"] = init_sae(cfg.init_from)[1]
     if not cfg.cache:  # the corpus's content, not only its path (a cache checks its own)
@@ -228,8 +246,17 @@ def _load_init(spec: str, stamp: tuple) -> tuple[SAE, str]:
     return sae, sae.digest()
 
 
-def check_init_from(init: SAE, spec_name: str, specs: list[SAESpec], d_model: int) -> None:
+def check_init_from(
+    init: SAE, spec_name: str, specs: list[SAESpec], d_model: int, site: str = "hook_resid_post"
+) -> None:
     """One line for an --init-from SAE that cannot start this grid."""
+    from ..hooks import site_of
+
+    own = site_of(init.cfg.hook_name)
+    if own is not None and own[1] != site:
+        raise GradsaeError(
+            f"--init-from {spec_name} reads {own[1]}, but the grid trains at {site}: use --site {own[1]}"
+        )
     if not init.arch.sparse:
         raise GradsaeError(
             f"--init-from {spec_name} is a {init.cfg.architecture} SAE: a fine-tune starts from a TopK-family SAE "

@@ -18,7 +18,7 @@ import torch
 
 from ..saes.sae import SAE
 from .grid import SAESpec, StepStats, auxk_loss, decode_sparse, encode_train, fired_counts
-from ..splice import autocast
+from ..capture import autocast
 
 
 def tail_logits(model, layer: int, ids: torch.Tensor, Z: torch.Tensor, dtype: str = "float32") -> torch.Tensor:

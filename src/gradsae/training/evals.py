@@ -55,7 +55,9 @@ class EvalConfig(ModelOptions):
     cache: str = opt("", "activation cache (default: the folder `gradsae cache` writes with its defaults)")
     holdout_shards: int = opt(1, "evaluate on the last N shards of the cache (kept out of training)", low=1)
     n_seqs: int = opt(64, "held-out sequences for CE / KL (0: all)", low=0)
-    batch_size: int = opt(8, "sequences per forward pass", low=1)
+    batch_size: int = opt(
+        8, "sequences per forward pass; auto (or 0): the most that fit the device memory (estimated)", low=0, auto=True
+    )
     selection: str = opt("auto", "auto (g-SAE: both), topk, or gradient", choices=("auto", "topk", "gradient"))
     steer_latents: int = opt(64, "latents sampled for the steering effect (0 skips steering)", low=0)
     steer_contexts: int = opt(8, "contexts (sequence, position) per latent", low=1)
@@ -206,6 +208,21 @@ def activation_metrics(sae: SAE, x: torch.Tensor, g: torch.Tensor | None) -> tup
         "misc": {"dead_frac": float((counts == 0).float().mean()), "n_tokens": n},
     }
     return m, counts.cpu()
+
+
+def eval_rows(cfg: EvalConfig, model, sae: SAE, T: int, n_seq: int) -> int:
+    """Sequences per CE/KL batch: ``--batch-size`` checked against the memory estimate of a forward pass that
+    keeps the clean and the spliced logits of every position (``auto``: the most that fit)."""
+    from .. import memory
+
+    shape = memory.ModelShape.of(model)
+    C, cb = memory.sae_shape(sae)
+
+    def passes(b: int) -> list[memory.Pass]:
+        return [memory.Pass("forward", rows=b, tokens=T, logits=2 * T, latents=C, latent_bytes=cb)]
+
+    device = str(next(model.parameters()).device)
+    return memory.plan_rows("eval", passes, shape, requested=cfg.batch_size, most=max(1, n_seq), device=device)
 
 
 def model_metrics(
@@ -383,7 +400,15 @@ def evaluate(model, sae: SAE, cache, cfg: EvalConfig, runtime: dict | None = Non
     from ..splice import check_compatible
 
     t0 = time.time()
-    layer = check_compatible(model, sae, None)
+    from ..hooks import site_of
+
+    own = site_of(sae.cfg.hook_name)
+    if own is not None and own[1] != cache.site:
+        raise GradsaeError(
+            f"the SAE reads {own[1]} but the cache {cache.path} holds {cache.site}: "
+            f"cache that site with `gradsae cache --site {own[1]}`"
+        )
+    layer = check_compatible(model, sae, None, sites=(cache.site,))
     if layer not in cache.layers:
         raise GradsaeError(
             f"the SAE reads layer {layer} but the cache {cache.path} has layers {cache.layers}: "
@@ -406,6 +431,7 @@ def evaluate(model, sae: SAE, cache, cfg: EvalConfig, runtime: dict | None = Non
     drop = int(cache.manifest["drop_first"])
     T = ids.shape[1]
     n_seq = ids.shape[0] if cfg.n_seqs <= 0 else min(cfg.n_seqs, ids.shape[0])
+    rows = eval_rows(cfg, model, sae, T, n_seq)
     results, counts_by_sel = {}, {}
     for sel in sels:
         gg = g if sel == "gradient" else None
@@ -420,14 +446,14 @@ def evaluate(model, sae: SAE, cache, cfg: EvalConfig, runtime: dict | None = Non
             gfull = torch.zeros(ids.shape[0], T, x.shape[1])
             gfull[:, drop:] = gg.reshape(ids.shape[0], T - drop, -1)
             gfull = gfull[:n_seq]
-        m.update(model_metrics(model, sae, ids[:n_seq], gfull, drop, cfg.batch_size))
+        m.update(model_metrics(model, sae, ids[:n_seq], gfull, drop, rows))
         m["misc"]["n_seqs_model_metrics"] = n_seq
         results[sel] = m
         counts_by_sel[sel] = counts
     main_sel = "topk" if "topk" in results else sels[0]
     alive = counts_by_sel[main_sel] > 0
     steer = None
-    if cfg.steer_latents > 0:
+    if cfg.steer_latents > 0 and cache.site == "hook_resid_post":  # the probe adds to the residual stream
         steer = steering_effect(model, sae, ids, alive, cfg, drop)
     maxcos = max_decoder_cosine(sae.W_dec)
     metrics = dict(results[main_sel])

@@ -14,7 +14,6 @@ E2E SAEs share 2–4 but their loss is the KL divergence of the model's output (
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -251,26 +250,3 @@ def estimate_bytes(
     transient = max(4 * tokens * s.d_sae * 4 for s in specs)
     buffer = 4 * buffer_tokens * D * (n_layers + n_grad_layers) * 2
     return params + transient + buffer + 4 * e2e_logits * 4
-
-
-def free_bytes(device: str) -> int:
-    if device.startswith("cuda"):
-        return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def check_memory(need: int, device: str, limit_gb: float, n_saes: int) -> None:
-    have = int(limit_gb * 2**30) if limit_gb > 0 else free_bytes(device)
-    if need > have:
-        raise GradsaeError(
-            f"the grid of {n_saes} SAE(s) needs about {need / 2**30:.1f} GiB but "
-            f"{have / 2**30:.1f} GiB are available on {device}: train fewer SAEs at once "
-            "(--k/--beta/--d-sae/--seeds/--layers), lower --d-sae, --batch-size or --shuffle-batches"
-        )

@@ -5,7 +5,7 @@ Both sources hand the trainer *fills*: fill f holds the data of steps ``f·M …
 
 1. reads M global batches of packed rows (``RowReader``: resumable, cycles through the corpus);
 2. runs the model once per batch and captures the residual stream after every requested block in
-   that one pass (``splice.capture``): with no g-SAE in the grid the forward stops after the highest block;
+   that one pass (``capture.capture``): with no g-SAE in the grid the forward stops after the highest block;
    with one, the graph is cut below the lowest block and one backward of the summed next-token CE
    gives ∇ₓL at every requested block;
 3. pools the M batches' tokens (first ``drop_first`` positions of each row left out), permutes them
@@ -27,7 +27,7 @@ import torch
 
 from ..corpus import Packer, iter_documents
 from ..errors import GradsaeError
-from ..splice import capture
+from ..capture import capture
 
 
 @dataclass
@@ -170,8 +170,9 @@ class CorpusSource:
         world: int,
         device: str,
         dtype: str,
+        site: str = "hook_resid_post",
     ):
-        self.model, self.reader = model, reader
+        self.model, self.reader, self.site = model, reader, site
         self.layers, self.grad_layers, self.seq_layers = layers, grad_layers, seq_layers
         if rows_per_step % world:
             raise GradsaeError(f"--batch-size {rows_per_step} is not divisible by the {world} processes: change it")
@@ -203,7 +204,7 @@ class CorpusSource:
         for _ in range(n_steps):
             rows = self.reader.rows(self.rows)[a:b]
             ids = torch.from_numpy(rows).to(self.device)
-            acts, grads = capture(self.model, ids, self.layers, bool(self.grad_layers), self.dtype)
+            acts, grads = capture(self.model, ids, self.layers, bool(self.grad_layers), self.dtype, self.site)
             D = acts[self.layers[0]].shape[-1]
             for l in self.layers:
                 xs[l].append(acts[l][:, self.drop :].reshape(-1, D))

@@ -27,12 +27,12 @@ import torch
 from ..errors import GradsaeError
 from ..distributed import Dist, all_reduce, average_grads, broadcast, global_mean, rank_world
 from ..io import JsonlLog, atomic_write_text, dumps, output_lock, refuse_foreign, write_json
+from .. import memory
 from ..options import Runtime, start
 from ..saes.sae import SAE, SAEConfig
 from .grid import (
     SAESpec,
     build_grid,
-    check_memory,
     estimate_bytes,
     geometric_median,
     init_seed,
@@ -148,6 +148,7 @@ def _setup_corpus(cfg: TrainConfig, device: str, rank: int, world: int) -> _Setu
         world,
         device,
         cfg.dtype,
+        cfg.site,
     )
     if cfg.max_tokens:
         total = cfg.max_tokens // src.tokens_per_step
@@ -198,7 +199,7 @@ def _run(cfg: TrainConfig, rt: Runtime, locked: bool = False) -> Path:
     setup = (_setup_cache if cfg.cache else _setup_corpus)(cfg, device, rank, world)
     specs = build_grid(setup.layers, cfg.architectures, cfg.k, cfg.beta, cfg.d_sae, cfg.seeds)
     if cfg.init_from:
-        check_init_from(init_sae(cfg.init_from)[0], cfg.init_from, specs, setup.D)
+        check_init_from(init_sae(cfg.init_from)[0], cfg.init_from, specs, setup.D, cfg.site)
     src = setup.source
     tokens_local = src.sae_tokens_per_step // world
     V = 0 if setup.model is None else setup.model.get_output_embeddings().weight.shape[0]
@@ -213,7 +214,13 @@ def _run(cfg: TrainConfig, rt: Runtime, locked: bool = False) -> Path:
         len(setup.layers),
         (cfg.batch_size // world) * cfg.context_length * V if n_e2e else 0,
     )
-    check_memory(need, device, cfg.memory_limit_gb, len(specs))
+    memory.check(
+        f"the grid of {len(specs)} SAE(s)",
+        need,
+        device,
+        "train fewer SAEs at once (--k/--beta/--d-sae/--seeds/--layers), lower --d-sae, --batch-size or "
+        "--shuffle-batches",
+    )
     out = resolve_out(cfg, setup.layers)
     lock = output_lock(out) if rank == 0 and not locked else contextlib.nullcontext()
     with lock:
@@ -235,7 +242,7 @@ def _new_sae(cfg: TrainConfig, spec: SAESpec, D: int, meta: dict, device: str) -
         k=spec.k,
         beta=spec.beta,
         beta_mode=cfg.beta_mode,
-        hook_name=hook_name_for(spec.layer),
+        hook_name=hook_name_for(spec.layer, cfg.site),
         model_name=meta["model_name"],
         context_size=meta["context_size"],
         prepend_bos=meta["prepend_bos"],
