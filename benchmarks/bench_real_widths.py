@@ -90,9 +90,9 @@ POINTS = [
             ("check", "influence", 2, 192, 1),
             ("check", "exact", 12, 96, 0),
             ("check", "perturb", 12, 96, 0),
-            ("check", "steer", 9, 160, 0),
-            ("check", "explain", 5, 200, 1),
-            ("check", "dashboard", 8, 128, 1),
+            ("check", "steer", 6, 128, 0),
+            ("check", "explain", 3, 200, 1),
+            ("check", "dashboard", 4, 128, 1),
         ]
     ),
     ("check", "train", "llama3-8b", 8, 128, 1),
@@ -442,9 +442,19 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     prepare(work, args.tiny)
     only = {c for c in args.only.split(",") if c}
+    done = work / "records.jsonl"  # each measurement as it ends: a rerun measures only what is missing
+    have = {}
+    if done.exists():
+        for line in done.read_text().splitlines():
+            r = json.loads(line)
+            have[(r["split"], r["command"], r["arch"], r["rows"], r["tokens"], r["layer"])] = r
     records = []
-    for split, cmd, arch, rows, tokens, layer in POINTS:
+    for point in POINTS:
+        split, cmd, arch, rows, tokens, layer = point
         if only and cmd not in only:
+            continue
+        if point in have:
+            records.append(have[point])
             continue
         argv = [sys.executable, __file__, "--work", args.work, "--probe", cmd, arch, str(rows), str(tokens), str(layer)]
         if args.tiny:
@@ -454,10 +464,13 @@ def main() -> None:
         line = next((s for s in res.stdout.splitlines() if s.startswith("PROBE ")), None)
         if res.returncode or line is None:
             sys.stderr.write(res.stderr[-3000:])
-            raise SystemExit(f"probe {cmd} {arch} {rows}x{tokens} L{layer} failed ({res.returncode})")
+            print(f"probe {cmd} {arch} {rows}x{tokens} L{layer} failed ({res.returncode}): left out", file=sys.stderr)
+            continue
         rec = {"split": split, "command": cmd, "arch": arch, "rows": rows, "tokens": tokens, "layer": layer}
         rec.update(json.loads(line[6:]))
         records.append(rec)
+        with done.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
         print(
             f"{split:5s} {cmd:9s} {arch:9s} {rows:3d} x {tokens:4d} L{layer}: "
             f"{rec['measured'] / 2**20:8.0f} MiB, {rec['seconds']:6.1f} s ({time.perf_counter() - t0:.0f} s)",

@@ -165,9 +165,15 @@ def status() -> None:
 
 
 def _git_commit() -> str:
+    """The commit of the gradsae that trains (a chunk may run from a snapshot on PYTHONPATH, not this checkout)."""
+    import gradsae
+
     try:
         return subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "-C", str(Path(gradsae.__file__).resolve().parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

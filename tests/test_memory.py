@@ -89,6 +89,7 @@ def test_plan_rows_keeps_refuses_or_picks_the_most_that_fit(limit):
         "\n" not in msg and "--batch-size 16 needs about" in msg and "use --batch-size 10 (or --batch-size auto)" in msg
     )
     assert memory.plan_rows(**{**plan, "most": 4}, requested=0) == 4  # never more rows than there is work
+    assert memory.plan_rows(**{**plan, "most": 4}, requested=16) == 16  # a batch of 16 over 4 examples holds 4
     limit(need[1] / 2 / 2**30)
     with pytest.raises(GradsaeError, match="even at one row per batch"):
         memory.plan_rows(**plan, requested=0)

@@ -218,7 +218,7 @@ def plan_rows(
                 "use a shorter input, fewer or smaller SAEs, or a larger device"
             )
         return fits
-    if need(requested) <= have:
+    if need(min(requested, most)) <= have:  # a batch is never larger than the work there is
         return requested
     fix = (
         f"use {flag} {fits} (or {flag} auto)"
