@@ -84,9 +84,13 @@ POINTS = [
             ("fit", "exact", 8, 128, 0),
             ("fit", "exact", 16, 64, 0),
             ("fit", "exact", 4, 256, 0),
+            ("fit", "exact", 4, 64, 0),
             ("fit", "perturb", 8, 128, 0),
             ("fit", "perturb", 16, 64, 0),
             ("fit", "perturb", 4, 256, 0),
+            ("fit", "perturb", 4, 64, 0),
+            ("fit", "perturb", 2, 128, 0),
+            ("fit", "dashboard", 2, 256, 0),  # every position's logits: the grad pass's logits term
             ("check", "influence", 2, 192, 1),
             ("check", "exact", 12, 96, 0),
             ("check", "perturb", 12, 96, 0),
@@ -180,22 +184,26 @@ def probe(work: Path, cmd: str, arch: str, rows: int, tokens: int, layer: int) -
     # the commands plan their batches from the fitted formula; while it is being measured, plan for nothing
     memory.read_fit = lambda *a: {k: dict.fromkeys(memory.FEATURES, 0.0) for k in memory.KINDS}
     folder = work / arch
+    if cmd == "train":  # the trainer loads the model itself
+        return probe_train(folder, rows, tokens, layer)
     model, tok = load_model(str(folder / "model"), device="cpu", dtype="bfloat16")
     m = memory.ModelShape.of(model)
-    if cmd == "train":
-        return probe_train(folder, model, m, rows, tokens, layer)
     sae = load_sae(folder / "sae")
-    C, cb = memory.sae_shape(sae)
+    # the first call of a process pays once for what it loads lazily (~0.5 GiB of host memory here, whatever
+    # the widths): a small call of each kind first, so the measurement is what a batch costs
+    influence(model, tok, sae, [Example("ab", "c")], layer=layer)
+    run_variants(model, tok, sae, "ab", {0: Variant(zero=(1,))}, layer=layer, max_new_tokens=2, stop=())
+    lat = memory.sae_shape(sae)
     prompt = text(tokens - OUTPUTS, seed=rows)  # one token per character (byte tokenizer)
     out = text(OUTPUTS, seed=rows + 1)
     zero_sets = {i: Variant(zero=tuple(range(i * 7, i * 7 + 5))) for i in range(rows - 1)}
     if cmd == "influence":
-        passes = [memory.scoring(m, C, cb, rows, tokens, OUTPUTS, [layer])]
+        passes = [memory.scoring(m, lat, rows, tokens, OUTPUTS, [layer])]
         work_fn = partial(influence, model, tok, sae, [Example(prompt, out)] * rows, layer=layer, batch_size=rows)
     elif cmd == "exact":
         passes = [
-            memory.scoring(m, C, cb, 1, tokens, OUTPUTS, [layer]),
-            memory.exact_ablation(C, cb, rows, tokens, OUTPUTS),
+            memory.scoring(m, lat, 1, tokens, OUTPUTS, [layer]),
+            memory.exact_ablation(lat, rows, tokens, OUTPUTS),
         ]
         work_fn = partial(
             influence,
@@ -210,7 +218,7 @@ def probe(work: Path, cmd: str, arch: str, rows: int, tokens: int, layer: int) -
         )
     elif cmd in ("perturb", "steer"):
         variants = zero_sets if cmd == "perturb" else {i: Variant(inject=((i, 5.0),)) for i in range(rows - 1)}
-        passes = [memory.generation(C, cb, rows, tokens, NEW)]
+        passes = [memory.generation(lat, rows, tokens, NEW)]
         work_fn = partial(
             run_variants, model, tok, sae, prompt + out, variants, layer=layer, max_new_tokens=NEW, stop=()
         )
@@ -219,9 +227,9 @@ def probe(work: Path, cmd: str, arch: str, rows: int, tokens: int, layer: int) -
 
         ks = [str(k) for k in range(1, rows)]  # rows - 1 masked sets of one method (+ the control row)
         passes = [
-            memory.generation(C, cb, 1, tokens, NEW),
-            memory.scoring(m, C, cb, 1, tokens + NEW, NEW, [layer]),
-            memory.generation(C, cb, 1 + 2 * len(ks), tokens, NEW),
+            memory.generation(lat, 1, tokens, NEW),
+            memory.scoring(m, lat, 1, tokens + NEW, NEW, [layer]),
+            memory.generation(lat, 1 + 2 * len(ks), tokens, NEW),
         ]
         work_fn = partial(explain, model, tok, sae, prompt + out, layer=layer, mask_k=ks, max_new_tokens=NEW, stop=())
     elif cmd == "dashboard":
@@ -229,7 +237,7 @@ def probe(work: Path, cmd: str, arch: str, rows: int, tokens: int, layer: int) -
 
         ids = torch.randint(0, 256, (rows, tokens))
         n_batches = max(1, 2048 // (rows * tokens))
-        passes = memory.dashboard(m, C, cb, rows, tokens, layer, influence=True)
+        passes = memory.dashboard(m, lat, rows, tokens, layer, influence=True)
 
         def work_fn():
             for _ in range(n_batches):
@@ -261,16 +269,25 @@ def measure(work_fn, passes, m) -> dict:
     }
 
 
-def probe_train(folder: Path, model, m, rows: int, tokens: int, layer: int) -> dict:
-    """A few TopK training steps: the trainer's own estimate (training/grid.py) against the measured peak."""
+def probe_train(folder: Path, rows: int, tokens: int, layer: int) -> dict:
+    """A few TopK training steps: the trainer's own estimate (training/grid.py) against the measured peak above
+    the model's weights (the trainer loads the model in float32)."""
+    import torch
+    import transformers
+
+    from gradsae import memory
     from gradsae.training.config import TrainConfig
+
+    with torch.device("meta"):
+        meta = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(folder / "model"))
+    m = memory.ModelShape.of(meta)
     from gradsae.training.grid import build_grid, estimate_bytes
     from gradsae.training.train import run
 
     corpus = folder / "corpus.txt"
     corpus.write_text("\n".join(text(2000, seed=i) for i in range(8)))
     steps = 3
-    C = 65536 if m.D > 1024 else 256
+    C = 16384 if m.D > 1024 else 256  # 65,536 latents with Adam beside a float32 model do not fit in 24 GiB here
     cfg = TrainConfig(
         model=str(folder / "model"),
         data=[str(corpus)],
@@ -291,34 +308,33 @@ def probe_train(folder: Path, model, m, rows: int, tokens: int, layer: int) -> d
     specs = build_grid([layer], cfg.architectures, cfg.k, cfg.beta, cfg.d_sae, cfg.seeds)
     per_step = rows * (tokens - cfg.drop_first)
     need = estimate_bytes(specs, m.D, per_step, per_step * cfg.shuffle_batches, 0, 1)
-    del model  # the trainer loads its own
-    import gc
     import shutil
 
-    gc.collect()
+    import gradsae.training.train as train_mod
+
     shutil.rmtree(cfg.out, ignore_errors=True)
-    before = rss_bytes()
-    reset_peak()
+    start = {}
+    inner = train_mod._train
+
+    def measured_train(*a, **kw):  # the peak of the training loop, above the model and data already loaded
+        import gc
+
+        gc.collect()
+        start["rss"] = rss_bytes()
+        reset_peak()
+        return inner(*a, **kw)
+
+    train_mod._train = measured_train
     t0 = time.perf_counter()
     run(cfg)
     seconds = time.perf_counter() - t0
-    weights = sum(int(np.prod(shape)) for shape in _model_shapes(folder)) * m.dtype_bytes
     return {
-        "measured": hwm_bytes() - before - weights,
+        "measured": hwm_bytes() - start["rss"],
         "seconds": round(seconds, 2),
         "passes": [],
         "model": asdict(m),
         "train_estimate": need,
     }
-
-
-def _model_shapes(folder: Path):
-    from safetensors import safe_open
-
-    for f in sorted((folder / "model").glob("*.safetensors")):
-        with safe_open(str(f), "pt") as st:
-            for k in st.keys():
-                yield st.get_slice(k).get_shape()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,17 +415,18 @@ def gpu_table(coefficients: dict, tiny: bool) -> list[dict]:
         dtype_bytes=2,
     )
     C = spec["sae"][1]
+    lat = memory.Latents(C, 4, sparse=False)  # Gemma Scope: JumpReLU, float32
     params = 9_241_705_984 if not tiny else 0  # Gemma-2-9B's parameter count
     weights = params * 2 + (2 * m.D * C + C + m.D + C) * 4
     have = int(80e9 * memory.HEADROOM) - weights
     L = 20
     cases = [
-        ("influence (grad), SQuAD few-shot prompt", 720, lambda b: [memory.scoring(m, C, 4, b, 720, 16, [L])]),
-        ("influence (grad), 128-token prompt", 128, lambda b: [memory.scoring(m, C, 4, b, 128, 16, [L])]),
-        ("exact ablation chunk, 128 tokens", 128, lambda b: [memory.exact_ablation(C, 4, b, 128, 16)]),
-        ("experiment answers / perturbation rows, 720 tokens", 720, lambda b: [memory.generation(C, 4, b, 720, 16)]),
-        ("dashboard rows with influence, 128 tokens", 128, lambda b: memory.dashboard(m, C, 4, b, 128, L, True)),
-        ("dashboard rows, activations only, 128 tokens", 128, lambda b: memory.dashboard(m, C, 4, b, 128, L, False)),
+        ("influence (grad), SQuAD few-shot prompt", 720, lambda b: [memory.scoring(m, lat, b, 720, 16, [L])]),
+        ("influence (grad), 128-token prompt", 128, lambda b: [memory.scoring(m, lat, b, 128, 16, [L])]),
+        ("exact ablation chunk, 128 tokens", 128, lambda b: [memory.exact_ablation(lat, b, 128, 16)]),
+        ("experiment answers / perturbation rows, 720 tokens", 720, lambda b: [memory.generation(lat, b, 720, 16)]),
+        ("dashboard rows with influence, 128 tokens", 128, lambda b: memory.dashboard(m, lat, b, 128, L, True)),
+        ("dashboard rows, activations only, 128 tokens", 128, lambda b: memory.dashboard(m, lat, b, 128, L, False)),
     ]
     out = []
     for what, T, passes_for in cases:
@@ -447,14 +464,16 @@ def main() -> None:
     if done.exists():
         for line in done.read_text().splitlines():
             r = json.loads(line)
+            for p in r["passes"]:  # records from before the flag: the arch's SAE says it
+                p.setdefault("sparse", ARCHS[r["arch"]]["sae"][0] == "topk")
             have[(r["split"], r["command"], r["arch"], r["rows"], r["tokens"], r["layer"])] = r
     records = []
     for point in POINTS:
         split, cmd, arch, rows, tokens, layer = point
-        if only and cmd not in only:
-            continue
-        if point in have:
+        if point in have and not (only and cmd in only):  # --only measures those again, reuses the rest
             records.append(have[point])
+            continue
+        if only and cmd not in only:
             continue
         argv = [sys.executable, __file__, "--work", args.work, "--probe", cmd, arch, str(rows), str(tokens), str(layer)]
         if args.tiny:
@@ -480,7 +499,9 @@ def main() -> None:
     coefficients = fit(records)
     rows = check(records, coefficients)
     print(table(rows, list(rows[0])))
-    worst = max((abs(r["error"]) for r in rows if r["split"] == "check"), default=None)
+    # the formula's commands; `train` checks the trainer's own estimate (training/grid.py), reported beside
+    worst = max((abs(r["error"]) for r in rows if r["split"] == "check" and r["command"] != "train"), default=None)
+    train_error = next((r["error"] for r in rows if r["command"] == "train"), None)
     gpu = gpu_table(coefficients, args.tiny)
     print()
     print(table(gpu, list(gpu[0])))
@@ -492,6 +513,7 @@ def main() -> None:
         "coefficients": coefficients,
         "rows": rows,
         "worst_check_error": worst,
+        "train_estimate_error": train_error,
         "gpu_80GB_gemma2_9b_131k": gpu,
         "records": records,
     }

@@ -18,7 +18,10 @@ from conftest import each_mutation, make_tiny, random_sae
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 # a formula with round numbers: 1 MiB fixed, 2 copies of the codes, 1 of the logits
-FIT = {k: {"fixed": 2.0**20, "act": 1.0, "attn": 0.0, "codes": 2.0, "logits": 1.0} for k in memory.KINDS}
+FIT = {
+    k: {"fixed": 2.0**20, "act": 1.0, "attn": 0.0, "codes": 2.0, "sparse_codes": 1.5, "logits": 1.0}
+    for k in memory.KINDS
+}
 SHAPE = memory.ModelShape(D=64, F=256, V=1000, blocks=4, heads=4, kv_heads=2, head_dim=16, dtype_bytes=4)
 
 
@@ -54,20 +57,20 @@ def test_the_kv_cache_term_is_the_cache_transformers_allocates(arch):
     got = 0
     for layer in cache.layers:
         got += layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
-    p = memory.generation(C=16, cb=4, rows=B, prompt=T, new=0)
+    p = memory.generation(memory.Latents(16), rows=B, prompt=T, new=0)
     assert memory.kv_bytes(p, m) == got
 
 
 def test_estimate_is_the_formula_and_grows_with_rows():
-    p = memory.scoring(SHAPE, 512, 4, rows=2, tokens=10, outputs=3, layers=[1])
+    p = memory.scoring(SHAPE, memory.Latents(512), rows=2, tokens=10, outputs=3, layers=[1])
     assert p.grad_blocks == 3 and p.logits == 4
     x = memory.features(p, SHAPE)
-    assert x["codes"] == 2 * 10 * 512 * 4 and x["logits"] == 2 * 4 * 1000 * 4
+    assert x["codes"] == 2 * 10 * 512 * 4 and x["sparse_codes"] == 0 and x["logits"] == 2 * 4 * 1000 * 4
     assert x["act"] == 2 * 10 * (64 + 256) * 3 * 4
     assert memory.estimate(p, SHAPE, FIT) == int(2**20 + x["act"] + 2 * x["codes"] + x["logits"])
     sizes = [memory.estimate(memory.with_rows(p, b), SHAPE, FIT) for b in (1, 2, 4, 8)]
     assert sizes == sorted(sizes) and len(set(sizes)) == 4
-    g = memory.generation(512, 4, rows=2, prompt=10, new=5)
+    g = memory.generation(memory.Latents(512, sparse=True), rows=2, prompt=10, new=5)
     assert memory.estimate(g, SHAPE, FIT) == int(
         sum(FIT["generate"][f] * v for f, v in memory.features(g, SHAPE).items())
     ) + memory.kv_bytes(g, SHAPE)
@@ -75,7 +78,7 @@ def test_estimate_is_the_formula_and_grows_with_rows():
 
 def test_plan_rows_keeps_refuses_or_picks_the_most_that_fit(limit):
     def passes(b):
-        return [memory.scoring(SHAPE, 4096, 4, rows=b, tokens=64, outputs=8, layers=[0])]
+        return [memory.scoring(SHAPE, memory.Latents(4096), rows=b, tokens=64, outputs=8, layers=[0])]
 
     need = {b: memory.peak(passes(b), SHAPE, FIT) for b in range(1, 65)}
     limit(need[10] / 2**30)  # exactly ten rows fit
@@ -171,18 +174,18 @@ def test_the_benchmark_fit_recovers_known_coefficients():
     import bench_real_widths as bench
 
     truth = {
-        "grad": {"fixed": 3e7, "act": 6.0, "attn": 2.0, "codes": 5.0, "logits": 1.5},
-        "forward": {"fixed": 2e7, "act": 2.0, "attn": 1.0, "codes": 3.0, "logits": 2.0},
-        "generate": {"fixed": 1e7, "act": 3.0, "attn": 1.0, "codes": 2.0, "logits": 1.0},
+        "grad": {"fixed": 3e7, "act": 6.0, "attn": 2.0, "codes": 5.0, "sparse_codes": 2.5, "logits": 1.5},
+        "forward": {"fixed": 2e7, "act": 2.0, "attn": 1.0, "codes": 3.0, "sparse_codes": 1.0, "logits": 2.0},
+        "generate": {"fixed": 1e7, "act": 3.0, "attn": 1.0, "codes": 2.0, "sparse_codes": 1.2, "logits": 1.0},
     }
     shapes = [SHAPE, memory.ModelShape(D=96, F=300, V=3000, blocks=4, heads=8, kv_heads=2, head_dim=12, dtype_bytes=2)]
     records = []
     for i, (b, t, layer) in enumerate([(1, 64, 0), (4, 32, 0), (2, 128, 2), (8, 16, 1), (3, 96, 3), (6, 48, 1)]):
         for m in shapes:
             for p in (
-                memory.scoring(m, 2048, 4, b, t, 8, [layer]),
-                memory.exact_ablation(2048 + 512 * i, 4, b, t, 8 + i),
-                memory.generation(1024 + 256 * i, 4, b, t, 8),
+                memory.scoring(m, memory.Latents(2048, sparse=i % 2 == 1), b, t, 8, [layer]),
+                memory.exact_ablation(memory.Latents(2048 + 512 * i, sparse=i % 3 == 0), b, t, 8 + i),
+                memory.generation(memory.Latents(1024 + 256 * i, sparse=i % 2 == 0), b, t, 8),
             ):
                 records.append(
                     {

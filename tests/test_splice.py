@@ -8,7 +8,7 @@ from gradsae.hooks import decoder_layers, parse_hook_name, resolve_layer
 from gradsae.capture import ResidualCapture
 from gradsae.splice import LatentEdits
 
-from conftest import random_sae
+from conftest import make_tiny, random_sae
 
 PROMPTS = ["the cat sat on", "a b c d e f g"]
 
@@ -269,3 +269,21 @@ def test_shared_trunk_refuses_different_rows(tiny_llama):
             greedy_generate(model, tok, batch, max_new_tokens=2, splice=s, shared_trunk=True)
     with pytest.raises(GradsaeError, match="shared_trunk"):
         greedy_generate(model, tok, batch.repeat(1), max_new_tokens=2, shared_trunk=True)
+
+
+def test_a_grad_splice_gives_the_sae_weights_no_gradient_and_restores_them():
+    """∂target/∂H only: no dW_dec (a [C, D] tensor per row for a batched matmul) is built through a splice, and
+    the SAE's parameters are as they were afterwards."""
+    from gradsae.splice import Splice
+
+    model, tok = make_tiny("llama")
+    sae = random_sae()
+    sae.requires_grad_(True)
+    sae.b_dec.requires_grad_(False)  # a mixed state, restored as it was
+    ids = torch.tensor([tok("the cat sat on the mat", add_special_tokens=True)["input_ids"]] * 3)
+    with Splice(model, sae, grad=True) as s:
+        assert not any(p.requires_grad for p in sae.parameters())
+        model(input_ids=ids).logits[:, -1].logsumexp(-1).sum().backward()
+    assert s.latents.grad is not None and s.latents.grad.abs().sum() > 0
+    assert all(p.grad is None for p in sae.parameters())
+    assert sae.W_dec.requires_grad and sae.W_enc.requires_grad and not sae.b_dec.requires_grad

@@ -6,6 +6,7 @@ in force at every step because ``Splice.offset`` is advanced to each step's abso
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -187,10 +188,31 @@ def greedy_generate(
 
 
 def _forward_last(model, kw: dict):
-    try:  # only the last position's logits are needed (saves the [B, T, V] prompt logits)
-        return model(**kw, logits_to_keep=1)
-    except TypeError:
-        return model(**kw)
+    with contiguous_lm_head(model):
+        try:  # only the last position's logits are needed (saves the [B, T, V] prompt logits)
+            return model(**kw, logits_to_keep=1)
+        except TypeError:
+            return model(**kw)
+
+
+def _contiguous_input(module, args):
+    # a copy even when the slice counts as contiguous (one row: its batch stride still spans the whole sequence)
+    return (args[0].clone(memory_format=torch.contiguous_format), *args[1:])
+
+
+@contextmanager
+def contiguous_lm_head(model):
+    """Inside, the LM head gets a contiguous copy of its input. With ``logits_to_keep`` the model slices its hidden
+    states to the last positions, and torch's matmul of that non-contiguous [B, M, D] slice with W_U expands W_U
+    to a batched matmul and copies it once per row, forward and backward ([V, D] each: 1.8 GiB per row for
+    Gemma-2-9B); a copy of the few positions costs B x M x D."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    handle = head.register_forward_pre_hook(_contiguous_input) if isinstance(head, torch.nn.Module) else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 def _prefill_shared_trunk(model, splice, kw: dict):

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 from .errors import GradsaeError
 
 KINDS = ("grad", "forward", "generate")
-FEATURES = ("fixed", "act", "attn", "codes", "logits")
+FEATURES = ("fixed", "act", "attn", "codes", "sparse_codes", "logits")
 FIT_FILE = Path(__file__).with_name("memory_fit.json")
 HEADROOM = 0.9  # plan for this fraction of the free memory (allocator fragmentation, other processes)
 GiB = 2**30
@@ -94,6 +94,7 @@ class Pass:
     latent_bytes: int = 4
     grad_blocks: int = 0
     new_tokens: int = 0
+    sparse: bool = False  # TopK-family SAEs (fewer [B, T, C] temporaries than a dense encoder)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -104,11 +105,13 @@ def features(p: Pass, m: ModelShape) -> dict[str, float]:
     """The fitted features of pass ``p`` on model ``m``, in bytes-like units (their coefficients are copies)."""
     B, T, s = p.rows, p.tokens, m.dtype_bytes
     kept = p.grad_blocks if p.kind == "grad" else 1  # without a backward one block's activations live at a time
+    codes = float(B * T * p.latents * p.latent_bytes)
     return {
         "fixed": 1.0,
         "act": float(B * T * (m.D + m.F) * kept * s),
         "attn": float(B * m.heads * T * T * kept * s),
-        "codes": float(B * T * p.latents * p.latent_bytes),
+        "codes": 0.0 if p.sparse else codes,
+        "sparse_codes": codes if p.sparse else 0.0,
         "logits": float(B * p.logits * m.V * 4),
     }
 
@@ -240,10 +243,24 @@ def check(what: str, need: int, device: str, fix: str) -> None:
         )
 
 
-def sae_shape(saes) -> tuple[int, int]:
-    """(C summed over the SAEs, bytes per latent of the widest dtype) of one SAE or a list."""
+@dataclass(frozen=True)
+class Latents:
+    """What the estimate needs of the spliced SAEs: C summed over them, bytes per latent (the widest dtype), and
+    whether all are TopK-family (sparse) encoders."""
+
+    C: int
+    bytes: int = 4
+    sparse: bool = False
+
+
+def sae_shape(saes) -> Latents:
+    """The ``Latents`` of one SAE or a list."""
     saes = list(saes) if isinstance(saes, (list, tuple)) else [saes]
-    return sum(s.d_sae for s in saes), max(s.W_dec.element_size() for s in saes)
+    return Latents(
+        sum(s.d_sae for s in saes),
+        max(s.W_dec.element_size() for s in saes),
+        all(s.arch.sparse for s in saes),
+    )
 
 
 def grad_blocks(model: ModelShape, layers: Sequence[int]) -> int:
@@ -260,13 +277,17 @@ def with_rows(p: Pass, rows: int) -> Pass:
 # ---------------------------------------------------------------------------------------------
 
 
-def generation(C: int, cb: int, rows: int, prompt: int, new: int) -> Pass:
+def _lat(lat: Latents) -> dict:
+    return dict(latents=lat.C, latent_bytes=lat.bytes, sparse=lat.sparse)
+
+
+def generation(lat: Latents, rows: int, prompt: int, new: int) -> Pass:
     """Greedy decoding of ``rows`` prompts of ``prompt`` tokens, ``new`` tokens each (KV cache; the prompt's
     last logits only)."""
-    return Pass("generate", rows=rows, tokens=prompt, logits=1, latents=C, latent_bytes=cb, new_tokens=new)
+    return Pass("generate", rows=rows, tokens=prompt, logits=1, new_tokens=new, **_lat(lat))
 
 
-def scoring(m: ModelShape, C: int, cb: int, rows: int, tokens: int, outputs: int, layers: Sequence[int]) -> Pass:
+def scoring(m: ModelShape, lat: Latents, rows: int, tokens: int, outputs: int, layers: Sequence[int]) -> Pass:
     """GradSAE scores of ``rows`` teacher-forced examples of ``tokens`` tokens whose last ``outputs`` are
     scored: one forward and one backward down to the lowest spliced layer."""
     return Pass(
@@ -274,21 +295,20 @@ def scoring(m: ModelShape, C: int, cb: int, rows: int, tokens: int, outputs: int
         rows=rows,
         tokens=tokens,
         logits=outputs + 1,
-        latents=C,
-        latent_bytes=cb,
         grad_blocks=grad_blocks(m, layers),
+        **_lat(lat),
     )
 
 
-def exact_ablation(C: int, cb: int, rows: int, tokens: int, outputs: int) -> Pass:
+def exact_ablation(lat: Latents, rows: int, tokens: int, outputs: int) -> Pass:
     """One chunk of ``rows`` single-latent ablations of one example (forward only)."""
-    return Pass("forward", rows=rows, tokens=tokens, logits=outputs + 1, latents=C, latent_bytes=cb)
+    return Pass("forward", rows=rows, tokens=tokens, logits=outputs + 1, **_lat(lat))
 
 
-def dashboard(m: ModelShape, C: int, cb: int, rows: int, tokens: int, layer: int, influence: bool) -> list[Pass]:
+def dashboard(m: ModelShape, lat: Latents, rows: int, tokens: int, layer: int, influence: bool) -> list[Pass]:
     """A dashboard batch: latents read up to block ``layer`` (forward), and for influence rows the whole model
     with every position's next-token loss (grad)."""
-    out = [Pass("forward", rows=rows, tokens=tokens, logits=0, latents=C, latent_bytes=cb)]
+    out = [Pass("forward", rows=rows, tokens=tokens, logits=0, **_lat(lat))]
     if influence:
         out.append(
             Pass(
@@ -296,9 +316,8 @@ def dashboard(m: ModelShape, C: int, cb: int, rows: int, tokens: int, layer: int
                 rows=rows,
                 tokens=tokens,
                 logits=tokens,
-                latents=C,
-                latent_bytes=cb,
                 grad_blocks=grad_blocks(m, [layer]),
+                **_lat(lat),
             )
         )
     return out

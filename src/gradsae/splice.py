@@ -2,7 +2,8 @@
 attention or MLP output, or the attention heads' outputs before W_O: ``hooks.SPLICE_SITES``), optionally edit
 its latents.
 
-This module and ``capture.py`` are the only ones that register forward hooks.
+This module and ``capture.py`` register the hooks that read or change activations (``generate.contiguous_lm_head``
+only gives the LM head a contiguous copy of its input).
 
 - ``Splice(model, sae, ...)`` replaces Z [B, T, D] by decode(edit(encode(Z))) at every forward call
   (prompt, teacher-forced pass, every step of a KV-cached generation), exposes the latents H [B, T, C]
@@ -256,7 +257,9 @@ class Splice:
         layer: block index or hook name (of the SAE's site); None uses ``sae.cfg.hook_name``.
         error: ``"none"`` or ``"keep"`` (see module docstring).
         edits: ``LatentEdits`` or a list of ``RowEdit`` (one per row; built at the first forward call).
-        grad: make H a leaf that requires grad (for ∂target/∂H); the graph below layer L is cut.
+        grad: make H a leaf that requires grad (for ∂target/∂H); the graph below layer L is cut. The SAE's own
+            weights never get gradients inside a splice (``requires_grad`` is off until exit): a backward through
+            it would otherwise also build dW_dec, [C, D] — per row, for a batched matmul.
         capture: keep H of every forward call in ``self.captured`` (the last one is ``self.latents``).
         keep_first: each row's first ``keep_first`` real tokens keep the model's own activation (e.g. the
             BOS / attention-sink position an SAE was not trained on); 0 splices every position. Rows start at
@@ -394,12 +397,18 @@ class Splice:
         else:
             self._handles.append(module.register_forward_hook(self._hook))
         self.offset = 0
+        self._param_grads = [(p, p.requires_grad) for p in self.sae.parameters()]
+        for p, _ in self._param_grads:
+            p.requires_grad_(False)
         return self
 
     def __exit__(self, *exc) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+        for p, flag in reversed(getattr(self, "_param_grads", [])):
+            p.requires_grad_(flag)
+        self._param_grads = []
 
 
 # ---------------------------------------------------------------------------------------------

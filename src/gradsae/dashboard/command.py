@@ -34,12 +34,12 @@ def _refuse_foreign(out: Path) -> None:
 def rows_per_batch(cfg: DashboardConfig, model, sae, layer: int, device: str) -> int:
     """``--batch-size`` checked against the memory estimate (``auto``: the most rows that fit)."""
     m = memory.ModelShape.of(model)
-    C, cb = memory.sae_shape(sae)
+    lat = memory.sae_shape(sae)
     T = cfg.context_length
     influence = cfg.influence_tokens < 0 or cfg.influence_tokens >= T
 
     def passes(b: int) -> list[memory.Pass]:
-        return memory.dashboard(m, C, cb, b, T, layer, influence)
+        return memory.dashboard(m, lat, b, T, layer, influence)
 
     return memory.plan_rows(
         "the dashboard", passes, m, requested=cfg.batch_size, most=max(1, cfg.max_tokens // T), device=device

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from ..generate import encode_prompts, greedy_generate, position_ids
+from ..generate import contiguous_lm_head, encode_prompts, greedy_generate, position_ids
 from ..hooks import unembedding
 from ..saes.sae import SAE
 from ..splice import Splice
@@ -143,10 +143,11 @@ def forward_target(model, packed: Packed, target: str, splice: Splice | Sequence
         s.row_start = (packed.mask == 0).sum(1)
     M = max(max(packed.n_out), 1)
     kw = dict(input_ids=packed.ids, attention_mask=packed.mask, position_ids=position_ids(packed.mask))
-    try:
-        logits = model(**kw, logits_to_keep=M + 1).logits
-    except TypeError:
-        logits = model(**kw).logits
+    with contiguous_lm_head(model):  # no copy of W_U per row (see there)
+        try:
+            logits = model(**kw, logits_to_keep=M + 1).logits
+        except TypeError:
+            logits = model(**kw).logits
     logits = logits[:, -(M + 1) : -1].float()  # logits[:, j] predicts the j-th of the last M tokens
     out_ids, out_mask = packed.out_block(M)
     return target_from_logits(logits, out_ids, out_mask, target)

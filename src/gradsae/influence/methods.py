@@ -79,14 +79,14 @@ def influence(
     pairs = []
     todo = [i for i, e in enumerate(exs) if e.output is None] if output_ids is None else []
     shape = memory.ModelShape.of(model)
-    C, cb = memory.sae_shape(saes or sae)
+    lat = memory.sae_shape(saes or sae)
     layers = [splice_point(model, s, layer)[0] for s in saes or [sae]]
     gen_batch = batch_size
     if todo:
         longest = max(len(tok(exs[i].prompt, add_special_tokens=True)["input_ids"]) for i in todo)
         gen_batch = memory.plan_rows(
             "generating the outputs",
-            lambda b: [memory.generation(C, cb, b, longest, max_new_tokens)],
+            lambda b: [memory.generation(lat, b, longest, max_new_tokens)],
             shape,
             requested=batch_size,
             most=len(todo),
@@ -134,7 +134,7 @@ def influence(
     t_gen = time.perf_counter() - t0
     T = max(len(p) + len(o) for p, o in pairs)
     M = max(len(o) for _, o in pairs)
-    batch_size, exact_batch = _plan_memory(shape, C, cb, T, M, layers, opts, batch_size, exact_batch, len(exs), device)
+    batch_size, exact_batch = _plan_memory(shape, lat, T, M, layers, opts, batch_size, exact_batch, len(exs), device)
     results: list[Influence] = []
     step = batch_size if opts.method == "grad" else 1
     run = _RunSettings(layer=layer, keep=keep_per_token, keep_first=keep_first, exact_batch=exact_batch)
@@ -165,8 +165,7 @@ def influence(
 
 def _plan_memory(
     shape: memory.ModelShape,
-    C: int,
-    cb: int,
+    lat: memory.Latents,
     T: int,
     M: int,
     layers: list[int],
@@ -182,7 +181,7 @@ def _plan_memory(
     dev = str(device)
 
     def scoring(b: int) -> list[memory.Pass]:
-        return [memory.scoring(shape, C, cb, b, T, M, layers)]
+        return [memory.scoring(shape, lat, b, T, M, layers)]
 
     if opts.method == "grad":
         return memory.plan_rows("influence", scoring, shape, requested=batch_size, most=n, device=dev), exact_batch
@@ -191,7 +190,7 @@ def _plan_memory(
         return 1, exact_batch
 
     def ablation(b: int) -> list[memory.Pass]:
-        return [*scoring(1), memory.exact_ablation(C, cb, b, T, M)]
+        return [*scoring(1), memory.exact_ablation(lat, b, T, M)]
 
     return 1, memory.plan_rows("exact ablation", ablation, shape, requested=0, most=exact_batch, device=dev)
 

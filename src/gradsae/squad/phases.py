@@ -86,10 +86,10 @@ def run_variants(
 
     batch = encode_prompts(tok, [prompt] * R, device=device)
     shape = memory.ModelShape.of(model)
-    C, cb = memory.sae_shape(sae)
+    lat = memory.sae_shape(sae)
     memory.check(
         f"a batch of {R} edited rows",
-        memory.peak([memory.generation(C, cb, R, batch.prompt_len, max_new_tokens)], shape),
+        memory.peak([memory.generation(lat, R, batch.prompt_len, max_new_tokens)], shape),
         str(device),
         "use fewer --ks, --methods or --sets (one row each), or a shorter prompt",
     )
@@ -180,14 +180,14 @@ def answer_rows(cfg: SquadConfig, model, sae, layer, longest: int, n: int, devic
     from ..splice import splice_point
 
     shape = memory.ModelShape.of(model)
-    C, cb = memory.sae_shape(sae)
+    lat = memory.sae_shape(sae)
     new = cfg.max_new_tokens
     layers = [splice_point(model, sae, layer)[0]]
 
     def passes(b: int) -> list[memory.Pass]:
         return [
-            memory.generation(C, cb, b, longest, new),
-            memory.scoring(shape, C, cb, b, longest + new, new, layers),
+            memory.generation(lat, b, longest, new),
+            memory.scoring(shape, lat, b, longest + new, new, layers),
         ]
 
     return memory.plan_rows("the answer phase", passes, shape, requested=cfg.batch_size, most=n, device=device)

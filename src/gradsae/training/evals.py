@@ -216,10 +216,14 @@ def eval_rows(cfg: EvalConfig, model, sae: SAE, T: int, n_seq: int) -> int:
     from .. import memory
 
     shape = memory.ModelShape.of(model)
-    C, cb = memory.sae_shape(sae)
+    lat = memory.sae_shape(sae)
 
     def passes(b: int) -> list[memory.Pass]:
-        return [memory.Pass("forward", rows=b, tokens=T, logits=2 * T, latents=C, latent_bytes=cb)]
+        return [
+            memory.Pass(
+                "forward", rows=b, tokens=T, logits=2 * T, latents=lat.C, latent_bytes=lat.bytes, sparse=lat.sparse
+            )
+        ]
 
     device = str(next(model.parameters()).device)
     return memory.plan_rows("eval", passes, shape, requested=cfg.batch_size, most=max(1, n_seq), device=device)
