@@ -307,7 +307,7 @@ def probe_train(folder: Path, rows: int, tokens: int, layer: int) -> dict:
     )
     specs = build_grid([layer], cfg.architectures, cfg.k, cfg.beta, cfg.d_sae, cfg.seeds)
     per_step = rows * (tokens - cfg.drop_first)
-    need = estimate_bytes(specs, m.D, per_step, per_step * cfg.shuffle_batches, 0, 1)
+    need = estimate_bytes(specs, m.D, per_step, per_step * cfg.shuffle_batches, 0, 1, host=True)
     import shutil
 
     import gradsae.training.train as train_mod

@@ -213,6 +213,7 @@ def _run(cfg: TrainConfig, rt: Runtime, locked: bool = False) -> Path:
         len({s.layer for s in specs if s.needs_grad}),
         len(setup.layers),
         (cfg.batch_size // world) * cfg.context_length * V if n_e2e else 0,
+        host=not device.startswith("cuda"),
     )
     memory.check(
         f"the grid of {len(specs)} SAE(s)",
