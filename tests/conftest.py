@@ -114,6 +114,16 @@ def tiny(request):
 
 
 @pytest.fixture
+def tiny_dir(tmp_path):
+    """The tiny Llama saved as a Hugging Face folder (``m``) and a random SAE (``sae``) under tmp_path."""
+    model, tok = make_tiny("llama")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    random_sae(bias=0.1).save(tmp_path / "sae")
+    return tmp_path
+
+
+@pytest.fixture
 def tiny_llama():
     return make_tiny("llama")
 

@@ -6,17 +6,6 @@ import pytest
 
 from gradsae.cli import main
 
-from conftest import make_tiny, random_sae
-
-
-@pytest.fixture
-def tiny_dir(tmp_path):
-    model, tok = make_tiny("llama")
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
-    random_sae(bias=0.1).save(tmp_path / "sae")
-    return tmp_path
-
 
 @pytest.mark.parametrize("method", ["grad", "exact", "ig"])
 def test_influence_command_writes_json_and_prints_table(tiny_dir, capsys, method):

@@ -13,7 +13,7 @@ from gradsae import memory
 from gradsae.cli import main
 from gradsae.errors import GradsaeError
 
-from conftest import each_mutation, make_tiny, random_sae
+from conftest import each_mutation, make_tiny
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
@@ -113,15 +113,6 @@ def test_batch_size_auto_parses_and_nonsense_is_one_line(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--batch-size" in err[0] and "'many'" in err[0]
-
-
-@pytest.fixture
-def tiny_dir(tmp_path):
-    model, tok = make_tiny("llama")
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
-    random_sae(bias=0.1).save(tmp_path / "sae")
-    return tmp_path
 
 
 def _influence(tiny_dir, *extra):
