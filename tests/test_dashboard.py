@@ -343,7 +343,7 @@ def test_script_json_cannot_close_the_block():
 
 @pytest.mark.browser
 def test_dashboard_page_renders_searches_and_keeps_script_as_text(tmp_path, tiny_pair):
-    from chromium import chrome, drive
+    from chromium import browser, open_page
 
     model, tok, sae = tiny_pair
     cfg = _cfg(tmp_path, left=24, right=4)
@@ -352,41 +352,29 @@ def test_dashboard_page_renders_searches_and_keeps_script_as_text(tmp_path, tiny
     d = finalize(st, model, tok, sae, meta)
     alive = [r.latent for r in d.latents if r.count]
     target = alive[len(alive) // 2]
-    page = tmp_path / "dashboard.html"
-    page.write_text(render_dashboard_page(d))
-    out = drive(
-        tmp_path,
-        page,
-        f"""
-      out.ready = d.body.getAttribute("data-ready"); out.err = d.body.getAttribute("data-js-error");
-      out.before = d.getElementById("count").textContent;
-      var q = d.getElementById("q"); q.value = "{target}"; q.dispatchEvent(new w.Event("input"));
-      out.count = d.getElementById("count").textContent;
-      out.visible = Array.prototype.filter.call(d.querySelectorAll("#cards > .gd-card"),
-        function (c) {{ return getComputedStyle(c).display !== "none"; }}).map(function (c) {{ return c.getAttribute("data-latent"); }});
-      out.scripts = d.querySelectorAll("script").length;
-      out.withScriptText = Array.prototype.filter.call(d.querySelectorAll(".gd-ctx"),
-        function (c) {{ return c.textContent.indexOf("<script>") >= 0; }}).length;
-      q.value = "zzzz-no-such-token"; q.dispatchEvent(new w.Event("input"));
-      out.none = d.getElementById("count").textContent;
-    """,
-    )
-    assert out["ready"] == "1" and out["err"] is None
-    assert out["before"] == str(len(alive))
-    assert out["visible"] == [str(target)] and out["count"] == "1" and out["none"] == "0"
-    # corpus lines hold <script>alert(1)</script>: shown as text in contexts, never parsed as elements
-    assert out["withScriptText"] > 0 and out["scripts"] == 2
-
-    shot = tmp_path / "dashboard.png"
-    res = chrome(
-        tmp_path,
-        f"--screenshot={shot}",
-        "--window-size=1200,1400",
-        "--hide-scrollbars",
-        "--virtual-time-budget=3000",
-        page.resolve().as_uri(),
-    )
-    assert res.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    path = tmp_path / "dashboard.html"
+    path.write_text(render_dashboard_page(d))
+    visible = "cs => cs.filter(c => getComputedStyle(c).display !== 'none').map(c => c.getAttribute('data-latent'))"
+    with browser(1200, 1400) as page:
+        open_page(page, path)
+        assert page.get_attribute("body", "data-ready") == "1"
+        assert page.get_attribute("body", "data-js-error") is None
+        assert page.text_content("#count") == str(len(alive))
+        page.fill("#q", str(target))  # typing fires the input event the search listens to
+        assert page.text_content("#count") == "1"
+        assert page.eval_on_selector_all("#cards > .gd-card", visible) == [str(target)]
+        page.fill("#q", "zzzz-no-such-token")
+        assert page.text_content("#count") == "0"
+        # corpus lines hold <script>alert(1)</script>: shown as text in contexts, never parsed as elements
+        assert page.locator("script").count() == 2
+        with_script_text = page.eval_on_selector_all(
+            ".gd-ctx", "cs => cs.filter(c => c.textContent.indexOf('<script>') >= 0).length"
+        )
+        assert with_script_text > 0
+        shot = tmp_path / "dashboard.png"
+        page.screenshot(path=str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert not page.problems, page.problems
 
 
 # ---- the command, end to end on a tiny model saved to disk ----------------------------------------

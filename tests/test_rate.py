@@ -156,45 +156,36 @@ def test_bad_input(dash_dirs, tmp_path):
 
 @pytest.mark.browser
 def test_clicking_answers_stores_and_exports_them(dash_dirs, tmp_path):
-    from chromium import drive
+    from chromium import browser, open_page
 
     out, key = _build(dash_dirs, tmp_path)
     storage = f"gradsae-rate:{key['page']}"
-    res = drive(
-        tmp_path,
-        out,
-        f"""
-      if (out.loads === 1) {{
-        out.ready = d.body.getAttribute("data-ready");
-        out.before = w.localStorage.getItem("{storage}");
-        d.querySelector('input[name="item-001"][value="yes"]').click();
-        d.querySelector('input[name="item-002"][value="no"]').click();
-        d.querySelector('input[name="item-001"][value="maybe"]').click();
-        var note = d.querySelector('input.rt-note[data-item="item-002"]');
-        note.value = "{EVIL} plural nouns"; note.dispatchEvent(new w.Event("input"));
-        var r = d.getElementById("rater"); r.value = "ann"; r.dispatchEvent(new w.Event("input"));
-        out.progress = d.getElementById("progress").textContent;
-        out.stored = JSON.parse(w.localStorage.getItem("{storage}"));
-        d.getElementById("export").click();
-        out.exported = JSON.parse(d.getElementById("export-out").value);
-        next(location.href.replace("harness.html", "rate.html"));
-      }} else {{
-        out.restored = d.querySelector('input[name="item-001"][value="maybe"]').checked &&
-                       d.querySelector('input[name="item-002"][value="no"]').checked &&
-                       !d.querySelector('input[name="item-003"]:checked');
-        out.restoredNote = d.querySelector('input.rt-note[data-item="item-002"]').value;
-      }}
-    """,
-    )
-    assert res["ready"] == "1" and res["before"] is None and res["progress"] == "2"
-    assert res["stored"]["ratings"]["item-001"]["answer"] == "maybe"
-    ex = res["exported"]
+    stored = f"localStorage.getItem({json.dumps(storage)})"
+    with browser() as page:
+        open_page(page, out)
+        assert page.get_attribute("body", "data-ready") == "1"
+        assert page.evaluate(stored) is None
+        page.check('input[name="item-001"][value="yes"]')
+        page.check('input[name="item-002"][value="no"]')
+        page.check('input[name="item-001"][value="maybe"]')
+        page.fill('input.rt-note[data-item="item-002"]', f"{EVIL} plural nouns")
+        page.fill("#rater", "ann")
+        assert page.text_content("#progress") == "2"
+        assert json.loads(page.evaluate(stored))["ratings"]["item-001"]["answer"] == "maybe"
+        page.click("#export")
+        ex = json.loads(page.input_value("#export-out"))
+        page.reload()  # the answers come back from localStorage
+        page.wait_for_selector("body[data-ready]", state="attached")
+        assert page.is_checked('input[name="item-001"][value="maybe"]')
+        assert page.is_checked('input[name="item-002"][value="no"]')
+        assert page.locator('input[name="item-003"]:checked').count() == 0
+        assert page.input_value('input.rt-note[data-item="item-002"]') == f"{EVIL} plural nouns"
+        assert not page.problems, page.problems
     assert ex["schema"] == RATINGS_SCHEMA and ex["page"] == key["page"] and ex["rater"] == "ann"
     assert ex["ratings"] == {
         "item-001": {"answer": "maybe", "note": ""},
         "item-002": {"answer": "no", "note": f"{EVIL} plural nouns"},
     }
-    assert res["loads"] == 2 and res["restored"] and res["restoredNote"] == f"{EVIL} plural nouns"
     # the exported file scores
     f = tmp_path / "ratings.json"
     f.write_text(json.dumps(ex))

@@ -19,7 +19,7 @@ from gradsae.viz.report import (
     write_report,
 )
 
-from chromium import chrome
+from chromium import browser, open_page
 from conftest import make_tiny, random_sae
 
 EVIL = "<script>alert(1)</script>"
@@ -303,15 +303,11 @@ def test_sweep_summary_renders_one_section_per_run():
     assert 'id="run-L6"' in page and 'id="run-L9"' in page
 
 
-# ---- headless Chromium ---------------------------------------------------------------------------
-
-
-def _chrome(tmp_path, *args, timeout=120):
-    return chrome(tmp_path, *args, timeout=timeout, fresh_profile=True)
+# ---- a real browser (Playwright + Chromium) -------------------------------------------------------
 
 
 @pytest.mark.browser
-def test_report_renders_in_headless_chromium(tmp_path, example):
+def test_report_renders_in_chromium(tmp_path, example):
     report = write_report(
         tmp_path / "report.html",
         fake_summary(),
@@ -319,37 +315,27 @@ def test_report_renders_in_headless_chromium(tmp_path, example):
         config={"seed": 0},
         sae_eval={"nmse": 0.12},
     )
-    url = report.resolve().as_uri()
-    dom = _chrome(tmp_path, "--virtual-time-budget=5000", "--dump-dom", url)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    out = dom.stdout
-    # the page's script ran to the end and reported no error
-    assert re.search(r'<body[^>]*data-ready="1"', out), out[:500]
-    assert not re.search(r"<body[^>]*data-js-error", out)
-    for sid in ("config", "table1", "plots", "stats", "rq", "sae-eval", "examples", "ex-q1_i_", "ex-second"):
-        assert f'id="{sid}"' in out, sid
-    # JS coloured the tokens of the first latent and kept data escaped
-    assert EVIL not in out and "alert(1)" in out
-    console = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
-    assert not [ln for ln in console if "Uncaught" in ln or "rror" in ln], console
-
-    shot = tmp_path / "report.png"
-    res = _chrome(
-        tmp_path,
-        f"--screenshot={shot}",
-        "--window-size=1280,2000",
-        "--hide-scrollbars",
-        "--virtual-time-budget=5000",
-        url,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert shot.exists() and shot.stat().st_size > 20_000
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the check can fail: a page whose data block is broken reports the script error in the DOM
     broken = tmp_path / "broken.html"
     broken.write_text(re.sub(r'(class="ex-data">)\{', r"\1{oops", report.read_text(), count=1))
-    bad = _chrome(tmp_path, "--virtual-time-budget=5000", "--dump-dom", broken.resolve().as_uri())
-    assert re.search(r'<body[^>]*data-js-error="1"', bad.stdout) and not re.search(r"<body[^>]*data-ready", bad.stdout)
+    with browser(1280, 2000) as page:
+        open_page(page, report)
+        # the page's script ran to the end and reported no error
+        assert page.get_attribute("body", "data-ready") == "1"
+        assert page.get_attribute("body", "data-js-error") is None
+        for sid in ("config", "table1", "plots", "stats", "rq", "sae-eval", "examples", "ex-q1_i_", "ex-second"):
+            assert page.locator(f'[id="{sid}"]').count() == 1, sid
+        # JS coloured the tokens of the first latent and kept data escaped: no element came from the data
+        out = page.content()
+        assert EVIL not in out and "alert(1)" in out
+        assert page.locator('main script:not([type="application/json"]), img:not([src^="data:"])').count() == 0
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot))
+        assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert not page.problems, page.problems
+        # the check can fail: a page whose data block is broken reports the script error in the DOM
+        open_page(page, broken)
+        assert page.get_attribute("body", "data-js-error") == "1"
+        assert page.get_attribute("body", "data-ready") is None
 
     keep = os.environ.get("GRADSAE_KEEP_SCREENSHOT")
     if keep:

@@ -100,6 +100,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run",
         "blind interpretability rating page for 2+ SAEs, and scoring of the ratings",
     ),
+    "serve": (
+        "gradsae.serve.command",
+        "ServeConfig",
+        "run",
+        "a local page: rank latents for your prompt, check the scores, zero / clamp / steer latents",
+    ),
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -91,6 +91,7 @@ def greedy_generate(
     use_cache: bool = True,
     shared_prefix: int = 0,
     shared_trunk: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> Generation:
     """Greedy-decode every row of ``batch``.
 
@@ -104,6 +105,8 @@ def greedy_generate(
             and steering grids): blocks 0..L (L = the splice layer) run once on one row for the prompt, the
             other blocks on every row. Results are unchanged; the prompt pass costs (n_layers - L - 1) /
             n_layers of a full one, plus one row.
+        on_step: called as ``on_step(done, max_new_tokens)`` after every decoding step (progress; an exception
+            it raises, e.g. a cancellation, ends the generation).
     """
     device = batch.input_ids.device
     B = batch.input_ids.shape[0]
@@ -173,6 +176,8 @@ def greedy_generate(
                 _, hit = cut_at_stop(tokenizer.decode(out_tokens[b]).lstrip(), stop)
                 if hit:
                     done[b] = True
+        if on_step is not None:
+            on_step(step + 1, max_new_tokens)
         if bool(done.all()):
             break
         ids = torch.cat([ids, nxt[:, None]], 1)
@@ -185,6 +190,60 @@ def greedy_generate(
             cur_ids, cur_pos = ids, position_ids(mask)
     texts = [cut_at_stop(tokenizer.decode(t, skip_special_tokens=True).lstrip(), stop)[0].strip() for t in out_tokens]
     return Generation(out_tokens, texts, batch.prompt_len, steps)
+
+
+def generate_edited(
+    model,
+    tokenizer,
+    sae,
+    prompts: Sequence[str],
+    edits=None,
+    *,
+    layer=None,
+    error: str = "none",
+    latent_fn=None,
+    max_new_tokens: int = 32,
+    stop: Sequence[str] = ("\n",),
+    use_cache: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
+    fix: str = "use fewer rows or a shorter prompt",
+) -> Generation:
+    """Greedy answers through the SAE splice with per-row latent edits (``splice.RowEdit`` or None per row;
+    ``latent_fn`` as in ``Splice``), after checking that the batch fits the device memory (``fix`` says what to
+    change when it does not). Rows that repeat one prompt run blocks 0..L once (``shared_trunk``)."""
+    from . import memory
+    from .splice import Splice
+
+    batch = encode_prompts(tokenizer, list(prompts), device=sae.W_dec.device)
+    R = batch.input_ids.shape[0]
+    memory.check(
+        f"a batch of {R} generated rows",
+        memory.peak(
+            [memory.generation(memory.sae_shape(sae), R, batch.prompt_len, max_new_tokens)], memory.ModelShape.of(model)
+        ),
+        str(sae.W_dec.device),
+        fix,
+    )
+    same = R > 1 and len(set(prompts)) == 1
+    with Splice(
+        model,
+        sae,
+        layer=layer,
+        error=error,
+        edits=list(edits) if edits is not None and any(r is not None for r in edits) else None,
+        latent_fn=latent_fn,
+    ) as s:
+        return greedy_generate(
+            model,
+            tokenizer,
+            batch,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            splice=s,
+            use_cache=use_cache,
+            shared_trunk=use_cache and same,
+            on_step=on_step,
+        )
 
 
 def _forward_last(model, kw: dict):

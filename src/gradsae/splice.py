@@ -60,7 +60,9 @@ class RowEdit:
 
     Attributes:
         zero: latent indices set to 0.
-        set: {latent index: value} set (after zeroing).
+        set: {latent index: value} set (after zeroing): clamping.
+        add: {latent index: alpha} added (after setting): the reconstruction moves by alpha * W_dec[c] (over
+            the SAE's norm scaling factor, if it has one): steering along the latent's decoder direction.
         at: where the edit applies: ``"all"`` positions, ``"last"`` (the last prompt position and every
             generated token), ``"generated"`` (generated tokens only), an int position p (p and later),
             or ``"newest"`` (only the last position of each forward call: with generation *without* KV cache
@@ -70,6 +72,7 @@ class RowEdit:
 
     zero: Sequence[int] = ()
     set: dict[int, float] | None = None
+    add: dict[int, float] | None = None
     at: str | int = "all"
     until: int | None = None
 
@@ -82,6 +85,7 @@ class LatentEdits:
         zero: [B, C] bool, latents to zero (or None).
         set_mask: [B, C] bool, latents to overwrite (or None).
         set_values: [B, C] float, their values.
+        add_values: [B, C] float, added after zeroing and setting (or None).
         start: [B] long, edits apply at absolute positions >= start[b] ...
         end: [B] long, ... and < end[b].
         only_newest: edits apply only at the last position of each forward call.
@@ -93,6 +97,7 @@ class LatentEdits:
     start: torch.Tensor
     end: torch.Tensor | None = None
     only_newest: bool = False
+    add_values: torch.Tensor | None = None
 
     @classmethod
     def from_rows(
@@ -103,6 +108,7 @@ class LatentEdits:
         zero = torch.zeros(B, d_sae, dtype=torch.bool)
         set_mask = torch.zeros(B, d_sae, dtype=torch.bool)
         set_values = torch.zeros(B, d_sae)
+        add_values = torch.zeros(B, d_sae)
         start = torch.zeros(B, dtype=torch.long)
         end = torch.full((B,), 1 << 40, dtype=torch.long)
         newest = {r.at == "newest" for r in rows if r is not None}
@@ -121,6 +127,10 @@ class LatentEdits:
                 _check_idx(idx, d_sae)
                 set_mask[b, idx] = True
                 set_values[b, idx] = torch.as_tensor(list(r.set.values()), dtype=torch.float32)
+            if r.add:
+                idx = torch.as_tensor(list(r.add.keys()), dtype=torch.long)
+                _check_idx(idx, d_sae)
+                add_values[b, idx] = torch.as_tensor(list(r.add.values()), dtype=torch.float32)
             start[b] = _start_position(r.at, prompt_len)
             if r.until is not None:
                 end[b] = r.until
@@ -131,6 +141,7 @@ class LatentEdits:
             start.to(device),
             end.to(device),
             only_newest=newest == {True},
+            add_values=add_values.to(device) if add_values.any() else None,
         )
 
     def apply(self, H: torch.Tensor, offset: int) -> torch.Tensor:
@@ -158,6 +169,8 @@ class LatentEdits:
             H = torch.where(a & self.zero[:, None, :], torch.zeros((), dtype=H.dtype, device=H.device), H)
         if self.set_mask is not None:
             H = torch.where(a & self.set_mask[:, None, :], self.set_values[:, None, :].to(H.dtype), H)
+        if self.add_values is not None:
+            H = H + a.to(H.dtype) * self.add_values[:, None, :].to(H.dtype)
         return H
 
 

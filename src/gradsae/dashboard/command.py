@@ -46,11 +46,36 @@ def rows_per_batch(cfg: DashboardConfig, model, sae, layer: int, device: str) ->
     )
 
 
+def assemble(cfg: DashboardConfig, st: DashboardState, model, tok, sae, layer: int, seconds: float, runtime: dict):
+    """The finished dashboard of a merged state: its metadata (with the full config) and every latent's card."""
+    from ..model import model_name
+
+    meta = DashboardMeta(
+        schema=SCHEMA,
+        model=model_name(model),
+        sae=cfg.sae,
+        hook=sae.cfg.hook_name or str(layer),
+        d_sae=sae.d_sae,
+        data=list(cfg.data),
+        n_tokens=st.n_tokens,
+        n_influence_tokens=st.n_influence_tokens,
+        left=cfg.left,
+        right=cfg.right,
+        hist_lo_log10=HIST_LO,
+        hist_per_decade=HIST_PER_DECADE,
+        seconds=round(seconds, 1),
+        sae_sha256=sae.digest(),
+        config={**asdict(cfg), "runtime": runtime},
+        definitions=DEFINITIONS,
+    )
+    return finalize(st, model, tok, sae, meta, n_promoted=cfg.n_promoted, n_neighbours=cfg.n_neighbours)
+
+
 def run(cfg: DashboardConfig) -> Dashboard | None:
     from ..viz.dashboard_page import write_dashboard_page
     from ..saes import load_sae
     from ..io import atomic_write_text, output_lock
-    from ..model import check_context_length, load_model, model_name
+    from ..model import check_context_length, load_model
     from ..hooks import SPLICE_SITES
     from ..splice import check_compatible
 
@@ -112,25 +137,7 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
             raise GradsaeError(
                 f"the corpus {cfg.data} gave no rows of {cfg.context_length} tokens: add data or lower --context-length"
             )
-        meta = DashboardMeta(
-            schema=SCHEMA,
-            model=model_name(model),
-            sae=cfg.sae,
-            hook=sae.cfg.hook_name or str(layer),
-            d_sae=sae.d_sae,
-            data=list(cfg.data),
-            n_tokens=st.n_tokens,
-            n_influence_tokens=st.n_influence_tokens,
-            left=cfg.left,
-            right=cfg.right,
-            hist_lo_log10=HIST_LO,
-            hist_per_decade=HIST_PER_DECADE,
-            seconds=round(time.perf_counter() - t0, 1),
-            sae_sha256=sae.digest(),
-            config={**asdict(cfg), "runtime": rt.as_config()},
-            definitions=DEFINITIONS,
-        )
-        dash = finalize(st, model, tok, sae, meta, n_promoted=cfg.n_promoted, n_neighbours=cfg.n_neighbours)
+        dash = assemble(cfg, st, model, tok, sae, layer, time.perf_counter() - t0, rt.as_config())
         with contextlib.nullcontext() if one else output_lock(out):
             # compact separators: an indented file of 4096 latents is three times larger
             text = json.dumps(dash.to_json(), ensure_ascii=False, separators=(",", ":"))
@@ -139,6 +146,6 @@ def run(cfg: DashboardConfig) -> Dashboard | None:
     alive = sum(1 for r in dash.latents if r.count)
     print(
         f"dashboard: {st.n_tokens} tokens ({st.n_influence_tokens} with influence), {alive}/{sae.d_sae} latents "
-        f"active, {meta.seconds:.0f} s -> {out / 'dashboard.json'}, {out / 'dashboard.html'}"
+        f"active, {dash.meta.seconds:.0f} s -> {out / 'dashboard.json'}, {out / 'dashboard.html'}"
     )
     return dash

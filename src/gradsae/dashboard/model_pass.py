@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -149,9 +149,11 @@ def build_state(
     world: int = 1,
     state_path: Path | None = None,
     stop_after: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> DashboardState:
     """Stream this rank's rows into a state, resuming from ``state_path`` when it exists and checkpointing
-    into it every ``checkpoint_every`` batches. ``stop_after`` (tests) stops after that many batches."""
+    into it every ``checkpoint_every`` batches. ``stop_after`` (tests) stops after that many batches;
+    ``on_batch(tokens done, tokens in all)`` is called after each batch (progress; it may raise to stop)."""
     from tqdm.auto import tqdm
 
     fp = fingerprint(cfg, world, sae)
@@ -175,6 +177,7 @@ def build_state(
     prepend_bos = bool(getattr(sae.cfg, "prepend_bos", True))
     batch: list[tuple[int, torch.Tensor]] = []
     n_batches = 0
+    rows_before = st.rows_done
 
     def flush():
         nonlocal st, n_batches
@@ -202,6 +205,8 @@ def build_state(
                     setattr(ev, name, v.cpu())
             st = update_state(st, ev, left=cfg.left, right=cfg.right, seed=cfg.seed)
         bar.update(len(batch) * cfg.context_length)
+        if on_batch is not None:
+            on_batch((st.rows_done - rows_before) * cfg.context_length, (n_mine - rows_before) * cfg.context_length)
         batch.clear()
         n_batches += 1
         if state_path is not None and n_batches % cfg.checkpoint_every == 0:

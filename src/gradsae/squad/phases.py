@@ -68,8 +68,8 @@ def run_variants(
 ) -> VariantRun:
     """Greedy answers for one prompt under every variant, as one batch: row 0 unedited, then one row per
     distinct non-empty variant (identical variants share a row; an empty variant is the control row)."""
-    from ..generate import encode_prompts, greedy_generate
-    from ..splice import RowEdit, Splice
+    from ..generate import generate_edited
+    from ..splice import RowEdit
 
     uniq = list(dict.fromkeys(v for v in variants.values() if v))
     R = len(uniq) + 1
@@ -84,33 +84,20 @@ def run_variants(
     def zero_sets(H):  # [R, T, C]: each row's zeroed latents at every position of every forward call
         return H * keep[:, None, :].to(H.dtype)
 
-    batch = encode_prompts(tok, [prompt] * R, device=device)
-    shape = memory.ModelShape.of(model)
-    lat = memory.sae_shape(sae)
-    memory.check(
-        f"a batch of {R} edited rows",
-        memory.peak([memory.generation(lat, R, batch.prompt_len, max_new_tokens)], shape),
-        str(device),
-        "use fewer --ks, --methods or --sets (one row each), or a shorter prompt",
-    )
-    with Splice(
+    gen = generate_edited(
         model,
+        tok,
         sae,
+        [prompt] * R,
+        rows,
         layer=layer,
         error=error,
-        edits=rows if any(r is not None for r in rows) else None,
         latent_fn=zero_sets if any(v.zero for v in uniq) else None,
-    ) as s:
-        gen = greedy_generate(
-            model,
-            tok,
-            batch,
-            max_new_tokens=max_new_tokens,
-            stop=stop,
-            splice=s,
-            use_cache=use_cache,
-            shared_trunk=use_cache and R > 1,
-        )
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+        use_cache=use_cache,
+        fix="use fewer --ks, --methods or --sets (one row each), or a shorter prompt",
+    )
     row_of = {v: i + 1 for i, v in enumerate(uniq)}
     return VariantRun(
         gen.texts[0], {key: gen.texts[row_of[v]] if v else gen.texts[0] for key, v in variants.items()}, R

@@ -2,7 +2,8 @@
 ``<script type="application/json">``, the Content-Security-Policy, and how a token is shown.
 
 The pages: the experiment report and the explain page (``report.py``), the dashboard page and latent cards
-(``dashboard_page.py``), the blind rating page (``rate.py``, ``templates/rate.html.j2``). None loads anything from
+(``dashboard_page.py``), the blind rating page (``rate.py``, ``templates/rate.html.j2``), the ``gradsae serve``
+explorer (``serve_page.py``, ``templates/serve.*``). None loads anything from
 the network (``default-src 'none'``); each page's one script is allowed by its SHA-256 hash.
 """
 
@@ -61,14 +62,15 @@ def csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
 
 
-def csp(script: str, style: str | None = None) -> str:
+def csp(script: str, style: str | None = None, *, connect_self: bool = False) -> str:
     """Nothing from the network, no forms or frames, no script but ``script`` (by hash); the one ``<style>``
     block ``style`` by hash, or — for pages that colour elements through style attributes (the report) —
-    inline styles."""
+    inline styles. ``connect_self``: the page may call its own server's API (``gradsae serve``), nothing else."""
     style_src = csp_hash(style) if style is not None else "'unsafe-inline'"
+    served = "; connect-src 'self'" if connect_self else ""
     return (
         f"default-src 'none'; script-src {csp_hash(script)}; style-src {style_src}; img-src data:; "
-        "base-uri 'none'; form-action 'none'"
+        f"base-uri 'none'; form-action 'none'{served}"
     )
 
 
