@@ -9,6 +9,9 @@ its graph kept and ``--reliability-samples`` double backwards) with the latents 
 first-order approximation fails: error by activation size, and by how saturated the target is.
 
     python benchmarks/bench_influence_fidelity.py --n 30
+
+Each example's result is appended to ``OUT.examples.jsonl`` as it ends (with the settings it was made with); a
+rerun with the same settings skips the examples already there, so a killed run resumes, and ``--n`` can grow.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from _common import mean, qa_examples, short_prompt, table, write_out
+
+from gradsae.io import JsonlLog
 
 from gradsae import load_model, load_sae
 from gradsae.saes import DEFAULT_SAE
@@ -63,10 +68,17 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model, tok = load_model(args.model)
     sae = load_sae(args.sae)
-    rows, per_bucket, sat = [], {q: [] for q in range(4)}, []
-    per_bucket2, flag_err, calm_err = {q: [] for q in range(4)}, [], []
+    settings = {k: v for k, v in vars(args).items() if k not in ("n", "out")}
+    settings["sae_sha256"] = sae.digest()
+    log = JsonlLog(str(args.out) + ".examples.jsonl")
+    done = {r["row"]["id"]: r for r in log.records() if r.get("settings") == settings}
+    records = []
     t0 = time.perf_counter()
     for i, ex in enumerate(qa_examples(n=args.n, seed=args.seed)):
+        if ex["id"] in done:
+            records.append(done[ex["id"]])
+            continue
+        torch.manual_seed(args.seed + i)
         e = [Example(short_prompt(ex), ex["answers"][0], id=ex["id"])]
         kw = dict(target=args.target, aggregation="signed", error=args.error)
         grad = influence(model, tok, sae, e, **kw)[0]
@@ -98,26 +110,35 @@ def main() -> None:
             "top10_ig": top_overlap(ig.scores, exact.scores, idx),
             "top10_base": top_overlap(grad.baseline, exact.scores, idx),
         }
-        rows.append(row)
         # first-order error by activation quartile (within this example)
         q = torch.quantile(base, torch.tensor([0.25, 0.5, 0.75]))
         bucket = torch.bucketize(base, q)
         err = (gr_s - ex_s).abs() / ex_s.abs().clamp_min(1e-6 * ex_s.abs().max())
         err2 = (so_s - ex_s).abs() / ex_s.abs().clamp_min(1e-6 * ex_s.abs().max())
-        for b in range(4):
-            if (bucket == b).any():
-                per_bucket[b].append(float(err[bucket == b].median()))
-                per_bucket2[b].append(float(err2[bucket == b].median()))
-        if flagged.any():
-            flag_err.append(float(err[flagged].median()))
-        if (~flagged).any():
-            calm_err.append(float(err[~flagged].median()))
-        sat.append((row["p(Y)"], row["rho_grad"]))
+        rec = {
+            "settings": settings,
+            "row": row,
+            "buckets": {
+                str(b): [float(err[bucket == b].median()), float(err2[bucket == b].median())]
+                for b in range(4)
+                if (bucket == b).any()
+            },
+            "flag_err": float(err[flagged].median()) if flagged.any() else None,
+            "calm_err": float(err[~flagged].median()) if (~flagged).any() else None,
+        }
+        log.append(rec)
+        records.append(rec)
         print(
             f"[{i + 1}/{args.n}] {ex['id'][:10]} latents={row['latents']} rho grad={row['rho_grad']:.3f} "
             f"ig={row['rho_ig']:.3f} base={row['rho_base']:.3f}  ({time.perf_counter() - t0:.0f}s)",
             flush=True,
         )
+    rows = [r["row"] for r in records]
+    per_bucket = {b: [r["buckets"][str(b)][0] for r in records if str(b) in r["buckets"]] for b in range(4)}
+    per_bucket2 = {b: [r["buckets"][str(b)][1] for r in records if str(b) in r["buckets"]] for b in range(4)}
+    flag_err = [r["flag_err"] for r in records if r["flag_err"] is not None]
+    calm_err = [r["calm_err"] for r in records if r["calm_err"] is not None]
+    sat = [(r["p(Y)"], r["rho_grad"]) for r in rows]
     summary = {
         k: mean([r[k] for r in rows])
         for k in ("rho_grad", "rho_ig", "rho_base", "rho_second", "r_grad", "r_second", "top10_grad", "top10_ig")

@@ -159,3 +159,39 @@ def test_a_card_without_a_dashboard_is_computed_with_progress(page):
     expect(page.locator("#card")).to_contain_text("tokens of sample")
     assert "latent card" in page.text_content("#status-text")
     assert not page.problems, page.problems
+
+
+def test_the_command_serves_the_defaults_and_stops_cleanly_on_ctrl_c(tmp_path):
+    """`gradsae serve` with no model or SAE arguments, as a user starts it; Ctrl-C ends it without a traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from serving import call, free_port
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "gradsae", "serve", "--port", str(port), "--sessions", str(tmp_path / "s")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base, info = f"http://127.0.0.1:{port}", None
+        for _ in range(600):
+            if proc.poll() is not None:
+                break
+            try:
+                code, info = call(base, "GET", "/api/info")
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert info is not None, proc.stdout.read() if proc.poll() is not None else "no answer"
+        assert code == 200 and info["saes"][0] == {
+            "name": "smollm2/topk/L6",
+            "d_sae": 4096,
+            "hook": "blocks.6.hook_resid_post",
+            "dashboard": True,
+        }
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert "Traceback" not in out and proc.returncode == 0, (proc.returncode, out)
+    assert f"open http://127.0.0.1:{port}/" in out and "warning" not in out

@@ -180,9 +180,7 @@ class DashboardState:
         return out
 
     def save(self, path: Path, fingerprint: str) -> None:
-        from safetensors.torch import save
-
-        from ..io import atomic_write_bytes
+        from ..io import write_safetensors
 
         meta = {
             "d_sae": self.d_sae,
@@ -191,9 +189,7 @@ class DashboardState:
             "rows_done": self.rows_done,
             "fingerprint": fingerprint,
         }
-        atomic_write_bytes(
-            path, save({k: v.contiguous() for k, v in self.tensors().items()}, metadata={"state": json.dumps(meta)})
-        )
+        write_safetensors(path, self.tensors(), metadata={"state": json.dumps(meta)})
 
     @classmethod
     def load(cls, path: Path, fingerprint: str | None = None) -> "DashboardState":

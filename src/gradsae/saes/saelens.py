@@ -15,7 +15,7 @@ import torch
 
 from ..errors import GradsaeError
 from ..hooks import canonical_hook_name, hook_name_for, site_of
-from ..io import atomic_write_bytes, atomic_write_text
+from ..io import atomic_write_text, write_safetensors
 from . import architectures, checks, formats
 from .sae import SAE, SAEConfig
 
@@ -111,19 +111,13 @@ def save_saelens(sae: SAE, path: str | Path, dtype: str | None = None) -> Path:
     if arch == "topk":
         cfg["k"] = c.k
         cfg["rescale_acts_by_decoder_norm"] = False
-    _atomic_safetensors(lens, path / "sae_weights.safetensors")
+    write_safetensors(path / "sae_weights.safetensors", lens)
     if extra:
-        _atomic_safetensors(extra, path / EXTRA_FILE)
+        write_safetensors(path / EXTRA_FILE, extra)
     else:
         (path / EXTRA_FILE).unlink(missing_ok=True)
     atomic_write_text(path / "cfg.json", json.dumps(cfg, indent=2))  # last: a folder with cfg.json is whole
     return path
-
-
-def _atomic_safetensors(tensors: dict[str, torch.Tensor], target: Path) -> None:
-    from safetensors.torch import save
-
-    atomic_write_bytes(target, save(tensors))
 
 
 _SAELENS_ARCH = {
@@ -474,7 +468,7 @@ def _save_transcoder(sae: SAE, path: Path, dtype: str | None) -> Path:
             "sae_lens_version": "6.0.0",
         },
     }
-    _atomic_safetensors(tensors, path / "sae_weights.safetensors")
+    write_safetensors(path / "sae_weights.safetensors", tensors)
     (path / EXTRA_FILE).unlink(missing_ok=True)
     atomic_write_text(path / "cfg.json", json.dumps(cfg, indent=2))  # last: a folder with cfg.json is whole
     return path

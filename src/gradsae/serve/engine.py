@@ -17,8 +17,11 @@ Every method takes ``progress(done, total, unit)``, which may raise to cancel. N
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import shlex
+import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -125,6 +128,7 @@ class Explorer:
         self.dashboards = dict(dashboards or {})
         self.max_new_tokens, self.stop, self.model_spec = max_new_tokens, tuple(stop), model_spec
         self.sample_tokens = sample_tokens
+        self._counting_lock = threading.Lock()
 
     @classmethod
     def load(cls, model: str = "smollm2", saes: Sequence[str] = ("smollm2/topk/L6",), device: str = "cpu", **kw):
@@ -158,12 +162,20 @@ class Explorer:
             raise GradsaeError("empty prompt: type the text the model should continue")
         if output is not None and output != "" and not output.strip():
             raise GradsaeError("the answer to explain is blank: type one, or leave it empty for the model's own")
-        n = len(self.tok(prompt + (output or ""))["input_ids"]) + (0 if output else self.max_new_tokens)
+        with self._counting_lock:
+            n = len(self._counting_tok(prompt + (output or ""))["input_ids"])
+        n += 0 if output else self.max_new_tokens
         limit = context_size(self.model)
         if limit and n > limit:
             raise GradsaeError(
                 f"the prompt is too long: {n} tokens with the answer, the model's context is {limit}; shorten it"
             )
+
+    @functools.cached_property
+    def _counting_tok(self):
+        """A copy of the tokenizer for the checks the server makes on its request threads: a fast tokenizer's
+        padding state is changed by the model work, and one tokenizer used from two threads at once can fail."""
+        return copy.deepcopy(self.tok)
 
     def check_latents(self, sae, latents: Sequence[int]) -> list[int]:
         bad = [int(c) for c in latents if not 0 <= int(c) < sae.d_sae]

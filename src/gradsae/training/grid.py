@@ -245,13 +245,16 @@ def estimate_bytes(
     host: bool = False,
 ) -> int:
     """Bytes a step needs besides the model: per SAE weights + grads + 2 Adam moments (float32); the
-    largest SAE's transient [N, C] tensors (pre-activations, scores, AuxK) during its step; the shuffle
+    largest SAE's transient [N, C] tensors (pre-activations, scores, AuxK) during its step; the Adam step's own
+    temporaries (torch's foreach Adam allocates the square roots of the second moments, one copy of the SAE's
+    weights, and a [C, D] temporary); the shuffle
     buffer (x and dL/dx, pooled and permuted copies); E2E logits ([B, T, V] ×4 with their gradient); and,
-    when the device is the host (``host``), a checkpoint: the state file is built in memory, two copies of every
-    weight and moment (``training/state.py``; on a GPU those copies are host memory)."""
+    when the device is the host (``host``), the checkpoint's one tensor in flight (``io.write_safetensors``
+    writes the state tensor by tensor)."""
     per_sae = [(2 * D * s.d_sae + s.d_sae + D) * 4 for s in specs]  # one float32 copy of an SAE's weights
     params = sum(4 * p for p in per_sae)
     transient = max(4 * tokens * s.d_sae * 4 for s in specs)
     buffer = 4 * buffer_tokens * D * (n_layers + n_grad_layers) * 2
-    checkpoint = 2 * 3 * sum(per_sae) if host else 0
-    return params + transient + buffer + 4 * e2e_logits * 4 + checkpoint
+    adam_step = max(p + 4 * D * s.d_sae for p, s in zip(per_sae, specs))
+    checkpoint = max(4 * D * s.d_sae for s in specs) if host else 0
+    return params + transient + adam_step + buffer + 4 * e2e_logits * 4 + checkpoint

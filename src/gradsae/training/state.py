@@ -16,7 +16,7 @@ import torch
 
 from .. import schema
 from ..errors import GradsaeError
-from ..io import atomic_write_bytes
+from ..io import write_safetensors
 
 STATE_VERSION = 1
 
@@ -93,22 +93,22 @@ class TrainState:
 
     # ---- checkpoint file ------------------------------------------------------------------
     def save(self, path: str | Path, saes: list, opts: list) -> Path:
-        from safetensors.torch import save
-
+        """Write the checkpoint tensor by tensor (``io.write_safetensors``): the weights and Adam moments are not
+        copied to the host all at once, whatever the device."""
         tensors: dict[str, torch.Tensor] = {}
         for j, (sae, opt) in enumerate(zip(saes, opts)):
             for name, t in sae.state_dict().items():
-                tensors[f"sae.{j}.{name}"] = t.detach().cpu().contiguous()
+                tensors[f"sae.{j}.{name}"] = t.detach()
             for pid, st in opt.state_dict()["state"].items():
                 for key, t in st.items():
-                    tensors[f"opt.{j}.{pid}.{key}"] = torch.as_tensor(t).detach().cpu().contiguous()
-            tensors[f"dead.{j}.last_fired"] = self.dead[j].last_fired.contiguous()
-            tensors[f"dead.{j}.quiet_batches"] = self.dead[j].quiet_batches.contiguous()
+                    tensors[f"opt.{j}.{pid}.{key}"] = torch.as_tensor(t).detach()
+            tensors[f"dead.{j}.last_fired"] = self.dead[j].last_fired
+            tensors[f"dead.{j}.quiet_batches"] = self.dead[j].quiet_batches
         if self.reader_pending is not None:
-            tensors["reader.pending"] = self.reader_pending.contiguous()
+            tensors["reader.pending"] = self.reader_pending
         scalars = {k: v for k, v in asdict(self).items() if k not in ("dead", "reader_pending")}
         meta = {"gradsae_train_state": json.dumps(scalars), "version": str(STATE_VERSION)}
-        return atomic_write_bytes(path, save(tensors, metadata=meta))
+        return write_safetensors(path, tensors, metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path, saes: list, opts: list) -> "TrainState":
