@@ -33,7 +33,9 @@ from _common import write_out
 METRICS = {  # name -> (path in eval.json's eval_result_metrics, lower is better)
     "NMSE": (("reconstruction_quality", "nmse"), True),
     "L_added": (("model_performance_preservation", "l_added"), True),
+    "ce_loss_score": (("model_performance_preservation", "ce_loss_score"), False),
     "KL": (("model_behavior_preservation", "kl_div_with_sae"), True),
+    "kl_div_score": (("model_behavior_preservation", "kl_div_score"), False),
     "dead (held-out)": (("misc", "dead_frac"), True),
     "dead (5 batches, train)": (("misc", "dead_frac_train_5batches"), True),
     "median density": (("sparsity", "density_median"), None),
@@ -115,12 +117,38 @@ def main() -> None:
     report(evals, args)
 
 
+def with_saebench_scores(ev: dict, ref: dict | None) -> dict:
+    """``ev`` with SAEBench's ``ce_loss_score`` and ``kl_div_score`` for every selection that lacks them, from the
+    SAE-independent zero-ablation reference (``gsae_study.py reference``) when it was measured on the same
+    sequences (the clean CE agrees to 1e-5); left out otherwise."""
+    from gradsae.training.evals import saebench_score
+
+    if ref is None:
+        return ev
+    sections = [ev.get("eval_result_metrics", {}), *ev.get("eval_result_metrics_by_selection", {}).values()]
+    for m in sections:
+        perf, beh = m.get("model_performance_preservation"), m.get("model_behavior_preservation")
+        if not perf or not beh or "ce_loss_score" in perf:
+            continue
+        if abs(perf["ce_loss_without_sae"] - ref["ce_loss_without_sae"]) > 1e-5 * ref["ce_loss_without_sae"]:
+            continue  # other sequences: the reference does not apply
+        ce_z, kl_z = ref["ce_loss_with_ablation"], ref["kl_div_with_ablation"]
+        perf["ce_loss_score"] = saebench_score(ce_z - perf["ce_loss_with_sae"], ce_z - perf["ce_loss_without_sae"])
+        beh["kl_div_score"] = saebench_score(kl_z - beh["kl_div_with_sae"], kl_z)
+    return ev
+
+
 def load_results(folder: Path) -> list[tuple[dict, dict, str]]:
-    """(eval.json, SAE metadata, name) of every result file in ``folder`` (not its subfolders)."""
+    """(eval.json, SAE metadata, name) of every result file in ``folder`` (not its subfolders), with SAEBench's
+    scores derived where the file predates them (``reference/zero-ablation-L*.json`` beside the files)."""
     out = []
+    refs = {
+        int(p.stem.split("-L")[-1]): json.loads(p.read_text()) for p in folder.glob("reference/zero-ablation-L*.json")
+    }
     for p in sorted(folder.glob("*.json")):
         rec = json.loads(p.read_text())
-        out.append((rec["eval"], {"seed": rec["seed"], "model_tokens": rec["training_tokens"]}, p.name))
+        ev = with_saebench_scores(rec["eval"], refs.get(rec.get("layer")))
+        out.append((ev, {"seed": rec["seed"], "model_tokens": rec["training_tokens"]}, p.name))
     if not out:
         raise SystemExit(f"no result files in {folder}")
     return out

@@ -8,6 +8,7 @@ leaves small result files under ``docs/results/gsae/``; those committed files ar
     python benchmarks/gsae_study.py status                 # what is committed, what is missing, in what order
     python benchmarks/gsae_study.py run lr --runs DIR      # one chunk: train, held-out eval, result files
     python benchmarks/gsae_study.py run g0-topk --runs DIR --dry-run   # print the commands only
+    python benchmarks/gsae_study.py reference --runs DIR   # zero-ablation CE / KL (for SAEBench scores)
 
 A chunk resumes: ``gradsae train`` continues from its checkpoint in ``DIR`` and an SAE whose result file is
 already written is not evaluated again. Held-out text is wiki-04 of the Wikipedia corpus (never trained on):
@@ -19,6 +20,11 @@ Chunks (the settings every arm shares are in ``COMMON``):
     g<s>-gsae   g-SAE × k 3, 5, 10, 32, 64, seed s           (one model pass + backward)
     e<s>        E2E k 32, seed s
 Arms of one seed see the same tokens in the same order (the seed fixes the data order).
+
+``reference`` (~2 minutes) writes ``reference/zero-ablation-L14.json``: the model's CE and KL on the held-out sequences
+with the layer's residual zeroed (the positions the SAEs are spliced at), which do not depend on the SAE. The report
+derives SAEBench's ``ce_loss_score`` and ``kl_div_score`` from it for result files evaluated before ``gradsae eval``
+reported them.
 """
 
 from __future__ import annotations
@@ -160,6 +166,7 @@ def status() -> None:
             )
         )
         print(f"  {c.name:<9} {state:<14} {c.what}  ({c.minutes})")
+    print(f"  reference {'done' if REFERENCE.exists() else 'missing':<14} zero-ablation CE / KL for SAEBench's scores")
     nxt = next((c.name for c in chunks(lr) if missing(c)), None)
     print(f"next: python benchmarks/gsae_study.py run {nxt} --runs DIR" if nxt else "every chunk is done")
 
@@ -281,6 +288,44 @@ def run_chunk(name: str, runs: Path, dry_run: bool, threads: int) -> None:
         print(f"wrote {dest}")
 
 
+REFERENCE = RESULTS / "reference" / f"zero-ablation-L{LAYER}.json"
+REFERENCE_SAE = "smollm2/topk-k32/L14"  # any SAE of the layer: the numbers kept do not depend on it
+
+
+def write_reference(runs: Path, threads: int) -> None:
+    """The SAE-independent part of SAEBench's scores on the study's held-out sequences, from ``gradsae eval`` of
+    one SAE of the layer with the study's eval settings (the same sequences and positions as every result)."""
+    from gradsae.training.evals import EvalConfig, run as run_eval
+
+    heldout = runs / f"heldout-wiki04-L{LAYER}"
+    if not heldout.is_dir():
+        sys.exit(f"gsae_study: no held-out cache in {heldout}: run any chunk first (it makes the cache)")
+    cfg = EvalConfig(
+        sae=REFERENCE_SAE, cache=str(heldout), holdout_shards=HELDOUT_SHARDS, out=str(runs / "evals" / "reference"),
+        threads=threads, steer_latents=0,
+    )  # fmt: skip
+    m = run_eval(cfg)["eval_result_metrics"]
+    perf, beh = m["model_performance_preservation"], m["model_behavior_preservation"]
+    rec = {
+        "what": "next-token CE and KL(clean || ablated) on the held-out sequences with the residual stream after block "
+        f"{LAYER} zeroed at the positions the study's SAEs are spliced at; independent of the SAE ({REFERENCE_SAE} "
+        "was spliced for the eval that measured it)",
+        "layer": LAYER,
+        "heldout": "wiki-04, first 2 cache shards of 128-token rows",
+        "n_seqs": m["misc"]["n_seqs_model_metrics"],
+        "ce_loss_without_sae": perf["ce_loss_without_sae"],
+        "ce_loss_with_ablation": perf["ce_loss_with_ablation"],
+        "kl_div_with_ablation": beh["kl_div_with_ablation"],
+        "commit": _git_commit(),
+        "command": "python benchmarks/gsae_study.py reference --runs DIR",
+    }
+    REFERENCE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = REFERENCE.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rec, indent=1, allow_nan=False) + "\n")
+    tmp.replace(REFERENCE)
+    print(f"wrote {REFERENCE}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -290,9 +335,14 @@ def main() -> None:
     r.add_argument("--runs", required=True, help="folder for the runs (outside the checkout; kept for resume)")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--dry-run", action="store_true", help="print the commands only")
+    ref = sub.add_parser("reference", help="zero-ablation CE / KL of the held-out text (for SAEBench's scores)")
+    ref.add_argument("--runs", required=True, help="the runs folder whose held-out cache the chunks made")
+    ref.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.cmd == "status":
         status()
+    elif args.cmd == "reference":
+        write_reference(Path(args.runs).resolve(), args.threads)
     else:
         run_chunk(args.chunk, Path(args.runs).resolve(), args.dry_run, args.threads)
 

@@ -84,6 +84,28 @@ def test_the_comparison_report_rebuilds_from_result_files_alone(tmp_path):
     assert json.loads((tmp_path / "out" / "cmp.json").read_text())["verdicts"] == res["verdicts"]
 
 
+def test_saebench_scores_are_derived_from_the_zero_ablation_reference_only_on_the_same_sequences():
+    from bench_sae_comparison import with_saebench_scores
+
+    ref = {"ce_loss_without_sae": 3.0, "ce_loss_with_ablation": 7.0, "kl_div_with_ablation": 4.0}
+
+    def ev(clean):
+        return {
+            "eval_result_metrics": {
+                "model_performance_preservation": {"ce_loss_without_sae": clean, "ce_loss_with_sae": 3.4},
+                "model_behavior_preservation": {"kl_div_with_sae": 0.5},
+            },
+            "eval_result_metrics_by_selection": {},
+        }
+
+    m = with_saebench_scores(ev(3.0), ref)["eval_result_metrics"]
+    assert m["model_performance_preservation"]["ce_loss_score"] == pytest.approx((7.0 - 3.4) / (7.0 - 3.0))
+    assert m["model_behavior_preservation"]["kl_div_score"] == pytest.approx((4.0 - 0.5) / 4.0)
+    other = with_saebench_scores(ev(3.1), ref)["eval_result_metrics"]  # measured on other sequences
+    assert "ce_loss_score" not in other["model_performance_preservation"]
+    assert with_saebench_scores(ev(3.0), None) == ev(3.0)
+
+
 def test_the_study_picks_its_learning_rate_and_lists_its_chunks(tmp_path, monkeypatch, capsys):
     import json
 

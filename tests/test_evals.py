@@ -216,3 +216,42 @@ def test_distributions_count_every_latent_once():
     assert d["dead"] == 2 and sum(d["density_log10_counts"]) == 4  # 1e-8 is clipped into the first bin
     assert d["density_log10_counts"][0] == 1 and d["density_log10_counts"][-1] == 1
     assert sum(d["max_cos_counts"]) == 6 and d["max_cos_counts"][0] == 1 and d["max_cos_counts"][-1] == 2
+
+
+def test_saebench_scores_are_one_for_an_exact_sae_and_zero_ablation_zeroes_the_site(tiny_setup):
+    """ce_loss_score / kl_div_score (SAEBench): an SAE that reconstructs x exactly keeps everything zero ablation
+    loses (both scores 1); the zero-ablation splice equals zeroing the block output by hand."""
+    from gradsae import SAE, SAEConfig, Splice
+    from gradsae.training.evals import ZeroAblation, model_metrics, saebench_score
+
+    model, _, cache, _ = tiny_setup
+    D = 64
+    cfg = SAEConfig(d_in=D, d_sae=2 * D, architecture="topk", k=2 * D, hook_name="blocks.1.hook_resid_post")
+    exact = SAE.init_random(cfg)
+    eye = torch.eye(D)
+    with torch.no_grad():  # relu(x) - relu(-x) = x
+        exact.W_enc.copy_(torch.cat([eye, -eye], 1))
+        exact.W_dec.copy_(torch.cat([eye, -eye], 0))
+        exact.b_enc.zero_(), exact.b_dec.zero_()
+    ids = torch.from_numpy(np.array(cache.tokens(0))).long()
+    m = model_metrics(model, exact.eval(), ids, None, 1, 4)
+    perf, beh = m["model_performance_preservation"], m["model_behavior_preservation"]
+    assert perf["ce_loss_score"] == pytest.approx(1.0, abs=1e-4) and beh["kl_div_score"] == pytest.approx(1.0, abs=1e-4)
+    assert perf["ce_loss_with_ablation"] != perf["ce_loss_without_sae"] and beh["kl_div_with_ablation"] > 0
+
+    def zero_block_output(module, args, out):
+        h, rest = split_output(out)
+        h = h.clone()
+        h[:, 1:] = 0
+        return join_output(h, rest)
+
+    handle = block(model, 1).register_forward_hook(zero_block_output)
+    try:
+        with torch.no_grad():
+            by_hand = model(input_ids=ids).logits
+    finally:
+        handle.remove()
+    with torch.no_grad(), Splice(model, ZeroAblation(random_sae(layer=1)), error="none", keep_first=1):
+        spliced = model(input_ids=ids).logits
+    torch.testing.assert_close(spliced, by_hand)
+    assert saebench_score(1.0, 0.0) is None

@@ -13,7 +13,10 @@ generation uses):
 - ``ce_loss_without_sae`` / ``ce_loss_with_sae``: mean next-token CE of the sequences, clean and with the SAE
   spliced (error term dropped) at every position except the first ``drop_first`` (the attention sink,
   which the SAE was not trained on); ``l_added`` = (CE_sae − CE_clean) / CE_clean; ``kl_div_with_sae`` =
-  mean KL(p_clean ‖ p_sae) over predicted positions.
+  mean KL(p_clean ‖ p_sae) over predicted positions. SAEBench's names beside them: ``ce_loss_with_ablation`` /
+  ``kl_div_with_ablation`` with the site zeroed at the same positions, ``ce_loss_score`` = (CE_ablation − CE_sae)
+  / (CE_ablation − CE_clean), ``kl_div_score`` = (KL_ablation − KL_sae) / KL_ablation (1 = the SAE keeps
+  everything zero ablation loses).
 - dead latents by two rules: ``dead_frac``, latents that never fire on the held-out tokens (``n_tokens`` of
   them); ``dead_frac_5batches``, the g-SAE paper's rule, latents that fire in none of the last 5 batches of
   ``--dead-batch-tokens`` held-out tokens. The values recorded at the end of training (``gradsae train``
@@ -162,6 +165,16 @@ class GradAwareSAE(torch.nn.Module):
         return self.inner.decode(h)
 
 
+class ZeroAblation(GradAwareSAE):
+    """The site's activation replaced by zeros (SAEBench's reference for ``ce_loss_score``), as a Splice module."""
+
+    def encode(self, x: torch.Tensor, grad_x: torch.Tensor | None = None) -> torch.Tensor:
+        return x.new_zeros(*x.shape[:-1], 1)
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        return h.new_zeros(*h.shape[:-1], self.inner.W_dec.shape[-1])
+
+
 def _encode_batches(sae: SAE, x: torch.Tensor, g: torch.Tensor | None, bs: int = 4096):
     """Yield (x_batch [n, D] float, x_hat [n, D], code) over x [N, D]."""
     from .grid import decode_sparse
@@ -232,12 +245,13 @@ def eval_rows(cfg: EvalConfig, model, sae: SAE, T: int, n_seq: int) -> int:
 def model_metrics(
     model, sae: SAE, ids: torch.Tensor, grads: torch.Tensor | None, drop_first: int, batch_size: int
 ) -> dict:
-    """CE clean vs spliced, L_added, KL. ids [S, T]; grads [S, T, D] dL/dx for gradient selection or None."""
+    """CE clean vs spliced, L_added, KL, and SAEBench's scores against zero ablation of the site (the same
+    positions spliced). ids [S, T]; grads [S, T, D] dL/dx for gradient selection or None."""
     from ..splice import Splice
 
     enc = GradAwareSAE(sae)
     dev = next(model.parameters()).device
-    ce_c, ce_s, kls = [], [], []
+    ce_c, ce_s, kls, ce_z, kl_z = [], [], [], [], []
     for a in range(0, ids.shape[0], batch_size):
         b = ids[a : a + batch_size].to(dev)
         attn = torch.ones_like(b)
@@ -246,17 +260,33 @@ def model_metrics(
             enc.grad_x = None if grads is None else grads[a : a + batch_size].to(dev)
             with Splice(model, enc, error="none", keep_first=drop_first):
                 spliced = model(input_ids=b, attention_mask=attn).logits
+            with Splice(model, ZeroAblation(sae), error="none", keep_first=drop_first):
+                zeroed = model(input_ids=b, attention_mask=attn).logits
         c, s, k = next_token_ce_kl(clean, spliced, b, drop_first)
-        ce_c.append(c.cpu()), ce_s.append(s.cpu()), kls.append(k.cpu())
+        _, z, kz = next_token_ce_kl(clean, zeroed, b, drop_first)
+        ce_c.append(c.cpu()), ce_s.append(s.cpu()), kls.append(k.cpu()), ce_z.append(z.cpu()), kl_z.append(kz.cpu())
     ce_c, ce_s, kl = torch.cat(ce_c).mean(), torch.cat(ce_s).mean(), torch.cat(kls).mean()
+    ce_z, kl_z = torch.cat(ce_z).mean(), torch.cat(kl_z).mean()
     return {
         "model_performance_preservation": {
             "ce_loss_without_sae": float(ce_c),
             "ce_loss_with_sae": float(ce_s),
+            "ce_loss_with_ablation": float(ce_z),
+            "ce_loss_score": saebench_score(float(ce_z) - float(ce_s), float(ce_z) - float(ce_c)),
             "l_added": float((ce_s - ce_c) / ce_c),
         },
-        "model_behavior_preservation": {"kl_div_with_sae": float(kl)},
+        "model_behavior_preservation": {
+            "kl_div_with_sae": float(kl),
+            "kl_div_with_ablation": float(kl_z),
+            "kl_div_score": saebench_score(float(kl_z) - float(kl), float(kl_z)),
+        },
     }
+
+
+def saebench_score(gained: float, possible: float) -> float | None:
+    """SAEBench's ``ce_loss_score`` / ``kl_div_score``: the fraction of what zero ablation loses that the SAE
+    keeps, (ablated - with SAE) / (ablated - clean); None where ablating the site changes nothing."""
+    return gained / possible if possible != 0 else None
 
 
 def steering_effect(model, sae: SAE, ids: torch.Tensor, alive: torch.Tensor, cfg: EvalConfig, drop_first: int) -> dict:
