@@ -143,6 +143,16 @@ def test_bad_input_and_an_xss_prompt(page):
     page.fill("#alphas", "1, two")
     page.click("#sweep")
     expect(page.locator("#error")).to_contain_text("is not a number")
+
+    # a latent named by number: selected, or refused in one line when it is not one of this SAE's
+    page.click("#clear-selection")
+    expect(page.locator("#selected")).to_have_text("none")
+    page.fill("#latent-no", "77")
+    page.click("#select-latent")
+    expect(page.locator("#selected")).to_have_text("77")
+    page.fill("#latent-no", "4096")
+    page.click("#card-latent")
+    expect(page.locator("#error")).to_contain_text("unknown latent 4096: this SAE's latents are 0 to 4095")
     # the empty prompt was refused by the server (HTTP 400, which the browser logs); nothing else went wrong
     assert [p for p in page.problems if "status of 400" not in p] == [], page.problems
 

@@ -157,6 +157,14 @@
     renderAll();
   }
 
+  function namedLatent() {
+    var raw = $("latent-no").value.trim(), c = Number(raw);
+    var sae = info.saes.filter(function (x) { return x.name === $("sae").value; })[0];
+    if (raw === "" || !Number.isInteger(c)) throw new Error("latent " + JSON.stringify(raw) + " is not a whole number: give e.g. 1030");
+    if (c < 0 || c >= sae.d_sae) throw new Error("unknown latent " + c + ": this SAE's latents are 0 to " + (sae.d_sae - 1));
+    return c;
+  }
+
   // ---- check a number -------------------------------------------------------------------------------
   function renderCheck() {
     var t = clear($("check-table")), v = state.check;
@@ -348,6 +356,9 @@
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); guarded(doRank); }
   });
   $("colour-by").addEventListener("change", colourTokens);
+  $("select-latent").addEventListener("click", function () { guarded(async function () { showError(""); toggle(namedLatent(), true); }); });
+  $("card-latent").addEventListener("click", function () { guarded(function () { return openCard(namedLatent()); }); });
+  $("clear-selection").addEventListener("click", function () { state.selected = []; toggle(-1, false); });
   $("check").addEventListener("click", function () { guarded(doCheck); });
   $("intervene").addEventListener("click", function () { guarded(doIntervene); });
   $("sweep").addEventListener("click", function () { guarded(doSweep); });
