@@ -19,7 +19,10 @@ Chunks (the settings every arm shares are in ``COMMON``):
     g<s>-topk   TopK × k 3, 5, 10, 32, 64, seed s            (one model pass, no backward)
     g<s>-gsae   g-SAE × k 3, 5, 10, 32, 64, seed s           (one model pass + backward)
     e<s>        E2E k 32, seed s
-Arms of one seed see the same tokens in the same order (the seed fixes the data order).
+    f<s>        seed s's TopK k 32 fine-tuned on FINE_TUNE_TOKENS more: KL + MSE (balanced, Karvonen 2025) and, as its
+                matching control, MSE only (needs g<s>-topk's SAE in DIR)
+Arms of one seed see the same tokens in the same order (the seed fixes the data order); the two fine-tunes of
+f<s> see the same tokens too (the first FINE_TUNE_TOKENS of seed s's order, which the TopK SAE was trained on).
 
 ``reference`` (~2 minutes) writes ``reference/zero-ablation-L14.json``: the model's CE and KL on the held-out sequences
 with the layer's residual zeroed (the positions the SAEs are spliced at), which do not depend on the SAE. The report
@@ -47,6 +50,7 @@ SEEDS = (0, 1, 2)
 TOKENS = 1_000_000
 LR_SWEEP = (5e-4, 1e-3, 2e-3, 4e-3)
 LR_SWEEP_TOKENS = 500_000
+FINE_TUNE_TOKENS = 100_000  # 10% of TOKENS
 COMMON = ["--layers", str(LAYER), "--d-sae", str(D_SAE), "--checkpoint-every", "64"]
 HELDOUT_SHARDS = 2
 
@@ -143,6 +147,20 @@ def chunks(lr: float | None) -> list[Chunk]:
                 "~90 min alone (start it first, keep the machine free) + 1 eval",
             )
         )
+        ft = ["--k", "32", "--init-from", f"{{runs}}/g{s}-topk/topk_k32", "--seeds", str(s), "--seed", str(s)]
+        ft += ["--max-tokens", str(FINE_TUNE_TOKENS)] + lr_args
+        out.append(
+            Chunk(
+                f"f{s}",
+                f"TopK k 32 (seed {s}) + {FINE_TUNE_TOKENS // 1000}k tokens: KL + MSE vs MSE only",
+                [
+                    (f"f{s}-klmse", ["--architectures", "e2e", "--e2e-balance", "--e2e-recon-coef", "1"] + ft),
+                    (f"f{s}-mse", ["--architectures", "topk"] + ft),
+                ],
+                [(f"klmse-k32-s{s}.json", f"f{s}-klmse/e2e_k32"), (f"mseft-k32-s{s}.json", f"f{s}-mse/topk_k32")],
+                "~9 min KL + MSE alone, ~1 min MSE, + 2 evals",
+            )
+        )
     return out
 
 
@@ -198,6 +216,7 @@ def result_record(ev: dict, meta: dict, command: list[str], commit: str) -> dict
         "layer": LAYER,
         "d_sae": ev["sae_cfg"]["d_sae"],
         "training_tokens": meta.get("model_tokens"),
+        "fine_tune_of": meta.get("train_config", {}).get("init_from") or None,
         "lr": meta.get("train_config", {}).get("lr"),
         "commit": commit,
         "train_command": command,
@@ -232,6 +251,10 @@ def run_chunk(name: str, runs: Path, dry_run: bool, threads: int) -> None:
     ]
     train_cmds = {}
     for sub, extra in c.runs:
+        extra = [a.replace("{runs}", str(runs)) for a in extra]
+        for a in extra:
+            if str(runs) in a and not dry_run and not Path(a).is_dir():
+                sys.exit(f"gsae_study: chunk {name} starts from {a}, which is not there: run its TopK chunk first")
         cmd = gradsae + [
             "train",
             "--data",

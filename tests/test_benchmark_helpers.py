@@ -120,7 +120,12 @@ def test_the_study_picks_its_learning_rate_and_lists_its_chunks(tmp_path, monkey
         (tmp_path / "lr-sweep" / f"topk-k32-lr{st.lr_name(lr)}.json").write_text(json.dumps(rec))
     assert st.study_lr() == 2e-3
     names = [c.name for c in st.chunks(st.study_lr())]
-    assert names[:4] == ["lr", "g0-topk", "g0-gsae", "e0"] and len(names) == 10
+    assert names[:5] == ["lr", "g0-topk", "g0-gsae", "e0", "f0"] and len(names) == 13
+    f0 = next(c for c in st.chunks(2e-3) if c.name == "f0")
+    assert [f for f, _ in f0.results] == ["klmse-k32-s0.json", "mseft-k32-s0.json"]
+    klmse, mse = (dict(zip(args, args[1:])) for _, args in f0.runs)  # the two arms differ only in their loss
+    assert klmse["--init-from"] == mse["--init-from"] == "{runs}/g0-topk/topk_k32"
+    assert klmse["--max-tokens"] == mse["--max-tokens"] == str(st.FINE_TUNE_TOKENS) and "--e2e-balance" in f0.runs[0][1]
     g0 = next(c for c in st.chunks(2e-3) if c.name == "g0-gsae")
     assert [f for f, _ in g0.results] == [f"gsae-k{k}-s0.json" for k in st.KS]
     assert ["--lr", "2e-3"] == g0.runs[0][1][-2:]

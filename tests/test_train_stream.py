@@ -520,3 +520,58 @@ def test_init_from_refuses_a_dense_sae(saved_models, tmp_path):
                 init_from=str(tmp_path / "s"),
             )
         )
+
+
+def test_kl_mse_fine_tune_fixes_its_weight_at_the_first_step_and_resumes_bit_identically(saved_models, tmp_path):
+    """--e2e-balance (Karvonen 2025's KL + MSE fine-tune): the reconstruction weight is set once, from the first
+    step's KL and NMSE (means over ranks), kept in the checkpoint, and a cut run resumes to the same weights."""
+    from types import SimpleNamespace
+
+    from gradsae.saes.sae import SAE, SAEConfig
+    from gradsae.training.state import TrainState
+    from gradsae.training.train import _balance
+
+    state = TrainState()
+    w = _balance(SimpleNamespace(e2e_recon_coef=2.0), state, 1, 3)
+    assert w(torch.tensor(0.6), torch.tensor(0.2)) == pytest.approx(6.0)  # 2 x KL / NMSE
+    assert w(torch.tensor(5.0), torch.tensor(1.0)) == pytest.approx(6.0)  # fixed after the first step
+    assert state.e2e_coef == [0.0, pytest.approx(6.0), 0.0]
+
+    models, corpus = saved_models
+    start = SAE.init_random(
+        SAEConfig(d_in=64, d_sae=32, architecture="topk", k=4, hook_name="blocks.1.hook_resid_post")
+    )
+    start.save(tmp_path / "start")
+    kw = dict(
+        architectures=["e2e"],
+        layers=[1],
+        max_tokens=4 * 16 * 12,
+        init_from=str(tmp_path / "start"),
+        checkpoint_every=2,
+        e2e_balance=True,
+        e2e_recon_coef=1.0,
+    )
+    ref = run(_cfg(models["llama"], corpus, tmp_path / "ref", **kw))
+    run(_cfg(models["llama"], corpus, tmp_path / "cut", max_steps=5, **kw))
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "cut" / "checkpoint.safetensors"), framework="pt") as f:
+        saved = json.loads(f.metadata()["gradsae_train_state"])["e2e_coef"]
+    run(_cfg(models["llama"], corpus, tmp_path / "cut", **kw))
+    _assert_identical(ref, tmp_path / "cut")
+    assert len(saved) == 1 and saved[0] > 0
+    plain = run(_cfg(models["llama"], corpus, tmp_path / "plain", **{**kw, "e2e_balance": False}))
+    assert not torch.equal(load_sae(plain / "e2e_k4").W_dec, load_sae(ref / "e2e_k4").W_dec)
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(e2e_balance=True, architectures=["e2e"]), "needs --e2e-recon-coef > 0"),
+        (dict(e2e_balance=True, e2e_recon_coef=1.0), "add e2e to --architectures"),
+    ],
+)
+def test_e2e_balance_refuses_what_it_cannot_weigh(saved_models, tmp_path, kw, message):
+    models, corpus = saved_models
+    with pytest.raises(GradsaeError, match=message):
+        _cfg(models["llama"], corpus, tmp_path / "o", **kw)

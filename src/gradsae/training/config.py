@@ -66,6 +66,11 @@ class TrainConfig(ModelOptions):
     d_sae: list[int] = opt([4096], "latents C; several values train several SAEs", low=1)
     seeds: list[int] = opt([0], "initialisation seeds; several values train several SAEs")
     e2e_recon_coef: float = opt(0.0, "E2E: weight of a normalised reconstruction term added to the KL loss", low=0)
+    e2e_balance: bool = opt(
+        False,
+        "E2E: fix the reconstruction term's weight at the first step so that the term is --e2e-recon-coef times the "
+        "KL term then (KL + MSE fine-tune, Karvonen 2025: with --init-from a TopK SAE and --e2e-recon-coef 1)",
+    )
     context_length: int = opt(128, "tokens per row T (rows are packed from the corpus)")
     prepend_bos: bool = opt(True, "start every row with the BOS token")
     drop_first: int = opt(1, "first positions of each row the SAEs do not train on (attention sink)")
@@ -168,6 +173,14 @@ def check_config(cfg: TrainConfig) -> None:
     bad(not 0 <= cfg.grad_ema < 1, f"--grad-ema {cfg.grad_ema} must be in [0, 1)")
     bad(not (cfg.auxk_coef >= 0 and cfg.e2e_recon_coef >= 0), "--auxk-coef and --e2e-recon-coef must be >= 0")
     bad(
+        cfg.e2e_balance and cfg.e2e_recon_coef <= 0,
+        "--e2e-balance needs --e2e-recon-coef > 0: the ratio of the reconstruction term to the KL term, e.g. 1",
+    )
+    bad(
+        cfg.e2e_balance and "e2e" not in cfg.architectures,
+        "--e2e-balance weighs the E2E loss's terms: add e2e to --architectures",
+    )
+    bad(
         cfg.drop_first >= cfg.context_length - 1,
         f"--drop-first {cfg.drop_first} leaves no tokens of a {cfg.context_length}-token row: lower it",
     )
@@ -208,6 +221,8 @@ def fingerprint(cfg: TrainConfig) -> dict:
     fp = json.loads(dumps({k: v for k, v in asdict(cfg).items() if k not in _RESUME_FREE}))
     if fp.get("site") == "hook_resid_post":  # runs from before --site existed resume as they were
         del fp["site"]
+    if fp.get("e2e_balance") is False:  # ... and from before --e2e-balance
+        del fp["e2e_balance"]
     if cfg.init_from:  # the starting SAE's content, not only its path: a changed file is another run
         fp["init_from_sha256"] = init_sae(cfg.init_from)[1]
     if not cfg.cache:  # the corpus's content, not only its path (a cache checks its own)

@@ -7,7 +7,11 @@ model's next-token distributions with the original activation and with the recon
     L = mean over positions of KL(p(· | x) ‖ p(· | x̂))  +  recon_coef · ‖x − x̂‖² / ‖x‖²
 
 (the second term is optional, ``--e2e-recon-coef``; Braun et al.'s "e2e+ds" adds downstream
-reconstruction terms instead, which we do not). The gradient reaches the SAE through every block above
+reconstruction terms instead, which we do not). ``--e2e-balance`` sets the weight once, at the first step, so that
+the reconstruction term is ``--e2e-recon-coef`` times the KL term then (the KL + MSE fine-tune of Karvonen 2025,
+"A short finetune is all you need", started from a trained TopK SAE with ``--init-from``).
+
+The gradient reaches the SAE through every block above
 its layer; the blocks below are not run again (``splice.skip_trunk`` returns the given activation).
 Positions before ``drop_first`` keep the model's own activation, as at evaluation.
 """
@@ -58,10 +62,12 @@ def e2e_loss(
     auxk_k: int,
     dtype: str = "float32",
     mean_fn=None,
+    balance=None,
 ) -> tuple[torch.Tensor, StepStats]:
     """The E2E loss of ``sae`` on the rows ids [B, T] whose block-``layer`` activation is Z [B, T, D].
 
-    ``norm`` is the layer's scalar s (the SAE works on s·x); ``logp_clean`` from ``clean_logprobs``."""
+    ``norm`` is the layer's scalar s (the SAE works on s·x); ``logp_clean`` from ``clean_logprobs``.
+    ``balance(kl, nmse) -> weight``, if given, replaces ``recon_coef`` (the caller fixes it at its first step)."""
     B, T, D = Z.shape
     x = Z[:, drop_first:].reshape(-1, D) * norm  # [N, D] normalised
     z, code, _ = encode_train(sae, spec, x, None, 1.0)
@@ -73,6 +79,8 @@ def e2e_loss(
     err = x - x_hat
     mse = err.pow(2).sum(-1).mean()
     x2 = x.pow(2).sum(-1).mean().detach()
+    if balance is not None:
+        recon_coef = balance(kl.detach(), (mse / x2).detach())
     loss = kl + (recon_coef * mse / x2 if recon_coef > 0 else 0.0)
     aux = x.new_zeros(())
     if auxk_coef > 0 and bool(dead.any()):

@@ -21,6 +21,7 @@ from ..io import write_safetensors
 STATE_VERSION = 1
 
 # the JSON part of a checkpoint (TrainState's scalars)
+STATE_OPTIONAL = {"e2e_coef": [schema.NUM]}  # keys a later gradsae added: absent from older checkpoints
 STATE_SCHEMA = schema.Required(
     {
         "step": schema.INT,
@@ -88,6 +89,8 @@ class TrainState:
     """Corpus position (epoch, documents consumed); its pending tokens are the tensor ``reader_pending``."""
     reader_pending: torch.Tensor | None = None
     dead: list[DeadLatents] = field(default_factory=list)
+    e2e_coef: list[float] = field(default_factory=list)
+    """Per SAE: the reconstruction weight ``--e2e-balance`` fixed at the first step (empty until then)."""
     config: dict = field(default_factory=dict)
     """The fingerprint of the run's config (a resume with another config is refused)."""
 
@@ -128,6 +131,7 @@ class TrainState:
         except (json.JSONDecodeError, RecursionError):
             raise GradsaeError(f"{path} has damaged metadata: delete it to start over") from None
         schema.check(scalars, STATE_SCHEMA, str(path))
+        schema.check(scalars, STATE_OPTIONAL, str(path))
         n = len(saes)
         if len(scalars["grad_rms"]) != n or len(scalars["grad_ema_n"]) != n or f"dead.{n - 1}.last_fired" not in t:
             raise GradsaeError(f"{path} holds a different grid of SAEs: use another --out or delete that folder")
@@ -138,7 +142,8 @@ class TrainState:
                 f"{path} does not fit this run's SAEs ({type(e).__name__}): use another --out or delete that folder"
             ) from None
         dead = [DeadLatents(t[f"dead.{j}.last_fired"], t[f"dead.{j}.quiet_batches"]) for j in range(n)]
-        known = {k: v for k, v in scalars.items() if k in STATE_SCHEMA.fields}  # not keys a later gradsae added
+        fields = {**STATE_SCHEMA.fields, **STATE_OPTIONAL}
+        known = {k: v for k, v in scalars.items() if k in fields}  # not keys a later gradsae added
         return cls(**known, dead=dead, reader_pending=t.get("reader.pending"))
 
     @staticmethod

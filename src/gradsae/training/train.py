@@ -387,6 +387,21 @@ def _train(
     return out
 
 
+def _balance(cfg: TrainConfig, state: TrainState, j: int, n: int):
+    """``e2e_loss``'s ``balance`` for SAE j: at its first step the weight that makes the reconstruction term
+    ``--e2e-recon-coef`` times the KL term (means over every rank), kept in the state (a resume reuses it)."""
+
+    def weight(kl: torch.Tensor, nmse: torch.Tensor) -> float:
+        if len(state.e2e_coef) != n:
+            state.e2e_coef = [0.0] * n
+        if state.e2e_coef[j] == 0.0:
+            kl_, nmse_ = float(global_mean(kl)), float(global_mean(nmse))
+            state.e2e_coef[j] = cfg.e2e_recon_coef * kl_ / nmse_ if nmse_ > 0 else cfg.e2e_recon_coef
+        return state.e2e_coef[j]
+
+    return weight
+
+
 def _step(cfg: TrainConfig, saes, specs, opts, state: TrainState, data, model, total: int):
     """One optimisation step of every SAE on ``data`` (a ``stream.StepData``). -> (stats per SAE, lr)."""
     from .e2e import clean_logprobs, e2e_loss
@@ -417,6 +432,7 @@ def _step(cfg: TrainConfig, saes, specs, opts, state: TrainState, data, model, t
                 cfg.auxk_k,
                 cfg.dtype,
                 global_mean,
+                balance=_balance(cfg, state, j, len(saes)) if cfg.e2e_balance else None,
             )
         else:
             g = data.tokens[spec.layer].g if spec.needs_grad else None
