@@ -83,15 +83,20 @@ def test_every_view_in_a_real_browser(page, tmp_path):
     cells = page.locator("#check-table tr").nth(1).locator("td").all_text_contents()
     assert cells[0] == latent and cells[3] not in ("", "–")
 
-    # intervene: clamp the latent high at every position; the answer changes
-    page.select_option("#edit-kind", "clamp")
-    page.fill("#edit-value", "30")
+    # intervene: ablate the top latent at every position ("Paris." becomes another answer), then clamp it high
+    page.select_option("#edit-kind", "zero")
     page.select_option("#edit-where", "all")
     page.click("#intervene")
     page.wait_for_selector("#edited:not([hidden])")
     assert page.text_content("#default-answer") == answer
-    assert page.text_content("#edited-answer") != answer
+    ablated = page.text_content("#edited-answer")
+    assert ablated != answer, ablated
     assert "Edit(latents=" in page.text_content("#repro-edit-py")
+    page.select_option("#edit-kind", "clamp")
+    page.fill("#edit-value", "30")
+    page.click("#intervene")
+    expect(page.locator("#edited-answer")).not_to_have_text(ablated)
+    assert page.text_content("#edited-answer") != answer
 
     # an alpha sweep: the plot and one table row per alpha (+ header and default)
     page.select_option("#edit-kind", "add")
