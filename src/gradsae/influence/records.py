@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .rules import bottom_latents, ranking_order, resolve_k, top_latents
+from .rules import bottom_latents, rank_of, resolve_k, top_latents
 
 
 # Data
@@ -66,10 +66,7 @@ class Influence:
 
     def baseline_rank(self) -> torch.Tensor:
         """[C] 1-based rank of each latent under the Baseline ordering (ties by index)."""
-        order = ranking_order(self.baseline, descending=True)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(1, order.numel() + 1)
-        return rank
+        return rank_of(self.baseline)
 
     def to_json(self, top: int = 20, promoted: dict[int, list[str]] | None = None) -> dict:
         """A JSON-ready summary: top and bottom latents with score, activation and baseline rank, per-token

@@ -111,6 +111,14 @@ def ranking_order(scores: torch.Tensor, descending: bool) -> torch.Tensor:
     return torch.sort(key, stable=True).indices
 
 
+def rank_of(values: torch.Tensor) -> torch.Tensor:
+    """[C] 1-based rank of each value, largest first (ties by index, as ``ranking_order``)."""
+    order = ranking_order(values, descending=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(1, order.numel() + 1, device=order.device)
+    return rank
+
+
 def top_latents(scores: torch.Tensor, k: int) -> torch.Tensor:
     """The K highest-scoring latents among those with a positive score (paper eq. 4). [C] -> [≤K]."""
     order = ranking_order(scores, descending=True)

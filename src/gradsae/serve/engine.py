@@ -97,16 +97,6 @@ def rank_agreement(scores: torch.Tensor, baseline: torch.Tensor, k: int = 10) ->
     return {"spearman": rho, "latents": n, "k": k, "top_overlap": len(a & b)}
 
 
-def ranks(values: torch.Tensor) -> torch.Tensor:
-    """[C] 1-based rank of each value, largest first (ties by index)."""
-    from ..influence.rules import ranking_order
-
-    order = ranking_order(values, descending=True)
-    out = torch.empty_like(order)
-    out[order] = torch.arange(1, order.numel() + 1)
-    return out
-
-
 class Explorer:
     """One model, its tokenizer, the SAEs by name (and their dashboards, or None), generation settings."""
 
@@ -215,6 +205,7 @@ class Explorer:
         Baseline's top latents under GradSAE."""
         from ..explain import explain
         from ..influence import InfluenceOptions
+        from ..influence.rules import rank_of
 
         opts = (opts or InfluenceOptions()).influence_options()
         self.check_text(prompt, output or None)
@@ -238,7 +229,7 @@ class Explorer:
             stop=self.stop,
         )
         progress(1, 1, "backward")
-        g_rank, a_rank = ranks(inf.scores), ranks(inf.baseline)
+        g_rank, a_rank = rank_of(inf.scores), rank_of(inf.baseline)
         for key in ("top", "bottom", "baseline_top"):
             for r in view[key]:
                 r["gradsae_rank"] = int(g_rank[r["latent"]])

@@ -110,13 +110,6 @@ class Jobs:
                 job.state = "cancelled"
         return job
 
-    def wait(self, job: Job, timeout: float = 600.0) -> Job:
-        """Block until the job ends (tests and scripts)."""
-        end = time.monotonic() + timeout
-        while job.state in ("queued", "running") and time.monotonic() < end:
-            time.sleep(0.02)
-        return job
-
     def shutdown(self) -> None:
         for job in list(self._jobs.values()):
             job.cancel.set()
