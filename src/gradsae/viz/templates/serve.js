@@ -51,6 +51,7 @@
   async function poll(label, sub) {
     var t0 = performance.now();
     running = sub.job;
+    document.body.setAttribute("aria-busy", "true");
     $("cancel").hidden = false;
     try {
       for (;;) {
@@ -65,6 +66,9 @@
       }
     } finally {
       running = null;
+      // finished jobs so far (done, failed or cancelled): what a script driving the page waits on
+      document.body.dataset.jobs = String(Number(document.body.dataset.jobs || 0) + 1);
+      document.body.setAttribute("aria-busy", "false");
       $("cancel").hidden = true;
     }
   }
