@@ -176,6 +176,11 @@ def test_api_rank_check_intervene(server):
         ("/api/rank", {"prompt": PROMPT, "sae": "other"}, 400, "unknown SAE 'other'"),
         ("/api/rank", {"prompt": PROMPT, "sae": "tiny", "options": {"target": "loss"}}, 422, "options.target"),
         ("/api/rank", {"prompt": PROMPT, "sae": "tiny", "top": 0}, 422, "top"),
+        # the options body is drawn from InfluenceOptions: its ranges, plus the server's cap, and no unknown keys
+        ("/api/rank", {"prompt": PROMPT, "sae": "tiny", "options": {"ig_steps": 0}}, 422, "options.ig_steps"),
+        ("/api/rank", {"prompt": PROMPT, "sae": "tiny", "options": {"ig_steps": 1000}}, 422, "options.ig_steps"),
+        ("/api/rank", {"prompt": PROMPT, "sae": "tiny", "options": {"exact_latents": -1}}, 422, "exact_latents"),
+        ("/api/rank", {"prompt": PROMPT, "sae": "tiny", "options": {"colour": "red"}}, 422, "options.colour"),
         ("/api/rank", {"sae": "tiny"}, 422, "prompt: Field required"),
         ("/api/check", {"prompt": PROMPT, "sae": "tiny", "latents": [1]}, 400, "rank the prompt first"),
         ("/api/check", {"prompt": PROMPT, "output": "a", "sae": "tiny", "latents": [-1]}, 400, "unknown latent -1"),

@@ -33,11 +33,12 @@ class InfluenceOptions:
     error: str = opt(
         "none", "splice error term: none (paper: the model sees the reconstruction) or keep", choices=ERRORS
     )
-    ig_steps: int = opt(16, "integrated-gradient steps (--method ig)")
+    ig_steps: int = opt(16, "integrated-gradient steps (--method ig)", low=1)
     exact_latents: int = opt(
         0,
         "exact: ablate only the top-N by |grad|, top-N by activation and N random "
         "active latents (0 = every active latent)",
+        low=0,
     )
     seed: int = opt(0, "seed (random candidates for --method exact)")
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import GradsaeError
-from ..influence.rules import AGGREGATIONS, ERRORS, METHODS, POSITIONS, TARGETS
 from .engine import EDIT_KINDS, EDIT_WHERE, Edit, Explorer
 from .jobs import Jobs
 
@@ -30,20 +29,35 @@ MAX_SESSION_BYTES = 20 << 20
 MAX_PROMPT_CHARS = 100_000
 
 
+# the server's own limits on top of the options' declared ranges (cost per request)
+SERVER_CAPS = {"ig_steps": 256}
+
+
+def _options_model():
+    """``InfluenceOptions`` as a pydantic body, drawn from the dataclass's fields: the same names, defaults, choices
+    and ranges as the command line (plus ``SERVER_CAPS``), unknown keys refused."""
+    from pydantic import ConfigDict, Field, create_model
+
+    from ..influence import InfluenceOptions
+
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(InfluenceOptions):
+        meta = f.metadata
+        typ = Literal[tuple(meta["choices"])] if meta.get("choices") else type(f.default)
+        fields[f.name] = (
+            typ,
+            Field(
+                f.default, ge=meta.get("low"), le=SERVER_CAPS.get(f.name, meta.get("high")), description=meta["help"]
+            ),
+        )
+    return create_model("Options", __config__=ConfigDict(extra="forbid"), **fields)
+
+
 def _models():
     """The request bodies (pydantic, built on first use so that importing this module stays light)."""
     from pydantic import BaseModel, ConfigDict, Field
 
-    class Options(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        target: Literal[TARGETS] = "logprob"  # type: ignore[valid-type]
-        aggregation: Literal[AGGREGATIONS] = "relu-mean"  # type: ignore[valid-type]
-        positions: Literal[POSITIONS] = "all"  # type: ignore[valid-type]
-        method: Literal[METHODS] = "grad"  # type: ignore[valid-type]
-        error: Literal[ERRORS] = "none"  # type: ignore[valid-type]
-        ig_steps: int = Field(16, ge=1, le=256)
-        exact_latents: int = Field(0, ge=0)
-        seed: int = 0
+    Options = _options_model()
 
     class Text(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -142,6 +156,7 @@ def create_app(
     def info() -> dict:
         from ..model import model_name
 
+        option_fields = dataclasses.fields(InfluenceOptions)
         return {
             "model": model_name(explorer.model),
             "model_spec": explorer.model_spec,
@@ -155,15 +170,11 @@ def create_app(
                 for n, s in explorer.saes.items()
             ],
             "choices": {
-                "target": TARGETS,
-                "aggregation": AGGREGATIONS,
-                "positions": POSITIONS,
-                "method": METHODS,
-                "error": ERRORS,
+                **{f.name: f.metadata["choices"] for f in option_fields if f.metadata["choices"]},
                 "kind": EDIT_KINDS,
                 "where": EDIT_WHERE,
             },
-            "defaults": {f.name: f.default for f in dataclasses.fields(InfluenceOptions)},
+            "defaults": {f.name: f.default for f in option_fields},
             "max_new_tokens": explorer.max_new_tokens,
         }
 
