@@ -504,3 +504,25 @@ def test_a_shard_folder_refuses_another_shard(setup):
     run_stats(_cfg(StatsConfig, setup, "sh", shard="0/2"), model=setup["model"], tokenizer=setup["tok"])
     with pytest.raises(GradsaeError, match="shard"):
         run_stats(_cfg(StatsConfig, setup, "sh", shard="1/2"), model=setup["model"], tokenizer=setup["tok"])
+
+
+def test_the_power_figure_is_the_n_at_which_the_interval_would_exclude_zero():
+    import math
+    import statistics
+
+    from gradsae.stats import n_to_separate, t_interval
+
+    def sample(n, mean, sd):  # n values with exactly this mean and sample standard deviation
+        base = [(-1) ** i * (1 + (i % 3)) for i in range(n)]
+        m, s = statistics.mean(base), statistics.stdev(base)
+        return [mean + sd * (b - m) / s for b in base]
+
+    observed = sample(43, 8.7, 30.0)
+    need = n_to_separate(observed)
+    assert need is not None and need > 43
+    lo_at, _ = t_interval(sample(need, 8.7, 30.0))
+    lo_before, _ = t_interval(sample(need - 1, 8.7, 30.0))
+    assert lo_at > 0 >= lo_before
+    assert abs(need - (1.96 * 30 / 8.7) ** 2) < 5  # near the normal approximation, a little above it
+    assert n_to_separate([1.0, 1.0]) == 2 and n_to_separate([1.0, -1.0]) is None and n_to_separate([3.0]) is None
+    assert math.isclose(statistics.mean(observed), 8.7)

@@ -32,3 +32,25 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
         return m, m
     lo, hi = stats.t.interval(confidence, n - 1, loc=m, scale=sd / math.sqrt(n))
     return float(lo), float(hi)
+
+
+def n_to_separate(values: Sequence[float], confidence: float = 0.95) -> int | None:
+    """The smallest sample size at which the Student-t interval of the mean would exclude 0 if more values came
+    with the mean and standard deviation of ``values`` (a planning figure, not a test); None when the mean is 0
+    or fewer than two values give no spread."""
+    from scipy import stats
+
+    n = len(values)
+    if n < 2:
+        return None
+    m = sum(values) / n
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    if m == 0:
+        return None
+    if sd == 0:
+        return 2
+    q = (1 + confidence) / 2
+    size = max(2, math.floor((stats.norm.ppf(q) * sd / abs(m)) ** 2))  # the normal bound; t needs a little more
+    while stats.t.ppf(q, size - 1) * sd / math.sqrt(size) >= abs(m):
+        size += 1
+    return size

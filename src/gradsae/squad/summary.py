@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..influence import resolve_k
-from ..stats import t_interval, wilson_interval
+from ..stats import n_to_separate, t_interval, wilson_interval
 from .config import METHODS, SETS
 from .records import AnswerRecord, Cell, CellKey, EditRecord, Record
 
@@ -198,10 +198,11 @@ def latent_stats(kept: Sequence[AnswerRecord]) -> dict:
 
 
 def paired(recs: Sequence[EditRecord], a: CellKey, b: CellKey) -> dict:
-    """F1(a) − F1(b) over the examples that have both cells, in F1 points: n, mean and its 95% t interval."""
+    """F1(a) − F1(b) over the examples that have both cells, in F1 points: n, mean and its 95% t interval, and
+    ``n_to_separate``: the n at which the interval would exclude 0 if the mean and spread held (the power figure)."""
     d = [100 * (r.cells[a].f1 - r.cells[b].f1) for r in recs if a in r.cells and b in r.cells]
     lo, hi = mean_ci(d)
-    return {"n": len(d), "mean": sum(d) / len(d) if d else None, "ci": [lo, hi]}
+    return {"n": len(d), "mean": sum(d) / len(d) if d else None, "ci": [lo, hi], "n_to_separate": n_to_separate(d)}
 
 
 def decide(comparisons: Sequence[dict], need_all: bool) -> tuple[bool | None, str]:
@@ -229,7 +230,9 @@ def _fmt_cmp(label: str, c: dict) -> str:
         return f"{label}: no examples"
     lo, hi = c["ci"]
     ci = f" [{lo:+.1f}, {hi:+.1f}]" if lo is not None else ""
-    return f"{label} {c['mean']:+.1f}{ci}"
+    need = c.get("n_to_separate")
+    power = f" (separates at n ≈ {need} if it holds)" if lo is not None and lo <= 0 <= hi and need else ""
+    return f"{label} {c['mean']:+.1f}{ci}{power}"
 
 
 def verdicts(s: dict, pert: Sequence[EditRecord], steer: Sequence[EditRecord]) -> dict:
