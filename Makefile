@@ -43,9 +43,10 @@ test: install lint
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
-# The TopK / g-SAE / E2E study: which chunks are done (committed result files) and which to run next.
+# The studies run in session-sized chunks: which are done (committed result files) and which to run next.
 study-status: install
 	$(BIN)/python benchmarks/gsae_study.py status
+	$(BIN)/python benchmarks/squad705.py status
 
 # Regenerate docs/cli.md (the options of every command) from the config dataclasses.
 docs: install

@@ -20,7 +20,7 @@ Chunks (the settings every arm shares are in ``COMMON``):
     g<s>-gsae   g-SAE × k 3, 5, 10, 32, 64, seed s           (one model pass + backward)
     e<s>        E2E k 32, seed s
     f<s>        seed s's TopK k 32 fine-tuned on FINE_TUNE_TOKENS more: KL + MSE (balanced, Karvonen 2025) and, as its
-                matching control, MSE only (needs g<s>-topk's SAE in DIR)
+                matching control, MSE only (needs g<s>-topk's SAE in DIR); at FINE_TUNE_LR_FRACTION of the study's rate
 Arms of one seed see the same tokens in the same order (the seed fixes the data order); the two fine-tunes of
 f<s> see the same tokens too (the first FINE_TUNE_TOKENS of seed s's order, which the TopK SAE was trained on).
 
@@ -51,6 +51,11 @@ TOKENS = 1_000_000
 LR_SWEEP = (5e-4, 1e-3, 2e-3, 4e-3)
 LR_SWEEP_TOKENS = 500_000
 FINE_TUNE_TOKENS = 100_000  # 10% of TOKENS
+# A fine-tune continues a run whose learning rate has decayed to 0: it starts from a tenth of the study's rate with a
+# short warm-up (fresh Adam moments) and decays to 0 again. At the full rate (the first f0, commit 2c94e57) the
+# MSE-only control lost NMSE (0.072 -> 0.103): the jump undid the decay instead of fine-tuning.
+FINE_TUNE_LR_FRACTION = 0.1
+FINE_TUNE_WARMUP = 10
 COMMON = ["--layers", str(LAYER), "--d-sae", str(D_SAE), "--checkpoint-every", "64"]
 HELDOUT_SHARDS = 2
 
@@ -148,7 +153,8 @@ def chunks(lr: float | None) -> list[Chunk]:
             )
         )
         ft = ["--k", "32", "--init-from", f"{{runs}}/g{s}-topk/topk_k32", "--seeds", str(s), "--seed", str(s)]
-        ft += ["--max-tokens", str(FINE_TUNE_TOKENS)] + lr_args
+        ft += ["--max-tokens", str(FINE_TUNE_TOKENS), "--warmup-steps", str(FINE_TUNE_WARMUP)]
+        ft += ["--lr", lr_name(lr * FINE_TUNE_LR_FRACTION)] if lr is not None else []
         out.append(
             Chunk(
                 f"f{s}",
@@ -225,6 +231,13 @@ def result_record(ev: dict, meta: dict, command: list[str], commit: str) -> dict
     }
 
 
+def eval_is_current(ev_file: Path, sae_dir: Path) -> bool:
+    """An earlier held-out eval may be reused only if it was written after the SAE it scores (a chunk rerun with
+    other settings retrains the SAE in place; its old eval must not stand for the new weights)."""
+    weights = sorted(sae_dir.glob("*.safetensors"))
+    return ev_file.exists() and bool(weights) and ev_file.stat().st_mtime > max(w.stat().st_mtime for w in weights)
+
+
 def run_chunk(name: str, runs: Path, dry_run: bool, threads: int) -> None:
     lr = study_lr()
     found = {c.name: c for c in chunks(lr)}
@@ -289,7 +302,7 @@ def run_chunk(name: str, runs: Path, dry_run: bool, threads: int) -> None:
         ev_file = ev_out / "eval.json"
         ev = (
             json.loads(ev_file.read_text())
-            if ev_file.exists()
+            if eval_is_current(ev_file, sae_dir)
             else run_eval(
                 EvalConfig(
                     sae=str(sae_dir),

@@ -126,8 +126,107 @@ def test_the_study_picks_its_learning_rate_and_lists_its_chunks(tmp_path, monkey
     klmse, mse = (dict(zip(args, args[1:])) for _, args in f0.runs)  # the two arms differ only in their loss
     assert klmse["--init-from"] == mse["--init-from"] == "{runs}/g0-topk/topk_k32"
     assert klmse["--max-tokens"] == mse["--max-tokens"] == str(st.FINE_TUNE_TOKENS) and "--e2e-balance" in f0.runs[0][1]
+    assert klmse["--lr"] == mse["--lr"] == "2e-4"  # a tenth of the study's rate: the fine-tune continues a decayed run
     g0 = next(c for c in st.chunks(2e-3) if c.name == "g0-gsae")
     assert [f for f, _ in g0.results] == [f"gsae-k{k}-s0.json" for k in st.KS]
     assert ["--lr", "2e-3"] == g0.runs[0][1][-2:]
     st.status()
     assert "next: python benchmarks/gsae_study.py run lr" in capsys.readouterr().out  # lr-sweep lacks 1e-3
+
+
+def test_claim_verdicts_come_from_the_paired_per_seed_interval():
+    from gsae_claims import judge
+
+    assert judge("less", 0, [-0.02, -0.021, -0.019]) == "reproduced"
+    assert judge("less", 0, [0.02, 0.021, 0.019]) == "not reproduced"
+    assert judge("more", 0, [0.02, 0.021, 0.019]) == "reproduced"
+    assert judge("less", 0, [-0.02, 0.01, -0.005]) == "inconclusive"
+    assert judge("less", 0, [-0.02]).startswith("inconclusive (one seed")
+    assert judge("comparable", 0, [0.01, -0.01, 0.0]) == "reproduced"
+    assert judge("comparable", 0, [0.3, 0.31, 0.29]) == "not reproduced"
+    assert (
+        judge("ratio", 5.0, [6.0, 6.2, 5.9]) == "reproduced"
+        and judge("ratio", 5.0, [1.1, 1.2, 1.0]) == "not reproduced"
+    )
+    assert judge("reduction", 0.2, [0.05, 0.06, 0.04]) == "not reproduced"
+
+
+def _claim_file(folder, arm, k, seed, l_added, dead5=0.3, steer=(0.001, 0.2)):
+    import json
+
+    ev = {
+        "eval_result_metrics": {
+            "model_performance_preservation": {"l_added": l_added},
+            "reconstruction_quality": {"nmse": 0.07},
+            "misc": {"dead_frac_train_5batches": dead5},
+            "steering": {"alphas": [10.0, 100.0], "assoc_mean": [0.0, steer[0]], "other_mean": [0.0, steer[1]]},
+        },
+        "eval_result_metrics_by_selection": {"gradient": {"model_performance_preservation": {"l_added": l_added + 0.1}}}
+        if arm == "gsae"
+        else {},
+        "eval_result_details": [
+            {
+                "distributions": {  # 10 latents: 1 dead, 6 at 10^-3, 2 at 10^-1.5, 1 at 10^-0.5
+                    "density_log10_edges": [-7.0 + 0.5 * i for i in range(15)],
+                    "density_log10_counts": [0] * 8 + [6, 0, 0, 2, 0, 1],
+                    "dead": 1,
+                }
+            }
+        ],
+    }
+    rec = {"architecture": arm, "k": k, "seed": seed, "training_tokens": 1_000_000, "eval": ev}
+    (folder / f"{arm}-k{k}-s{seed}.json").write_text(json.dumps(rec))
+
+
+def test_the_claims_table_rebuilds_from_result_files(tmp_path):
+    from gsae_claims import decide_all, load, markdown
+
+    for s in range(3):
+        _claim_file(tmp_path, "topk", 32, s, 0.20 + 0.001 * s, dead5=0.40)
+        _claim_file(tmp_path, "gsae", 32, s, 0.18 + 0.001 * s, dead5=0.30, steer=(0.006, 0.1))
+    _claim_file(tmp_path, "e2e", 32, 0, 0.10)
+    (tmp_path / "notes.json").write_text("{}")  # not a result file
+    rows = decide_all(load(tmp_path))
+    by = {(r["claim"], r["selection"]): r for r in rows}
+    assert by[("g-SAE adds less loss than TopK (L_added)", "plain TopK")]["verdict"] == "reproduced"
+    grad = by[("g-SAE adds less loss than TopK (L_added)", "gradient")]  # g-SAE 0.1 worse with gradient selection
+    assert grad["verdict"] == "not reproduced" and grad["statistic"][0] == pytest.approx(0.08)
+    assert by[("g-SAE has fewer dead latents than TopK (none in 5 batches)", "gradient (training)")]["seeds"] == [
+        0,
+        1,
+        2,
+    ]
+    assert by[("... over 5× more (largest α)", "plain TopK")]["verdict"] == "reproduced"  # 6×
+    assert by[("E2E adds less loss than TopK at equal L0 (L_added)", "")]["verdict"].startswith(
+        "inconclusive (one seed"
+    )
+    dens = by[("g-SAE has fewer latents firing on > 1% of tokens", "plain TopK")]
+    assert dens["ours_a"][0] == pytest.approx(0.3)  # (2 + 1) / 10, the dead latent counted as density 0
+    assert all(r["k"] == 32 for r in rows)  # no row for a k without both arms
+    text = markdown(rows)
+    assert "**reproduced**" in text and "**not reproduced**" in text and "1M tokens (1/14 of the paper's)" in text
+
+
+def test_the_committed_claims_table_is_what_the_committed_results_give():
+    """docs/gsae_claims.md is regenerated whenever a chunk's files land (python benchmarks/gsae_claims.py
+    --markdown docs/gsae_claims.md --json docs/results/gsae_claims.json)."""
+    from gsae_claims import RESULTS, decide_all, load, markdown
+
+    committed = (Path(__file__).resolve().parents[1] / "docs" / "gsae_claims.md").read_text()
+    assert committed.endswith(markdown(decide_all(load(RESULTS))))
+
+
+def test_a_study_eval_is_reused_only_for_the_weights_it_scored(tmp_path):
+    import os
+
+    from gsae_study import eval_is_current
+
+    sae, ev = tmp_path / "sae", tmp_path / "eval.json"
+    sae.mkdir()
+    assert not eval_is_current(ev, sae)
+    (sae / "sae_weights.safetensors").write_bytes(b"w")
+    ev.write_text("{}")
+    os.utime(sae / "sae_weights.safetensors", (1_000, 1_000))
+    assert eval_is_current(ev, sae)
+    os.utime(sae / "sae_weights.safetensors", (ev.stat().st_mtime + 10,) * 2)  # retrained after the eval
+    assert not eval_is_current(ev, sae)

@@ -488,6 +488,30 @@ def test_merged_shards_equal_the_unsharded_run(setup, capsys):
         return {k: {f: v for f, v in r.items() if f != "seconds"} for k, r in _records(folder).items()}
 
     assert untimed(setup["root"] / "merged") == untimed(setup["root"] / "unsharded")
+
+    # the same through benchmarks/squad705.py: shards packed as committed files, then rebuilt from them alone
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import squad705
+
+    committed = setup["root"] / "committed"
+    for i, s in enumerate(shards):
+        squad705.pack(Path(s), committed / f"shard-{i}-of-2")
+    conf = json.loads((Path(shards[0]) / "config.json").read_text())
+    mp = pytest.MonkeyPatch()
+    mp.setattr(squad705, "RESULTS", committed)
+    mp.setattr(squad705, "SHARDS", 2)
+    mp.setattr(squad705, "DATA", Path(conf["config"]["data"]))
+    try:
+        rebuilt = squad705.report(setup["root"] / "rebuilt")
+    finally:
+        mp.undo()
+    assert _strip(rebuilt) == _strip(full)
+    assert (setup["root"] / "rebuilt" / "table.md").read_text() == (
+        setup["root"] / "unsharded" / "table.md"
+    ).read_text()
     capsys.readouterr()
     # one shard alone, a shard given twice, or another run's folder: one line each
     assert cli.main(["merge", shards[0], "--out", str(setup["root"] / "m1")]) == 2
