@@ -80,10 +80,12 @@ def _same_eval(ev: dict, args) -> bool:
 
 
 def group_key(ev: dict, meta: dict) -> tuple:
+    """SAEs that differ only in their seed share a key. A result file's arm (its name's prefix: ``klmse`` and
+    ``mseft`` for the two fine-tunes) stands for the architecture, so a fine-tune is not grouped as a fresh SAE."""
     c = ev["sae_cfg"]
     return (
         c["hook_name"],
-        c["architecture"],
+        meta.get("arm") or c["architecture"],
         c["k"],
         c["d_sae"],
         c.get("beta") if c["architecture"] == "gsae" else None,
@@ -148,7 +150,8 @@ def load_results(folder: Path) -> list[tuple[dict, dict, str]]:
     for p in sorted(folder.glob("*.json")):
         rec = json.loads(p.read_text())
         ev = with_saebench_scores(rec["eval"], refs.get(rec.get("layer")))
-        out.append((ev, {"seed": rec["seed"], "model_tokens": rec["training_tokens"]}, p.name))
+        arm = p.name.split("-k")[0] if "-k" in p.name else None
+        out.append((ev, {"seed": rec["seed"], "model_tokens": rec["training_tokens"], "arm": arm}, p.name))
     if not out:
         raise SystemExit(f"no result files in {folder}")
     return out
