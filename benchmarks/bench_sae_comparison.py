@@ -313,6 +313,7 @@ def plot(rows: list[dict], stem: Path) -> None:
             ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_write_bytes(f"{stem}_distributions.png", figure_png(fig, dpi=110))
+    frontier(rows, stem, plt)
     if any("alphas" in r for r in rows):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for r in rows:
@@ -329,6 +330,48 @@ def plot(rows: list[dict], stem: Path) -> None:
                 ax.legend(fontsize=7)
         fig.tight_layout()
         atomic_write_bytes(f"{stem}_steering.png", figure_png(fig, dpi=110))
+
+
+def frontier(rows: list[dict], stem: Path, plt) -> None:
+    """The paper's Fig. 4 (middle, right): NMSE and L_added against L0 (= k), one line per arm that has more than
+    one k, mean over seeds with its 95% interval as error bars. Written only when some arm has several k."""
+    from gradsae.io import atomic_write_bytes
+    from gradsae.viz.plots import figure_png
+
+    lines = defaultdict(list)
+    for r in rows:
+        lines[(r["hook"], r["architecture"], r["train_tokens"])].append(r)
+    lines = {key: sorted(rs, key=lambda r: r["k"]) for key, rs in lines.items() if len(rs) > 1}
+    if not lines:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ks = sorted({r["k"] for rs in lines.values() for r in rs})
+    panels = [(axes[0], "NMSE", "NMSE", "-"), (axes[1], "L_added", "L_added", "-")]
+    panels.append((axes[1], "L_added", "L_added (gradient selection)", "--"))  # the g-SAE as trained
+    colour = {key: f"C{i}" for i, key in enumerate(lines)}  # one colour per arm in both panels
+    for (hook, arch, tokens), rs in lines.items():
+        for ax, _, metric, style in panels:
+            pts = [(r["k"], r[metric]) for r in rs if r.get(metric) is not None]
+            if not pts:
+                continue
+            how = " gradient sel." if "gradient" in metric else ""
+            ax.errorbar(
+                [k for k, _ in pts],
+                [m for _, (m, _) in pts],
+                yerr=[h or 0.0 for _, (_, h) in pts],
+                marker="o",
+                linestyle=style,
+                color=colour[(hook, arch, tokens)],
+                capsize=3,
+                label=f"{arch}{how} ({hook.split('.')[1]}, {tokens / 1e6:.2g}M tokens, {len(rs[0]['seeds'])} seeds)",
+            )
+    for ax, name in ((axes[0], "NMSE"), (axes[1], "L_added")):
+        ax.set(xscale="log", xlabel="L0 (k)", ylabel=name, title=f"{name} against L0 (g-SAE paper Fig. 4; 95% CI)")
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write_bytes(f"{stem}_frontier.png", figure_png(fig, dpi=110))
 
 
 if __name__ == "__main__":

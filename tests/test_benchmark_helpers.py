@@ -74,9 +74,14 @@ def test_the_comparison_report_rebuilds_from_result_files_alone(tmp_path):
         for arch, nmse, la in (("topk", a, b), ("gsae", a + 0.05, b - 0.05)):
             rec = {"architecture": arch, "k": 32, "seed": s, "training_tokens": 1000, "eval": ev(arch, nmse, la)}
             (tmp_path / f"{arch}-k32-s{s}.json").write_text(json.dumps(rec))
+    for s in range(2):  # a second k for TopK: the L0 frontier figure (Fig. 4) has a line to draw
+        rec = {"architecture": "topk", "k": 64, "seed": s, "training_tokens": 1000, "eval": ev("topk", 0.05, 0.1)}
+        rec["eval"]["sae_cfg"]["k"] = 64
+        (tmp_path / f"topk-k64-s{s}.json").write_text(json.dumps(rec))
     (tmp_path / "lr-sweep").mkdir()  # subfolders are not part of the comparison
     res = report(load_results(tmp_path), SimpleNamespace(json=str(tmp_path / "out" / "cmp.json")))
-    rows = {r["architecture"]: r for r in res["rows"]}
+    assert (tmp_path / "out" / "cmp_frontier.png").stat().st_size > 10_000
+    rows = {r["architecture"]: r for r in res["rows"] if r["k"] == 32}
     assert rows["topk"]["seeds"] == [0, 1, 2] and rows["topk"]["NMSE"][0] == pytest.approx(0.11)
     assert rows["gsae"]["L_added (gradient selection)"][0] == pytest.approx(0.3)
     assert any("NMSE, gsae vs topk: topk lower" in v for v in res["verdicts"])
