@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo lint format test test-fast docs study-status clean
+.PHONY: install demo lint format test test-fast docs study-status study-report clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-peers.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ test-fast: install
 study-status: install
 	$(BIN)/python benchmarks/gsae_study.py status
 	$(BIN)/python benchmarks/squad705.py status
+
+# Rebuild the study's report from the committed result files (after a chunk lands, before committing it).
+study-report: install
+	$(BIN)/python benchmarks/bench_sae_comparison.py --results docs/results/gsae --json docs/results/sae_comparison.json
+	$(BIN)/python benchmarks/gsae_claims.py --markdown docs/gsae_claims.md --json docs/results/gsae_claims.json
 
 # Regenerate docs/cli.md (the options of every command) from the config dataclasses.
 docs: install
