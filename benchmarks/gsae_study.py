@@ -1,7 +1,7 @@
 """The TopK / g-SAE / E2E study (the g-SAE paper's claims, with seeds and intervals), run in chunks.
 
-Each chunk is one command that finishes inside a working session on 2 CPU cores (≤ ~60 minutes alone, except the
-E2E chunks: ~90 minutes alone, to be started first in a session that keeps the machine otherwise free) and
+Each chunk is one command that finishes inside a working session on 2 CPU cores (≤ ~60 minutes alone; the E2E
+chunks take ~90 minutes alone and run in two parts: ``run e1 --max-steps 500``, then ``run e1`` continues) and
 leaves small result files under ``docs/results/gsae/``; those committed files are the study's progress, and
 ``benchmarks/bench_sae_comparison.py --results docs/results/gsae`` builds the report from them alone.
 
@@ -149,7 +149,7 @@ def chunks(lr: float | None) -> list[Chunk]:
                 [(f"e{s}", ["--architectures", "e2e", "--k", "32"] + base)],
                 [(f"e2e-k32-s{s}.json", f"e{s}/e2e_k32")],
                 # measured: ~190 tokens/s alone on 2 cores (model forward + backward through the blocks above L)
-                "~90 min alone (start it first, keep the machine free) + 1 eval",
+                "~90 min alone: run it in two parts, `run e<s> --max-steps 500` then `run e<s>`; + 1 eval",
             )
         )
         ft = ["--k", "32", "--init-from", f"{{runs}}/g{s}-topk/topk_k32", "--seeds", str(s), "--seed", str(s)]
@@ -238,7 +238,7 @@ def eval_is_current(ev_file: Path, sae_dir: Path) -> bool:
     return ev_file.exists() and bool(weights) and ev_file.stat().st_mtime > max(w.stat().st_mtime for w in weights)
 
 
-def run_chunk(name: str, runs: Path, dry_run: bool, threads: int) -> None:
+def run_chunk(name: str, runs: Path, dry_run: bool, threads: int, max_steps: int = 0) -> None:
     lr = study_lr()
     found = {c.name: c for c in chunks(lr)}
     if name not in found:
@@ -276,6 +276,7 @@ def run_chunk(name: str, runs: Path, dry_run: bool, threads: int) -> None:
             *extra,
             "--threads",
             str(threads),
+            *(["--max-steps", str(max_steps)] if max_steps else []),
             "--no-progress",
             "--out",
             str(runs / sub),
@@ -298,6 +299,9 @@ def run_chunk(name: str, runs: Path, dry_run: bool, threads: int) -> None:
         if dest.exists():
             continue
         sae_dir = runs / folder
+        if not sae_dir.is_dir():  # written only when its training reaches the end
+            print(f"{folder}: training stopped before the end (--max-steps): run the chunk again to continue")
+            continue
         ev_out = runs / "evals" / folder
         ev_file = ev_out / "eval.json"
         ev = (
@@ -316,6 +320,9 @@ def run_chunk(name: str, runs: Path, dry_run: bool, threads: int) -> None:
         meta = dict(load_sae(sae_dir).cfg.metadata or {})
         sub = folder.split("/")[0] if not folder.startswith("lr-sweep/") else "/".join(folder.split("/")[:2])
         command = [a for a in train_cmds[sub][2:] if a != "--no-progress"]
+        if "--max-steps" in command:  # how the run was cut into parts, not what it trained
+            i = command.index("--max-steps")
+            del command[i : i + 2]
         rec = result_record(ev, meta, ["gradsae", *command], commit)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(".json.tmp")
@@ -371,6 +378,13 @@ def main() -> None:
     r.add_argument("--runs", required=True, help="folder for the runs (outside the checkout; kept for resume)")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--dry-run", action="store_true", help="print the commands only")
+    r.add_argument(
+        "--max-steps",
+        type=int,
+        default=0,
+        help="stop each training after this many steps of this invocation (checkpointed; the next `run` of the chunk "
+        "continues bit-identically): how a chunk longer than a session is run in parts, e.g. E2E in two halves",
+    )
     ref = sub.add_parser("reference", help="zero-ablation CE / KL of the held-out text (for SAEBench's scores)")
     ref.add_argument("--runs", required=True, help="the runs folder whose held-out cache the chunks made")
     ref.add_argument("--threads", type=int, default=2)
@@ -380,7 +394,7 @@ def main() -> None:
     elif args.cmd == "reference":
         write_reference(Path(args.runs).resolve(), args.threads)
     else:
-        run_chunk(args.chunk, Path(args.runs).resolve(), args.dry_run, args.threads)
+        run_chunk(args.chunk, Path(args.runs).resolve(), args.dry_run, args.threads, args.max_steps)
 
 
 if __name__ == "__main__":

@@ -235,3 +235,13 @@ def test_a_study_eval_is_reused_only_for_the_weights_it_scored(tmp_path):
     assert eval_is_current(ev, sae)
     os.utime(sae / "sae_weights.safetensors", (ev.stat().st_mtime + 10,) * 2)  # retrained after the eval
     assert not eval_is_current(ev, sae)
+
+
+def test_a_long_chunk_runs_in_parts(tmp_path, capsys):
+    import gsae_study as st
+
+    st.run_chunk("e1", tmp_path, dry_run=True, threads=2, max_steps=500)
+    train = [line for line in capsys.readouterr().out.splitlines() if " train " in line]
+    assert len(train) == 1 and "--max-steps 500" in train[0] and train[0].endswith(f"--out {tmp_path / 'e1'}")
+    st.run_chunk("e1", tmp_path, dry_run=True, threads=2)
+    assert "--max-steps" not in capsys.readouterr().out
