@@ -37,12 +37,18 @@ ARM_NAMES = {"topk": "TopK", "gsae": "g-SAE", "e2e": "E2E", "klmse": "TopK + KL+
 
 
 def load(folder: Path = RESULTS) -> dict[tuple[str, int, int], dict]:
-    """Every ``<arm>-k<k>-s<seed>.json`` of ``folder`` (not its subfolders), keyed (arm, k, seed)."""
+    """Every ``<arm>-k<k>-s<seed>.json`` of ``folder`` (not its subfolders), keyed (arm, k, seed); the Table 2 files
+    (``table2/s<seed>.json``, k 32 arms) add ``"table2": {part: mean}`` to their arm's record."""
     out = {}
     for p in sorted(folder.glob("*.json")):
         m = FILE.match(p.name)
         if m:
             out[(m["arm"], int(m["k"]), int(m["seed"]))] = json.loads(p.read_text())
+    for p in sorted(folder.glob("table2/s*.json")):
+        t2 = json.loads(p.read_text())
+        for row in t2["tails"]:
+            rec = out.setdefault((row["arm"], 32, t2["seed"]), {"eval": {}})
+            rec.setdefault("table2", {})[row["part"]] = row["mean"]
     return out
 
 
@@ -54,7 +60,7 @@ def metric(section: str, key: str, selection: str | None = None) -> Callable[[di
 
     def get(rec: dict) -> float | None:
         ev = rec["eval"]
-        m = ev["eval_result_metrics"] if selection is None else ev.get("eval_result_metrics_by_selection", {})
+        m = ev.get("eval_result_metrics", {}) if selection is None else ev.get("eval_result_metrics_by_selection", {})
         m = m if selection is None else m.get(selection, {})
         v = m.get(section, {}).get(key)
         return None if v is None else float(v)
@@ -66,7 +72,7 @@ def steering(key: str) -> Callable[[dict], float | None]:
     """The steering effect (``assoc_mean``) or added probability elsewhere (``other_mean``) at the largest α."""
 
     def get(rec: dict) -> float | None:
-        st = rec["eval"]["eval_result_metrics"].get("steering")
+        st = rec["eval"].get("eval_result_metrics", {}).get("steering")
         return None if not st else float(st[key][-1])
 
     return get
@@ -87,6 +93,12 @@ def density_above(threshold: float) -> Callable[[dict], float | None]:
         return above / (sum(counts) + d["dead"])
 
     return get
+
+
+def tail(part: str) -> Callable[[dict], float | None]:
+    """Table 2: mean |∇ₓL·ŵ| along the decoder rows of one part (left tail / middle / right tail) of the
+    nearest-neighbour cosine histogram (``gsae_study.py table2``)."""
+    return lambda rec: rec.get("table2", {}).get(part)
 
 
 # ---- claims ---------------------------------------------------------------------------------------------------
@@ -194,6 +206,12 @@ def claims() -> list[Claim]:
               "gsae", "topk", 32, metric("decoder", "max_cos_mean"), "more"),
         Claim("§4.4", "g-SAE decoder rows have a higher mean max-cosine than E2E's", "higher",
               "gsae", "e2e", 32, metric("decoder", "max_cos_mean"), "more"),
+        Claim("Table 2", "g-SAE's right-tail decoder rows have larger |∇L·ŵ| than TopK's right tail", "2.861 vs 2.366 (×10⁻⁵, another scale)",
+              "gsae", "topk", 32, tail("right tail"), "more"),
+        Claim("Table 2", "g-SAE's right-tail decoder rows have larger |∇L·ŵ| than its left tail", "2.861 vs 2.070 (×10⁻⁵)",
+              "gsae", "gsae", 32, tail("right tail"), "more", value_b=tail("left tail")),
+        Claim("Table 2", "E2E's right-tail decoder rows have larger |∇L·ŵ| than TopK's right tail", "3.428 vs 2.366 (×10⁻⁵)",
+              "e2e", "topk", 32, tail("right tail"), "more"),
         Claim("Braun et al.", "E2E adds less loss than TopK at equal L0 (L_added)", "less",
               "e2e", "topk", 32, l_added, "less"),
         Claim("Karvonen", "a KL + MSE fine-tune adds less loss than the MSE-only control (L_added)", "less",
@@ -230,18 +248,17 @@ def judge(kind: str, size: float, diffs: list[float]) -> str:
 
 def decide(claim: Claim, results: dict[tuple[str, int, int], dict]) -> dict | None:
     """One claim's row, or None when either arm has no result at ``claim.k``."""
-    pairs = {}
-    for arm in (claim.a, claim.b):
+    pairs = {}  # seed -> side ("a" / "b") -> (value, training tokens); a and b may be one arm, two numbers
+    for side, arm, get in (("a", claim.a, claim.value), ("b", claim.b, claim.value_b or claim.value)):
         for (name, k, seed), rec in results.items():
-            get = claim.value_b if arm == claim.b and claim.value_b is not None else claim.value
             if name == arm and k == claim.k and (v := get(rec)) is not None:
-                pairs.setdefault(seed, {})[arm] = (v, rec.get("training_tokens"))
-    per_arm = {arm: [p[arm][0] for p in pairs.values() if arm in p] for arm in (claim.a, claim.b)}
-    if not per_arm[claim.a] or not per_arm[claim.b]:
+                pairs.setdefault(seed, {})[side] = (v, rec.get("training_tokens"))
+    per_arm = {side: [p[side][0] for p in pairs.values() if side in p] for side in "ab"}
+    if not per_arm["a"] or not per_arm["b"]:
         return None
-    seeds = sorted(s for s, p in pairs.items() if claim.a in p and claim.b in p)
-    a = [pairs[s][claim.a][0] for s in seeds]
-    b = [pairs[s][claim.b][0] for s in seeds]
+    seeds = sorted(s for s, p in pairs.items() if "a" in p and "b" in p)
+    a = [pairs[s]["a"][0] for s in seeds]
+    b = [pairs[s]["b"][0] for s in seeds]
     if claim.kind in ("less", "more"):
         stat = [x - y for x, y in zip(a, b)]
     elif claim.kind == "comparable":
@@ -261,8 +278,8 @@ def decide(claim: Claim, results: dict[tuple[str, int, int], dict]) -> dict | No
         "selection": claim.selection,
         "kind": claim.kind,
         "seeds": seeds,
-        "ours_a": mean_interval(per_arm[claim.a]),
-        "ours_b": mean_interval(per_arm[claim.b]),
+        "ours_a": mean_interval(per_arm["a"]),
+        "ours_b": mean_interval(per_arm["b"]),
         "statistic": mean_interval(stat) if stat else None,
         "training_tokens": tokens,
         "verdict": judge(claim.kind, claim.size, stat) if stat else "inconclusive (no seed with both arms)",
@@ -319,9 +336,16 @@ def markdown(rows: list[dict]) -> str:
     lines.append("")
     lines.append(
         f"{len(rows)} claims: {counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, "
-        f"{counts['inconclusive']} inconclusive. Not measured: Table 2 (directional derivatives by decoder-similarity "
-        "tail)."
+        f"{counts['inconclusive']} inconclusive."
     )
+    have = {(r["source"], r["claim"], r["k"], r["selection"]) for r in rows}
+    waiting = [c for c in claims() if (c.source, c.claim, c.k, c.selection) not in have]
+    if waiting:
+        lines.append(
+            f"Waiting for their files ({len(waiting)}): "
+            + "; ".join(f"{c.source} {c.claim} (k {c.k})" for c in waiting)
+            + "."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -191,6 +191,9 @@ def status() -> None:
         )
         print(f"  {c.name:<9} {state:<14} {c.what}  ({c.minutes})")
     print(f"  reference {'done' if REFERENCE.exists() else 'missing':<14} zero-ablation CE / KL for SAEBench's scores")
+    for s in SEEDS:
+        state = "done" if (TABLE2 / f"s{s}.json").exists() else "missing"
+        print(f"  table2 {s}  {state:<14} Table 2 for seed {s}'s k 32 arms (~3 min; after g{s}-topk, g{s}-gsae, e{s})")
     nxt = next((c.name for c in chunks(lr) if missing(c)), None)
     print(f"next: python benchmarks/gsae_study.py run {nxt} --runs DIR" if nxt else "every chunk is done")
 
@@ -369,6 +372,50 @@ def write_reference(runs: Path, threads: int) -> None:
     print(f"wrote {REFERENCE}")
 
 
+TABLE2 = RESULTS / "table2"
+TABLE2_ARMS = {"topk": "g{s}-topk/topk_k32", "gsae": "g{s}-gsae/gsae_k32_b0.5", "e2e": "e{s}/e2e_k32"}
+TABLE2_SEQUENCES, TABLE2_LATENTS = 300, 30  # the paper's Table 2: 30 latents per part, 300 sequences
+
+
+def write_table2(seed: int, runs: Path, threads: int) -> None:
+    """The paper's Table 2 for seed ``seed``'s k 32 arms: mean |∇ₓL·ŵ| along the decoder rows of the left tail,
+    middle and right tail of the nearest-neighbour cosine histogram (``gradsae sensitivity``), on held-out wiki-04,
+    -> ``table2/s<seed>.json``. Needs the seed's TopK, g-SAE and E2E SAEs in ``runs`` (E2E is left out if absent)."""
+    arms = {a: runs / f.format(s=seed) for a, f in TABLE2_ARMS.items()}
+    missing_arms = [a for a in ("topk", "gsae") if not arms[a].is_dir()]
+    if missing_arms:
+        sys.exit(f"gsae_study: table2 {seed} needs {', '.join(missing_arms)} of seed {seed} in {runs}: run its chunks")
+    arms = {a: p for a, p in arms.items() if p.is_dir()}
+    out = runs / "table2" / f"s{seed}"
+    cmd = [
+        sys.executable, "-m", "gradsae", "sensitivity", "--layers", "", "--fig3-layers", "",
+        "--sae", ",".join(str(p) for p in arms.values()), "--data", str(WIKI / "wiki-04.jsonl.gz"),
+        "--sequences", str(TABLE2_SEQUENCES), "--latents-per-tail", str(TABLE2_LATENTS), "--seed", str(seed),
+        "--threads", str(threads), "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    by_path = {str(p): a for a, p in arms.items()}
+    tails = json.loads((out / "sensitivity.json").read_text())["tails"]
+    rec = {
+        "what": "mean |∇ₓL·ŵ| (L: summed next-token CE of a sequence) along the decoder rows of each part of the "
+        "nearest-neighbour cosine histogram, per k 32 arm of one seed (the g-SAE paper's Table 2)",
+        "seed": seed,
+        "sequences": TABLE2_SEQUENCES,
+        "latents_per_part": TABLE2_LATENTS,
+        "data": "wiki-04 (held out)",
+        "commit": _git_commit(),
+        "command": f"python benchmarks/gsae_study.py table2 {seed} --runs DIR",
+        "tails": [{"arm": by_path[t.pop("sae")], **t} for t in tails],
+    }
+    dest = TABLE2 / f"s{seed}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rec, indent=1, allow_nan=False) + "\n")
+    tmp.replace(dest)
+    print(f"wrote {dest}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -388,8 +435,14 @@ def main() -> None:
     ref = sub.add_parser("reference", help="zero-ablation CE / KL of the held-out text (for SAEBench's scores)")
     ref.add_argument("--runs", required=True, help="the runs folder whose held-out cache the chunks made")
     ref.add_argument("--threads", type=int, default=2)
+    t2 = sub.add_parser("table2", help="the paper's Table 2 for one seed's k 32 arms (after its chunks)")
+    t2.add_argument("seed", type=int)
+    t2.add_argument("--runs", required=True, help="the runs folder that holds the seed's SAEs")
+    t2.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    if args.cmd == "status":
+    if args.cmd == "table2":
+        write_table2(args.seed, Path(args.runs).resolve(), args.threads)
+    elif args.cmd == "status":
         status()
     elif args.cmd == "reference":
         write_reference(Path(args.runs).resolve(), args.threads)

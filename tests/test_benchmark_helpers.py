@@ -184,6 +184,8 @@ def _claim_file(folder, arm, k, seed, l_added, dead5=0.3, steer=(0.001, 0.2)):
 
 
 def test_the_claims_table_rebuilds_from_result_files(tmp_path):
+    import json
+
     from gsae_claims import decide_all, load, markdown
 
     for s in range(3):
@@ -191,6 +193,14 @@ def test_the_claims_table_rebuilds_from_result_files(tmp_path):
         _claim_file(tmp_path, "gsae", 32, s, 0.18 + 0.001 * s, dead5=0.30, steer=(0.006, 0.1))
     _claim_file(tmp_path, "e2e", 32, 0, 0.10)
     (tmp_path / "notes.json").write_text("{}")  # not a result file
+    (tmp_path / "table2").mkdir()
+    for s in range(3):  # Table 2: the g-SAE's right tail above its left tail in every seed, TopK flat
+        tails = [
+            {"arm": arm, "part": part, "mean": value + 0.001 * s}
+            for arm, parts in (("gsae", (("left tail", 2.0), ("right tail", 2.9))), ("topk", (("right tail", 2.4),)))
+            for part, value in parts
+        ]
+        (tmp_path / "table2" / f"s{s}.json").write_text(json.dumps({"seed": s, "tails": tails}))
     rows = decide_all(load(tmp_path))
     by = {(r["claim"], r["selection"]): r for r in rows}
     assert by[("g-SAE adds less loss than TopK (L_added)", "plain TopK")]["verdict"] == "reproduced"
@@ -207,6 +217,9 @@ def test_the_claims_table_rebuilds_from_result_files(tmp_path):
     )
     dens = by[("g-SAE has fewer latents firing on > 1% of tokens", "plain TopK")]
     assert dens["ours_a"][0] == pytest.approx(0.3)  # (2 + 1) / 10, the dead latent counted as density 0
+    within = by[("g-SAE's right-tail decoder rows have larger |∇L·ŵ| than its left tail", "")]
+    assert within["verdict"] == "reproduced" and within["statistic"][0] == pytest.approx(0.9)
+    assert by[("g-SAE's right-tail decoder rows have larger |∇L·ŵ| than TopK's right tail", "")]["seeds"] == [0, 1, 2]
     assert all(r["k"] == 32 for r in rows)  # no row for a k without both arms
     text = markdown(rows)
     assert "**reproduced**" in text and "**not reproduced**" in text and "1M tokens (1/14 of the paper's)" in text
