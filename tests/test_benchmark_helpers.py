@@ -217,9 +217,9 @@ def test_the_claims_table_rebuilds_from_result_files(tmp_path):
     )
     dens = by[("g-SAE has fewer latents firing on > 1% of tokens", "plain TopK")]
     assert dens["ours_a"][0] == pytest.approx(0.3)  # (2 + 1) / 10, the dead latent counted as density 0
-    within = by[("g-SAE's right-tail decoder rows have larger |∇L·ŵ| than its left tail", "")]
+    within = by[("g-SAE's right tail has larger |∇L·ŵ| than its left tail", "")]
     assert within["verdict"] == "reproduced" and within["statistic"][0] == pytest.approx(0.9)
-    assert by[("g-SAE's right-tail decoder rows have larger |∇L·ŵ| than TopK's right tail", "")]["seeds"] == [0, 1, 2]
+    assert by[("g-SAE's right tail has larger |∇L·ŵ| than TopK's right tail", "")]["seeds"] == [0, 1, 2]
     assert all(r["k"] == 32 for r in rows)  # no row for a k without both arms
     text = markdown(rows)
     assert "**reproduced**" in text and "**not reproduced**" in text and "1M tokens (1/14 of the paper's)" in text
