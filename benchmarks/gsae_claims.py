@@ -336,7 +336,9 @@ def markdown(rows: list[dict]) -> str:
     lines.append("")
     lines.append(
         f"{len(rows)} claims: {counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, "
-        f"{counts['inconclusive']} inconclusive."
+        f"{counts['inconclusive']} inconclusive. Each verdict is its own 95% interval, uncorrected for the number of "
+        f"claims: were there no differences at all, about {0.05 * len(rows):.1f} of {len(rows)} intervals would still "
+        "exclude 0 by chance: a lone reproduced row is weak evidence until its neighbours (other k, more seeds) agree."
     )
     have = {(r["source"], r["claim"], r["k"], r["selection"]) for r in rows}
     waiting = [c for c in claims() if (c.source, c.claim, c.k, c.selection) not in have]
