@@ -133,7 +133,7 @@ def claims() -> list[Claim]:
         out.append(
             Claim(
                 "Table 1",
-                "g-SAE has fewer dead latents than TopK (none in 5 batches)",
+                "g-SAE has fewer dead latents than TopK (none in 5 training batches of ~1k tokens)",
                 f"{g} vs {t}",
                 "gsae",
                 "topk",
@@ -146,7 +146,7 @@ def claims() -> list[Claim]:
     out.append(
         Claim(
             "Table 1",
-            "E2E has fewer dead latents than g-SAE (none in 5 batches)",
+            "E2E has fewer dead latents than g-SAE (none in 5 training batches of ~1k tokens)",
             f"{table1[32][2]} vs {table1[32][0]}",
             "e2e",
             "gsae",
