@@ -29,7 +29,9 @@ RESULTS = REPO / "docs" / "results" / "squad705"
 DATA = REPO.parent / "shared" / "data" / "squad" / "dev-v2.0-first5.json"
 SHARDS = 12
 KS = "1,2,3,5,10,20,50%"
-ARGS = ["--error", "none", "--limit", "0", "--ks", KS]
+# a fixed batch (not auto) so every shard batches alike on any machine; 8 was refused here (~24 GiB estimated for
+# the longest few-shot prompts against 20 GiB free)
+ARGS = ["--error", "none", "--limit", "0", "--ks", KS, "--batch-size", "4"]
 KEPT = ("config.json", "summary.json")
 
 
