@@ -123,7 +123,7 @@ def report(out: Path) -> dict:
         out.mkdir(parents=True)
         for f in ("summary.json", "table.md"):
             shutil.copy2(merged / f, out / f)
-    for name, v in summary.get("verdicts", {}).items():
+    for name, v in summary.get("rq", {}).items():
         print(f"{name.upper()}: {v.get('verdict')} — {v.get('text')}")
     return summary
 
