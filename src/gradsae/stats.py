@@ -18,18 +18,24 @@ def wilson_interval(k: float, n: int, confidence: float = 0.95) -> tuple[float, 
     return float(ci.low), float(ci.high)
 
 
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n − 1) of two or more values."""
+    n = len(values)
+    m = sum(values) / n
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+
+
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
     """Student-t interval (low, high) of the mean of ``values``; None for fewer than two values.
     A constant sample gives the point (m, m)."""
     from scipy import stats
 
-    n = len(values)
-    if n < 2:
+    if len(values) < 2:
         return None
-    m = sum(values) / n
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    m, sd = mean_sd(values)
     if sd == 0:
         return m, m
+    n = len(values)
     lo, hi = stats.t.interval(confidence, n - 1, loc=m, scale=sd / math.sqrt(n))
     return float(lo), float(hi)
 
@@ -40,11 +46,9 @@ def n_to_separate(values: Sequence[float], confidence: float = 0.95) -> int | No
     or fewer than two values give no spread."""
     from scipy import stats
 
-    n = len(values)
-    if n < 2:
+    if len(values) < 2:
         return None
-    m = sum(values) / n
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    m, sd = mean_sd(values)
     if m == 0:
         return None
     if sd == 0:
