@@ -60,14 +60,32 @@ ARCHS = {
         real_blocks=32,
         sae=("topk", 65536, 64),
     ),
+    # every block of a small model, in float32 as it runs by default, at prompts up to 1,024 tokens: the per-block
+    # terms (activations kept for the backward, attention) cannot be told apart on four blocks
+    "smollm2-135m": dict(
+        config="LlamaConfig",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        real_blocks=30,
+        blocks=30,
+        dtype="float32",
+        sae=("topk", 16384, 64),
+    ),
 }
 TINY = {
     "gemma2-9b": dict(hidden_size=64, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                       vocab_size=512, query_pre_attn_scalar=16, sae=("jumprelu", 512, None)),
     "llama3-8b": dict(hidden_size=64, intermediate_size=224, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                       vocab_size=384, sae=("topk", 256, 16)),
+    "smollm2-135m": dict(hidden_size=48, intermediate_size=128, num_attention_heads=3, num_key_value_heads=1,
+                         head_dim=16, vocab_size=320, blocks=6, sae=("topk", 192, 8)),
 }  # fmt: skip
-BLOCKS = 4
+BLOCKS = 4  # blocks built unless the arch names its own
 NEW = 8  # tokens generated per answer
 OUTPUTS = 8  # scored output tokens per influence example
 
@@ -75,7 +93,7 @@ OUTPUTS = 8  # scored output tokens per influence example
 POINTS = [
     *(
         (split, cmd, arch, b, t, layer)
-        for arch in ARCHS
+        for arch in ("gemma2-9b", "llama3-8b")
         for split, cmd, b, t, layer in [
             ("fit", "influence", 1, 256, 0),
             ("fit", "influence", 4, 128, 0),
@@ -100,6 +118,20 @@ POINTS = [
         ]
     ),
     ("check", "train", "llama3-8b", 8, 128, 1),
+    *(
+        (split, cmd, "smollm2-135m", b, t, layer)
+        for split, cmd, b, t, layer in [
+            ("fit", "influence", 1, 1024, 0),
+            ("fit", "influence", 2, 512, 0),
+            ("fit", "influence", 4, 256, 0),
+            ("fit", "influence", 1, 512, 15),
+            ("fit", "exact", 4, 512, 0),
+            ("fit", "perturb", 4, 512, 0),
+            ("check", "influence", 4, 600, 0),  # the SQuAD few-shot answer phase's scoring pass
+            ("check", "influence", 2, 768, 10),
+            ("check", "perturb", 8, 600, 0),
+        ]
+    ),
 ]
 
 
@@ -141,14 +173,15 @@ def prepare(work: Path, tiny: bool) -> None:
         folder = work / name
         if (folder / "done").exists():
             continue
-        print(f"building {name} ({BLOCKS} blocks, d_model {spec['hidden_size']})", file=sys.stderr, flush=True)
-        skip = ("config", "real_blocks", "sae")
+        blocks = spec.get("blocks", BLOCKS)
+        print(f"building {name} ({blocks} blocks, d_model {spec['hidden_size']})", file=sys.stderr, flush=True)
+        skip = ("config", "real_blocks", "blocks", "dtype", "sae")
         kw = {k: v for k, v in spec.items() if k not in skip}
         cfg = getattr(transformers, spec["config"])(
-            **kw, num_hidden_layers=BLOCKS, bos_token_id=256, eos_token_id=257, pad_token_id=258
+            **kw, num_hidden_layers=blocks, bos_token_id=256, eos_token_id=257, pad_token_id=258
         )
         torch.manual_seed(0)
-        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, spec.get("dtype", "bfloat16")))
         model.save_pretrained(folder / "model")
         byte_tokenizer().save_pretrained(folder / "model")
         del model
@@ -186,7 +219,7 @@ def probe(work: Path, cmd: str, arch: str, rows: int, tokens: int, layer: int) -
     folder = work / arch
     if cmd == "train":  # the trainer loads the model itself
         return probe_train(folder, rows, tokens, layer)
-    model, tok = load_model(str(folder / "model"), device="cpu", dtype="bfloat16")
+    model, tok = load_model(str(folder / "model"), device="cpu", dtype=ARCHS[arch].get("dtype", "bfloat16"))
     m = memory.ModelShape.of(model)
     sae = load_sae(folder / "sae")
     # the first call of a process pays once for what it loads lazily (~0.5 GiB of host memory here, whatever
@@ -254,6 +287,7 @@ def measure(work_fn, passes, m) -> dict:
 
     from gradsae import memory
 
+    flat = {k: {**dict.fromkeys(memory.FEATURES, 1.0), "fixed": 0.0} for k in memory.KINDS}  # the largest pass
     gc.collect()
     before = rss_bytes()
     reset_peak()
@@ -265,7 +299,7 @@ def measure(work_fn, passes, m) -> dict:
         "seconds": round(seconds, 2),
         "passes": [asdict(p) for p in passes],
         "model": asdict(m),
-        "dominant": max(range(len(passes)), key=lambda i: memory.estimate(passes[i], m, FLAT)),
+        "dominant": max(range(len(passes)), key=lambda i: memory.estimate(passes[i], m, flat)),
     }
 
 
@@ -341,8 +375,6 @@ def probe_train(folder: Path, rows: int, tokens: int, layer: int) -> dict:
 # Fit, check, table
 # ---------------------------------------------------------------------------------------------
 
-FLAT = {k: {"fixed": 0, "act": 1, "attn": 1, "codes": 1, "logits": 1} for k in ("grad", "forward", "generate")}
-
 
 def fit(records: list[dict]) -> dict:
     """Per pass kind, non-negative coefficients of the features from the fit points' dominant passes."""
@@ -413,6 +445,7 @@ def gpu_table(coefficients: dict, tiny: bool) -> list[dict]:
         kv_heads=spec["num_key_value_heads"],
         head_dim=spec["head_dim"],
         dtype_bytes=2,
+        eager_attention=True,  # as transformers loads Gemma-2 (its attention soft-capping)
     )
     C = spec["sae"][1]
     lat = memory.Latents(C, 4, sparse=False)  # Gemma Scope: JumpReLU, float32
@@ -442,6 +475,24 @@ def gpu_table(coefficients: dict, tiny: bool) -> list[dict]:
     return out
 
 
+def known_records(done: Path, out: Path, tiny: bool) -> list[dict]:
+    """The measurements made before: this machine's ``records.jsonl``, else those saved in ``--out`` by an earlier
+    run at the same widths (a fresh machine then measures only the points added since). Records from before a
+    field existed get it from their arch: TopK SAEs are sparse; Gemma-2 runs eager attention, Llama SDPA."""
+    if done.exists():
+        records = [json.loads(line) for line in done.read_text().splitlines() if line.strip()]
+    elif out.exists():
+        saved = json.loads(out.read_text())
+        records = saved.get("records", []) if saved.get("tiny") == tiny else []
+    else:
+        records = []
+    for r in records:
+        for p in r["passes"]:
+            p.setdefault("sparse", ARCHS[r["arch"]]["sae"][0] == "topk")
+        r["model"].setdefault("eager_attention", r["arch"] == "gemma2-9b")
+    return records
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/gradsae-real-widths", help="where the random models and SAEs are saved")
@@ -461,12 +512,8 @@ def main() -> None:
     only = {c for c in args.only.split(",") if c}
     done = work / "records.jsonl"  # each measurement as it ends: a rerun measures only what is missing
     have = {}
-    if done.exists():
-        for line in done.read_text().splitlines():
-            r = json.loads(line)
-            for p in r["passes"]:  # records from before the flag: the arch's SAE says it
-                p.setdefault("sparse", ARCHS[r["arch"]]["sae"][0] == "topk")
-            have[(r["split"], r["command"], r["arch"], r["rows"], r["tokens"], r["layer"])] = r
+    for r in known_records(done, Path(args.out), args.tiny):
+        have[(r["split"], r["command"], r["arch"], r["rows"], r["tokens"], r["layer"])] = r
     records = []
     for point in POINTS:
         split, cmd, arch, rows, tokens, layer = point
@@ -508,7 +555,7 @@ def main() -> None:
     result = {
         "command": "python benchmarks/bench_real_widths.py" + (" --tiny" if args.tiny else ""),
         "tiny": args.tiny,
-        "blocks_built": BLOCKS,
+        "blocks_built": {a: spec.get("blocks", BLOCKS) for a, spec in ARCHS.items()},
         "threads": int(os.environ.get("BENCH_THREADS", "2")),
         "coefficients": coefficients,
         "rows": rows,

@@ -46,6 +46,52 @@ def test_model_shape_reads_the_config(arch):
     assert m.dtype_bytes == 4
 
 
+@pytest.mark.parametrize("arch, eager", [("llama", False), ("gemma2", True)])
+def test_the_attention_term_follows_the_kernel_transformers_chose(arch, eager):
+    """Eager attention keeps [B, H, T, T] scores per block; SDPA does not: the shape says which, and only eager
+    models pay the attention term."""
+    model, _ = make_tiny(arch)  # eager (the tests' choice); Llama loads SDPA by default
+    model.config._attn_implementation = "eager" if eager else "sdpa"
+    m = memory.ModelShape.of(model)
+    assert memory.attention_implementation(model) == ("eager" if eager else "sdpa")
+    assert m.eager_attention is eager
+    p = memory.scoring(m, memory.Latents(64), rows=2, tokens=32, outputs=4, layers=[0])
+    attn = memory.features(p, m)["attn"]
+    assert (attn == 2 * m.heads * 32 * 32 * m.blocks * m.dtype_bytes) if eager else attn == 0.0
+    assert memory.features(p, memory.replace(m, eager_attention=True))["attn"] > 0
+
+
+def test_the_squad_answer_phase_of_the_embedded_model_is_not_refused_at_batch_8():
+    """Issue #20: with ~620-token few-shot prompts on SmolLM2-135M (30 blocks, float32, SDPA) the shipped formula
+    asked ~24 GiB at batch 8; batch 4 measured 2.3 GiB resident for the whole process."""
+    m = memory.ModelShape(D=576, F=1536, V=49152, blocks=30, heads=9, kv_heads=3, head_dim=64, dtype_bytes=4,
+                          eager_attention=False)  # fmt: skip
+    lat = memory.Latents(4096, 4, sparse=True)
+
+    def need(b):
+        return memory.peak([memory.generation(lat, b, 620, 16), memory.scoring(m, lat, b, 636, 16, [6])], m)
+
+    assert 1 * memory.GiB < need(4) < 3 * memory.GiB
+    assert need(8) < 6 * memory.GiB
+    assert need(8) > 1.5 * need(4)  # grows with the rows
+
+
+def test_benchmark_records_from_before_a_field_get_it_from_their_arch(tmp_path):
+    """A fresh machine reuses the measurements saved in --out (same widths only); old records gain the
+    attention kernel their arch loads with."""
+    import bench_real_widths as bench
+
+    rec = {"arch": "gemma2-9b", "passes": [{"kind": "grad"}], "model": {"D": 1}}
+    out = tmp_path / "real_widths.json"
+    out.write_text(json.dumps({"tiny": False, "records": [rec, {**rec, "arch": "llama3-8b"}]}))
+    got = bench.known_records(tmp_path / "records.jsonl", out, tiny=False)
+    assert [r["model"]["eager_attention"] for r in got] == [True, False]
+    assert [r["passes"][0]["sparse"] for r in got] == [False, True]
+    assert bench.known_records(tmp_path / "records.jsonl", out, tiny=True) == []
+    (tmp_path / "records.jsonl").write_text(json.dumps({**rec, "arch": "llama3-8b"}) + "\n")
+    assert [r["arch"] for r in bench.known_records(tmp_path / "records.jsonl", out, tiny=False)] == ["llama3-8b"]
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
 def test_the_kv_cache_term_is_the_cache_transformers_allocates(arch):
     """The KV term is exact, not fitted: it equals the bytes of the cache after a prefill of B x T."""

@@ -9,10 +9,12 @@ memory measured then excludes them) plus what its passes allocate. A pass is one
 - ``generate``: greedy decoding with the KV cache (answers, perturbation and steering grids).
 
 The memory of a pass is linear in a few features of its shape (``features``): block activations kept for the
-backward (B·T·(D+F) per block), attention scores (B·H·T² per block), SAE codes (B·T·C), logits (B·M·V) and the
-KV cache (B·(T+n)·2·H_kv·d_head per block: exact, not fitted). The coefficients of the other features are fitted
-per kind by ``benchmarks/bench_real_widths.py`` on randomly initialised models at the real widths of Gemma-2-9B
-and Llama-3-8B (131,072- and 65,536-latent SAEs), and read from ``memory_fit.json`` beside this file; the same
+backward (B·T·(D+F) per block), attention scores (B·H·T² per block, only where the model runs eager attention:
+SDPA and flash kernels never materialise them), SAE codes (B·T·C), logits (B·M·V) and the KV cache
+(B·(T+n)·2·H_kv·d_head per block: exact, not fitted). The coefficients of the other features are fitted per kind
+by ``benchmarks/bench_real_widths.py`` on randomly initialised models at the real widths of Gemma-2-9B and
+Llama-3-8B (131,072- and 65,536-latent SAEs, few blocks) and of SmolLM2-135M with all its 30 blocks and prompts up
+to 1,024 tokens (what tells the per-block terms apart), and read from ``memory_fit.json`` beside this file; the same
 benchmark reports how close the estimate comes to each command's measured peak.
 """
 
@@ -37,7 +39,8 @@ GiB = 2**30
 @dataclass(frozen=True)
 class ModelShape:
     """What the estimate needs of a model: widths D (residual) and F (MLP), vocabulary V, blocks L, attention
-    heads H (query) and H_kv (key/value) of width d_head, and the bytes per element of its dtype."""
+    heads H (query) and H_kv (key/value) of width d_head, the bytes per element of its dtype, and whether its
+    attention is eager (keeps the [B, H, T, T] scores) rather than SDPA or flash."""
 
     D: int
     F: int
@@ -47,6 +50,7 @@ class ModelShape:
     kv_heads: int
     head_dim: int
     dtype_bytes: int
+    eager_attention: bool = True  # unknown implementations are planned for as eager (the larger)
 
     @classmethod
     def of(cls, model) -> "ModelShape":
@@ -68,7 +72,22 @@ class ModelShape:
             kv_heads=kv,
             head_dim=head_dim,
             dtype_bytes=param.element_size(),
+            eager_attention=attention_implementation(model) not in FUSED_ATTENTION,
         )
+
+
+FUSED_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def attention_implementation(model) -> str:
+    """The attention kernel transformers chose for ``model`` (``"eager"``, ``"sdpa"``, ...; ``""`` unknown)."""
+    from .hooks import text_config
+
+    for cfg in (model.config, text_config(model)):
+        impl = getattr(cfg, "_attn_implementation", None)
+        if isinstance(impl, str):
+            return impl
+    return ""
 
 
 def _first(cfg, keys: Sequence[str], default: int) -> int:
@@ -109,7 +128,7 @@ def features(p: Pass, m: ModelShape) -> dict[str, float]:
     return {
         "fixed": 1.0,
         "act": float(B * T * (m.D + m.F) * kept * s),
-        "attn": float(B * m.heads * T * T * kept * s),
+        "attn": float(B * m.heads * T * T * kept * s) if m.eager_attention else 0.0,
         "codes": 0.0 if p.sparse else codes,
         "sparse_codes": codes if p.sparse else 0.0,
         "logits": float(B * p.logits * m.V * 4),
