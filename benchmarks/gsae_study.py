@@ -192,8 +192,8 @@ def status() -> None:
         print(f"  {c.name:<9} {state:<14} {c.what}  ({c.minutes})")
     print(f"  reference {'done' if REFERENCE.exists() else 'missing':<14} zero-ablation CE / KL for SAEBench's scores")
     for s in SEEDS:
-        state = "done" if (TABLE2 / f"s{s}.json").exists() else "missing"
-        print(f"  table2 {s}  {state:<14} Table 2 for seed {s}'s k 32 arms (~3 min; after g{s}-topk, g{s}-gsae, e{s})")
+        after = f"g{s}-topk, g{s}-gsae, e{s}"
+        print(f"  table2 {s}  {table2_state(s):<14} Table 2 for seed {s}'s k 32 arms (~3 min; after {after})")
     nxt = next((c.name for c in chunks(lr) if missing(c)), None)
     print(f"next: python benchmarks/gsae_study.py run {nxt} --runs DIR" if nxt else "every chunk is done")
 
@@ -375,6 +375,17 @@ def write_reference(runs: Path, threads: int) -> None:
 TABLE2 = RESULTS / "table2"
 TABLE2_ARMS = {"topk": "g{s}-topk/topk_k32", "gsae": "g{s}-gsae/gsae_k32_b0.5", "e2e": "e{s}/e2e_k32"}
 TABLE2_SEQUENCES, TABLE2_LATENTS = 300, 30  # the paper's Table 2: 30 latents per part, 300 sequences
+
+
+def table2_state(seed: int) -> str:
+    """``done``, ``missing``, or which arms a seed's Table 2 still lacks (E2E is left out when its chunk was not run:
+    rerun ``table2 SEED`` after it)."""
+    path = TABLE2 / f"s{seed}.json"
+    if not path.exists():
+        return "missing"
+    have = {t["arm"] for t in json.loads(path.read_text())["tails"]}
+    lacks = [a for a in TABLE2_ARMS if a not in have]
+    return f"no {', '.join(lacks)} yet" if lacks else "done"
 
 
 def write_table2(seed: int, runs: Path, threads: int) -> None:

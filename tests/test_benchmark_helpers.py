@@ -260,3 +260,16 @@ def test_a_long_chunk_runs_in_parts(tmp_path, capsys):
     assert len(train) == 1 and "--max-steps 500" in train[0] and train[0].endswith(f"--out {tmp_path / 'e1'}")
     st.run_chunk("e1", tmp_path, dry_run=True, threads=2)
     assert "--max-steps" not in capsys.readouterr().out
+
+
+def test_the_study_status_says_which_arms_a_table2_file_lacks(tmp_path, monkeypatch):
+    import json
+
+    import gsae_study as st
+
+    monkeypatch.setattr(st, "TABLE2", tmp_path)
+    assert st.table2_state(0) == "missing"
+    (tmp_path / "s0.json").write_text(json.dumps({"tails": [{"arm": "topk"}, {"arm": "gsae"}]}))
+    assert st.table2_state(0) == "no e2e yet"
+    (tmp_path / "s0.json").write_text(json.dumps({"tails": [{"arm": a} for a in ("topk", "gsae", "e2e")]}))
+    assert st.table2_state(0) == "done"
