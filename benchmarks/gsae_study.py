@@ -322,11 +322,11 @@ def run_chunk(name: str, runs: Path, dry_run: bool, threads: int, max_steps: int
         )
         meta = dict(load_sae(sae_dir).cfg.metadata or {})
         sub = folder.split("/")[0] if not folder.startswith("lr-sweep/") else "/".join(folder.split("/")[:2])
-        command = [a for a in train_cmds[sub][2:] if a != "--no-progress"]
+        command = [a for a in train_cmds[sub][2:] if a != "--no-progress"]  # from "gradsae train ..."
         if "--max-steps" in command:  # how the run was cut into parts, not what it trained
             i = command.index("--max-steps")
             del command[i : i + 2]
-        rec = result_record(ev, meta, ["gradsae", *command], commit)
+        rec = result_record(ev, meta, command, commit)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(rec, indent=1, allow_nan=False) + "\n")

@@ -273,3 +273,15 @@ def test_the_study_status_says_which_arms_a_table2_file_lacks(tmp_path, monkeypa
     assert st.table2_state(0) == "no e2e yet"
     (tmp_path / "s0.json").write_text(json.dumps({"tails": [{"arm": a} for a in ("topk", "gsae", "e2e")]}))
     assert st.table2_state(0) == "done"
+
+
+def test_every_committed_study_result_records_a_command_that_can_be_rerun():
+    import json
+
+    from gsae_study import RESULTS
+
+    files = sorted(RESULTS.glob("*.json"))
+    assert files
+    for f in files:
+        cmd = json.loads(f.read_text())["train_command"]
+        assert cmd[:2] == ["gradsae", "train"] and "--no-progress" not in cmd and "--max-steps" not in cmd, f.name
