@@ -128,8 +128,9 @@ def test_convert_output_loads_in_saelens(tmp_path):
     convert(ConvertConfig(src=DEFAULT_GSAE, dst=str(tmp_path / "half"), dtype="bfloat16"))
     lens = sae_lens.SAE.load_from_disk(str(tmp_path / "half"), dtype="float32")
     h = load_sae(DEFAULT_GSAE).encode(x)
-    rel = (lens.decode(h) - load_sae(DEFAULT_GSAE).decode(h)).norm() / h.norm()
-    assert rel < 2e-2  # bfloat16 rounding of the weights, nothing more
+    want = load_sae(DEFAULT_GSAE).decode(h)
+    rel = (lens.decode(h) - want).norm() / want.norm()
+    assert rel < 1e-2  # bfloat16 rounding of the weights (8-bit mantissa: ~0.4%), nothing more
 
 
 # ---------------------------------------------------------------------------------------------
