@@ -1,6 +1,7 @@
 """The SQuAD experiments on a tiny model: filter, perturbation and steering edits, resume, failures, summary."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -550,3 +551,15 @@ def test_the_power_figure_is_the_n_at_which_the_interval_would_exclude_zero():
     assert abs(need - (1.96 * 30 / 8.7) ** 2) < 5  # near the normal approximation, a little above it
     assert n_to_separate([1.0, 1.0]) == 2 and n_to_separate([1.0, -1.0]) is None and n_to_separate([3.0]) is None
     assert math.isclose(statistics.mean(observed), 8.7)
+
+
+def test_shards_merge_across_installs_of_the_bundled_data_but_not_other_paths():
+    from gradsae.squad.merge import check_shards
+
+    def conf(i, fewshot):
+        return {"fingerprint": {"shard": f"{i}/2", "fewshot_data": fewshot, "limit": 0}}
+
+    a, b = "/x/src/gradsae/bundled/data/fewshot.json", "/y/src/gradsae/bundled/data/fewshot.json"
+    assert check_shards({Path("s0"): conf(0, a), Path("s1"): conf(1, b)}) == 2
+    with pytest.raises(GradsaeError, match="different options"):
+        check_shards({Path("s0"): conf(0, "/x/mine.json"), Path("s1"): conf(1, "/y/mine.json")})

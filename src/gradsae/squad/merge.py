@@ -43,14 +43,23 @@ def _shard_config(folder: Path) -> dict:
     return conf
 
 
+BUNDLED = "/gradsae/bundled/"
+
+
+def _portable(v):
+    """A file of the package's own bundled data is named by its place in the package, not by where gradsae is
+    installed (shards run from two checkouts of one release used the same few-shot file)."""
+    return "gradsae/bundled/" + v.split(BUNDLED, 1)[1] if isinstance(v, str) and BUNDLED in v else v
+
+
 def check_shards(confs: dict[Path, dict]) -> int:
     """All folders are different shards i/N of one run (same options but the shard, same data); returns N."""
     first_path, first = next(iter(confs.items()))
-    base = {k: v for k, v in first["fingerprint"].items() if k != "shard"}
+    base = {k: _portable(v) for k, v in first["fingerprint"].items() if k != "shard"}
     seen: dict[int, Path] = {}
     n_all = None
     for path, conf in confs.items():
-        fp = {k: v for k, v in conf["fingerprint"].items() if k != "shard"}
+        fp = {k: _portable(v) for k, v in conf["fingerprint"].items() if k != "shard"}
         diff = sorted(k for k in set(base) | set(fp) if base.get(k) != fp.get(k))
         if diff:
             raise GradsaeError(
