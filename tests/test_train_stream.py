@@ -450,6 +450,67 @@ def test_init_from_starts_every_sae_as_the_given_one(saved_models, tmp_path):
     assert cfg["init_from"] == str(base / "topk_k4")
 
 
+def _topk_start_file(fmt: str, root):
+    """A TopK SAE for the tiny llama's layer 1 (d_in 64, d_sae 32, k 4, unit-norm decoder rows, as every TopK
+    trainer keeps them) written in ``fmt``'s own layout (the layouts test_peer_packages checks against the
+    packages themselves); returns what --init-from is given. Gemma Scope's JumpReLU npz is the refused case."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(3)
+    W_enc, b_enc = torch.randn(64, 32, generator=g) * 0.3, torch.randn(32, generator=g) * 0.1
+    W_dec = torch.nn.functional.normalize(torch.randn(32, 64, generator=g), dim=-1)
+    b_dec = torch.randn(64, generator=g) * 0.1
+    if fmt == "saelens":
+        from gradsae.saes.sae import SAE, SAEConfig
+
+        sae = SAE.init_random(
+            SAEConfig(d_in=64, d_sae=32, architecture="topk", k=4, hook_name="blocks.1.hook_resid_post")
+        )
+        with torch.no_grad():
+            for name, t in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
+                getattr(sae, name).copy_(t)
+        sae.save(root / "lens")
+        return root / "lens"
+    if fmt == "sparsify":
+        folder = root / "layers.1"
+        folder.mkdir()
+        weights = {"encoder.weight": W_enc.T.contiguous(), "encoder.bias": b_enc, "W_dec": W_dec, "b_dec": b_dec}
+        save_file(weights, folder / "sae.safetensors")
+        cfg = {"activation": "topk", "num_latents": 32, "k": 4, "normalize_decoder": True, "d_in": 64}
+        (folder / "cfg.json").write_text(json.dumps({**cfg, "multi_topk": False, "skip_connection": False}))
+        return folder
+    if fmt == "dictionary_learning":
+        sd = {"encoder.weight": W_enc.T.contiguous(), "encoder.bias": b_enc, "decoder.weight": W_dec.T.contiguous()}
+        torch.save({**sd, "b_dec": b_dec, "k": torch.tensor(4), "threshold": torch.tensor(-1.0)}, root / "ae.pt")
+        trainer = {"dict_class": "AutoEncoderTopK", "activation_dim": 64, "dict_size": 32, "k": 4, "layer": 1}
+        (root / "config.json").write_text(json.dumps({"trainer": {**trainer, "lm_name": "x"}}))
+        return root
+    folder = root / "layer_1" / "width_32" / "average_l0_4"  # gemma-scope
+    folder.mkdir(parents=True)
+    arrays = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec, "threshold": b_enc.abs()}
+    np.savez(folder / "params.npz", **{k: v.numpy() for k, v in arrays.items()})
+    return folder
+
+
+@pytest.mark.parametrize("fmt", ["saelens", "sparsify", "dictionary_learning", "gemma-scope"])
+def test_init_from_reads_every_format(saved_models, tmp_path, fmt):
+    """--init-from takes a TopK SAE in any format gradsae reads, and the fine-tune starts as exactly that SAE
+    (learning rate ~0); a JumpReLU SAE (Gemma Scope) is one line."""
+    models, corpus = saved_models
+    (tmp_path / "start").mkdir()
+    start = _topk_start_file(fmt, tmp_path / "start")
+    kw = dict(architectures=["topk"], layers=[1], max_tokens=4 * 16 * 2, init_from=str(start), lr=1e-12)
+    if fmt == "gemma-scope":
+        with pytest.raises(GradsaeError, match="is a jumprelu SAE: a fine-tune starts from a TopK-family SAE"):
+            run(_cfg(models["llama"], corpus, tmp_path / "tuned", **kw))
+        return
+    tuned = load_sae(run(_cfg(models["llama"], corpus, tmp_path / "tuned", **kw)) / "topk_k4")
+    ref = load_sae(start)
+    x = torch.randn(64, 64) * 3
+    torch.testing.assert_close(tuned.decode(tuned.encode(x)), ref.decode(ref.encode(x)), rtol=1e-4, atol=1e-4)
+
+
 def test_init_from_resumes_bit_identically_and_refuses_a_changed_start(saved_models, tmp_path):
     from gradsae.saes.sae import SAE, SAEConfig
 
