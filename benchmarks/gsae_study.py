@@ -1,9 +1,10 @@
 """The TopK / g-SAE / E2E study (the g-SAE paper's claims, with seeds and intervals), run in chunks.
 
-Each chunk is one command that finishes inside a working session on 2 CPU cores (≤ ~60 minutes alone; the E2E
-chunks take ~90 minutes alone and run in two parts: ``run e1 --max-steps 500``, then ``run e1`` continues) and
-leaves small result files under ``docs/results/gsae/``; those committed files are the study's progress, and
-``benchmarks/bench_sae_comparison.py --results docs/results/gsae`` builds the report from them alone.
+Each chunk is one command that finishes inside a working session on 2 CPU cores (≤ ~60 minutes alone; an E2E
+chunk took 59 minutes with its eval, and where a session has less left it runs in two parts: ``run e1 --max-steps
+500``, then ``run e1`` continues) and leaves small result files under ``docs/results/gsae/``; those committed files
+are the study's progress, and ``benchmarks/bench_sae_comparison.py --results docs/results/gsae`` builds the report
+from them alone.
 
     python benchmarks/gsae_study.py status                 # what is committed, what is missing, in what order
     python benchmarks/gsae_study.py run lr --runs DIR      # one chunk: train, held-out eval, result files
@@ -148,8 +149,8 @@ def chunks(lr: float | None) -> list[Chunk]:
                 f"E2E k 32, seed {s}",
                 [(f"e{s}", ["--architectures", "e2e", "--k", "32"] + base)],
                 [(f"e2e-k32-s{s}.json", f"e{s}/e2e_k32")],
-                # measured: ~190 tokens/s alone on 2 cores (model forward + backward through the blocks above L)
-                "~90 min alone: run it in two parts, `run e<s> --max-steps 500` then `run e<s>`; + 1 eval",
+                # measured (e1): ~300 tokens/s alone on 2 cores (forward + backward through the blocks above L)
+                "~57 min alone (or two parts: `run e<s> --max-steps 500`, then `run e<s>`); + 1 eval",
             )
         )
         ft = ["--k", "32", "--init-from", f"{{runs}}/g{s}-topk/topk_k32", "--seeds", str(s), "--seed", str(s)]
@@ -388,6 +389,12 @@ def table2_state(seed: int) -> str:
     return f"no {', '.join(lacks)} yet" if lacks else "done"
 
 
+def table2_folder(runs: Path, seed: int, arms: list[str]) -> Path:
+    """The sensitivity run's folder for one seed and set of arms: a seed first run without E2E (its chunk came later)
+    and rerun with it gets a new folder, since `gradsae sensitivity` refuses a folder written with other SAEs."""
+    return runs / "table2" / f"s{seed}-{'-'.join(arms)}"
+
+
 def write_table2(seed: int, runs: Path, threads: int) -> None:
     """The paper's Table 2 for seed ``seed``'s k 32 arms: mean |∇ₓL·ŵ| along the decoder rows of the left tail,
     middle and right tail of the nearest-neighbour cosine histogram (``gradsae sensitivity``), on held-out wiki-04,
@@ -397,7 +404,7 @@ def write_table2(seed: int, runs: Path, threads: int) -> None:
     if missing_arms:
         sys.exit(f"gsae_study: table2 {seed} needs {', '.join(missing_arms)} of seed {seed} in {runs}: run its chunks")
     arms = {a: p for a, p in arms.items() if p.is_dir()}
-    out = runs / "table2" / f"s{seed}"
+    out = table2_folder(runs, seed, list(arms))
     cmd = [
         sys.executable, "-m", "gradsae", "sensitivity", "--layers", "", "--fig3-layers", "",
         "--sae", ",".join(str(p) for p in arms.values()), "--data", str(WIKI / "wiki-04.jsonl.gz"),

@@ -275,6 +275,35 @@ def test_the_study_status_says_which_arms_a_table2_file_lacks(tmp_path, monkeypa
     assert st.table2_state(0) == "done"
 
 
+def test_table2_rerun_once_e2e_lands_uses_a_new_sensitivity_folder(tmp_path, monkeypatch):
+    """A seed's Table 2 first made without E2E and rerun after its chunk must not reuse the first run's folder
+    (`gradsae sensitivity` refuses one written with other SAEs), and the rerun's file has all three arms."""
+    import json
+
+    import gsae_study as st
+
+    monkeypatch.setattr(st, "TABLE2", tmp_path / "results")
+    runs, outs, real_run = tmp_path / "runs", [], st.subprocess.run
+
+    def fake_sensitivity(cmd, **kw):
+        if "sensitivity" not in cmd:
+            return real_run(cmd, **kw)  # git, for the record's commit
+        out, saes = Path(cmd[cmd.index("--out") + 1]), cmd[cmd.index("--sae") + 1].split(",")
+        assert not out.exists()
+        out.mkdir(parents=True)
+        (out / "sensitivity.json").write_text(json.dumps({"tails": [{"sae": s, "tail": "right"} for s in saes]}))
+        outs.append(out)
+
+    monkeypatch.setattr(st.subprocess, "run", fake_sensitivity)
+    for arm in ("topk", "gsae"):
+        (runs / st.TABLE2_ARMS[arm].format(s=1)).mkdir(parents=True)
+    st.write_table2(1, runs, threads=1)
+    assert st.table2_state(1) == "no e2e yet"
+    (runs / st.TABLE2_ARMS["e2e"].format(s=1)).mkdir(parents=True)
+    st.write_table2(1, runs, threads=1)
+    assert st.table2_state(1) == "done" and outs[0] != outs[1]
+
+
 def test_every_committed_study_result_records_a_command_that_can_be_rerun():
     import json
 
